@@ -1,0 +1,55 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both install what is missing
+# (Debian packages, a virtualenv, the package) and then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Runtime: fuse3/libfuse3 (lazyfs), busybox-static (base image), zstd/tar (layers by hand).
+# Interop peers in tests: podman, skopeo, umoci, buildah, runc, containerd, stargz-snapshotter (ctr-remote).
+# debootstrap makes a Debian base; python3-venv for the virtualenv.
+APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 busybox-static zstd tar \
+	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap
+DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps apt lint bench clean
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | apt
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: apt $(VENV)/.installed
+
+demo: deps
+	@mkdir -p $(DEMO_ROOT) .cache
+	$(VENV)/bin/lazyctr rootfs busybox .cache/busybox.tar
+	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) import .cache/busybox.tar busybox:latest
+	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) images
+	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) inspect busybox
+	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) cat busybox /etc/passwd
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy storage builder registry lazyfs runtime lazyctr benchmarks
+	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy storage builder registry lazyfs runtime lazyctr benchmarks
+
+bench: deps
+	$(PY) benchmarks/codec.py
+
+clean:
+	rm -rf $(VENV) .cache *.egg-info

@@ -1,0 +1,1 @@
+"""runtime: containers on an overlay root with namespaces and cgroups. Not built yet."""

@@ -1,0 +1,76 @@
+"""Image references (`[host[:port]/]path[:tag][@digest]`) checked against the distribution grammar."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from storage.digest import Digest
+from storage.errors import InvalidReference
+
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?"
+_TAG = r"[\w][\w.-]{0,127}"
+_NAME_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+TAG_RE = re.compile(rf"^{_TAG}$")
+NAME_MAX = 255
+DEFAULT_TAG = "latest"
+
+
+def validate_repository(name: str) -> str:
+    """A repository path as it appears in registry URLs (no host part)."""
+    if len(name) > NAME_MAX or not _REPOSITORY_RE.match(name):
+        raise InvalidReference(f"invalid repository name {name!r}")
+    return name
+
+
+def validate_tag(tag: str) -> str:
+    if not TAG_RE.match(tag):
+        raise InvalidReference(f"invalid tag {tag!r}")
+    return tag
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A parsed image reference; `name` may include a registry host."""
+
+    name: str
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ImageRef:
+        rest, at, digest_text = text.partition("@")
+        digest = Digest(digest_text) if at else None
+        name, tag = rest, None
+        slash = rest.rfind("/")
+        colon = rest.rfind(":")
+        if colon > slash:
+            name, tag = rest[:colon], validate_tag(rest[colon + 1 :])
+        if len(name) > NAME_MAX or not _NAME_RE.match(name):
+            raise InvalidReference(f"invalid image name {text!r}: expected [host/]name[:tag][@digest]")
+        if tag is None and digest is None:
+            tag = DEFAULT_TAG
+        return cls(name, tag, digest)
+
+    @property
+    def domain(self) -> str | None:
+        first, slash, _ = self.name.partition("/")
+        if slash and ("." in first or ":" in first or first == "localhost"):
+            return first
+        return None
+
+    @property
+    def repository(self) -> str:
+        """The name without its registry host."""
+        return self.name.split("/", 1)[1] if self.domain else self.name
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text

@@ -1,0 +1,241 @@
+"""The local store: an OCI image layout under `<root>/store`, with image names in index.json.
+
+Blobs are written atomically (temporary file under `<root>/tmp`, fsync, rename) and only under
+their verified digest. Two locks in `<root>/locks` coordinate processes: writers of blobs hold
+`gc.lock` shared while `gc` holds it exclusively (so a blob being imported is never collected
+before its image is named), and read-modify-writes of index.json hold `index.lock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from storage.digest import Digest, verify
+from storage.errors import CorruptLayer, InvalidReference, NotFound
+from storage.files import atomic_write, file_lock, fsync_dir, publish
+from storage.layer_reader import FileRangeSource, LayerReader
+from storage.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MEDIA_MANIFEST,
+    REF_NAME,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+)
+from storage.reference import ImageRef
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+@dataclass
+class Image:
+    """A named image in the store, with its parsed manifest and config."""
+
+    name: str  # `repository:tag`, as in the ref.name annotation
+    descriptor: Descriptor
+    manifest: Manifest
+    config: ImageConfig
+
+    @property
+    def id(self) -> Digest:
+        """Like docker and podman, an image's ID is its config digest."""
+        return self.manifest.config.digest
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layout = root / "store"
+        self.blobs = self.layout / "blobs" / "sha256"
+        self.tmp = root / "tmp"
+        self.locks = root / "locks"
+        for directory in (self.blobs, self.tmp, self.locks):
+            directory.mkdir(parents=True, exist_ok=True)
+        if not (self.layout / "oci-layout").exists():
+            atomic_write(self.layout / "oci-layout", OCI_LAYOUT)
+        if not (self.layout / "index.json").exists():
+            atomic_write(self.layout / "index.json", Index().to_bytes())
+
+    # -- blobs -------------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs / digest.hex
+
+    def has_blob(self, digest: Digest) -> bool:
+        return self.blob_path(digest).exists()
+
+    def read_blob(self, digest: Digest) -> bytes:
+        """A small blob (manifest, config), verified against its digest."""
+        try:
+            data = self.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is not in the store") from None
+        verify(data, digest, f"blob {digest}")
+        return data
+
+    def verify_blob(self, digest: Digest) -> None:
+        hasher = hashlib.sha256()
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                while block := f.read(1 << 20):
+                    hasher.update(block)
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is not in the store") from None
+        found = Digest.from_hasher(hasher)
+        if found != digest:
+            raise CorruptLayer(f"blob {digest} is corrupted: its content hashes to {found}")
+
+    def put_blob(self, data: bytes) -> Digest:
+        digest = Digest.of(data)
+        if not self.has_blob(digest):
+            with self.ingesting():
+                atomic_write(self.blob_path(digest), data)
+        return digest
+
+    @contextlib.contextmanager
+    def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
+        """A temporary file on the store's file system, removed afterwards unless adopted."""
+        with self.ingesting():
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
+            path = Path(name)
+            try:
+                with os.fdopen(fd, "w+b") as f:
+                    yield path, f
+            finally:
+                path.unlink(missing_ok=True)
+
+    def adopt(self, tmp: Path, f: BinaryIO, digest: Digest) -> None:
+        """Move a fully written temporary file into the store as blob `digest` (already verified)."""
+        f.flush()
+        os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        if self.has_blob(digest):
+            return
+        publish(tmp, self.blob_path(digest))
+
+    @contextlib.contextmanager
+    def ingesting(self) -> Iterator[None]:
+        """Hold while writing blobs that an image will name, so gc leaves them alone."""
+        with file_lock(self.locks / "gc.lock", shared=True):
+            yield
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def _index(self) -> Index:
+        return Index.parse((self.layout / "index.json").read_bytes())
+
+    def _write_index(self, index: Index) -> None:
+        atomic_write(self.layout / "index.json", index.to_bytes())
+
+    def names(self) -> list[tuple[str, Descriptor]]:
+        return [(d.annotations[REF_NAME], d) for d in self._index().manifests if REF_NAME in d.annotations]
+
+    def tag(self, name: str, manifest: Descriptor) -> None:
+        """Point `name` (`repository:tag`) at a manifest already in the store."""
+        entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, {REF_NAME: name})
+        with file_lock(self.locks / "index.lock"):
+            index = self._index()
+            index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) != name]
+            index.manifests.append(entry)
+            self._write_index(index)
+
+    def untag(self, names: list[str]) -> None:
+        with file_lock(self.locks / "index.lock"):
+            index = self._index()
+            index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) not in names]
+            self._write_index(index)
+
+    def put_image(self, name: str, manifest: Manifest) -> Descriptor:
+        data = manifest.to_bytes()
+        descriptor = Descriptor(MEDIA_MANIFEST, self.put_blob(data), len(data))
+        self.tag(name, descriptor)
+        return descriptor
+
+    # -- images --------------------------------------------------------------------------------
+
+    def load(self, name: str, descriptor: Descriptor) -> Image:
+        manifest = Manifest.parse(self.read_blob(descriptor.digest))
+        config = ImageConfig.parse(self.read_blob(manifest.config.digest))
+        return Image(name, descriptor, manifest, config)
+
+    def images(self) -> list[Image]:
+        return [self.load(name, descriptor) for name, descriptor in self.names()]
+
+    def resolve(self, text: str) -> list[Image]:
+        """The images `text` names: `name[:tag]`, a manifest digest, or a prefix of an image ID.
+
+        A name gives one image; an ID may be shared by several names (all are returned).
+        """
+        names = self.names()
+        with contextlib.suppress(InvalidReference):
+            ref = ImageRef.parse(text)
+            for name, descriptor in names:
+                repository, _, tag = name.rpartition(":")
+                if repository == ref.name and (ref.tag is None or ref.tag == tag) and (
+                    ref.digest is None or ref.digest == descriptor.digest
+                ):
+                    return [self.load(name, descriptor)]
+        hex_part = text.removeprefix("sha256:")
+        if len(hex_part) >= 4 and all(c in "0123456789abcdef" for c in hex_part):
+            matches = [
+                image
+                for image in (self.load(n, d) for n, d in names)
+                if image.id.hex.startswith(hex_part) or image.descriptor.digest.hex.startswith(hex_part)
+            ]
+            if len({image.id for image in matches}) == 1:
+                return matches
+            if matches:
+                raise InvalidReference(f"{text!r} is ambiguous: it prefixes several image IDs")
+        raise NotFound(f"image not known: {text}")
+
+    def image(self, text: str) -> Image:
+        return self.resolve(text)[0]
+
+    @contextlib.contextmanager
+    def open_layer(self, layer: Descriptor) -> Iterator[LayerReader]:
+        """Random access to a zstd:chunked layer blob in the store."""
+        if not self.has_blob(layer.digest):
+            raise NotFound(f"layer {layer.digest} is not in the store")
+        with FileRangeSource(self.blob_path(layer.digest)) as source:
+            yield LayerReader.open(source, layer.annotations)
+
+    # -- garbage collection --------------------------------------------------------------------
+
+    def gc(self) -> tuple[int, int]:
+        """Remove every blob no named image reaches; returns (blobs removed, bytes freed)."""
+        with file_lock(self.locks / "gc.lock"):
+            live: set[str] = set()
+            pending = list(self._index().manifests)
+            while pending:
+                descriptor = pending.pop()
+                if descriptor.digest.hex in live:
+                    continue
+                live.add(descriptor.digest.hex)
+                if descriptor.media_type in MANIFEST_TYPES:
+                    with contextlib.suppress(NotFound, CorruptLayer):
+                        manifest = Manifest.parse(self.read_blob(descriptor.digest))
+                        pending += [manifest.config, *manifest.layers]
+                elif descriptor.media_type in INDEX_TYPES:
+                    with contextlib.suppress(NotFound, CorruptLayer):
+                        pending += Index.parse(self.read_blob(descriptor.digest)).manifests
+            removed = freed = 0
+            for blob in self.blobs.iterdir():
+                if blob.name not in live:
+                    freed += blob.stat().st_size
+                    blob.unlink()
+                    removed += 1
+            if removed:
+                fsync_dir(self.blobs)
+            shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of crashed writers
+            self.tmp.mkdir(exist_ok=True)
+            return removed, freed

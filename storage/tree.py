@@ -1,0 +1,137 @@
+"""The merged file tree of an image, built from its layers' TOCs without touching any file data.
+
+Layers stack as the OCI spec says: a later entry replaces an earlier one, `.wh.NAME` hides NAME
+from the layers below, `.wh..wh..opq` hides everything a directory had below. Hard links point to
+the entry that holds their data in the same layer. `lazyctr ls/cat` read images through it, and
+lazyfs will serve it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from storage.errors import CorruptLayer, NotFound, UnsafePath
+from storage.paths import MAX_SYMLINK_HOPS, OPAQUE_WHITEOUT, WHITEOUT_PREFIX
+from storage.toc import LayerToc, TocEntry
+
+
+@dataclass
+class Node:
+    entry: TocEntry  # the metadata (mode, owner, times) of this path
+    layer: int  # index of the layer the entry comes from
+    children: dict[str, Node] | None = None  # for directories
+    data: TocEntry | None = None  # for a hard link, the entry it links to (in the same layer)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    @property
+    def content(self) -> TocEntry:
+        return self.data or self.entry
+
+    @property
+    def kind(self) -> str:
+        """The file type seen by a reader: a hard link has the type of what it links to."""
+        return self.content.type
+
+
+def _implicit_dir(path: str) -> TocEntry:
+    return TocEntry(type="dir", name="./" + path, mode=0o755, path=path or "")
+
+
+@dataclass
+class ImageTree:
+    root: Node = field(default_factory=lambda: Node(_implicit_dir(""), -1, {}))
+
+    @classmethod
+    def from_tocs(cls, tocs: list[LayerToc]) -> ImageTree:
+        tree = cls()
+        for index, toc in enumerate(tocs):
+            tree.add_layer(index, toc)
+        return tree
+
+    def add_layer(self, layer: int, toc: LayerToc) -> None:
+        by_path = {entry.path: entry for entry in toc.entries}
+        for entry in toc.entries:
+            if not entry.path:
+                if entry.type == "dir":
+                    self.root.entry, self.root.layer = entry, layer
+                continue
+            parent_path, _, base = entry.path.rpartition("/")
+            parent = self._make_dirs(parent_path, layer)
+            assert parent.children is not None
+            if base == OPAQUE_WHITEOUT:
+                parent.children = {k: v for k, v in parent.children.items() if v.layer == layer}
+            elif base.startswith(WHITEOUT_PREFIX):
+                hidden = parent.children.get(base.removeprefix(WHITEOUT_PREFIX))
+                if hidden is not None and hidden.layer < layer:
+                    del parent.children[base.removeprefix(WHITEOUT_PREFIX)]
+            else:
+                existing = parent.children.get(base)
+                if entry.type == "dir" and existing is not None and existing.is_dir:
+                    existing.entry, existing.layer = entry, layer
+                else:
+                    data = _link_target(entry, by_path) if entry.type == "hardlink" else None
+                    children: dict[str, Node] | None = {} if entry.type == "dir" else None
+                    parent.children[base] = Node(entry, layer, children, data)
+
+    def _make_dirs(self, path: str, layer: int) -> Node:
+        node = self.root
+        walked = ""
+        for part in path.split("/") if path else []:
+            walked = f"{walked}/{part}" if walked else part
+            assert node.children is not None
+            child = node.children.get(part)
+            if child is None or not child.is_dir:
+                child = node.children[part] = Node(_implicit_dir(walked), layer, {})
+            node = child
+        return node
+
+    def lookup(self, path: str, follow_last: bool = True) -> Node:
+        """The node at `path`, resolving symlinks as if the image root were `/`."""
+        pending = [p for p in path.split("/") if p not in ("", ".")][::-1]
+        trail: list[Node] = [self.root]
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if len(trail) > 1:
+                    trail.pop()
+                continue
+            children = trail[-1].children
+            if children is None or part not in children:
+                raise NotFound(f"no such file or directory in image: {path}")
+            node = children[part]
+            if node.entry.type == "symlink" and (pending or follow_last):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise UnsafePath(f"too many levels of symbolic links: {path}")
+                target = node.entry.link_name
+                if target.startswith("/"):
+                    trail = [self.root]
+                pending.extend([p for p in target.split("/") if p not in ("", ".")][::-1])
+                continue
+            trail.append(node)
+        return trail[-1]
+
+    def walk(self, node: Node | None = None, path: str = "") -> Iterator[tuple[str, Node]]:
+        """Every path below `node` (depth first, sorted), the root as ``."""
+        node = node or self.root
+        yield path, node
+        for name in sorted(node.children or {}):
+            child = (node.children or {})[name]
+            yield from self.walk(child, posixpath.join(path, name) if path else name)
+
+
+def _link_target(entry: TocEntry, by_path: dict[str, TocEntry]) -> TocEntry:
+    target = by_path.get(entry.link_name)
+    seen = {entry.path}
+    while target is not None and target.type == "hardlink" and target.path not in seen:
+        seen.add(target.path)
+        target = by_path.get(target.link_name)
+    if target is None or target.type in ("hardlink", "dir"):
+        raise CorruptLayer(f"hard link {entry.name} points to {entry.link_name!r}, not a file in its layer")
+    return target
