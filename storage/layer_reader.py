@@ -127,6 +127,7 @@ class LayerReader:
         data = decompress_frames(frame, chunk.inner_offset + chunk.size)
         data = data[chunk.inner_offset : chunk.inner_offset + chunk.size]
         if len(data) != chunk.size:
-            raise CorruptLayer(f"{entry.name}: chunk at {chunk.file_offset} is {len(data)} bytes, "
-                               f"expected {chunk.size}")
+            raise CorruptLayer(
+                f"{entry.name}: chunk at {chunk.file_offset} is {len(data)} bytes, expected {chunk.size}"
+            )
         return data

@@ -181,8 +181,10 @@ class Store:
             ref = ImageRef.parse(text)
             for name, descriptor in names:
                 repository, _, tag = name.rpartition(":")
-                if repository == ref.name and (ref.tag is None or ref.tag == tag) and (
-                    ref.digest is None or ref.digest == descriptor.digest
+                if (
+                    repository == ref.name
+                    and (ref.tag is None or ref.tag == tag)
+                    and (ref.digest is None or ref.digest == descriptor.digest)
                 ):
                     return [self.load(name, descriptor)]
         hex_part = text.removeprefix("sha256:")

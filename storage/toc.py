@@ -228,8 +228,10 @@ def _close_chunk_ranges(entries: list[TocEntry], frames_end: int) -> None:
             next_offset = entry.size if last else chunks[i + 1].file_offset
             if not chunk.size:
                 chunk.size = next_offset - chunk.file_offset
-            if chunk.size <= 0 or chunk.file_offset + chunk.size > entry.size or (
-                chunk.file_offset + chunk.size != next_offset
+            if (
+                chunk.size <= 0
+                or chunk.file_offset + chunk.size > entry.size
+                or (chunk.file_offset + chunk.size != next_offset)
             ):
                 raise CorruptLayer(f"TOC entry {entry.name!r}: chunks do not tile the file")
             if chunk.zeros:
@@ -242,9 +244,11 @@ def _close_chunk_ranges(entries: list[TocEntry], frames_end: int) -> None:
                 elif len(chunks) == 1 and entry.end_offset:
                     chunk.frame_end = entry.end_offset
                 else:  # stargz-style TOCs record no ends: the frame runs to the next known start
-                    chunk.frame_end = starts[bisect_right(starts, chunk.frame_start)] if (
-                        chunk.frame_start < frames_end
-                    ) else 0
+                    chunk.frame_end = (
+                        starts[bisect_right(starts, chunk.frame_start)]
+                        if (chunk.frame_start < frames_end)
+                        else 0
+                    )
             if not 0 <= chunk.frame_start < chunk.frame_end <= frames_end:
                 raise CorruptLayer(f"TOC entry {entry.name!r}: chunk frame outside the layer's data")
         if chunks and chunks[0].file_offset != 0:

@@ -75,7 +75,9 @@ def parse_footer(tail: bytes, blob_size: int) -> TocPosition:
     return _checked(TocPosition(offset, length, ulength), blob_size - len(content) - SKIPPABLE_HEADER)
 
 
-def position_from_annotations(annotations: dict[str, str], blob_size: int) -> tuple[Digest, TocPosition] | None:
+def position_from_annotations(
+    annotations: dict[str, str], blob_size: int
+) -> tuple[Digest, TocPosition] | None:
     """The TOC digest and position a layer descriptor promises, or None if it promises none."""
     for checksum_key, position_key in (
         (CURRENT_CHECKSUM_KEY, CURRENT_POSITION_KEY),

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import zstandard
@@ -26,26 +27,9 @@ from storage.zstd_chunked import (
     LEGACY_POSITION_KEY,
     skippable_frame,
 )
+from tests.tarfiles import info, make_tar
 
 CHUNK = 64 * 1024
-
-
-def make_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return path
-
-
-def info(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> tarfile.TarInfo:
-    member = tarfile.TarInfo(name)
-    member.type = kind
-    member.mtime = 1700000000
-    for key, value in fields.items():
-        setattr(member, key, value)
-    return member
 
 
 def encode(tar_path: Path, tmp_path: Path, chunk_size: int = CHUNK) -> tuple[Path, WrittenLayer]:
@@ -110,7 +94,13 @@ def test_toc_describes_every_entry_like_podman(sample_tar: Path, tmp_path: Path)
     by_path = {e.path: e for e in open_reader(blob, written).toc.entries}
     assert by_path[""].name == "./" and by_path[""].type == "dir"
     hello = by_path["etc/hello"]
-    assert (hello.name, hello.type, hello.mode, hello.uid, hello.gid) == ("./etc/hello", "reg", 0o4755, 1234, 99)
+    assert (hello.name, hello.type, hello.mode, hello.uid, hello.gid) == (
+        "./etc/hello",
+        "reg",
+        0o4755,
+        1234,
+        99,
+    )
     assert hello.digest == Digest.of(b"hello world\n") and hello.modtime == "2023-11-14T22:13:20Z"
     assert by_path["etc/empty"].size == 0 and not by_path["etc/empty"].chunks
     assert (by_path["etc/link"].type, by_path["etc/link"].link_name) == ("hardlink", "etc/hello")
@@ -166,7 +156,7 @@ def test_one_chunk_reads_without_the_rest_of_the_blob(sample_tar: Path, tmp_path
     blob, written = encode(sample_tar, tmp_path)
 
     class CountingSource(FileRangeSource):
-        ranges: list[tuple[int, int]] = []
+        ranges: ClassVar[list[tuple[int, int]]] = []
 
         def read_range(self, offset: int, length: int) -> bytes:
             self.ranges.append((offset, length))
@@ -176,9 +166,10 @@ def test_one_chunk_reads_without_the_rest_of_the_blob(sample_tar: Path, tmp_path
     reader = LayerReader.open(source, written.descriptor().annotations)
     entry = reader.entry("data/random")
     source.ranges.clear()
-    assert reader.read_chunk(entry, entry.chunks[2]) == _tar_member(sample_tar, "./data/random")[
-        2 * CHUNK : 3 * CHUNK
-    ]
+    assert (
+        reader.read_chunk(entry, entry.chunks[2])
+        == _tar_member(sample_tar, "./data/random")[2 * CHUNK : 3 * CHUNK]
+    )
     assert sum(length for _, length in source.ranges) < CHUNK + 1024  # one compressed frame
 
 
@@ -194,6 +185,7 @@ def test_writes_the_legacy_footer_and_annotations(sample_tar: Path, tmp_path: Pa
     tail = blob.read_bytes()[-48:]
     assert tail[:8] == b"\x50\x2a\x4d\x18" + struct.pack("<I", 40) and tail.endswith(LEGACY_MAGIC)
     offset, length, ulength, kind = struct.unpack("<4Q", tail[8:40])
+    assert kind == 1
     annotations = written.descriptor().annotations
     assert annotations[LEGACY_POSITION_KEY] == f"{offset}:{length}:{ulength}:1"
     assert annotations[LEGACY_CHECKSUM_KEY] == Digest.of(_toc_bytes(blob))
@@ -306,9 +298,9 @@ def test_malformed_and_truncated_tars_are_refused(sample_tar: Path, tmp_path: Pa
 
 def test_busybox_rootfs_round_trips(busybox_tar: Path, tmp_path: Path) -> None:
     blob, written = encode(busybox_tar, tmp_path, chunk_size=256 * 1024)
-    assert zstandard.ZstdDecompressor().stream_reader(io.BytesIO(blob.read_bytes()), read_across_frames=True).read() == (
-        busybox_tar.read_bytes()
-    )
+    assert zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(blob.read_bytes()), read_across_frames=True
+    ).read() == (busybox_tar.read_bytes())
     reader = open_reader(blob, written)
     assert reader.read_file(reader.entry("bin/busybox")) == Path("/bin/busybox").read_bytes()
     assert len(reader.toc.entries) > 250  # the applet symlinks

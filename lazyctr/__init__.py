@@ -1,0 +1,1 @@
+"""lazyctr: the command line. It wires the rooms together and holds no domain logic."""

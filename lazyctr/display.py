@@ -1,0 +1,58 @@
+"""Human-readable forms of sizes, times and file modes for the command line."""
+
+from __future__ import annotations
+
+import stat
+import time
+from datetime import datetime
+
+from storage.toc import TocEntry, parse_time
+
+_TYPE_BITS = {
+    "dir": stat.S_IFDIR,
+    "reg": stat.S_IFREG,
+    "hardlink": stat.S_IFREG,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+
+
+def human_size(size: float) -> str:
+    """Sizes in SI units, as docker and podman print them."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.3g}{unit}" if unit != "B" else f"{int(size)}B"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_age(stamp: str | None) -> str:
+    if not stamp:
+        return "unknown"
+    seconds = max(0, time.time() - parse_time(stamp))
+    for unit, length in (
+        ("year", 31536000),
+        ("month", 2592000),
+        ("day", 86400),
+        ("hour", 3600),
+        ("minute", 60),
+    ):
+        if seconds >= length:
+            count = int(seconds // length)
+            return f"{count} {unit}{'s' if count > 1 else ''} ago"
+    return "less than a minute ago"
+
+
+def file_mode(entry_type: str, mode: int) -> int:
+    return _TYPE_BITS.get(entry_type, 0) | (mode & 0o7777)
+
+
+def ls_line(name: str, entry: TocEntry, kind: str, size: int) -> str:
+    """One line of `ls -l`: mode, owner, size, mtime, name (and a symlink's target)."""
+    mode = stat.filemode(file_mode(kind, entry.mode))
+    size_text = f"{entry.dev_major}, {entry.dev_minor}" if kind in ("char", "block") else str(size)
+    when = datetime.fromtimestamp(entry.mtime).strftime("%Y-%m-%d %H:%M")
+    target = f" -> {entry.link_name}" if kind == "symlink" else ""
+    return f"{mode} {entry.uid:>5} {entry.gid:>5} {size_text:>10} {when} {name}{target}"
