@@ -15,7 +15,14 @@ from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
 from storage.errors import NotFound
 from storage.files import atomic_path
-from storage.importer import OciSource, export_oci, image_name, import_oci, import_tarball
+from storage.importer import (
+    EXPORT_COMPRESSIONS,
+    OciSource,
+    export_oci,
+    image_name,
+    import_oci,
+    import_tarball,
+)
 from storage.store import Image, Store
 from storage.tree import ImageTree
 
@@ -203,12 +210,19 @@ def gc(ctx: Context) -> None:
 @cli.command()
 @click.argument("image")
 @click.argument("destination")
+@click.option(
+    "--compression",
+    type=click.Choice(EXPORT_COMPRESSIONS),
+    default="zstd:chunked",
+    show_default=True,
+    help="gzip for tools that cannot read zstd layers (umoci 0.4, older docker).",
+)
 @pass_context
-def export(ctx: Context, image: str, destination: str) -> None:
+def export(ctx: Context, image: str, destination: str, compression: str) -> None:
     """Write IMAGE to an OCI layout, oci:DIR[:REF], that skopeo, umoci and podman read."""
     if not destination.startswith("oci:"):
         raise click.UsageError(f"destination must be oci:DIR[:REF], not {destination!r}")
-    ref = export_oci(ctx.store, ctx.store.image(image), OciSource.parse(destination))
+    ref = export_oci(ctx.store, ctx.store.image(image), OciSource.parse(destination), compression)
     click.echo(ref)
 
 

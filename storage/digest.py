@@ -65,6 +65,9 @@ class HashingWriter:
         self.size += len(data)
         return len(data)
 
+    def flush(self) -> None:
+        self.out.flush()
+
     @property
     def digest(self) -> Digest:
         return Digest.from_hasher(self.hasher)

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from storage.digest import HashingWriter
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -50,6 +52,26 @@ def atomic_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Yield a file to write `path`'s new content into; it replaces `path` only if the block succeeds."""
     with atomic_path(path, mode) as tmp, open(tmp, "wb") as f:
         yield f
+
+
+@contextlib.contextmanager
+def content_addressed_file(directory: Path) -> Iterator[HashingWriter]:
+    """Yield a writer whose content lands at `directory/<sha256 hex>` when the block succeeds."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".incoming-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer = HashingWriter(f)
+            yield writer
+            f.flush()
+            os.fchmod(f.fileno(), 0o644)
+            os.fsync(f.fileno())
+        os.rename(tmp, directory / writer.digest.hex)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(directory)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:

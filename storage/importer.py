@@ -8,6 +8,7 @@ they are once their TOC checks out.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import platform
 import shutil
@@ -20,7 +21,7 @@ from typing import BinaryIO
 from storage.digest import Digest
 from storage.errors import BadArchive, DigestMismatch, InvalidReference, NotFound
 from storage.extract import HashingReader, Readable, open_layer_stream
-from storage.files import atomic_write
+from storage.files import atomic_path, atomic_write, content_addressed_file
 from storage.layer_reader import FileRangeSource, LayerReader
 from storage.layer_writer import WrittenLayer, write_chunked_layer
 from storage.oci import (
@@ -29,6 +30,7 @@ from storage.oci import (
     LAYER_TYPES,
     MANIFEST_TYPES,
     MEDIA_CONFIG,
+    MEDIA_LAYER_GZIP,
     MEDIA_LAYER_ZSTD,
     REF_NAME,
     Descriptor,
@@ -224,23 +226,51 @@ def _check_blob_digest(blob: HashingReader, layer: Descriptor) -> None:
         raise DigestMismatch(f"layer blob {layer.digest} does not match its digest (found {blob.digest})")
 
 
-def export_oci(store: Store, image: Image, dest: OciSource) -> str:
-    """Write `image` into the OCI layout at dest.path (created or added to); returns its ref name."""
+EXPORT_COMPRESSIONS = ("zstd:chunked", "gzip")
+
+
+def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "zstd:chunked") -> str:
+    """Write `image` into the OCI layout at dest.path (created or added to); returns its ref name.
+
+    `gzip` re-compresses the layers for tools that cannot read zstd (umoci 0.4, old docker); the
+    uncompressed tars, and so the config and image ID, stay the same.
+    """
+    if compression not in EXPORT_COMPRESSIONS:
+        raise InvalidReference(f"unknown compression {compression!r}: expected one of {EXPORT_COMPRESSIONS}")
     ref = dest.ref or image.name
-    dest.path.mkdir(parents=True, exist_ok=True)
     blobs = dest.path / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
-    for descriptor in [image.descriptor, image.manifest.config, *image.manifest.layers]:
-        target = blobs / descriptor.digest.hex
-        if not target.exists():
-            tmp = blobs / f".{descriptor.digest.hex}.tmp"
-            shutil.copyfile(store.blob_path(descriptor.digest), tmp)
-            os.rename(tmp, target)
+    manifest = image.descriptor
+    _copy_blob(store.blob_path(image.manifest.config.digest), blobs / image.manifest.config.digest.hex)
+    if compression == "gzip":
+        layers = [_export_gzip_layer(store, layer, blobs) for layer in image.manifest.layers]
+        data = Manifest(image.manifest.config, layers, annotations=image.manifest.annotations).to_bytes()
+        manifest = Descriptor(image.descriptor.media_type, Digest.of(data), len(data))
+        atomic_write(blobs / manifest.digest.hex, data)
+    else:
+        for descriptor in [image.descriptor, *image.manifest.layers]:
+            _copy_blob(store.blob_path(descriptor.digest), blobs / descriptor.digest.hex)
     atomic_write(dest.path / "oci-layout", OCI_LAYOUT)
     index_path = dest.path / "index.json"
     index = Index.parse(index_path.read_bytes()) if index_path.exists() else Index()
     index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) != ref]
-    d = image.descriptor
-    index.manifests.append(Descriptor(d.media_type, d.digest, d.size, {REF_NAME: ref}))
+    index.manifests.append(Descriptor(manifest.media_type, manifest.digest, manifest.size, {REF_NAME: ref}))
     atomic_write(index_path, index.to_bytes())
     return ref
+
+
+def _copy_blob(source: Path, target: Path) -> None:
+    if not target.exists():
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+def _export_gzip_layer(store: Store, layer: Descriptor, blobs: Path) -> Descriptor:
+    # mtime=0 and no file name: the same layer always gives the same gzip blob.
+    with (
+        open(store.blob_path(layer.digest), "rb") as src,
+        content_addressed_file(blobs) as out,
+        gzip.GzipFile(filename="", fileobj=out, mode="wb", mtime=0) as compressed,
+    ):
+        shutil.copyfileobj(open_layer_stream(src, f"layer {layer.digest}"), compressed, COPY_BUFSIZE)
+    return Descriptor(MEDIA_LAYER_GZIP, out.digest, out.size)
