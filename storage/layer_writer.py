@@ -208,15 +208,18 @@ def _entry_for(member: tarfile.TarInfo) -> TocEntry:
 def _write_payload(
     frames: _FrameWriter, take: Callable[[int], bytes], member: tarfile.TarInfo, chunk_size: int
 ) -> tuple[Digest, list[Chunk]]:
-    file_hash = hashlib.sha256()
+    file_hash = hashlib.sha256() if member.size > chunk_size else None  # else: the one chunk's digest
     chunks: list[Chunk] = []
     for file_offset in range(0, member.size, chunk_size):
         size = min(chunk_size, member.size - file_offset)
         data = take(member.offset_data + file_offset + size)
-        file_hash.update(data)
+        if file_hash is not None:
+            file_hash.update(data)
         start, end = frames.payload(data)
-        chunks.append(Chunk(file_offset, size, start, end, Digest.of(data), zeros=data.count(0) == size))
-    return Digest.from_hasher(file_hash), chunks
+        # Only a tiny frame can hold a run of zeros: count bytes only then.
+        zeros = end - start < 64 + size // 256 and data.count(0) == size
+        chunks.append(Chunk(file_offset, size, start, end, Digest.of(data), zeros))
+    return (Digest.from_hasher(file_hash) if file_hash else chunks[0].digest or Digest.of(b"")), chunks
 
 
 def _describe_chunks(entry: TocEntry) -> None:
