@@ -41,9 +41,6 @@ def run_with_error_mapping(command: Callable[[], object]) -> None:
     except (click.Abort, KeyboardInterrupt):
         click.echo("lazyctr: interrupted", err=True)
         sys.exit(130)
-    except BrokenPipeError:
-        sys.stderr.close()  # the reader went away (`lazyctr cat ... | head`): not an error
-        sys.exit(0)
     except Exception as e:
         if debug_enabled():
             raise
