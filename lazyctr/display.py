@@ -6,7 +6,7 @@ import stat
 import time
 from datetime import datetime
 
-from storage.toc import TocEntry, parse_time
+from storage.toc import NS, TocEntry, parse_time_ns
 
 _TYPE_BITS = {
     "dir": stat.S_IFDIR,
@@ -31,7 +31,7 @@ def human_size(size: float) -> str:
 def human_age(stamp: str | None) -> str:
     if not stamp:
         return "unknown"
-    seconds = max(0, time.time() - parse_time(stamp))
+    seconds = max(0, time.time() - parse_time_ns(stamp) / NS)
     for unit, length in (
         ("year", 31536000),
         ("month", 2592000),
@@ -53,6 +53,6 @@ def ls_line(name: str, entry: TocEntry, kind: str, size: int) -> str:
     """One line of `ls -l`: mode, owner, size, mtime, name (and a symlink's target)."""
     mode = stat.filemode(file_mode(kind, entry.mode))
     size_text = f"{entry.dev_major}, {entry.dev_minor}" if kind in ("char", "block") else str(size)
-    when = datetime.fromtimestamp(entry.mtime).strftime("%Y-%m-%d %H:%M")
+    when = datetime.fromtimestamp(entry.mtime_ns / NS).strftime("%Y-%m-%d %H:%M")
     target = f" -> {entry.link_name}" if kind == "symlink" else ""
     return f"{mode} {entry.uid:>5} {entry.gid:>5} {size_text:>10} {when} {name}{target}"

@@ -32,6 +32,7 @@ import zstandard
 from storage.digest import Digest
 from storage.errors import BadArchive, CorruptLayer, DigestMismatch
 from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, clean_name, resolve_in_root
+from storage.toc import member_time_ns
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -266,8 +267,8 @@ class ExtractStats:
 @dataclass
 class _DirMetadata:
     mode: int
-    atime: float
-    mtime: float
+    atime_ns: int
+    mtime_ns: int
 
 
 @dataclass
@@ -332,7 +333,7 @@ class _Extractor:
             except FileNotFoundError:
                 continue
             os.chmod(path, meta.mode)
-            os.utime(path, (meta.atime, meta.mtime), follow_symlinks=False)
+            os.utime(path, ns=(meta.atime_ns, meta.mtime_ns), follow_symlinks=False)
 
     def _parent_dir(self, parent_name: str, name: str) -> Path:
         """The real directory `parent_name` leads to inside the root, created if missing."""
@@ -488,18 +489,14 @@ class _Extractor:
         if not member.isdir() and not member.issym():
             os.chmod(path, mode)
         self._set_xattrs(path, member)
-        mtime = member.mtime
-        try:
-            atime = float(member.pax_headers.get("atime", mtime))
-        except ValueError:
-            atime = mtime
+        mtime_ns, atime_ns = member_time_ns(member), member_time_ns(member, "atime")
         if member.isdir():
-            self.dirs[path] = _DirMetadata(mode, atime, mtime)
+            self.dirs[path] = _DirMetadata(mode, atime_ns, mtime_ns)
             return
         try:
-            os.utime(path, (atime, mtime), follow_symlinks=False)
+            os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
         except (OverflowError, ValueError):
-            raise BadArchive(f"{member.name}: invalid time {mtime!r}") from None
+            raise BadArchive(f"{member.name}: invalid time {member.mtime!r}") from None
 
     def _set_xattrs(self, path: Path, member: tarfile.TarInfo) -> None:
         for key, value in member.pax_headers.items():

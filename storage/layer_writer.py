@@ -24,7 +24,7 @@ from storage.digest import Digest, HashingWriter
 from storage.errors import BadArchive, StorageError
 from storage.oci import MEDIA_LAYER_ZSTD, Descriptor
 from storage.paths import clean_name
-from storage.toc import CHUNK_ZEROS, Chunk, LayerToc, TocEntry, format_time
+from storage.toc import CHUNK_ZEROS, Chunk, LayerToc, TocEntry, format_time, member_time_ns
 from storage.zstd_chunked import (
     LEGACY_CHECKSUM_KEY,
     LEGACY_POSITION_KEY,
@@ -193,7 +193,7 @@ def _entry_for(member: tarfile.TarInfo) -> TocEntry:
     entry.name = entry_name(entry.path)
     entry.mode = member.mode
     entry.size = member.size if kind == "reg" else 0
-    entry.modtime = format_time(member.mtime)
+    entry.modtime = format_time(member_time_ns(member))
     entry.uid, entry.gid = member.uid, member.gid
     entry.xattrs = xattrs_of(member)
     if kind == "symlink":

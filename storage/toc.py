@@ -11,9 +11,12 @@ chunk's begins, the last one at the file's `endOffset`); `parse` fills those gap
 from __future__ import annotations
 
 import json
+import re
+import tarfile
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from storage.digest import Digest
@@ -22,6 +25,7 @@ from storage.paths import clean_name
 
 ENTRY_TYPES = {"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"}
 CHUNK_ZEROS = "zeros"
+NS = 1_000_000_000
 MAX_ENTRY_SIZE = 1 << 44  # 16 TiB: anything larger in a TOC is an attack or corruption
 
 
@@ -67,8 +71,8 @@ class TocEntry:
             self.path = clean_name(self.name)
 
     @property
-    def mtime(self) -> float:
-        return parse_time(self.modtime)
+    def mtime_ns(self) -> int:
+        return parse_time_ns(self.modtime)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "name": self.name}
@@ -255,20 +259,37 @@ def _close_chunk_ranges(entries: list[TocEntry], frames_end: int) -> None:
             raise CorruptLayer(f"TOC entry {entry.name!r}: first chunk does not start the file")
 
 
-def format_time(mtime: float) -> str:
+def member_time_ns(member: tarfile.TarInfo, key: str = "mtime") -> int:
+    """A tar member's time in nanoseconds; pax records keep digits a float would lose."""
+    text = member.pax_headers.get(key)
+    try:
+        if text is not None:
+            return int(Decimal(text).scaleb(9).to_integral_value())
+    except ArithmeticError:
+        pass
+    return int(member.mtime) * NS if key == "mtime" else member_time_ns(member)
+
+
+def format_time(ns: int) -> str:
     """RFC 3339 with nanoseconds where there are any, as Go's time.Time marshals."""
-    whole = int(mtime // 1)
-    frac = round((mtime - whole) * 1e9)
-    stamp = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    seconds, frac = divmod(ns, NS)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     if frac:
         stamp += ("." + f"{frac:09d}").rstrip("0")
     return stamp + "Z"
 
 
-def parse_time(stamp: str | None) -> float:
-    if not stamp:
-        return 0.0
+def parse_time_ns(stamp: str | None) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 time (0 when absent or malformed)."""
+    match = _RFC3339.match(stamp or "")
+    if not match:
+        return 0
+    whole, frac, zone = match.groups()
     try:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        seconds = int(datetime.fromisoformat(whole + (zone.replace("Z", "+00:00") or "+00:00")).timestamp())
     except ValueError:
-        return 0.0
+        return 0
+    return seconds * NS + int((frac or "").ljust(9, "0")[:9] or 0)
+
+
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")

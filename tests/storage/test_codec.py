@@ -304,3 +304,12 @@ def test_busybox_rootfs_round_trips(busybox_tar: Path, tmp_path: Path) -> None:
     reader = open_reader(blob, written)
     assert reader.read_file(reader.entry("bin/busybox")) == Path("/bin/busybox").read_bytes()
     assert len(reader.toc.entries) > 250  # the applet symlinks
+
+
+def test_nanosecond_mtimes_survive_in_the_toc(tmp_path: Path) -> None:
+    member = info("precise")
+    member.pax_headers = {"mtime": "1704164645.123456789"}
+    blob, written = encode(make_tar(tmp_path / "t.tar", [(member, b"x")]), tmp_path)
+    entry = open_reader(blob, written).entry("precise")
+    assert entry.modtime == "2024-01-02T03:04:05.123456789Z"
+    assert entry.mtime_ns == 1704164645123456789
