@@ -112,11 +112,11 @@ def images(ctx: Context, as_json: bool) -> None:
         ]
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'REPOSITORY':<40} {'TAG':<16} {'IMAGE ID':<12}  {'CREATED':<20} SIZE")
+    click.echo(f"{'REPOSITORY':<40} {'TAG':<16} {'IMAGE ID':<12}  {'CREATED':<24} SIZE")
     for image in found:
         repository, _, tag = image.name.rpartition(":")
         click.echo(
-            f"{repository:<40} {tag:<16} {image.id.hex[:12]:<12}  {human_age(image.config.created):<20} "
+            f"{repository:<40} {tag:<16} {image.id.hex[:12]:<12}  {human_age(image.config.created):<24} "
             f"{human_size(_image_size(image))}"
         )
 

@@ -145,7 +145,8 @@ class OciLayout:
             raise DigestMismatch(f"{self.path}: blob {descriptor.digest} does not match its digest")
         return data
 
-    def manifest_for(self, ref: str | None) -> Descriptor:
+    def manifest_for(self, ref: str | None) -> tuple[str | None, Descriptor]:
+        """The image manifest `ref` names (or the only image), with the ref name it is listed under."""
         entries = Index.parse((self.path / "index.json").read_bytes()).manifests
         if ref is not None:
             entries = [d for d in entries if d.annotations.get(REF_NAME) == ref]
@@ -154,11 +155,12 @@ class OciLayout:
         elif len(entries) != 1:
             raise InvalidReference(f"{self.path} holds {len(entries)} images: name one as oci:DIR:REF")
         descriptor = entries[0]
+        ref_name = descriptor.annotations.get(REF_NAME)
         while descriptor.media_type in INDEX_TYPES:
             descriptor = _pick_platform(Index.parse(self.read_blob(descriptor)).manifests, self.path)
         if descriptor.media_type not in MANIFEST_TYPES:
             raise BadArchive(f"{self.path}: unsupported manifest type {descriptor.media_type}")
-        return descriptor
+        return ref_name, descriptor
 
 
 def _pick_platform(manifests: list[Descriptor], where: Path) -> Descriptor:
@@ -173,8 +175,10 @@ def _pick_platform(manifests: list[Descriptor], where: Path) -> Descriptor:
 def import_oci(store: Store, source: OciSource, name: str | None) -> Image:
     """Copy one image of an OCI layout into the store, converting layers to zstd:chunked."""
     layout = OciLayout(source.path)
-    descriptor = layout.manifest_for(source.ref)
-    name = image_name(name or source.ref or "")
+    ref_name, descriptor = layout.manifest_for(source.ref)
+    if not (name or ref_name):
+        raise InvalidReference(f"{source.path}: the image has no ref name there: give it a NAME[:TAG]")
+    name = image_name(name or ref_name or "")
     manifest = Manifest.parse(layout.read_blob(descriptor))
     config_bytes = layout.read_blob(manifest.config)
     config = ImageConfig.parse(config_bytes)

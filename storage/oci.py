@@ -22,11 +22,12 @@ MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 MANIFEST_TYPES = {MEDIA_MANIFEST, DOCKER_MANIFEST}
 INDEX_TYPES = {MEDIA_INDEX, DOCKER_MANIFEST_LIST}
-LAYER_TYPES = {MEDIA_LAYER_TAR, MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, DOCKER_LAYER_GZIP}
+LAYER_TYPES = {MEDIA_LAYER_TAR, MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, DOCKER_LAYER_TAR, DOCKER_LAYER_GZIP}
 REF_NAME = "org.opencontainers.image.ref.name"
 
 

@@ -106,12 +106,14 @@ class Containerd:
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{b}/opt"\n'
         )
 
-    def ctr(self, *args: str) -> bytes:
-        return run_tool(["ctr", "--address", str(self.socket), "--namespace", self.NAMESPACE, *args], self.env)
+    def client(self, tool: str, *args: str, namespace: str = NAMESPACE) -> bytes:
+        return run_tool([tool, "--address", str(self.socket), "--namespace", namespace, *args], self.env)
 
-    def ctr_remote(self, *args: str) -> bytes:
-        argv = ["ctr-remote", "--address", str(self.socket), "--namespace", self.NAMESPACE, *args]
-        return run_tool(argv, self.env)
+    def ctr(self, *args: str, namespace: str = NAMESPACE) -> bytes:
+        return self.client("ctr", *args, namespace=namespace)
+
+    def ctr_remote(self, *args: str, namespace: str = NAMESPACE) -> bytes:
+        return self.client("ctr-remote", *args, namespace=namespace)
 
     def answers(self) -> bool:
         argv = ["ctr", "--address", str(self.socket), "version"]

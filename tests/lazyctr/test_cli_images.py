@@ -202,3 +202,40 @@ def test_toc_digest_mismatch_is_detected(lazyctr: CliRunner, busybox: str, root:
 def test_tarball_import_needs_a_name(lazyctr: CliRunner, busybox_tar: Path) -> None:
     result = lazyctr("import", str(busybox_tar), ok=False)
     assert result.code == 2 and "needs a NAME" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- importing OCI layouts ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layout(lazyctr: CliRunner, busybox: str, tmp_path: Path) -> Path:
+    lazyctr("export", "busybox", f"oci:{tmp_path}/layout:bb:1")
+    return tmp_path / "layout"
+
+
+def test_import_oci_layout_takes_the_ref_name(lazyctr: CliRunner, layout: Path, busybox: str) -> None:
+    assert lazyctr("import", f"oci:{layout}:bb:1").out.strip() == busybox
+    assert {r["Name"] for r in json.loads(lazyctr("images", "--json").out)} == {"busybox:latest", "bb:1"}
+    lazyctr("import", f"oci:{layout}", "renamed:2")  # the only image of the layout
+    assert lazyctr("cat", "renamed:2", "/etc/passwd").out.startswith("root:")
+
+
+def test_import_oci_layout_errors(lazyctr: CliRunner, layout: Path, tmp_path: Path) -> None:
+    assert_clean_error(lazyctr("import", f"oci:{layout}:nope", ok=False), "no image named 'nope'")
+    assert_clean_error(lazyctr("import", f"oci:{tmp_path}/absent", ok=False), "is not an OCI image layout")
+    index = json.loads((layout / "index.json").read_text())
+    del index["manifests"][0]["annotations"]
+    (layout / "index.json").write_text(json.dumps(index))
+    assert_clean_error(lazyctr("import", f"oci:{layout}", ok=False), "give it a NAME")
+
+
+def test_import_oci_layout_with_a_corrupted_blob(lazyctr: CliRunner, layout: Path, root: Path) -> None:
+    lazyctr("rmi", "busybox")
+    manifest_digest = json.loads((layout / "index.json").read_text())["manifests"][0]["digest"]
+    manifest = json.loads((layout / "blobs/sha256" / manifest_digest[7:]).read_text())
+    blob = layout / "blobs/sha256" / manifest["layers"][0]["digest"][7:]
+    data = bytearray(blob.read_bytes())
+    data[1000] ^= 0x55
+    blob.write_bytes(bytes(data))
+    assert_clean_error(lazyctr("import", f"oci:{layout}:bb:1", ok=False), "does not match its digest")
+    assert not list((root / "store/blobs/sha256").iterdir())
