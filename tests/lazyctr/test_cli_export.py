@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import CliRunner, assert_clean_error, require_tools
 from tests.tarfiles import info, make_tar
 
+GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
 
 @pytest.fixture
 def rich_tar(tmp_path: Path, busybox_tar: Path) -> Path:
