@@ -226,14 +226,6 @@ def export(ctx: Context, image: str, destination: str, compression: str) -> None
     click.echo(ref)
 
 
-def _tree(store: Store, image: Image) -> ImageTree:
-    tocs = []
-    for layer in image.manifest.layers:
-        with store.open_layer(layer) as reader:
-            tocs.append(reader.toc)
-    return ImageTree.from_tocs(tocs)
-
-
 @cli.command()
 @click.argument("image")
 @click.argument("path", default="/")
@@ -241,7 +233,8 @@ def _tree(store: Store, image: Image) -> ImageTree:
 @pass_context
 def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
     """List files of an image, read from its layers' tables of contents."""
-    tree = _tree(ctx.store, ctx.store.image(image))
+    with ctx.store.open_layers(ctx.store.image(image)) as layers:
+        tree = ImageTree.from_tocs([layer.toc for layer in layers])
     node = tree.lookup(path, follow_last=True)
     if not node.is_dir:
         node = tree.lookup(path, follow_last=False)
@@ -263,15 +256,13 @@ def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
 def cat(ctx: Context, image: str, path: str) -> None:
     """Print a file of an image, reading only the byte ranges that hold it."""
     found = ctx.store.image(image)
-    tree = _tree(ctx.store, found)
-    node = tree.lookup(path)
-    if node.kind != "reg":
-        raise NotFound(f"{path} is not a regular file in {found.name}")
-    out = sys.stdout.buffer
-    with ctx.store.open_layer(found.manifest.layers[node.layer]) as reader:
-        for data in reader.iter_file(node.content):
-            out.write(data)
-    out.flush()
+    with ctx.store.open_layers(found) as layers:
+        node = ImageTree.from_tocs([layer.toc for layer in layers]).lookup(path)
+        if node.kind != "reg":
+            raise NotFound(f"{path} is not a regular file in {found.name}")
+        for data in layers[node.layer].iter_file(node.content):
+            sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 @cli.command()

@@ -211,6 +211,12 @@ class Store:
         with FileRangeSource(self.blob_path(layer.digest)) as source:
             yield LayerReader.open(source, layer.annotations)
 
+    @contextlib.contextmanager
+    def open_layers(self, image: Image) -> Iterator[list[LayerReader]]:
+        """Random access to every layer of an image, bottom layer first."""
+        with contextlib.ExitStack() as stack:
+            yield [stack.enter_context(self.open_layer(layer)) for layer in image.manifest.layers]
+
     # -- garbage collection --------------------------------------------------------------------
 
     def gc(self) -> tuple[int, int]:
