@@ -14,6 +14,7 @@ import json
 import re
 import tarfile
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -76,27 +77,9 @@ class TocEntry:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "name": self.name}
-        for key, value in (
-            ("linkName", self.link_name),
-            ("mode", self.mode),
-            ("size", self.size),
-            ("modtime", self.modtime),
-            ("uid", self.uid),
-            ("gid", self.gid),
-            ("devMajor", self.dev_major),
-            ("devMinor", self.dev_minor),
-            ("xattrs", self.xattrs),
-            ("digest", self.digest),
-            ("offset", self.offset),
-            ("endOffset", self.end_offset),
-            ("chunkSize", self.chunk_size),
-            ("chunkOffset", self.chunk_offset),
-            ("chunkDigest", self.chunk_digest),
-            ("chunkType", self.chunk_type),
-            ("innerOffset", self.inner_offset),
-        ):
-            if value:
-                out[key] = str(value) if isinstance(value, Digest) else value
+        for key, (attribute, _) in _JSON_FIELDS.items():
+            if value := getattr(self, attribute):
+                out[key] = value
         return out
 
     @classmethod
@@ -107,47 +90,61 @@ class TocEntry:
         name = obj.get("name")
         if kind not in ENTRY_TYPES or not isinstance(name, str):
             raise CorruptLayer(f"TOC entry with invalid type {kind!r} or name {name!r}")
-
-        def number(key: str) -> int:
-            value = obj.get(key, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ENTRY_SIZE:
-                raise CorruptLayer(f"TOC entry {name!r}: invalid {key} {value!r}")
-            return value
-
-        def digest(key: str) -> Digest | None:
-            value = obj.get(key)
-            if not value:
-                return None
+        fields: dict[str, Any] = {}
+        for key, value in obj.items():  # only the keys present: TOCs omit empty fields
+            spec = _JSON_FIELDS.get(key)
+            if spec is None or value is None:
+                continue
+            attribute, check = spec
             try:
-                return Digest(value)
-            except InvalidReference:
+                fields[attribute] = check(value)
+            except (TypeError, ValueError, InvalidReference):
                 raise CorruptLayer(f"TOC entry {name!r}: invalid {key} {value!r}") from None
+        return cls(type=kind, name=name, **fields)
 
-        xattrs = obj.get("xattrs") or {}
-        if not isinstance(xattrs, dict) or not all(isinstance(v, str) for v in xattrs.values()):
-            raise CorruptLayer(f"TOC entry {name!r}: invalid xattrs")
-        modtime = obj.get("modtime")
-        return cls(
-            type=kind,
-            name=name,
-            link_name=str(obj.get("linkName") or ""),
-            mode=number("mode"),
-            size=number("size"),
-            modtime=modtime if isinstance(modtime, str) else None,
-            uid=number("uid"),
-            gid=number("gid"),
-            dev_major=number("devMajor"),
-            dev_minor=number("devMinor"),
-            xattrs=dict(xattrs),
-            digest=digest("digest"),
-            offset=number("offset"),
-            end_offset=number("endOffset"),
-            chunk_size=number("chunkSize"),
-            chunk_offset=number("chunkOffset"),
-            chunk_digest=digest("chunkDigest"),
-            chunk_type=str(obj.get("chunkType") or ""),
-            inner_offset=number("innerOffset"),
-        )
+
+def _number(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_ENTRY_SIZE:
+        raise ValueError(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _digest(value: Any) -> Digest | None:
+    return Digest(value) if value else None
+
+
+def _xattrs(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise TypeError(value)
+    return dict(value)
+
+
+# TOC JSON key -> (TocEntry attribute, check and conversion of its value).
+_JSON_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "linkName": ("link_name", _text),
+    "mode": ("mode", _number),
+    "size": ("size", _number),
+    "modtime": ("modtime", _text),
+    "uid": ("uid", _number),
+    "gid": ("gid", _number),
+    "devMajor": ("dev_major", _number),
+    "devMinor": ("dev_minor", _number),
+    "xattrs": ("xattrs", _xattrs),
+    "digest": ("digest", _digest),
+    "offset": ("offset", _number),
+    "endOffset": ("end_offset", _number),
+    "chunkSize": ("chunk_size", _number),
+    "chunkOffset": ("chunk_offset", _number),
+    "chunkDigest": ("chunk_digest", _digest),
+    "chunkType": ("chunk_type", _text),
+    "innerOffset": ("inner_offset", _number),
+}
 
 
 @dataclass
