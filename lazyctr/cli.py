@@ -13,7 +13,8 @@ import click
 from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
-from storage.errors import NotFound
+from runtime.container import Container, ContainerError, spec_for
+from storage.errors import NotFound, StorageError
 from storage.files import atomic_path
 from storage.importer import (
     EXPORT_COMPRESSIONS,
@@ -263,6 +264,34 @@ def cat(ctx: Context, image: str, path: str) -> None:
         for data in layers[node.layer].iter_file(node.content):
             sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def run(
+    ctx: Context, remove: bool, env: tuple[str, ...], workdir: str | None, hostname: str, image: str,
+    command: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Run COMMAND in a new container of IMAGE (overlay root, own namespaces); exits with its status."""
+    try:
+        found = ctx.store.image(image)
+    except StorageError as e:
+        raise ContainerError(str(e)) from None
+    spec = spec_for(found, list(command), list(env), workdir)
+    spec.hostname = hostname
+    container = Container(ctx.store, found, spec)
+    try:
+        status = container.run()
+    finally:
+        if remove:
+            container.remove()
+    sys.exit(status)
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import click
 
+from runtime.container import ContainerError
 from storage.errors import InvalidReference, StorageError
 
 EXIT_ERROR = 1
@@ -15,6 +16,7 @@ EXIT_USAGE = 2
 
 # Most specific class first.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (ContainerError, 125),  # docker's status for a container that could not be created
     (InvalidReference, EXIT_USAGE),
     (StorageError, EXIT_ERROR),
 ]

@@ -25,7 +25,7 @@ import tarfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Literal, Protocol, cast
+from typing import IO, TYPE_CHECKING, Literal, Protocol, cast
 
 import zstandard
 
@@ -513,7 +513,7 @@ class _Extractor:
 
 
 def extract_layer(
-    blob: BinaryIO,
+    blob: Readable,
     media_type: str,
     dest: Path,
     diff_id: Digest | None = None,

@@ -1,0 +1,225 @@
+"""Running one container: its root file system, namespaces and process, set up in runc's order.
+
+The lazyctr process stays in the host's namespaces and only waits. A forked monitor unshares the
+mount, UTS, IPC, network and PID namespaces, mounts the overlay root inside its own mount namespace
+(so the kernel removes it when the container ends, whatever happens to us) and forks the
+container's PID 1, which finishes the setup, one small function per step, and execs the command.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from runtime import syscalls as sc
+from runtime.layers import LayerCache
+from storage.store import Image, Store
+
+NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_SETUP_FAILED = 127, 126, 125
+MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+class ContainerError(Exception):
+    """A container that cannot be created: exits 125, as docker does."""
+
+
+@dataclass
+class Spec:
+    """What to run, with the image config already merged with the command line."""
+
+    argv: list[str]
+    env: list[str]
+    cwd: str = "/"
+    hostname: str = ""
+    id: str = field(default_factory=lambda: secrets.token_hex(32))
+
+
+def spec_for(image: Image, command: list[str], env: list[str], workdir: str | None) -> Spec:
+    """Entrypoint + Cmd (or the given command) and Env, merged as docker merges them."""
+    config = image.config.config
+    entrypoint = list(config.get("Entrypoint") or [])
+    argv = entrypoint + (command or list(config.get("Cmd") or []))
+    if not argv:
+        raise ContainerError(f"no command given and {image.name} has no Entrypoint or Cmd")
+    merged = {item.split("=", 1)[0]: item for item in config.get("Env") or [f"PATH={DEFAULT_PATH}"]}
+    merged.update({item.split("=", 1)[0]: item for item in env})
+    return Spec(argv, list(merged.values()), workdir or config.get("WorkingDir") or "/")
+
+
+class Container:
+    def __init__(self, store: Store, image: Image, spec: Spec) -> None:
+        self.store = store
+        self.image = image
+        self.spec = spec
+        self.dir = store.root / "containers" / spec.id
+        self.hostname = spec.hostname or spec.id[:12]
+
+    def run(self) -> int:
+        """Run to completion; returns the exit status (128+N when killed by signal N)."""
+        cache = LayerCache(self.store)
+        lowers = [
+            cache.get(layer, diff_id)
+            for layer, diff_id in zip(self.image.manifest.layers, self.image.config.diff_ids, strict=True)
+        ]
+        for part in ("upper", "work", "rootfs"):
+            (self.dir / part).mkdir(parents=True, exist_ok=True)
+        monitor = os.fork()
+        if monitor == 0:
+            _child_main(lambda: self._monitor(lowers))
+        forward = {
+            sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            return _wait_status(monitor)
+        finally:
+            for sig, handler in forward.items():
+                signal.signal(sig, handler)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- inside the monitor: new namespaces, overlay root ------------------------------------------
+
+    def _monitor(self, lowers: list[Path]) -> int:
+        sc.unshare(NAMESPACES)
+        sc.mount("none", "/", "", sc.MS_REC | sc.MS_PRIVATE, "")
+        rootfs = self.dir / "rootfs"
+        # Upper layers first: overlayfs's lowerdir lists the topmost directory first.
+        lowerdir = ":".join(str(p) for p in reversed(lowers))
+        options = f"lowerdir={lowerdir},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"
+        sc.mount("overlay", str(rootfs), "overlay", 0, options)
+        init = os.fork()
+        if init == 0:
+            _child_main(lambda: self._init(rootfs))
+        signal.signal(signal.SIGINT, lambda s, _f: os.kill(init, s))
+        signal.signal(signal.SIGTERM, lambda s, _f: os.kill(init, s))
+        return _wait_status(init)
+
+    # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
+
+    def _init(self, rootfs: Path) -> int:
+        mount_proc(rootfs)
+        mount_sys(rootfs)
+        mount_dev(rootfs)
+        pivot_root(rootfs)
+        mask_paths()
+        socket.sethostname(self.hostname)
+        loopback_up()
+        sc.drop_bounding_capabilities(sc.DOCKER_DEFAULT_CAPABILITIES)
+        sc.set_no_new_privs()
+        return exec_command(self.spec)
+
+
+def mount_proc(rootfs: Path) -> None:
+    (rootfs / "proc").mkdir(exist_ok=True)
+    sc.mount("proc", str(rootfs / "proc"), "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "")
+
+
+def mount_sys(rootfs: Path) -> None:
+    (rootfs / "sys").mkdir(exist_ok=True)
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_RDONLY
+    sc.mount("sysfs", str(rootfs / "sys"), "sysfs", flags, "")
+
+
+def mount_dev(rootfs: Path) -> None:
+    """A tmpfs /dev with the usual devices bound from the host, devpts, shm, mqueue and fd links."""
+    dev = rootfs / "dev"
+    dev.mkdir(exist_ok=True)
+    sc.mount("tmpfs", str(dev), "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name in DEVICES:
+        (dev / name).touch()
+        sc.mount(f"/dev/{name}", str(dev / name), "", sc.MS_BIND, "")
+    for name, fstype, flags, data in (
+        ("pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+        ("shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k"),
+        ("mqueue", "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, ""),
+    ):
+        (dev / name).mkdir()
+        sc.mount(name, str(dev / name), fstype, flags, data)
+    os.symlink("pts/ptmx", dev / "ptmx")
+    for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                         ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(target, dev / link)
+
+
+def pivot_root(rootfs: Path) -> None:
+    """Make `rootfs` the root; the old root is detached so no host mount stays visible."""
+    os.chdir(rootfs)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+def mask_paths() -> None:
+    for path in MASKED_PATHS:
+        if os.path.isdir(path):
+            sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY, "")
+        elif os.path.exists(path):
+            sc.mount("/dev/null", path, "", sc.MS_BIND, "")
+    for path in READONLY_PATHS:
+        if os.path.exists(path):
+            sc.mount(path, path, "", sc.MS_BIND | sc.MS_REC, "")
+            sc.mount(path, path, "", sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY, "")
+
+
+def loopback_up() -> None:
+    """`ip link set lo up`, without needing `ip` in the image."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, request))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def exec_command(spec: Spec) -> int:
+    env = dict(item.split("=", 1) for item in spec.env if "=" in item)
+    try:
+        os.chdir(spec.cwd)
+    except OSError as e:
+        print(f"lazyctr: error: working directory {spec.cwd}: {e.strerror}", file=sys.stderr)
+        return EXIT_SETUP_FAILED
+    try:
+        os.execvpe(spec.argv[0], spec.argv, env)
+    except OSError as e:
+        print(f"lazyctr: error: {spec.argv[0]}: {e.strerror}", file=sys.stderr)
+        return EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
+
+
+def _child_main(body: Callable[[], int]) -> NoReturn:
+    """Run `body` in a forked child and leave with its status; never return to the caller's code."""
+    status = EXIT_SETUP_FAILED
+    try:
+        status = body()
+    except BaseException as e:  # a setup step failed: say which, as docker does, and exit 125
+        print(f"lazyctr: error: container setup failed: {e}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _wait_status(pid: int) -> int:
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)

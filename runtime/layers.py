@@ -1,0 +1,57 @@
+"""Extracted layers shared by containers: `<root>/layers/<diff_id hex>`, each extracted once.
+
+The overlay driver stacks these directories as overlayfs lower dirs, so a layer is extracted once
+however many containers use it. Whiteouts are kept in overlayfs's form (0:0 character devices and
+the opaque xattr). Extraction goes to a temporary directory, renamed into place once complete and
+checked against the blob's digest, under a per-layer lock: no container ever sees half a layer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from storage.digest import Digest
+from storage.errors import DigestMismatch
+from storage.extract import HashingReader, extract_layer
+from storage.files import file_lock, fsync_dir
+from storage.oci import Descriptor
+from storage.store import Store
+
+
+class LayerCache:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dir = store.root / "layers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, diff_id: Digest) -> Path:
+        return self.dir / diff_id.hex
+
+    def get(self, layer: Descriptor, diff_id: Digest) -> Path:
+        """The directory holding `layer` extracted for overlayfs, extracting it if needed."""
+        target = self.path(diff_id)
+        if target.is_dir():
+            return target
+        with file_lock(self.store.locks / f"layer-{diff_id.hex}.lock"):
+            if target.is_dir():  # another process finished it while we waited
+                return target
+            staging = Path(tempfile.mkdtemp(dir=self.dir, prefix=".extracting-"))
+            try:
+                with open(self.store.blob_path(layer.digest), "rb") as f:
+                    blob = HashingReader(f)
+                    extract_layer(blob, layer.media_type, staging, whiteouts="overlay")
+                    blob.read()  # the digest covers the whole blob, TOC and footer included
+                if blob.digest != layer.digest:
+                    raise DigestMismatch(
+                        f"layer {layer.digest} is corrupted: its content hashes to {blob.digest}"
+                    )
+                os.chmod(staging, 0o755)
+                os.rename(staging, target)
+                fsync_dir(self.dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return target

@@ -1,0 +1,146 @@
+"""`lazyctr run` with the overlay root: exit statuses like docker's, and one test per isolation rule."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CliRunner, assert_clean_error
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def busybox(lazyctr: CliRunner, busybox_tar: Path) -> str:
+    lazyctr("import", str(busybox_tar), "busybox")
+    return "busybox"
+
+
+def run(lazyctr: CliRunner, *command: str) -> str:
+    return lazyctr("run", "--rm", "busybox", *command).out
+
+
+def test_echo(lazyctr: CliRunner, busybox: str) -> None:
+    assert run(lazyctr, "echo", "hi") == "hi\n"
+
+
+def test_exit_status_is_the_commands(lazyctr: CliRunner, busybox: str) -> None:
+    assert lazyctr("run", "--rm", busybox, "sh", "-c", "exit 3", ok=False).code == 3
+
+
+def descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children] + [d for c in children for d in descendants(int(c))]
+
+
+def test_kill_9_of_the_container_process_gives_137(busybox: str, root: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "lazyctr.cli",
+        "--root",
+        str(root),
+        "run",
+        "--rm",
+        busybox,
+        "sleep",
+        "60",
+    ]
+    proc = subprocess.Popen(command)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            sleepers = [
+                p for p in descendants(proc.pid) if Path(f"/proc/{p}/comm").read_text().strip() == "sleep"
+            ]
+            if sleepers:
+                break
+            time.sleep(0.05)
+        os.kill(sleepers[0], signal.SIGKILL)
+        assert proc.wait(timeout=10) == 137
+    finally:
+        proc.kill()
+    assert list((root / "containers").iterdir()) == []  # --rm cleaned up even so
+
+
+def test_missing_and_non_executable_commands(lazyctr: CliRunner, busybox: str) -> None:
+    missing = lazyctr("run", "--rm", busybox, "nosuchcmd", ok=False)
+    assert missing.code == 127 and "nosuchcmd: No such file or directory" in missing.stderr
+    assert lazyctr("run", "--rm", busybox, "/etc/passwd", ok=False).code == 126
+
+
+def test_unknown_image_exits_125(lazyctr: CliRunner) -> None:
+    result = lazyctr("run", "--rm", "nope", "true", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "image not known: nope")
+
+
+def test_no_command_and_no_cmd_in_the_image(lazyctr: CliRunner, busybox: str) -> None:
+    result = lazyctr("run", "--rm", busybox, ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "has no Entrypoint or Cmd")
+
+
+def test_sees_only_its_own_pids(lazyctr: CliRunner, busybox: str) -> None:
+    pids = run(lazyctr, "sh", "-c", "echo $$; ls /proc | grep -E '^[0-9]+$'").split()
+    assert pids[0] == "1"
+    assert set(pids[1:]) <= {"1", "2", "3", "4"}  # sh, ls, grep: nothing of the host
+
+
+def test_own_hostname_and_environment(lazyctr: CliRunner, busybox: str) -> None:
+    flags = ["--hostname", "box", "-e", "GREETING=hello", "-w", "/tmp"]
+    script = "hostname; echo $GREETING; pwd; echo $PATH"
+    out = lazyctr("run", "--rm", *flags, busybox, "sh", "-c", script).out.split()
+    assert out[:3] == ["box", "hello", "/tmp"] and out[3].startswith("/usr/local/sbin")
+
+
+def test_cannot_see_host_mounts(lazyctr: CliRunner, busybox: str, root: Path) -> None:
+    mounts = run(lazyctr, "cat", "/proc/self/mounts")
+    assert str(root) not in mounts.split("lowerdir=")[0]  # only the overlay's options name host paths
+    assert " / overlay " in mounts
+    assert all(line.split()[1].startswith(("/",)) for line in mounts.splitlines())
+    assert "/work" not in [line.split()[1] for line in mounts.splitlines()]
+
+
+def test_writes_go_to_the_upper_dir_only(lazyctr: CliRunner, busybox: str, root: Path) -> None:
+    lazyctr(
+        "run",
+        busybox,
+        "sh",
+        "-c",
+        "echo changed > /etc/hostname; rm /bin/busybox-not-there 2>/dev/null; true",
+    )
+    (container,) = (root / "containers").iterdir()
+    assert (container / "upper/etc/hostname").read_text() == "changed\n"
+    assert run(lazyctr, "cat", "/etc/hostname") == "lazyctr\n"  # the image is untouched
+
+
+def test_reduced_capabilities_and_no_new_privs(lazyctr: CliRunner, busybox: str) -> None:
+    status = dict(
+        line.split(":\t") for line in run(lazyctr, "cat", "/proc/self/status").splitlines() if ":\t" in line
+    )
+    assert status["CapBnd"] == status["CapEff"] == "00000000a80425fb"  # docker's default set
+    assert status["NoNewPrivs"] == "1"
+    assert "Read-only" in lazyctr("run", "--rm", busybox, "sh", "-c", "echo x > /proc/sys/kernel/hostname",
+                                  ok=False).stderr  # fmt: skip
+
+
+def test_loopback_is_up_and_no_other_interface(lazyctr: CliRunner, busybox: str) -> None:
+    links = run(lazyctr, "cat", "/proc/net/dev")
+    names = [line.split(":")[0].strip() for line in links.splitlines()[2:]]
+    assert names == ["lo"]
+    assert "UP" in run(lazyctr, "ip", "link", "show", "lo")
+
+
+def test_rm_leaves_nothing_behind(lazyctr: CliRunner, busybox: str, root: Path) -> None:
+    run(lazyctr, "true")
+    assert list((root / "containers").iterdir()) == []
+    with open("/proc/self/mountinfo") as f:
+        assert str(root) not in f.read()  # the overlay lived and died in the container's namespace
+    assert os.path.isdir(root / "layers")  # extracted layers stay, shared by the next container
