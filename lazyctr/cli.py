@@ -14,6 +14,7 @@ from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
 from runtime.container import Container, ContainerError, spec_for
+from runtime.drivers import DRIVERS
 from storage.errors import NotFound, StorageError
 from storage.files import atomic_path
 from storage.importer import (
@@ -271,13 +272,21 @@ def cat(ctx: Context, image: str, path: str) -> None:
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
+@click.option("--driver", type=click.Choice(sorted(DRIVERS)), default="overlay", show_default=True,
+              help="How the root file system is made from the image.")  # fmt: skip
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
 def run(
-    ctx: Context, remove: bool, env: tuple[str, ...], workdir: str | None, hostname: str, image: str,
+    ctx: Context,
+    remove: bool,
+    env: tuple[str, ...],
+    workdir: str | None,
+    hostname: str,
+    driver: str,
+    image: str,
     command: tuple[str, ...],
-) -> None:  # fmt: skip
+) -> None:
     """Run COMMAND in a new container of IMAGE (overlay root, own namespaces); exits with its status."""
     try:
         found = ctx.store.image(image)
@@ -285,7 +294,7 @@ def run(
         raise ContainerError(str(e)) from None
     spec = spec_for(found, list(command), list(env), workdir)
     spec.hostname = hostname
-    container = Container(ctx.store, found, spec)
+    container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store))
     try:
         status = container.run()
     finally:

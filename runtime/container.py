@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runtime import syscalls as sc
-from runtime.layers import LayerCache
+from runtime.drivers import Driver
 from storage.store import Image, Store
 
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
@@ -62,25 +62,20 @@ def spec_for(image: Image, command: list[str], env: list[str], workdir: str | No
 
 
 class Container:
-    def __init__(self, store: Store, image: Image, spec: Spec) -> None:
+    def __init__(self, store: Store, image: Image, spec: Spec, driver: Driver) -> None:
         self.store = store
         self.image = image
         self.spec = spec
+        self.driver = driver
         self.dir = store.root / "containers" / spec.id
         self.hostname = spec.hostname or spec.id[:12]
 
     def run(self) -> int:
         """Run to completion; returns the exit status (128+N when killed by signal N)."""
-        cache = LayerCache(self.store)
-        lowers = [
-            cache.get(layer, diff_id)
-            for layer, diff_id in zip(self.image.manifest.layers, self.image.config.diff_ids, strict=True)
-        ]
-        for part in ("upper", "work", "rootfs"):
-            (self.dir / part).mkdir(parents=True, exist_ok=True)
+        self.driver.prepare(self.image, self.dir)
         monitor = os.fork()
         if monitor == 0:
-            _child_main(lambda: self._monitor(lowers))
+            _child_main(self._monitor)
         forward = {
             sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
             for sig in (signal.SIGINT, signal.SIGTERM)
@@ -96,14 +91,10 @@ class Container:
 
     # -- inside the monitor: new namespaces, overlay root ------------------------------------------
 
-    def _monitor(self, lowers: list[Path]) -> int:
+    def _monitor(self) -> int:
         sc.unshare(NAMESPACES)
-        sc.mount("none", "/", "", sc.MS_REC | sc.MS_PRIVATE, "")
-        rootfs = self.dir / "rootfs"
-        # Upper layers first: overlayfs's lowerdir lists the topmost directory first.
-        lowerdir = ":".join(str(p) for p in reversed(lowers))
-        options = f"lowerdir={lowerdir},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"
-        sc.mount("overlay", str(rootfs), "overlay", 0, options)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        rootfs = self.driver.mount(self.dir)
         init = os.fork()
         if init == 0:
             _child_main(lambda: self._init(rootfs))

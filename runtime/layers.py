@@ -15,7 +15,7 @@ from pathlib import Path
 
 from storage.digest import Digest
 from storage.errors import DigestMismatch
-from storage.extract import HashingReader, extract_layer
+from storage.extract import HashingReader, Whiteouts, extract_layer
 from storage.files import file_lock, fsync_dir
 from storage.oci import Descriptor
 from storage.store import Store
@@ -55,3 +55,17 @@ class LayerCache:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         return target
+
+
+def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whiteouts) -> None:
+    """Extract a stored layer onto `dest`, checking the blob against its digest as it streams.
+
+    The blob digest, not the diff_id, is the check: podman 4 records diff_ids its own zstd:chunked
+    layers do not match.
+    """
+    with open(store.blob_path(layer.digest), "rb") as f:
+        blob = HashingReader(f)
+        extract_layer(blob, layer.media_type, dest, whiteouts=whiteouts)
+        blob.read()  # the digest covers the whole blob, TOC and footer included
+    if blob.digest != layer.digest:
+        raise DigestMismatch(f"layer {layer.digest} is corrupted: its content hashes to {blob.digest}")

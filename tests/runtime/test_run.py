@@ -144,3 +144,12 @@ def test_rm_leaves_nothing_behind(lazyctr: CliRunner, busybox: str, root: Path) 
     with open("/proc/self/mountinfo") as f:
         assert str(root) not in f.read()  # the overlay lived and died in the container's namespace
     assert os.path.isdir(root / "layers")  # extracted layers stay, shared by the next container
+
+
+def test_copy_driver_runs_from_a_private_copy(lazyctr: CliRunner, busybox: str, root: Path) -> None:
+    out = lazyctr("run", "--driver", "copy", busybox, "sh", "-c", "echo hi > /tmp/x; cat /etc/passwd").out
+    assert out.startswith("root:x:0:0")
+    (container,) = (root / "containers").iterdir()
+    assert (container / "rootfs/tmp/x").read_text() == "hi\n"
+    assert (container / "rootfs/bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+    assert not (root / "layers").exists() or not list((root / "layers").iterdir())  # nothing shared
