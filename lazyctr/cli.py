@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
 from runtime.container import Container, ContainerError, spec_for
 from runtime.drivers import DRIVERS
-from storage.errors import NotFound, StorageError
+from storage.errors import NotFound, StorageError, UnsafePath
 from storage.files import atomic_path
 from storage.importer import (
     EXPORT_COMPRESSIONS,
@@ -237,9 +238,12 @@ def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
     """List files of an image, read from its layers' tables of contents."""
     with ctx.store.open_layers(ctx.store.image(image)) as layers:
         tree = ImageTree.from_tocs([layer.toc for layer in layers])
-    node = tree.lookup(path, follow_last=True)
+    node = tree.lookup(path, follow_last=False)  # a dangling or looping symlink still lists
+    if node.kind == "symlink":
+        with contextlib.suppress(NotFound, UnsafePath):
+            target = tree.lookup(path)
+            node = target if target.is_dir else node
     if not node.is_dir:
-        node = tree.lookup(path, follow_last=False)
         click.echo(ls_line(path, node.entry, node.kind, node.content.size))
         return
     if recursive:

@@ -226,6 +226,10 @@ def _import_layer(store: Store, layout: OciLayout, layer: Descriptor, diff_id: D
 
 
 def _check_blob_digest(blob: HashingReader, layer: Descriptor) -> None:
+    if blob.size != layer.size:
+        raise DigestMismatch(
+            f"layer blob {layer.digest} is {blob.size} bytes, its descriptor says {layer.size}"
+        )
     if blob.digest != layer.digest:
         raise DigestMismatch(f"layer blob {layer.digest} does not match its digest (found {blob.digest})")
 

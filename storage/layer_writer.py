@@ -151,14 +151,16 @@ def _frame_tar(raw: BinaryIO, frames: _FrameWriter, chunk_size: int) -> list[Toc
         return data
 
     entries: list[TocEntry] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # path -> entry type
     try:
         with tarfile.open(fileobj=raw, mode="r:") as archive:
             for member in archive:
                 entry = _entry_for(member)
                 if entry.path in seen:
                     raise BadArchive(f"tar archive has a duplicate entry {member.name!r}")
-                seen.add(entry.path)
+                if entry.type == "hardlink" and seen.get(entry.link_name.removeprefix("./"), "dir") == "dir":
+                    raise BadArchive(f"hard link {member.name!r} does not point to an earlier file")
+                seen[entry.path] = entry.type
                 if entry.type == "reg" and member.size:
                     if member.offset_data + member.size > tar_size:
                         raise BadArchive(f"tar archive is truncated in {member.name!r}")
@@ -218,8 +220,9 @@ def _write_payload(
         start, end = frames.payload(data)
         # Only a tiny frame can hold a run of zeros: count bytes only then.
         zeros = end - start < 64 + size // 256 and data.count(0) == size
-        chunks.append(Chunk(file_offset, size, start, end, Digest.of(data), zeros))
-    return (Digest.from_hasher(file_hash) if file_hash else chunks[0].digest or Digest.of(b"")), chunks
+        chunk_digest = Digest.of(data)
+        chunks.append(Chunk(file_offset, size, start, end, chunk_digest, zeros))
+    return (Digest.from_hasher(file_hash) if file_hash else chunk_digest), chunks
 
 
 def _describe_chunks(entry: TocEntry) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 
 from storage.errors import UnsafePath
@@ -56,9 +55,3 @@ def resolve_in_root(root: Path, name: str, follow_last: bool = False) -> Path:
             continue
         resolved.append(part)
     return root.joinpath(*resolved)
-
-
-def resolve_link_target(link_dir: str, target: str) -> str:
-    """The in-root path a symlink at `link_dir/x` with `target` points to (clamped at the root)."""
-    joined = target if target.startswith("/") else posixpath.join("/", link_dir, target)
-    return posixpath.normpath(joined).lstrip("/")

@@ -9,7 +9,6 @@ before its image is named), and read-modify-writes of index.json hold `index.loc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -61,10 +60,11 @@ class Store:
         self.locks = root / "locks"
         for directory in (self.blobs, self.tmp, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
-        if not (self.layout / "oci-layout").exists():
-            atomic_write(self.layout / "oci-layout", OCI_LAYOUT)
         if not (self.layout / "index.json").exists():
-            atomic_write(self.layout / "index.json", Index().to_bytes())
+            with file_lock(self.locks / "index.lock"):  # two first runs must not both create it
+                if not (self.layout / "index.json").exists():
+                    atomic_write(self.layout / "oci-layout", OCI_LAYOUT)
+                    atomic_write(self.layout / "index.json", Index().to_bytes())
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -82,18 +82,6 @@ class Store:
             raise NotFound(f"blob {digest} is not in the store") from None
         verify(data, digest, f"blob {digest}")
         return data
-
-    def verify_blob(self, digest: Digest) -> None:
-        hasher = hashlib.sha256()
-        try:
-            with open(self.blob_path(digest), "rb") as f:
-                while block := f.read(1 << 20):
-                    hasher.update(block)
-        except FileNotFoundError:
-            raise NotFound(f"blob {digest} is not in the store") from None
-        found = Digest.from_hasher(hasher)
-        if found != digest:
-            raise CorruptLayer(f"blob {digest} is corrupted: its content hashes to {found}")
 
     def put_blob(self, data: bytes) -> Digest:
         digest = Digest.of(data)
@@ -143,7 +131,9 @@ class Store:
     def tag(self, name: str, manifest: Descriptor) -> None:
         """Point `name` (`repository:tag`) at a manifest already in the store."""
         entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, {REF_NAME: name})
-        with file_lock(self.locks / "index.lock"):
+        with self.ingesting(), file_lock(self.locks / "index.lock"):  # gc must not run in between
+            if not self.has_blob(manifest.digest):
+                raise NotFound(f"manifest {manifest.digest} is not in the store (removed meanwhile?)")
             index = self._index()
             index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) != name]
             index.manifests.append(entry)

@@ -16,18 +16,22 @@ import tarfile
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from storage.digest import Digest
-from storage.errors import CorruptLayer, InvalidReference, UnsafePath
+from storage.errors import BadArchive, CorruptLayer, InvalidReference, UnsafePath
 from storage.paths import clean_name
 
 ENTRY_TYPES = {"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"}
 CHUNK_ZEROS = "zeros"
 NS = 1_000_000_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_TIME_NS = -62135596800 * NS  # 0001-01-01T00:00:00Z
+MAX_TIME_NS = 253402300799 * NS  # 9999-12-31T23:59:59Z
 MAX_ENTRY_SIZE = 1 << 44  # 16 TiB: anything larger in a TOC is an attack or corruption
+MAX_CHUNK_SIZE = 64 << 20  # a chunk with data is read into memory whole: refuse absurd ones
 
 
 @dataclass
@@ -237,6 +241,8 @@ def _close_chunk_ranges(entries: list[TocEntry], frames_end: int) -> None:
                 raise CorruptLayer(f"TOC entry {entry.name!r}: chunks do not tile the file")
             if chunk.zeros:
                 continue
+            if chunk.size > MAX_CHUNK_SIZE:
+                raise CorruptLayer(f"TOC entry {entry.name!r}: chunk of {chunk.size} bytes is absurdly large")
             if not chunk.frame_end:
                 if last and entry.end_offset and len(chunks) > 1:
                     chunk.frame_end = entry.end_offset
@@ -261,16 +267,31 @@ def member_time_ns(member: tarfile.TarInfo, key: str = "mtime") -> int:
     text = member.pax_headers.get(key)
     try:
         if text is not None:
-            return int(Decimal(text).scaleb(9).to_integral_value())
+            return _in_range(int(Decimal(text).scaleb(9).to_integral_value()), member.name)
     except ArithmeticError:
         pass
-    return int(member.mtime) * NS if key == "mtime" else member_time_ns(member)
+    if key != "mtime":
+        return member_time_ns(member)
+    try:
+        return _in_range(int(member.mtime) * NS, member.name)
+    except (OverflowError, ValueError):
+        raise BadArchive(f"tar entry {member.name!r}: invalid time {member.mtime!r}") from None
+
+
+def _in_range(ns: int, name: str) -> int:
+    """Times RFC 3339 can write (years 1 to 9999), as TOCs and file systems need them."""
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise BadArchive(f"tar entry {name!r}: time {ns / NS:.0f} is out of range")
+    return ns
 
 
 def format_time(ns: int) -> str:
     """RFC 3339 with nanoseconds where there are any, as Go's time.Time marshals."""
     seconds, frac = divmod(ns, NS)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    when = EPOCH + timedelta(seconds=seconds)
+    stamp = (
+        f"{when.year:04d}-{when.month:02d}-{when.day:02d}T{when.hour:02d}:{when.minute:02d}:{when.second:02d}"
+    )
     if frac:
         stamp += ("." + f"{frac:09d}").rstrip("0")
     return stamp + "Z"

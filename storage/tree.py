@@ -54,8 +54,23 @@ class ImageTree:
         return tree
 
     def add_layer(self, layer: int, toc: LayerToc) -> None:
+        """Stack one layer: its whiteouts first (they hide only what lies below, wherever they
+        stand in the tar), then its entries."""
         by_path = {entry.path: entry for entry in toc.entries}
+        entries = []
         for entry in toc.entries:
+            parent_path, _, base = entry.path.rpartition("/")
+            if base == OPAQUE_WHITEOUT:
+                parent = self._existing_dir(parent_path)
+                if parent is not None and parent.children is not None:
+                    parent.children.clear()
+            elif base.startswith(WHITEOUT_PREFIX):
+                parent = self._existing_dir(parent_path)
+                if parent is not None and parent.children is not None:
+                    parent.children.pop(base.removeprefix(WHITEOUT_PREFIX), None)
+            else:
+                entries.append(entry)
+        for entry in entries:
             if not entry.path:
                 if entry.type == "dir":
                     self.root.entry, self.root.layer = entry, layer
@@ -63,20 +78,19 @@ class ImageTree:
             parent_path, _, base = entry.path.rpartition("/")
             parent = self._make_dirs(parent_path, layer)
             assert parent.children is not None
-            if base == OPAQUE_WHITEOUT:
-                parent.children = {k: v for k, v in parent.children.items() if v.layer == layer}
-            elif base.startswith(WHITEOUT_PREFIX):
-                hidden = parent.children.get(base.removeprefix(WHITEOUT_PREFIX))
-                if hidden is not None and hidden.layer < layer:
-                    del parent.children[base.removeprefix(WHITEOUT_PREFIX)]
+            existing = parent.children.get(base)
+            if entry.type == "dir" and existing is not None and existing.is_dir:
+                existing.entry, existing.layer = entry, layer
             else:
-                existing = parent.children.get(base)
-                if entry.type == "dir" and existing is not None and existing.is_dir:
-                    existing.entry, existing.layer = entry, layer
-                else:
-                    data = _link_target(entry, by_path) if entry.type == "hardlink" else None
-                    children: dict[str, Node] | None = {} if entry.type == "dir" else None
-                    parent.children[base] = Node(entry, layer, children, data)
+                data = _link_target(entry, by_path) if entry.type == "hardlink" else None
+                children: dict[str, Node] | None = {} if entry.type == "dir" else None
+                parent.children[base] = Node(entry, layer, children, data)
+
+    def _existing_dir(self, path: str) -> Node | None:
+        node: Node | None = self.root
+        for part in path.split("/") if path else []:
+            node = (node.children or {}).get(part) if node is not None else None
+        return node if node is not None and node.is_dir else None
 
     def _make_dirs(self, path: str, layer: int) -> Node:
         node = self.root

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import tarfile
 from pathlib import Path
@@ -238,4 +239,25 @@ def test_import_oci_layout_with_a_corrupted_blob(lazyctr: CliRunner, layout: Pat
     data[1000] ^= 0x55
     blob.write_bytes(bytes(data))
     assert_clean_error(lazyctr("import", f"oci:{layout}:bb:1", ok=False), "does not match its digest")
+    assert not list((root / "store/blobs/sha256").iterdir())
+
+
+def test_ls_shows_a_dangling_symlink(lazyctr: CliRunner, tmp_path: Path) -> None:
+    tar = make_tar(tmp_path / "d.tar", [(info("x", tarfile.SYMTYPE, linkname="/nowhere"), None)])
+    lazyctr("import", str(tar), "dangling")
+    assert lazyctr("ls", "dangling", "/x").out.strip().endswith("/x -> /nowhere")
+
+
+def test_import_oci_layout_with_a_wrong_layer_size(lazyctr: CliRunner, layout: Path, root: Path) -> None:
+    lazyctr("rmi", "busybox")
+    index = json.loads((layout / "index.json").read_text())
+    old = index["manifests"][0]["digest"][7:]
+    manifest = json.loads((layout / "blobs/sha256" / old).read_text())
+    manifest["layers"][0]["size"] += 1000
+    data = json.dumps(manifest).encode()
+    digest = hashlib.sha256(data).hexdigest()
+    (layout / "blobs/sha256" / digest).write_bytes(data)
+    index["manifests"][0].update(digest=f"sha256:{digest}", size=len(data))
+    (layout / "index.json").write_text(json.dumps(index))
+    assert_clean_error(lazyctr("import", f"oci:{layout}:bb:1", ok=False), "its descriptor says")
     assert not list((root / "store/blobs/sha256").iterdir())

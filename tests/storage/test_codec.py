@@ -313,3 +313,66 @@ def test_nanosecond_mtimes_survive_in_the_toc(tmp_path: Path) -> None:
     entry = open_reader(blob, written).entry("precise")
     assert entry.modtime == "2024-01-02T03:04:05.123456789Z"
     assert entry.mtime_ns == 1704164645123456789
+
+
+def _hostile_blob(
+    tmp_path: Path, entries: list[dict[str, object]], body: bytes, ulen: int | None = None
+) -> Path:
+    toc = json.dumps({"version": 1, "entries": entries}).encode()
+    compressed = zstandard.ZstdCompressor().compress(toc)
+    footer_toc = struct.pack("<4Q", len(body) + 8, len(compressed), ulen or len(toc), 1) + LEGACY_MAGIC
+    path = tmp_path / "hostile.zst"
+    path.write_bytes(body + skippable_frame(compressed) + skippable_frame(footer_toc))
+    return path
+
+
+def test_a_decompression_bomb_is_read_no_further_than_the_toc_promises(tmp_path: Path) -> None:
+    import resource
+
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(256 << 20))  # 256 MiB of zeros, ~8 KiB
+    entry = {"type": "reg", "name": "f", "size": 1, "digest": str(Digest.of(b"\0")), "offset": 0,
+             "endOffset": len(bomb)}  # fmt: skip
+    reader = open_reader(_hostile_blob(tmp_path, [entry], bomb))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert reader.read_file(reader.entry("f")) == b"\0"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB: no 256 MiB
+    with pytest.raises(CorruptLayer, match="absurdly large"):
+        chunky = dict(entry, size=1 << 30, chunkSize=1 << 30)
+        open_reader(_hostile_blob(tmp_path, [chunky], bomb))
+
+
+def test_a_toc_larger_than_its_footer_says_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CorruptLayer, match="expected 10"):
+        open_reader(_hostile_blob(tmp_path, [{"type": "dir", "name": "d" * 1000}], b"", ulen=10))
+
+
+def test_a_promised_toc_digest_is_checked_even_without_a_position(sample_tar: Path, tmp_path: Path) -> None:
+    blob, _ = encode(sample_tar, tmp_path)
+    with pytest.raises(DigestMismatch, match="layer TOC"):
+        LayerReader.open(FileRangeSource(blob), {LEGACY_CHECKSUM_KEY: str(Digest.of(b"other"))})
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([(info("h", tarfile.LNKTYPE, linkname="missing"), None)], "does not point to an earlier file"),
+        (
+            [(info("d", tarfile.DIRTYPE), None), (info("h", tarfile.LNKTYPE, linkname="d"), None)],
+            "earlier file",
+        ),
+        ([(info("h", tarfile.LNKTYPE, linkname="h"), None)], "earlier file"),
+    ],
+)
+def test_hard_links_must_point_to_an_earlier_file(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], message: str
+) -> None:
+    with pytest.raises(BadArchive, match=message):
+        encode(make_tar(tmp_path / "links.tar", members), tmp_path)
+
+
+@pytest.mark.parametrize("mtime", ["99999999999999", "-99999999999999"])
+def test_times_out_of_range_are_refused(tmp_path: Path, mtime: str) -> None:
+    member = info("t")
+    member.pax_headers = {"mtime": mtime}
+    with pytest.raises(BadArchive, match="out of range"):
+        encode(make_tar(tmp_path / "t.tar", [(member, b"x")]), tmp_path)

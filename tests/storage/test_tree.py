@@ -109,3 +109,20 @@ def test_lookup_errors(tree: ImageTree) -> None:
         tree.lookup("etc/gone")
     with pytest.raises(Exception, match="too many levels"):
         tree.lookup("bin/loop")
+
+
+@pytest.mark.parametrize(
+    ("upper", "expected"),
+    [
+        ([("a/b/new", b"n"), ("a/.wh..wh..opq", b"")], {"a", "a/b", "a/b/new"}),
+        ([("a/b", None), ("a/.wh..wh..opq", b"")], {"a", "a/b"}),
+        ([("a/b/new", b"n"), ("a/.wh.b", b"")], {"a", "a/b", "a/b/new", "a/other"}),
+    ],
+)
+def test_whiteouts_hide_only_lower_layers_whatever_their_order(
+    tmp_path: Path, upper: list[tuple[str, bytes | None]], expected: set[str]
+) -> None:
+    lower = layer(tmp_path, "lower", [(info("a/b/file"), b"old"), (info("a/other"), b"old")])
+    members = [(info(n, tarfile.DIRTYPE), None) if d is None else (info(n), d) for n, d in upper]
+    tree = ImageTree.from_tocs([lower, layer(tmp_path, "upper", members)])
+    assert paths(tree) - {""} == expected
