@@ -246,24 +246,27 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
     if compression not in EXPORT_COMPRESSIONS:
         raise InvalidReference(f"unknown compression {compression!r}: expected one of {EXPORT_COMPRESSIONS}")
     ref = dest.ref or image.name
-    blobs = dest.path / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    manifest = image.descriptor
-    _copy_blob(store.blob_path(image.manifest.config.digest), blobs / image.manifest.config.digest.hex)
-    if compression == "gzip":
-        layers = [_export_gzip_layer(store, layer, blobs) for layer in image.manifest.layers]
-        data = Manifest(image.manifest.config, layers, annotations=image.manifest.annotations).to_bytes()
-        manifest = Descriptor(image.descriptor.media_type, Digest.of(data), len(data))
-        atomic_write(blobs / manifest.digest.hex, data)
-    else:
-        for descriptor in [image.descriptor, *image.manifest.layers]:
-            _copy_blob(store.blob_path(descriptor.digest), blobs / descriptor.digest.hex)
-    atomic_write(dest.path / "oci-layout", OCI_LAYOUT)
-    index_path = dest.path / "index.json"
-    index = Index.parse(index_path.read_bytes()) if index_path.exists() else Index()
-    index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) != ref]
-    index.manifests.append(Descriptor(manifest.media_type, manifest.digest, manifest.size, {REF_NAME: ref}))
-    atomic_write(index_path, index.to_bytes())
+    with store.ingesting():  # gc must not remove blobs while they are copied out
+        blobs = dest.path / "blobs" / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        manifest = image.descriptor
+        _copy_blob(store.blob_path(image.manifest.config.digest), blobs / image.manifest.config.digest.hex)
+        if compression == "gzip":
+            layers = [_export_gzip_layer(store, layer, blobs) for layer in image.manifest.layers]
+            data = Manifest(image.manifest.config, layers, annotations=image.manifest.annotations).to_bytes()
+            manifest = Descriptor(image.descriptor.media_type, Digest.of(data), len(data))
+            atomic_write(blobs / manifest.digest.hex, data)
+        else:
+            for descriptor in [image.descriptor, *image.manifest.layers]:
+                _copy_blob(store.blob_path(descriptor.digest), blobs / descriptor.digest.hex)
+        atomic_write(dest.path / "oci-layout", OCI_LAYOUT)
+        index_path = dest.path / "index.json"
+        index = Index.parse(index_path.read_bytes()) if index_path.exists() else Index()
+        index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) != ref]
+        index.manifests.append(
+            Descriptor(manifest.media_type, manifest.digest, manifest.size, {REF_NAME: ref})
+        )
+        atomic_write(index_path, index.to_bytes())
     return ref
 
 
