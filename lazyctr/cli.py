@@ -14,6 +14,7 @@ import click
 from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
+from runtime.cgroups import Limits, parse_cpus, parse_memory
 from runtime.container import Container, ContainerError, spec_for
 from runtime.drivers import DRIVERS
 from storage.errors import NotFound, StorageError, UnsafePath
@@ -276,6 +277,9 @@ def cat(ctx: Context, image: str, path: str) -> None:
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
+@click.option("-m", "--memory", help="Memory limit (e.g. 256m), swap included.")
+@click.option("--cpus", help="CPU limit (e.g. 0.5).")
+@click.option("--pids-limit", type=int, help="Most processes the container may have.")
 @click.option("--driver", type=click.Choice(sorted(DRIVERS)), default="overlay", show_default=True,
               help="How the root file system is made from the image.")  # fmt: skip
 @click.argument("image")
@@ -287,6 +291,9 @@ def run(
     env: tuple[str, ...],
     workdir: str | None,
     hostname: str,
+    memory: str | None,
+    cpus: str | None,
+    pids_limit: int | None,
     driver: str,
     image: str,
     command: tuple[str, ...],
@@ -296,14 +303,24 @@ def run(
         found = ctx.store.image(image)
     except StorageError as e:
         raise ContainerError(str(e)) from None
+    try:
+        limits = Limits(
+            memory=parse_memory(memory) if memory else None,
+            cpus=parse_cpus(cpus) if cpus else None,
+            pids=pids_limit,
+        )
+    except ValueError as e:
+        raise ContainerError(str(e)) from None
     spec = spec_for(found, list(command), list(env), workdir)
     spec.hostname = hostname
-    container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store))
+    container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store), limits)
     try:
         status = container.run()
     finally:
         if remove:
             container.remove()
+    if container.oom_killed:
+        click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
     sys.exit(status)
 
 

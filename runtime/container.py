@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runtime import syscalls as sc
+from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
 from storage.store import Image, Store
 
@@ -62,42 +63,63 @@ def spec_for(image: Image, command: list[str], env: list[str], workdir: str | No
 
 
 class Container:
-    def __init__(self, store: Store, image: Image, spec: Spec, driver: Driver) -> None:
+    def __init__(
+        self, store: Store, image: Image, spec: Spec, driver: Driver, limits: Limits | None = None
+    ) -> None:
         self.store = store
         self.image = image
         self.spec = spec
         self.driver = driver
+        self.limits = limits or Limits()
+        self.oom_killed = False
         self.dir = store.root / "containers" / spec.id
         self.hostname = spec.hostname or spec.id[:12]
 
     def run(self) -> int:
         """Run to completion; returns the exit status (128+N when killed by signal N)."""
         self.driver.prepare(self.image, self.dir)
-        monitor = os.fork()
-        if monitor == 0:
-            _child_main(self._monitor)
-        forward = {
-            sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
-            for sig in (signal.SIGINT, signal.SIGTERM)
-        }
         try:
-            return _wait_status(monitor)
+            cgroup = Cgroup.create(self.spec.id, self.limits)
+        except (CgroupError, OSError) as e:
+            raise ContainerError(f"cgroup: {e}") from None
+        try:
+            monitor = os.fork()
+            if monitor == 0:
+                _child_main(lambda: self._monitor(cgroup))
+            forward = {
+                sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                return _wait_status(monitor)
+            finally:
+                for sig, handler in forward.items():
+                    signal.signal(sig, handler)
         finally:
-            for sig, handler in forward.items():
-                signal.signal(sig, handler)
+            self.oom_killed = cgroup.oom_killed()
+            cgroup.remove()
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- inside the monitor: new namespaces, overlay root ------------------------------------------
 
-    def _monitor(self) -> int:
+    def _monitor(self, cgroup: Cgroup) -> int:
         sc.unshare(NAMESPACES)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         rootfs = self.driver.mount(self.dir)
+        go_read, go_write = os.pipe()
         init = os.fork()
         if init == 0:
+            os.close(go_write)
+            os.read(go_read, 1)  # wait until we are in the cgroup: limits hold from the first instruction
+            os.close(go_read)
+            sc.unshare(sc.CLONE_NEWCGROUP)  # now rooted at the container's own cgroup
             _child_main(lambda: self._init(rootfs))
+        os.close(go_read)
+        cgroup.add(init)  # only the container's processes: the monitor's memory is not the container's
+        os.write(go_write, b"g")
+        os.close(go_write)
         signal.signal(signal.SIGINT, lambda s, _f: os.kill(init, s))
         signal.signal(signal.SIGTERM, lambda s, _f: os.kill(init, s))
         return _wait_status(init)

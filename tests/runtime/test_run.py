@@ -153,3 +153,36 @@ def test_copy_driver_runs_from_a_private_copy(lazyctr: CliRunner, busybox: str, 
     assert (container / "rootfs/tmp/x").read_text() == "hi\n"
     assert (container / "rootfs/bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
     assert not (root / "layers").exists() or not list((root / "layers").iterdir())  # nothing shared
+
+
+def test_memory_limit_ooms_with_137_and_says_so(lazyctr: CliRunner, busybox: str) -> None:
+    result = lazyctr(
+        "run", "--rm", "-m", "32m", busybox, "sh", "-c", "x=a; while true; do x=$x$x; done", ok=False
+    )
+    assert result.code == 137
+    assert "out of memory (limit 32m)" in result.stderr
+
+
+def test_pids_limit_stops_fork(lazyctr: CliRunner, busybox: str) -> None:
+    script = "for i in 1 2 3 4 5 6 7 8; do sleep 3 & done 2>&1; wait"
+    result = lazyctr("run", "--rm", "--pids-limit", "5", busybox, "sh", "-c", script, ok=False)
+    assert "can't fork" in result.stdout.decode() + result.stderr
+
+
+def test_own_cgroup_namespace_and_the_cgroup_goes_away(lazyctr: CliRunner, busybox: str) -> None:
+    lines = run(lazyctr, "cat", "/proc/self/cgroup").splitlines()
+    assert all(line.endswith(":/") for line in lines)
+    for controller in ("memory", "pids"):  # cgroup v1 here; the container's cgroup is removed
+        parent = Path(f"/sys/fs/cgroup/{controller}/lazyctr")
+        assert not parent.exists() or not [p for p in parent.iterdir() if p.is_dir()]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"), [("-m", "12qq", "invalid memory size"), ("--cpus", "-1", "")]
+)
+def test_bad_limit_values_exit_125(
+    lazyctr: CliRunner, busybox: str, flag: str, value: str, message: str
+) -> None:
+    result = lazyctr("run", "--rm", flag, value, busybox, "true", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, message)
