@@ -15,7 +15,7 @@ from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
 from runtime.cgroups import Limits, parse_cpus, parse_memory
-from runtime.container import Container, ContainerError, spec_for
+from runtime.container import Container, ContainerError, Volume, spec_for
 from runtime.drivers import DRIVERS
 from storage.errors import NotFound, StorageError, UnsafePath
 from storage.files import atomic_path
@@ -277,6 +277,12 @@ def cat(ctx: Context, image: str, path: str) -> None:
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
+@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount SRC:DST[:ro].")
+@click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
+@click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
+@click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")
+@click.option("--network", type=click.Choice(["none", "host", "private"]), default="none", show_default=True,
+              help="none: only loopback; host: the host's network; private: as none for now.")  # fmt: skip
 @click.option("-m", "--memory", help="Memory limit (e.g. 256m), swap included.")
 @click.option("--cpus", help="CPU limit (e.g. 0.5).")
 @click.option("--pids-limit", type=int, help="Most processes the container may have.")
@@ -291,6 +297,11 @@ def run(
     env: tuple[str, ...],
     workdir: str | None,
     hostname: str,
+    volumes: tuple[str, ...],
+    user: str | None,
+    entrypoint: str | None,
+    read_only: bool,
+    network: str,
     memory: str | None,
     cpus: str | None,
     pids_limit: int | None,
@@ -311,8 +322,15 @@ def run(
         )
     except ValueError as e:
         raise ContainerError(str(e)) from None
-    spec = spec_for(found, list(command), list(env), workdir)
+    spec = spec_for(found, list(command), list(env), workdir, entrypoint)
     spec.hostname = hostname
+    spec.volumes = [Volume.parse(text) for text in volumes]
+    spec.user = user if user is not None else spec.user
+    spec.read_only, spec.network = read_only, network
+    if network == "private":
+        click.echo(
+            "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
+        )
     container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store), limits)
     try:
         status = container.run()

@@ -25,6 +25,7 @@ from typing import NoReturn
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
+from storage.paths import resolve_in_root
 from storage.store import Image, Store
 
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
@@ -47,19 +48,55 @@ class Spec:
     env: list[str]
     cwd: str = "/"
     hostname: str = ""
+    user: str = ""  # USER[:GROUP], names or numbers, resolved inside the container
+    volumes: list[Volume] = field(default_factory=list)
+    read_only: bool = False
+    network: str = "none"  # none, host or private
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
-def spec_for(image: Image, command: list[str], env: list[str], workdir: str | None) -> Spec:
-    """Entrypoint + Cmd (or the given command) and Env, merged as docker merges them."""
+@dataclass(frozen=True)
+class Volume:
+    source: Path
+    target: str
+    read_only: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Volume:
+        """`SRC:DST[:ro|rw]`, as docker's -v; SRC must exist."""
+        parts = text.split(":")
+        if (
+            len(parts) not in (2, 3)
+            or not parts[0]
+            or not parts[1].startswith("/")
+            or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+        ):
+            raise ContainerError(f"invalid volume {text!r}: expected /host/path:/container/path[:ro]")
+        source = Path(parts[0]).resolve()
+        if not source.exists():
+            raise ContainerError(f"volume source {parts[0]} does not exist")
+        return cls(source, parts[1], len(parts) == 3 and parts[2] == "ro")
+
+
+def spec_for(
+    image: Image, command: list[str], env: list[str], workdir: str | None, entrypoint: str | None = None
+) -> Spec:
+    """Entrypoint + Cmd (or the given command) and Env, merged as docker merges them.
+
+    `--entrypoint` replaces the image's Entrypoint and clears its Cmd, as with docker.
+    """
     config = image.config.config
-    entrypoint = list(config.get("Entrypoint") or [])
-    argv = entrypoint + (command or list(config.get("Cmd") or []))
+    if entrypoint is not None:
+        argv = [entrypoint, *command] if entrypoint else list(command)
+    else:
+        argv = list(config.get("Entrypoint") or []) + (command or list(config.get("Cmd") or []))
     if not argv:
         raise ContainerError(f"no command given and {image.name} has no Entrypoint or Cmd")
     merged = {item.split("=", 1)[0]: item for item in config.get("Env") or [f"PATH={DEFAULT_PATH}"]}
     merged.update({item.split("=", 1)[0]: item for item in env})
-    return Spec(argv, list(merged.values()), workdir or config.get("WorkingDir") or "/")
+    spec = Spec(argv, list(merged.values()), workdir or config.get("WorkingDir") or "/")
+    spec.user = str(config.get("User") or "")
+    return spec
 
 
 class Container:
@@ -105,7 +142,7 @@ class Container:
     # -- inside the monitor: new namespaces, overlay root ------------------------------------------
 
     def _monitor(self, cgroup: Cgroup) -> int:
-        sc.unshare(NAMESPACES)
+        sc.unshare(NAMESPACES if self.spec.network != "host" else NAMESPACES & ~sc.CLONE_NEWNET)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         rootfs = self.driver.mount(self.dir)
         go_read, go_write = os.pipe()
@@ -127,16 +164,72 @@ class Container:
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
     def _init(self, rootfs: Path) -> int:
+        make_workdir(rootfs, self.spec.cwd)
+        bind_volumes(rootfs, self.spec.volumes)
+        if self.spec.read_only:
+            sc.mount(str(rootfs), rootfs, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
         mount_proc(rootfs)
         mount_sys(rootfs)
         mount_dev(rootfs)
         pivot_root(rootfs)
         mask_paths()
         socket.sethostname(self.hostname)
-        loopback_up()
+        if self.spec.network != "host":
+            loopback_up()
         sc.drop_bounding_capabilities(sc.DOCKER_DEFAULT_CAPABILITIES)
         sc.set_no_new_privs()
-        return exec_command(self.spec)
+        env = switch_user(self.spec.user, self.spec.env) if self.spec.user else self.spec.env
+        return exec_command(self.spec.argv, env, self.spec.cwd)
+
+
+def make_workdir(rootfs: Path, cwd: str) -> None:
+    """docker creates a missing working directory."""
+    resolve_in_root(rootfs, cwd, follow_last=True).mkdir(parents=True, exist_ok=True)
+
+
+def bind_volumes(rootfs: Path, volumes: list[Volume]) -> None:
+    for volume in volumes:
+        # Resolved inside the root, so a symlink in the image cannot aim the mount at the host.
+        target = resolve_in_root(rootfs, volume.target, follow_last=True)
+        if volume.source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.touch(exist_ok=True)
+        sc.mount(str(volume.source), target, None, sc.MS_BIND | sc.MS_REC)
+        if volume.read_only:
+            sc.mount(str(volume.source), target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+
+
+def switch_user(user: str, env: list[str]) -> list[str]:
+    """Become USER[:GROUP] (names from the container's /etc/passwd and /etc/group, or numbers)."""
+    name, _, group = user.partition(":")
+    passwd = _table("/etc/passwd")
+    entry = next((row for row in passwd if name in (row[0], row[2])), None)
+    if entry is None and not name.isdigit():
+        raise ContainerError(f"unable to find user {name}: no matching entries in passwd file")
+    uid = int(entry[2]) if entry else int(name)
+    gid = int(entry[3]) if entry else 0
+    if group:
+        groups = [row for row in _table("/etc/group") if group in (row[0], row[2])]
+        if not groups and not group.isdigit():
+            raise ContainerError(f"unable to find group {group}: no matching entries in group file")
+        gid = int(groups[0][2]) if groups else int(group)
+    login = entry[0] if entry else ""
+    extra = [int(row[2]) for row in _table("/etc/group") if login and login in row[3].split(",")]
+    os.setgroups(sorted({gid, *extra}))
+    os.setgid(gid)
+    os.setuid(uid)
+    home = entry[5] if entry else "/"
+    return env if any(item.startswith("HOME=") for item in env) else [*env, f"HOME={home}"]
+
+
+def _table(path: str) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 3]
+    except OSError:
+        return []
 
 
 def mount_proc(rootfs: Path) -> None:
@@ -200,17 +293,17 @@ def loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
-def exec_command(spec: Spec) -> int:
-    env = dict(item.split("=", 1) for item in spec.env if "=" in item)
+def exec_command(argv: list[str], env_list: list[str], cwd: str) -> int:
+    env = dict(item.split("=", 1) for item in env_list if "=" in item)
     try:
-        os.chdir(spec.cwd)
+        os.chdir(cwd)
     except OSError as e:
-        print(f"lazyctr: error: working directory {spec.cwd}: {e.strerror}", file=sys.stderr)
+        print(f"lazyctr: error: working directory {cwd}: {e.strerror}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     try:
-        os.execvpe(spec.argv[0], spec.argv, env)
+        os.execvpe(argv[0], argv, env)
     except OSError as e:
-        print(f"lazyctr: error: {spec.argv[0]}: {e.strerror}", file=sys.stderr)
+        print(f"lazyctr: error: {argv[0]}: {e.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
 
 
@@ -219,6 +312,8 @@ def _child_main(body: Callable[[], int]) -> NoReturn:
     status = EXIT_SETUP_FAILED
     try:
         status = body()
+    except ContainerError as e:
+        print(f"lazyctr: error: {e}", file=sys.stderr)
     except BaseException as e:  # a setup step failed: say which, as docker does, and exit 125
         print(f"lazyctr: error: container setup failed: {e}", file=sys.stderr)
     finally:

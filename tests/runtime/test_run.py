@@ -6,12 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CliRunner, assert_clean_error
+from tests.tarfiles import info, make_tar
 
 pytestmark = pytest.mark.privileged
 
@@ -186,3 +188,74 @@ def test_bad_limit_values_exit_125(
     result = lazyctr("run", "--rm", flag, value, busybox, "true", ok=False)
     assert result.code == 125
     assert_clean_error(result, message)
+
+
+def test_volumes_read_write_and_read_only(lazyctr: CliRunner, busybox: str, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from host\n")
+    out = lazyctr(
+        "run", "--rm", "-v", f"{shared}:/data", busybox, "sh", "-c", "cat /data/in; echo out > /data/out"
+    ).out
+    assert out == "from host\n" and (shared / "out").read_text() == "out\n"
+    result = lazyctr(
+        "run", "--rm", "-v", f"{shared}:/data:ro", busybox, "sh", "-c", "echo x > /data/x", ok=False
+    )
+    assert result.code != 0 and "Read-only" in result.stderr and not (shared / "x").exists()
+
+
+def test_a_volume_target_symlink_cannot_reach_the_host(
+    lazyctr: CliRunner, busybox_tar: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with tarfile.open(busybox_tar) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isreg() else None) for m in tar]  # type: ignore[union-attr]
+    link = info("escape", tarfile.SYMTYPE, linkname=f"/../../../..{outside}")
+    lazyctr("import", str(make_tar(tmp_path / "evil.tar", [*members, (link, None)])), "evil")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    lazyctr("run", "--rm", "-v", f"{shared}:/escape/mnt", "evil", "true")
+    assert not (outside / "mnt").exists()  # the link was followed inside the container's root
+
+
+def test_bad_volumes_exit_125(lazyctr: CliRunner, busybox: str) -> None:
+    for volume, message in (("/nonexistent:/x", "does not exist"), ("relative", "invalid volume")):
+        result = lazyctr("run", "--rm", "-v", volume, busybox, "true", ok=False)
+        assert result.code == 125
+        assert_clean_error(result, message)
+
+
+def test_user_switch(lazyctr: CliRunner, busybox: str) -> None:
+    assert run(lazyctr, "id").startswith("uid=0(root)")
+    assert lazyctr("run", "--rm", "-u", "nobody", busybox, "id").out.startswith("uid=65534(nobody) gid=65534")
+    assert lazyctr("run", "--rm", "-u", "1234:5", busybox, "id").out.strip() == "uid=1234 gid=5 groups=5"
+    status = lazyctr("run", "--rm", "-u", "nobody", busybox, "cat", "/proc/self/status").out
+    assert "CapEff:\t0000000000000000" in status  # a non-root user keeps no capabilities
+    result = lazyctr("run", "--rm", "-u", "ghost", busybox, "id", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "unable to find user ghost")
+
+
+def test_read_only_root_keeps_dev_and_volumes_writable(
+    lazyctr: CliRunner, busybox: str, tmp_path: Path
+) -> None:
+    result = lazyctr("run", "--rm", "--read-only", busybox, "touch", "/x", ok=False)
+    assert result.code == 1 and "Read-only file system" in result.stderr
+    out = lazyctr("run", "--rm", "--read-only", "-v", f"{tmp_path}:/w", busybox, "sh", "-c",
+                  "echo ok > /dev/null && touch /w/y && echo fine").out  # fmt: skip
+    assert out == "fine\n" and (tmp_path / "y").exists()
+
+
+def test_entrypoint_replaces_the_images(lazyctr: CliRunner, busybox: str) -> None:
+    assert lazyctr("run", "--rm", "--entrypoint", "echo", busybox, "a", "b").out == "a b\n"
+
+
+def test_host_network_sees_the_hosts_interfaces(lazyctr: CliRunner, busybox: str) -> None:
+    host = Path("/proc/net/dev").read_text().splitlines()[2:]
+    inside = lazyctr("run", "--rm", "--network", "host", busybox, "cat", "/proc/net/dev").out.splitlines()[2:]
+    assert {line.split(":")[0].strip() for line in inside} == {line.split(":")[0].strip() for line in host}
+
+
+def test_missing_workdir_is_created(lazyctr: CliRunner, busybox: str) -> None:
+    assert lazyctr("run", "--rm", "-w", "/new/dir", busybox, "pwd").out == "/new/dir\n"
