@@ -31,7 +31,10 @@ def human_size(size: float) -> str:
 def human_age(stamp: str | None) -> str:
     if not stamp:
         return "unknown"
-    seconds = max(0, time.time() - parse_time_ns(stamp) / NS)
+    try:
+        seconds = max(0, time.time() - parse_time_ns(stamp) / NS)
+    except (ValueError, OverflowError, TypeError):
+        return "unknown"
     for unit, length in (
         ("year", 31536000),
         ("month", 2592000),
@@ -49,10 +52,24 @@ def file_mode(entry_type: str, mode: int) -> int:
     return _TYPE_BITS.get(entry_type, 0) | (mode & 0o7777)
 
 
+def ls_time(mtime_ns: int) -> str:
+    """Local `YYYY-MM-DD HH:MM`, or `?` padded to that width for a time datetime cannot show.
+
+    A TOC may hold any RFC 3339 time: Go's zero time (year 1) or the last second of year 9999 in
+    a zone west of UTC fall outside datetime's range once converted to local time.
+    """
+    try:
+        when = datetime.fromtimestamp(mtime_ns // NS)
+    except (ValueError, OverflowError, OSError):
+        return f"{'?':<16}"
+    # Not strftime: glibc's %Y does not pad years before 1000 to four digits.
+    return f"{when.year:04}-{when.month:02}-{when.day:02} {when.hour:02}:{when.minute:02}"
+
+
 def ls_line(name: str, entry: TocEntry, kind: str, size: int) -> str:
     """One line of `ls -l`: mode, owner, size, mtime, name (and a symlink's target)."""
     mode = stat.filemode(file_mode(kind, entry.mode))
     size_text = f"{entry.dev_major}, {entry.dev_minor}" if kind in ("char", "block") else str(size)
-    when = datetime.fromtimestamp(entry.mtime_ns / NS).strftime("%Y-%m-%d %H:%M")
+    when = ls_time(entry.mtime_ns)
     target = f" -> {entry.link_name}" if kind == "symlink" else ""
     return f"{mode} {entry.uid:>5} {entry.gid:>5} {size_text:>10} {when} {name}{target}"

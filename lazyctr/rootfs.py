@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from storage.errors import NotFound
+from storage.errors import NotFound, StorageError
 
 BUSYBOX = Path("/bin/busybox")
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
@@ -22,11 +22,35 @@ GROUP = "root:x:0:\nnogroup:x:65534:\n"
 EPOCH = 1700000000  # fixed mtimes make the busybox tarball, and so its image, reproducible
 
 
+class RootfsError(StorageError):
+    """A tool that makes a root file system (busybox, debootstrap, tar) failed."""
+
+
+def _run(argv: list[str], what: str) -> str:
+    """Run a tool and return its stdout; a failure names `what` ran and the tool's last error line."""
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL
+        )
+    except OSError as e:
+        raise RootfsError(f"{what}: cannot run {argv[0]}: {e.strerror or e}") from None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        status = (
+            f"killed by signal {-proc.returncode}"
+            if proc.returncode < 0
+            else f"exit status {proc.returncode}"
+        )
+        reason = f": {lines[-1]}" if lines else ""
+        raise RootfsError(f"{what} failed ({status}){reason}")
+    return proc.stdout
+
+
 def busybox_tarball(out: Path) -> None:
     """A minimal rootfs: static busybox, its applets as symlinks, /etc/passwd and the usual dirs."""
     if not BUSYBOX.is_file():
         raise NotFound(f"{BUSYBOX} is missing: install the busybox-static package")
-    applets = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True, check=True)
+    applets = _run([str(BUSYBOX), "--list-full"], f"{BUSYBOX} --list-full")
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
 
         def add(name: str, kind: bytes, mode: int, data: bytes = b"", link: str = "") -> None:
@@ -42,7 +66,7 @@ def busybox_tarball(out: Path) -> None:
         ):  # fmt: skip
             add(directory, tarfile.DIRTYPE, mode)
         add("bin/busybox", tarfile.REGTYPE, 0o755, BUSYBOX.read_bytes())
-        for applet in sorted(set(applets.stdout.split())):
+        for applet in sorted(set(applets.split())):
             applet = applet.lstrip("/")
             if applet != "bin/busybox" and applet.count("/") in (1, 2):
                 target = "/bin/busybox"
@@ -74,11 +98,12 @@ def debian_tarball(out: Path, suite: str = "bookworm", variant: str = "minbase")
         raise NotFound("debootstrap is missing: install the debootstrap package")
     with tempfile.TemporaryDirectory(prefix="lazyctr-debootstrap-") as tmp:
         target = Path(tmp) / "rootfs"
-        subprocess.run(
-            ["debootstrap", f"--variant={variant}", suite, str(target), apt_mirror()],
-            check=True,
-            stdout=subprocess.DEVNULL,
+        mirror = apt_mirror()
+        _run(
+            ["debootstrap", f"--variant={variant}", suite, str(target), mirror],
+            f"debootstrap --variant={variant} {suite} {mirror}",
         )
-        subprocess.run(
-            ["tar", "--numeric-owner", "--xattrs", "-C", str(target), "-cf", str(out), "."], check=True
+        _run(
+            ["tar", "--numeric-owner", "--xattrs", "-C", str(target), "-cf", str(out), "."],
+            f"tar of the {suite} root file system",
         )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.digest import Digest
-from storage.errors import CorruptLayer
+from storage.errors import CorruptLayer, InvalidReference
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -38,11 +38,88 @@ def canonical_json(obj: Any) -> bytes:
 def load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of too many digits
         raise CorruptLayer(f"{what}: malformed JSON: {e}") from None
+    except RecursionError:
+        raise CorruptLayer(f"{what}: malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise CorruptLayer(f"{what}: expected a JSON object")
+        raise CorruptLayer(f"{what}: expected a JSON object, found {_kind(obj)}")
     return obj
+
+
+# -- checking the types of fields read from a document; each failure is one CorruptLayer line --------
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for messages (the value itself may be huge)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise CorruptLayer(f"{what}: expected a string, found {_kind(value)}")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str, what: str) -> str | None:
+    value = obj.get(key)
+    return None if value is None else _str(value, f"{what}: {key!r}")
+
+
+def _opt_dict(obj: dict[str, Any], key: str, what: str) -> dict[str, Any] | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise CorruptLayer(f"{what}: {key!r} must be an object, found {_kind(value)}")
+    return value
+
+
+def _opt_list(obj: dict[str, Any], key: str, what: str) -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CorruptLayer(f"{what}: {key!r} must be an array, found {_kind(value)}")
+    return value
+
+
+def _str_list(obj: dict[str, Any], key: str, what: str) -> list[str] | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    items = _opt_list(obj, key, what)
+    for item in items:
+        _str(item, f"{what}: {key!r} item")
+    return items
+
+
+def _str_map(obj: dict[str, Any], key: str, what: str) -> dict[str, str]:
+    """An object of string values, such as annotations or labels ({} when absent or null)."""
+    value = _opt_dict(obj, key, what) or {}
+    for name, item in value.items():
+        _str(item, f"{what}: {key!r} value of {name!r}")
+    return dict(value)
+
+
+def _digest(value: Any, what: str) -> Digest:
+    try:
+        if isinstance(value, str) and value.endswith("\n"):  # Digest's `$` lets one through
+            raise InvalidReference(value)
+        return Digest(value)
+    except InvalidReference:
+        shown = repr(value)
+        if len(shown) > 100 or isinstance(value, list | dict):
+            shown = _kind(value)
+        raise CorruptLayer(f"{what} {shown}: expected sha256:<64 lowercase hex digits>") from None
 
 
 @dataclass
@@ -66,20 +143,22 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: Any, what: str = "descriptor") -> Descriptor:
-        try:
-            size = obj["size"]
-            if not isinstance(size, int) or size < 0:
-                raise CorruptLayer(f"{what}: invalid size {size!r}")
-            return cls(
-                media_type=str(obj["mediaType"]),
-                digest=Digest(obj["digest"]),
-                size=size,
-                annotations=dict(obj.get("annotations") or {}),
-                platform=obj.get("platform"),
-                artifact_type=obj.get("artifactType"),
-            )
-        except (KeyError, TypeError) as e:
-            raise CorruptLayer(f"{what}: missing or invalid field {e}") from None
+        if not isinstance(obj, dict):
+            raise CorruptLayer(f"{what}: expected a descriptor object, found {_kind(obj)}")
+        for key in ("mediaType", "digest", "size"):
+            if key not in obj:
+                raise CorruptLayer(f"{what}: missing field {key!r}")
+        size = obj["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise CorruptLayer(f"{what}: invalid size: expected a non-negative integer, found {_kind(size)}")
+        return cls(
+            media_type=_str(obj["mediaType"], f"{what}: 'mediaType'"),
+            digest=_digest(obj["digest"], f"{what}: invalid digest"),
+            size=size,
+            annotations=_str_map(obj, "annotations", what),
+            platform=_opt_dict(obj, "platform", what),
+            artifact_type=_opt_str(obj, "artifactType", what),
+        )
 
 
 @dataclass
@@ -112,19 +191,20 @@ class Manifest:
     @classmethod
     def parse(cls, data: bytes) -> Manifest:
         obj = load_json(data, "manifest")
-        media_type = obj.get("mediaType", MEDIA_MANIFEST)
+        media_type = _str(obj.get("mediaType", MEDIA_MANIFEST), "manifest: 'mediaType'")
         if media_type not in MANIFEST_TYPES or obj.get("schemaVersion") != 2:
             raise CorruptLayer(f"manifest: unsupported media type {media_type!r}")
-        layers = obj.get("layers")
-        if not isinstance(layers, list):
-            raise CorruptLayer("manifest: 'layers' must be a list")
+        if not isinstance(obj.get("layers"), list):
+            raise CorruptLayer(f"manifest: 'layers' must be an array, found {_kind(obj.get('layers'))}")
+        if obj.get("config") is None:
+            raise CorruptLayer("manifest: missing field 'config'")
         subject = obj.get("subject")
         return cls(
-            config=Descriptor.from_json(obj.get("config"), "manifest config"),
-            layers=[Descriptor.from_json(layer, "manifest layer") for layer in layers],
-            annotations=dict(obj.get("annotations") or {}),
-            subject=Descriptor.from_json(subject, "manifest subject") if subject else None,
-            artifact_type=obj.get("artifactType"),
+            config=Descriptor.from_json(obj["config"], "manifest config"),
+            layers=[Descriptor.from_json(layer, "manifest layer") for layer in obj["layers"]],
+            annotations=_str_map(obj, "annotations", "manifest"),
+            subject=None if subject is None else Descriptor.from_json(subject, "manifest subject"),
+            artifact_type=_opt_str(obj, "artifactType", "manifest"),
             media_type=media_type,
         )
 
@@ -160,22 +240,38 @@ class ImageConfig:
 
     @classmethod
     def parse(cls, data: bytes) -> ImageConfig:
-        obj = load_json(data, "image config")
-        rootfs = obj.get("rootfs") or {}
-        try:
-            diff_ids = [Digest(d) for d in rootfs.get("diff_ids") or []]
-        except AttributeError:
-            raise CorruptLayer("image config: 'rootfs' must be an object") from None
+        what = "image config"
+        obj = load_json(data, what)
+        rootfs = _opt_dict(obj, "rootfs", what) or {}
+        diff_ids = [
+            _digest(d, f"{what}: invalid diff_id") for d in _opt_list(rootfs, "diff_ids", f"{what}: rootfs")
+        ]
+        history = _opt_list(obj, "history", what)
+        for item in history:
+            if not isinstance(item, dict):
+                raise CorruptLayer(f"{what}: 'history' items must be objects, found {_kind(item)}")
         return cls(
-            architecture=str(obj.get("architecture", "")),
-            os=str(obj.get("os", "")),
-            created=obj.get("created"),
-            author=obj.get("author"),
-            config=dict(obj.get("config") or {}),
+            architecture=_opt_str(obj, "architecture", what) or "",
+            os=_opt_str(obj, "os", what) or "",
+            created=_opt_str(obj, "created", what),
+            author=_opt_str(obj, "author", what),
+            config=_runtime_config(obj, what),
             diff_ids=diff_ids,
-            history=list(obj.get("history") or []),
-            variant=obj.get("variant"),
+            history=list(history),
+            variant=_opt_str(obj, "variant", what),
         )
+
+
+def _runtime_config(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    """The `config` object; the fields a container is made from must have their spec's types."""
+    config = _opt_dict(obj, "config", what) or {}
+    where = f"{what}: 'config'"
+    for key in ("Entrypoint", "Cmd", "Env"):
+        _str_list(config, key, where)
+    for key in ("WorkingDir", "User", "StopSignal"):
+        _opt_str(config, key, where)
+    _str_map(config, "Labels", where)
+    return dict(config)
 
 
 @dataclass
@@ -196,5 +292,5 @@ class Index:
         obj = load_json(data, "image index")
         manifests = obj.get("manifests")
         if not isinstance(manifests, list):
-            raise CorruptLayer("image index: 'manifests' must be a list")
-        return cls([Descriptor.from_json(m, "index entry") for m in manifests])
+            raise CorruptLayer(f"image index: 'manifests' must be an array, found {_kind(manifests)}")
+        return cls([Descriptor.from_json(m, "image index entry") for m in manifests])
