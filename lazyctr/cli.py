@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import signal
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from lazyctr.rootfs import busybox_tarball, debian_tarball
 from runtime.cgroups import Limits, parse_cpus, parse_memory
 from runtime.container import Container, ContainerError, Volume, spec_for
 from runtime.drivers import DRIVERS
+from runtime.state import LOG_FILE, ContainerState, all_states, find
 from storage.errors import NotFound, StorageError, UnsafePath
 from storage.files import atomic_path
 from storage.importer import (
@@ -274,6 +279,8 @@ def cat(ctx: Context, image: str, path: str) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container ID.")
+@click.option("--name", default="", help="A name for the container.")
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
@@ -294,6 +301,8 @@ def cat(ctx: Context, image: str, path: str) -> None:
 def run(
     ctx: Context,
     remove: bool,
+    detach: bool,
+    name: str,
     env: tuple[str, ...],
     workdir: str | None,
     hostname: str,
@@ -323,7 +332,7 @@ def run(
     except ValueError as e:
         raise ContainerError(str(e)) from None
     spec = spec_for(found, list(command), list(env), workdir, entrypoint)
-    spec.hostname = hostname
+    spec.hostname, spec.name = hostname, name
     spec.volumes = [Volume.parse(text) for text in volumes]
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
@@ -332,14 +341,164 @@ def run(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
         )
     container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store), limits)
+    container.create()
+    if detach:
+        _run_detached(container, remove)
+        click.echo(spec.id)
+        return
     try:
         status = container.run()
+    except BaseException:
+        container.state.status, container.state.exit_code = "exited", 125
+        container.state.save(container.dir)
+        raise
     finally:
         if remove:
             container.remove()
     if container.oom_killed:
         click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
     sys.exit(status)
+
+
+def _run_detached(container: Container, remove: bool) -> None:
+    """Supervise the container from a child in its own session, its output going to the log."""
+    if os.fork() == 0:
+        os.setsid()
+        log = os.open(container.dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        status = 125
+        try:
+            status = container.run()
+        except BaseException as e:
+            print(f"lazyctr: error: {e}", file=sys.stderr)
+            container.state.status, container.state.exit_code = "exited", status
+            container.state.save(container.dir)
+        finally:
+            if remove:
+                container.remove()
+            os._exit(status)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # return once it runs, as docker does
+        with contextlib.suppress(NotFound):
+            if ContainerState.load(container.dir).status != "created":
+                return
+        if not container.dir.exists():
+            return
+        time.sleep(0.02)
+
+
+def _containers(ctx: Context) -> Path:
+    return ctx.root / "containers"
+
+
+def _wait_exited(ctx: Context, state: ContainerState, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(NotFound):
+            if not ContainerState.load(_containers(ctx) / state.id).running:
+                return True
+        if not (_containers(ctx) / state.id).exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _signal(state: ContainerState, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state.pid, sig)
+
+
+@cli.command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show exited containers too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def ps(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """List containers."""
+    states = [s for s in all_states(_containers(ctx)) if show_all or s.running]
+    if as_json:
+        click.echo(json.dumps([asdict(s) for s in states], indent=2))
+        return
+    click.echo(f"{'CONTAINER ID':<14}{'IMAGE':<24}{'COMMAND':<24}{'STATUS':<28}NAMES")
+    for s in states:
+        if s.running:
+            status = "Up"
+        elif s.exit_code is None:
+            status = "Created"
+        else:
+            status = f"Exited ({s.exit_code})" + (" (OOM killed)" if s.oom_killed else "")
+        command = " ".join(s.command)
+        click.echo(f"{s.id[:12]:<14}{s.image[:22]:<24}{command[:22]:<24}{status:<28}{s.name}")
+
+
+@cli.command()
+@click.option("-t", "--time", "timeout", default=10, show_default=True, help="Seconds before SIGKILL.")
+@click.argument("containers", nargs=-1, required=True)
+@pass_context
+def stop(ctx: Context, timeout: int, containers: tuple[str, ...]) -> None:
+    """Stop containers: SIGTERM, then SIGKILL after the timeout."""
+    for text in containers:
+        state = find(_containers(ctx), text)
+        if state.running:
+            _signal(state, signal.SIGTERM)
+            if not _wait_exited(ctx, state, timeout):
+                _signal(state, signal.SIGKILL)
+                _wait_exited(ctx, state, 10)
+        click.echo(text)
+
+
+@cli.command()
+@click.option(
+    "-s", "--signal", "signal_name", default="KILL", show_default=True, help="Signal name or number."
+)
+@click.argument("containers", nargs=-1, required=True)
+@pass_context
+def kill(ctx: Context, signal_name: str, containers: tuple[str, ...]) -> None:
+    """Send a signal to containers' main process."""
+    try:
+        sig = (
+            int(signal_name)
+            if signal_name.isdigit()
+            else signal.Signals["SIG" + signal_name.upper().removeprefix("SIG")]
+        )
+    except KeyError:
+        raise click.BadParameter(f"unknown signal {signal_name!r}", param_hint="--signal") from None
+    for text in containers:
+        state = find(_containers(ctx), text)
+        if not state.running:
+            raise ContainerError(f"container {text} is not running")
+        _signal(state, sig)
+        click.echo(text)
+
+
+@cli.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@pass_context
+def rm_container(ctx: Context, force: bool, containers: tuple[str, ...]) -> None:
+    """Remove containers."""
+    for text in containers:
+        state = find(_containers(ctx), text)
+        if state.running:
+            if not force:
+                raise ContainerError(f"container {text} is running: stop it first or use -f")
+            _signal(state, signal.SIGKILL)
+            _wait_exited(ctx, state, 10)
+        shutil.rmtree(_containers(ctx) / state.id, ignore_errors=True)
+        click.echo(text)
+
+
+@cli.command()
+@click.argument("container")
+@pass_context
+def logs(ctx: Context, container: str) -> None:
+    """Print what a detached container wrote to stdout and stderr."""
+    state = find(_containers(ctx), container)
+    with contextlib.suppress(FileNotFoundError), open(_containers(ctx) / state.id / LOG_FILE, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 @cli.command()

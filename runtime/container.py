@@ -25,6 +25,8 @@ from typing import NoReturn
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
+from runtime.state import ContainerState, all_states
+from storage.files import file_lock
 from storage.paths import resolve_in_root
 from storage.store import Image, Store
 
@@ -48,6 +50,7 @@ class Spec:
     env: list[str]
     cwd: str = "/"
     hostname: str = ""
+    name: str = ""
     user: str = ""  # USER[:GROUP], names or numbers, resolved inside the container
     volumes: list[Volume] = field(default_factory=list)
     read_only: bool = False
@@ -111,37 +114,66 @@ class Container:
         self.oom_killed = False
         self.dir = store.root / "containers" / spec.id
         self.hostname = spec.hostname or spec.id[:12]
+        self.state = ContainerState(spec.id, spec.name or spec.id[:12], image.name, spec.argv)
+
+    def create(self) -> None:
+        """Claim the container's directory and name; a name already in use is refused."""
+        containers = self.dir.parent
+        containers.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.store.locks / "containers.lock"):
+            if any(other.name == self.state.name for other in all_states(containers)):
+                raise ContainerError(f"the container name {self.state.name!r} is already in use")
+            self.dir.mkdir()
+            self.state.save(self.dir)
 
     def run(self) -> int:
-        """Run to completion; returns the exit status (128+N when killed by signal N)."""
+        """Run to completion; returns the exit status (128+N when killed by signal N).
+
+        The state file says `running` (with PID 1's host PID) while it runs and `exited` after.
+        """
         self.driver.prepare(self.image, self.dir)
         try:
             cgroup = Cgroup.create(self.spec.id, self.limits)
         except (CgroupError, OSError) as e:
             raise ContainerError(f"cgroup: {e}") from None
+        report_read, report_write = os.pipe()
         try:
             monitor = os.fork()
             if monitor == 0:
-                _child_main(lambda: self._monitor(cgroup))
+                os.close(report_read)
+                _child_main(lambda: self._monitor(cgroup, report_write))
+            os.close(report_write)
             forward = {
                 sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
                 for sig in (signal.SIGINT, signal.SIGTERM)
             }
             try:
-                return _wait_status(monitor)
+                pid = os.read(report_read, 32)
+                if pid:
+                    self.state.pid, self.state.supervisor, self.state.status = (
+                        int(pid),
+                        os.getpid(),
+                        "running",
+                    )
+                    self.state.save(self.dir)
+                status = _wait_status(monitor)
             finally:
                 for sig, handler in forward.items():
                     signal.signal(sig, handler)
         finally:
+            os.close(report_read)
             self.oom_killed = cgroup.oom_killed()
             cgroup.remove()
+        self.state.status, self.state.exit_code, self.state.oom_killed = "exited", status, self.oom_killed
+        self.state.save(self.dir)
+        return status
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- inside the monitor: new namespaces, overlay root ------------------------------------------
 
-    def _monitor(self, cgroup: Cgroup) -> int:
+    def _monitor(self, cgroup: Cgroup, report: int) -> int:
         sc.unshare(NAMESPACES if self.spec.network != "host" else NAMESPACES & ~sc.CLONE_NEWNET)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         rootfs = self.driver.mount(self.dir)
@@ -155,6 +187,8 @@ class Container:
             _child_main(lambda: self._init(rootfs))
         os.close(go_read)
         cgroup.add(init)  # only the container's processes: the monitor's memory is not the container's
+        os.write(report, str(init).encode())
+        os.close(report)
         os.write(go_write, b"g")
         os.close(go_write)
         signal.signal(signal.SIGINT, lambda s, _f: os.kill(init, s))

@@ -17,12 +17,12 @@ class Digest(str):
     """A validated digest string such as `sha256:<64 hex>`; being a str, it serialises as one."""
 
     def __new__(cls, value: str) -> Digest:
-        if not isinstance(value, str) or not _DIGEST_RE.match(value):
+        if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
             raise InvalidReference(f"invalid digest {value!r}: expected algorithm:hex")
         algorithm, _, hex_part = value.partition(":")
         if algorithm != "sha256":
             raise InvalidReference(f"unsupported digest algorithm {algorithm!r} in {value!r}")
-        if not _SHA256_HEX_RE.match(hex_part):
+        if not _SHA256_HEX_RE.fullmatch(hex_part):
             raise InvalidReference(f"invalid sha256 digest {value!r}: expected 64 lowercase hex digits")
         return super().__new__(cls, value)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -259,3 +260,60 @@ def test_host_network_sees_the_hosts_interfaces(lazyctr: CliRunner, busybox: str
 
 def test_missing_workdir_is_created(lazyctr: CliRunner, busybox: str) -> None:
     assert lazyctr("run", "--rm", "-w", "/new/dir", busybox, "pwd").out == "/new/dir\n"
+
+
+def test_detached_container_lifecycle(lazyctr: CliRunner, busybox: str, root: Path) -> None:
+    script = 'echo started; trap "echo bye; exit 0" TERM; while true; do sleep 0.1; done'
+    container_id = lazyctr("run", "-d", "--name", "web", busybox, "sh", "-c", script).out.strip()
+    assert len(container_id) == 64
+    listing = lazyctr("ps").out.splitlines()
+    assert (
+        listing[1].startswith(container_id[:12]) and listing[1].split()[-1] == "web" and " Up " in listing[1]
+    )
+    deadline = time.monotonic() + 10
+    while "started" not in lazyctr("logs", "web").out and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lazyctr("stop", "web").out == "web\n"
+    assert lazyctr("logs", "web").out == "started\nbye\n"
+    (state,) = json.loads(lazyctr("ps", "-a", "--json").out)
+    assert (state["status"], state["exit_code"], state["name"]) == ("exited", 0, "web")
+    assert lazyctr("ps").out.count("\n") == 1  # only the header: nothing running
+    lazyctr("rm", "web")
+    assert json.loads(lazyctr("ps", "-a", "--json").out) == []
+    assert list((root / "containers").iterdir()) == []
+
+
+def test_stop_kills_after_the_timeout_and_kill_sends_signals(lazyctr: CliRunner, busybox: str) -> None:
+    lazyctr("run", "-d", "--name", "stubborn", busybox, "sleep", "100")  # PID 1 ignores SIGTERM
+    started = time.monotonic()
+    lazyctr("stop", "-t", "1", "stubborn")
+    assert time.monotonic() - started < 8
+    (state,) = json.loads(lazyctr("ps", "-a", "--json").out)
+    assert state["exit_code"] == 137
+    lazyctr("run", "-d", "--name", "victim", busybox, "sleep", "100")
+    lazyctr("kill", "-s", "KILL", "victim")
+    deadline = time.monotonic() + 10
+    while lazyctr("ps").out.count("\n") > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "victim" not in lazyctr("ps").out
+
+
+def test_rm_refuses_a_running_container_unless_forced(lazyctr: CliRunner, busybox: str) -> None:
+    lazyctr("run", "-d", "--name", "busy", busybox, "sleep", "100")
+    result = lazyctr("rm", "busy", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "is running")
+    lazyctr("rm", "-f", "busy")
+    assert json.loads(lazyctr("ps", "-a", "--json").out) == []
+
+
+def test_names_are_unique_and_unknown_containers_are_errors(lazyctr: CliRunner, busybox: str) -> None:
+    lazyctr("run", "--name", "once", busybox, "true")
+    result = lazyctr("run", "--name", "once", busybox, "true", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "already in use")
+    for command in (["stop", "ghost"], ["kill", "ghost"], ["rm", "ghost"], ["logs", "ghost"]):
+        assert_clean_error(lazyctr(*command, ok=False), "no such container: ghost")
+    bad_signal = lazyctr("kill", "-s", "NOPE", "once", ok=False)  # a usage error, as click reports them
+    assert bad_signal.code == 2 and "unknown signal 'NOPE'" in bad_signal.stderr
+    assert "Traceback" not in bad_signal.stderr

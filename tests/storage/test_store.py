@@ -121,4 +121,6 @@ def test_digest_grammar(tmp_path: Path) -> None:
         Digest("md5:" + "0" * 32)
     with pytest.raises(InvalidReference):
         Digest("sha256:" + "A" * 64)
+    with pytest.raises(InvalidReference):
+        Digest("sha256:" + "a" * 64 + "\n")  # it would end up in a blob path
     assert Digest("sha256:" + "a" * 64).hex == "a" * 64

@@ -1,0 +1,84 @@
+"""Container state on disk, `containers/<id>/state.json`, so that ps, stop, kill, rm and logs
+work from any shell. Written atomically by the process that supervises the container."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storage.errors import NotFound
+from storage.files import atomic_write
+
+STATE_FILE = "state.json"
+LOG_FILE = "log"
+
+
+@dataclass
+class ContainerState:
+    id: str
+    name: str
+    image: str
+    command: list[str]
+    created: float = field(default_factory=time.time)
+    status: str = "created"  # created, running, exited
+    pid: int = 0  # the container's PID 1, as the host sees it
+    supervisor: int = 0  # the lazyctr process waiting for it
+    exit_code: int | None = None
+    oom_killed: bool = False
+    detached: bool = False
+
+    def save(self, directory: Path) -> None:
+        atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())
+
+    @classmethod
+    def load(cls, directory: Path) -> ContainerState:
+        try:
+            data: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
+            state = cls(**data)
+        except (OSError, ValueError, TypeError):
+            raise NotFound(f"no container state in {directory}") from None
+        if state.status == "running" and not _alive(state.supervisor):
+            state.status = "exited"  # its supervisor died without saying how it ended
+        return state
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def all_states(containers: Path) -> list[ContainerState]:
+    states = []
+    for directory in sorted(containers.iterdir()) if containers.is_dir() else []:
+        try:
+            states.append(ContainerState.load(directory))
+        except NotFound:
+            continue  # being created or removed
+    return sorted(states, key=lambda s: s.created, reverse=True)
+
+
+def find(containers: Path, text: str) -> ContainerState:
+    """A container by name, full ID or unique ID prefix."""
+    states = all_states(containers)
+    for state in states:
+        if text in (state.name, state.id):
+            return state
+    matches = [s for s in states if len(text) >= 3 and s.id.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise NotFound(f"container ID prefix {text!r} is ambiguous")
+    raise NotFound(f"no such container: {text}")
