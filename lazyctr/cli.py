@@ -22,11 +22,13 @@ from runtime.cgroups import Limits, parse_cpus, parse_memory
 from runtime.container import Container, ContainerError, Volume, spec_for
 from runtime.drivers import DRIVERS
 from runtime.state import LOG_FILE, ContainerState, all_states, find
+from storage.diff import upper_to_tar
 from storage.errors import NotFound, StorageError, UnsafePath
 from storage.files import atomic_path
 from storage.importer import (
     EXPORT_COMPRESSIONS,
     OciSource,
+    add_layer,
     export_oci,
     image_name,
     import_oci,
@@ -488,6 +490,25 @@ def rm_container(ctx: Context, force: bool, containers: tuple[str, ...]) -> None
             _wait_exited(ctx, state, 10)
         shutil.rmtree(_containers(ctx) / state.id, ignore_errors=True)
         click.echo(text)
+
+
+@cli.command("commit")
+@click.argument("container")
+@click.argument("name")
+@pass_context
+def commit_container(ctx: Context, container: str, name: str) -> None:
+    """Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed."""
+    state = find(_containers(ctx), container)
+    upper = _containers(ctx) / state.id / "upper"
+    if not upper.is_dir():
+        raise ContainerError(f"container {container} has no upper layer: commit needs the overlay driver")
+    base = ctx.store.image(state.image)
+    with ctx.store.temp_file() as (tar_path, _):
+        upper_to_tar(upper, tar_path)
+        image = add_layer(
+            ctx.store, base, tar_path, name, f"lazyctr commit {state.id[:12]}: {' '.join(state.command)}"
+        )
+    click.echo(image.id)
 
 
 @cli.command()

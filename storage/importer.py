@@ -122,6 +122,23 @@ def import_tarball(store: Store, source: BinaryIO, name: str) -> Image:
     return store.image(name)
 
 
+def add_layer(store: Store, base: Image, tar_path: Path, name: str, created_by: str) -> Image:
+    """A new image `name`: `base` plus the layer tar at `tar_path`, recorded in the history."""
+    name = image_name(name)
+    with store.ingesting():
+        layer = _store_layer(store, tar_path)
+        created = now_rfc3339()
+        config = ImageConfig.parse(store.read_blob(base.manifest.config.digest))
+        config.created = created
+        config.diff_ids.append(layer.diff_id)
+        config.history.append({"created": created, "created_by": created_by})
+        config_bytes = config.to_bytes()
+        config_descriptor = Descriptor(MEDIA_CONFIG, store.put_blob(config_bytes), len(config_bytes))
+        manifest = Manifest(config_descriptor, [*base.manifest.layers, layer.descriptor()])
+        store.put_image(name, manifest)
+    return store.image(name)
+
+
 # -- OCI layouts ---------------------------------------------------------------------------------
 
 

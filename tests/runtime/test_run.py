@@ -317,3 +317,28 @@ def test_names_are_unique_and_unknown_containers_are_errors(lazyctr: CliRunner, 
     bad_signal = lazyctr("kill", "-s", "NOPE", "once", ok=False)  # a usage error, as click reports them
     assert bad_signal.code == 2 and "unknown signal 'NOPE'" in bad_signal.stderr
     assert "Traceback" not in bad_signal.stderr
+
+
+def test_commit_makes_a_new_image_with_the_changes(lazyctr: CliRunner, busybox: str, tmp_path: Path) -> None:
+    lazyctr("run", "--name", "changer", busybox, "sh", "-c", "echo hello > /etc/motd; rm /etc/group")
+    image_id = lazyctr("commit", "changer", "busybox:changed").out.strip()
+    assert image_id.startswith("sha256:")
+    assert run_image(lazyctr, "busybox:changed", "cat", "/etc/motd") == "hello\n"
+    missing = lazyctr("run", "--rm", "busybox:changed", "cat", "/etc/group", ok=False)
+    assert missing.code == 1  # the deletion is a whiteout in the new layer
+    layers = json.loads(lazyctr("inspect", "--json", "busybox:changed").out)["Layers"]
+    assert len(layers) == 2 and layers[1]["MediaType"].endswith("tar+zstd") and layers[1]["TOCEntries"] >= 3
+    assert lazyctr("run", "--rm", busybox, "cat", "/etc/motd", ok=False).code == 1  # the base is unchanged
+    lazyctr("export", "busybox:changed", f"oci:{tmp_path}/out:changed")
+    assert json.loads((tmp_path / "out/index.json").read_text())["manifests"]
+
+
+def test_commit_of_a_copy_driver_container_is_refused(lazyctr: CliRunner, busybox: str) -> None:
+    lazyctr("run", "--name", "copied", "--driver", "copy", busybox, "true")
+    result = lazyctr("commit", "copied", "x", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "needs the overlay driver")
+
+
+def run_image(lazyctr: CliRunner, image: str, *command: str) -> str:
+    return lazyctr("run", "--rm", image, *command).out
