@@ -21,6 +21,7 @@ from lazyctr.rootfs import busybox_tarball, debian_tarball
 from runtime.cgroups import Limits, parse_cpus, parse_memory
 from runtime.container import Container, ContainerError, Volume, spec_for
 from runtime.drivers import DRIVERS
+from runtime.enter import exec_in
 from runtime.state import LOG_FILE, ContainerState, all_states, find
 from storage.diff import upper_to_tar
 from storage.errors import NotFound, StorageError, UnsafePath
@@ -490,6 +491,26 @@ def rm_container(ctx: Context, force: bool, containers: tuple[str, ...]) -> None
             _wait_exited(ctx, state, 10)
         shutil.rmtree(_containers(ctx) / state.id, ignore_errors=True)
         click.echo(text)
+
+
+@cli.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
+@click.option("-w", "--workdir", help="Working directory (default: that of the container's process).")
+@click.option("-u", "--user", default="", help="USER[:GROUP] to run as.")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_context
+def exec_(
+    ctx: Context,
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str,
+    container: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a running container, joining its namespaces and cgroup."""
+    state = find(_containers(ctx), container)
+    sys.exit(exec_in(state, list(command), list(env), workdir, user))
 
 
 @cli.command("commit")

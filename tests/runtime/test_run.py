@@ -342,3 +342,25 @@ def test_commit_of_a_copy_driver_container_is_refused(lazyctr: CliRunner, busybo
 
 def run_image(lazyctr: CliRunner, image: str, *command: str) -> str:
     return lazyctr("run", "--rm", image, *command).out
+
+
+def test_exec_joins_a_running_container(lazyctr: CliRunner, busybox: str) -> None:
+    lazyctr("run", "-d", "--name", "host", "--hostname", "inside", "-e", "FOO=bar", busybox, "sleep", "100")
+    out = lazyctr("exec", "host", "sh", "-c", "echo $$; echo $FOO; hostname; cat /proc/1/cmdline").out.split()
+    assert out[0] != "1" and int(out[0]) < 100  # a PID of the container's namespace
+    assert out[1:3] == ["bar", "inside"] and out[3].startswith("sleep")
+    assert all(
+        line.endswith(":/") for line in lazyctr("exec", "host", "cat", "/proc/self/cgroup").out.splitlines()
+    )
+    assert lazyctr("exec", "-u", "nobody", "host", "id", "-u").out == "65534\n"
+    assert lazyctr("exec", "host", "sh", "-c", "exit 4", ok=False).code == 4
+    assert lazyctr("exec", "host", "nosuch", ok=False).code == 127
+    lazyctr("rm", "-f", "host")
+    assert_clean_error(lazyctr("exec", "host", "true", ok=False), "no such container")
+
+
+def test_exec_into_a_stopped_container_is_refused(lazyctr: CliRunner, busybox: str) -> None:
+    lazyctr("run", "--name", "done", busybox, "true")
+    result = lazyctr("exec", "done", "true", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, "is not running")
