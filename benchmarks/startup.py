@@ -1,0 +1,461 @@
+"""Startup benchmark: `lazyctr run --rm busybox true` against podman and runc, measured in the same run.
+
+Times the whole command, from exec to exit, for:
+  - lazyctr: a private store (--root) holding busybox imported from `lazyctr rootfs busybox`;
+  - podman: the same image (exported by lazyctr, pulled from an OCI layout) in private storage;
+  - runc: an OCI bundle from `runc spec` whose rootfs is the same tarball, extracted;
+  - and, for reference, `lazyctr --help`: what starting Python and our CLI costs before any container.
+Each tool gets one untimed check run (for lazyctr it extracts the layer; a peer that fails it is
+skipped with the reason) and --warmup untimed runs; then the timed runs go round-robin, in a rotating
+order, so that drift in the machine's load falls on every tool alike.
+Usage: python benchmarks/startup.py [--runs N] [--warmup K]. Needs root. Everything lives in one
+temporary directory, removed at the end, also after a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from runtime import syscalls as sc
+
+IMAGE = "busybox"
+COMMAND = "true"
+SETUP_TIMEOUT = 300
+RUN_TIMEOUT = 60
+
+
+class Unavailable(Exception):
+    """A tool that cannot run here; the message says why."""
+
+
+def _tail(stderr: bytes, lines: int = 3) -> str:
+    text = stderr.decode(errors="replace").strip().splitlines()
+    return " | ".join(text[-lines:]) or "(no output)"
+
+
+def run_quietly(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> bytes:
+    """Run a setup step; raise Unavailable with the end of its stderr when it fails."""
+    try:
+        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=SETUP_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise Unavailable(f"{argv[0]}: {e}") from None
+    if proc.returncode != 0:
+        raise Unavailable(f"`{' '.join(argv[:3])} ...` exited {proc.returncode}: {_tail(proc.stderr)}")
+    return proc.stdout
+
+
+class Interruptions:
+    """Ctrl-C and SIGTERM, held back while a container starts.
+
+    A podman killed between creating its container and starting it leaves conmon and `runc init`
+    behind, which `podman rm` then does not find; so a run (well under a second) is let finish and
+    the signal acts after it. The tools run in sessions of their own, so Ctrl-C reaches only us.
+    """
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = 0
+        self.stopping = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            return  # the cleanup is under way: a second signal must not cut it short
+        if self.holding:
+            self.pending = signum
+        else:
+            self.stop(signum)
+
+    def stop(self, signum: int) -> None:
+        self.stopping = True
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            self.stop(self.pending)
+
+
+INTERRUPTIONS = Interruptions()
+
+
+@dataclass
+class Contender:
+    """One tool under test: how to start the N-th container, and what it does on the way."""
+
+    name: str
+    does: str
+    argv: Callable[[int], list[str]]
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    after: Callable[[int], None] | None = None  # untimed cleanup after each run
+    teardown: Callable[[], None] | None = None  # stops what an interrupted run left behind
+    peer: bool = True  # False for a reference figure that is not a container tool
+    times: list[float] = field(default_factory=list)
+    skipped: str = ""
+
+    def run(self, n: int) -> float:
+        """Wall time of one run, from exec to exit; raises Unavailable when the run fails."""
+        argv = self.argv(n)
+        with INTERRUPTIONS.held():
+            start = time.perf_counter()
+            try:
+                proc = subprocess.run(
+                    argv,
+                    env=self.env,
+                    cwd=self.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    timeout=RUN_TIMEOUT,
+                    start_new_session=True,
+                )
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise Unavailable(f"{argv[0]}: {e}") from None
+            elapsed = time.perf_counter() - start
+            if self.after is not None:
+                self.after(n)
+        if proc.returncode != 0:
+            raise Unavailable(f"`{' '.join(argv)}` exited {proc.returncode}: {_tail(proc.stderr)}")
+        return elapsed
+
+
+def lazyctr_executable() -> str:
+    beside = Path(sys.executable).parent / "lazyctr"
+    found = str(beside) if beside.exists() else shutil.which("lazyctr")
+    if found is None:
+        sys.exit("lazyctr is not installed: run `make deps` first")
+    return found
+
+
+def setup_lazyctr(base: Path, rootfs: Path) -> list[Contender]:
+    exe = lazyctr_executable()
+    root = base / "lazyctr-root"
+    run_quietly([exe, "--root", str(root), "import", str(rootfs), IMAGE])
+    run = Contender(
+        name="lazyctr",
+        does="Python CLI; overlay root on the extracted layer; new mount/UTS/IPC/net/PID namespaces, "
+        "lo up; a cgroup per container",
+        argv=lambda _: [exe, "--root", str(root), "run", "--rm", IMAGE, COMMAND],
+    )
+    cli = Contender(
+        name="cli only",
+        does="`lazyctr --help`: the interpreter's start and the CLI's imports, no container: "
+        "the floor under lazyctr's figure",
+        argv=lambda _: [exe, "--help"],
+        peer=False,
+    )
+    return [run, cli]
+
+
+def _ulimit(kind: int, wanted: int = 1024) -> str:
+    # Root may lower limits here but not raise them, and podman's defaults for root are higher.
+    hard = resource.getrlimit(kind)[1]
+    value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    return f"{value}:{value}"
+
+
+def setup_podman(base: Path) -> Contender:
+    if shutil.which("podman") is None:
+        raise Unavailable("podman is not installed")
+    home = base / "podman"
+    tmp = home / "tmp"
+    tmp.mkdir(parents=True)
+    storage_conf = home / "storage.conf"
+    containers_conf = home / "containers.conf"
+    # vfs would copy the whole image per container; overlay is podman's default and what it is fast with.
+    storage_conf.write_text(
+        f'[storage]\ndriver = "overlay"\nrunroot = "{home}/run"\ngraphroot = "{home}/storage"\n'
+    )
+    ulimits = [
+        f"nofile={_ulimit(resource.RLIMIT_NOFILE)}",
+        f"nproc={_ulimit(resource.RLIMIT_NPROC)}",
+    ]
+    containers_conf.write_text(
+        "[containers]\n"
+        f"default_ulimits = {json.dumps(ulimits)}\n"
+        "[engine]\n"
+        'runtime = "runc"\n'  # crun refuses a cgroup v1 host with an empty v2 hierarchy
+        'cgroup_manager = "cgroupfs"\n'
+        'events_logger = "file"\n'
+        f'events_logfile_path = "{home}/events.log"\n'
+        f'tmp_dir = "{tmp}"\n'
+        f'image_copy_tmp_dir = "{tmp}"\n'
+    )
+    env = dict(
+        os.environ,
+        CONTAINERS_CONF=str(containers_conf),
+        CONTAINERS_STORAGE_CONF=str(storage_conf),
+        TMPDIR=str(tmp),
+    )
+    # podman names an image pulled from oci:PATH after PATH (and refuses capitals), so the layout
+    # is pulled by the relative path "busybox" and becomes localhost/busybox.
+    run_quietly(
+        [lazyctr_executable(), "--root", str(base / "lazyctr-root"), "export", IMAGE, f"oci:{home}/{IMAGE}"]
+    )
+    run_quietly(["podman", "pull", "--quiet", f"oci:{IMAGE}"], env=env, cwd=home)
+
+    def remove_containers() -> None:
+        # A podman killed mid-run leaves conmon and `runc init` waiting, and their cgroups.
+        subprocess.run(
+            ["podman", "rm", "--all", "--force", "--time", "0"],
+            env=env,
+            capture_output=True,
+            timeout=RUN_TIMEOUT,
+        )
+
+    return Contender(
+        name="podman",
+        does="--network none: new net namespace with lo only; overlay storage; runc via conmon; "
+        "cgroupfs; events to a file",
+        argv=lambda _: ["podman", "run", "--rm", "--network", "none", f"localhost/{IMAGE}", COMMAND],
+        env=env,
+        teardown=remove_containers,
+    )
+
+
+def setup_runc(base: Path, rootfs: Path) -> Contender:
+    if shutil.which("runc") is None:
+        raise Unavailable("runc is not installed")
+    bundle = base / "runc-bundle"
+    state = base / "runc-state"
+    (bundle / "rootfs").mkdir(parents=True)
+    with tarfile.open(rootfs) as tar:
+        tar.extractall(bundle / "rootfs", filter="tar")
+    run_quietly(["runc", "spec", "--bundle", str(bundle)])
+    config_path = bundle / "config.json"
+    config = json.loads(config_path.read_text())
+    config["process"]["args"] = [COMMAND]
+    config["process"]["terminal"] = False
+    config_path.write_text(json.dumps(config, indent=2))
+
+    def delete(n: int) -> None:
+        # `runc run` deletes the container when it exits; this catches one that did not.
+        subprocess.run(
+            ["runc", "--root", str(state), "delete", "--force", f"startup-{n}"],
+            capture_output=True,
+            timeout=RUN_TIMEOUT,
+        )
+
+    def delete_all() -> None:
+        listed = subprocess.run(
+            ["runc", "--root", str(state), "list", "--quiet"], capture_output=True, timeout=RUN_TIMEOUT
+        )
+        for container in listed.stdout.decode().split():
+            subprocess.run(
+                ["runc", "--root", str(state), "delete", "--force", container],
+                capture_output=True,
+                timeout=RUN_TIMEOUT,
+            )
+
+    return Contender(
+        name="runc",
+        does="runc spec defaults: new mount/UTS/IPC/net/PID namespaces, lo down; read-only bind of a "
+        "plain extracted dir (no image store, no overlay); a cgroup per container",
+        argv=lambda n: ["runc", "--root", str(state), "run", "--bundle", str(bundle), f"startup-{n}"],
+        after=delete,
+        teardown=delete_all,
+    )
+
+
+def isolate_var(base: Path) -> str:
+    """Give this process (and so podman) private /var/lib, /var/tmp and /run/runc; say what was done.
+
+    As root, containers/image writes its blob-info cache to /var/lib/containers/cache and big
+    temporary files to /var/tmp whatever the configuration says, and podman runs runc with its
+    default state directory, /run/runc. Binding empty directories there in a private mount namespace
+    of our own keeps the host's untouched, and costs the timed runs nothing, unlike wrapping each
+    podman in `unshare`.
+    """
+    targets = ("/var/lib", "/var/tmp", "/run/runc")
+    if any(base.is_relative_to(d) for d in targets):
+        return f"not isolated ({base} is under one of {', '.join(targets)}): podman may write the host's"
+    try:
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        made = ""
+        for target in targets:
+            source = base / ("private" + target.replace("/", "-"))
+            source.mkdir(mode=0o700)
+            if not os.path.isdir(target):
+                os.makedirs(target, mode=0o700)  # podman's runc would have made it anyway
+                made = f" (made an empty {target} on the host to mount on)"
+            sc.mount(str(source), target, None, sc.MS_BIND)
+    except OSError as e:
+        return (
+            f"not isolated ({e}): podman may write the host's /var/lib/containers/cache, /var/tmp, /run/runc"
+        )
+    return f"private mount namespace: {', '.join(targets)} are empty temporary directories{made}"
+
+
+def unmount_under(base: Path) -> None:
+    """Detach mounts that a failed run may have left below `base`, deepest first, so it can be removed."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted(points, key=len, reverse=True):
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)  # \040 is a space
+        if Path(mount_point).is_relative_to(base) and Path(mount_point) != base:
+            with suppress(OSError):
+                sc.umount2(mount_point, sc.MNT_DETACH)
+
+
+@contextmanager
+def workspace() -> Iterator[Path]:
+    """A temporary directory, removed on the way out: after an error, Ctrl-C or SIGTERM too."""
+    previous = {sig: signal.signal(sig, INTERRUPTIONS.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    base = Path(tempfile.mkdtemp(prefix="lazyctr-startup-"))
+    try:
+        yield base
+    finally:
+        unmount_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def measure(contenders: list[Contender], runs: int, warmup: int) -> None:
+    """One check run and `warmup` untimed runs per tool, then `runs` timed rounds in rotating order."""
+    for c in contenders:
+        for i in range(1 + warmup):
+            try:
+                c.run(-1 - i)
+            except Unavailable as e:
+                c.skipped = f"{'check' if i == 0 else 'warmup'} run failed: {e}"
+                break
+    for n in range(runs):
+        live = [c for c in contenders if not c.skipped]
+        shift = n % len(live) if live else 0
+        for c in live[shift:] + live[:shift]:
+            try:
+                c.times.append(c.run(n))
+            except Unavailable as e:
+                c.skipped = f"timed run {n} failed: {e}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    median: float
+    p10: float
+    p90: float
+
+
+def summarize(times: list[float]) -> Summary:
+    if len(times) < 2:
+        return Summary(times[0], times[0], times[0])
+    deciles = statistics.quantiles(times, n=10, method="inclusive")
+    return Summary(statistics.median(times), deciles[0], deciles[-1])
+
+
+def report(contenders: list[Contender], runs: int, warmup: int, isolation: str) -> int:
+    load = os.getloadavg()
+    print(
+        f"{IMAGE} `{COMMAND}`: {runs} timed runs per tool, round-robin,"
+        f" after 1 check run and {warmup} warmup(s)"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}:"
+        " noisy, compare ratios rather than absolute times"
+    )
+    print(f"podman's host paths: {isolation}")
+    for c in contenders:
+        if not c.skipped:
+            print(f"  {c.name}: {c.does}")
+    done = {c.name: summarize(c.times) for c in contenders if not c.skipped}
+    peers = {c.name: c.peer for c in contenders}
+    for c in contenders:
+        if c.skipped:
+            print(f"SKIP {c.name}: {c.skipped}")
+    if not done:
+        return 1
+    base = done.get("lazyctr")
+    print()
+    print(f"{'tool':<8} {'median ms':>10} {'p10 ms':>8} {'p90 ms':>8} {'x lazyctr':>10}")
+    for name, s in done.items():
+        ratio = f"{s.median / base.median:.2f}" if base else "-"
+        print(f"{name:<8} {s.median * 1e3:>10.1f} {s.p10 * 1e3:>8.1f} {s.p90 * 1e3:>8.1f} {ratio:>10}")
+    if base is None:
+        return 1
+    print()
+    for name, s in done.items():
+        if name != "lazyctr" and peers[name]:
+            verdict = "faster" if base.median < s.median else "slower"
+            factor = max(s.median / base.median, base.median / s.median)
+            print(
+                f"lazyctr vs {name}: {base.median / s.median:.2f}x its median time ({factor:.2f}x {verdict})"
+            )
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per tool (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs per tool after the check run")
+    args = parser.parse_args()
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be at least 1 and --warmup at least 0")
+    if os.geteuid() != 0:
+        sys.exit("startup.py needs root (namespaces, mounts, runc and podman as root)")
+
+    with workspace() as base:
+        isolation = isolate_var(base)
+        rootfs = base / f"{IMAGE}.tar"
+        print(f"setting up in {base} ...", flush=True)
+        contenders: list[Contender] = []
+        try:
+            try:
+                run_quietly([lazyctr_executable(), "rootfs", IMAGE, str(rootfs)])
+                contenders.extend(setup_lazyctr(base, rootfs))
+            except Unavailable as e:
+                sys.exit(f"cannot set up lazyctr: {e}")
+            skipped: list[Contender] = []
+            peers: list[tuple[str, Callable[[], Contender]]] = [
+                ("podman", lambda: setup_podman(base)),
+                ("runc", lambda: setup_runc(base, rootfs)),
+            ]
+            for name, setup in peers:
+                try:
+                    contenders.append(setup())
+                except Unavailable as e:
+                    skipped.append(
+                        Contender(name=name, does="-", argv=lambda _: [], skipped=f"setup failed: {e}")
+                    )
+            measure(contenders, args.runs, args.warmup)
+            status = report(contenders + skipped, args.runs, args.warmup, isolation)
+        finally:
+            INTERRUPTIONS.stopping = True  # a signal now must not cut the cleanup short
+            for c in contenders:
+                if c.teardown is not None:
+                    with suppress(OSError, subprocess.SubprocessError):
+                        c.teardown()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
