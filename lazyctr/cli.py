@@ -284,6 +284,8 @@ def cat(ctx: Context, image: str, path: str) -> None:
 @click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
 @click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container ID.")
 @click.option("--name", default="", help="A name for the container.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open for the container.")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a terminal (Ctrl-C reaches it).")
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
@@ -306,6 +308,8 @@ def run(
     remove: bool,
     detach: bool,
     name: str,
+    interactive: bool,
+    tty: bool,
     env: tuple[str, ...],
     workdir: str | None,
     hostname: str,
@@ -339,6 +343,7 @@ def run(
     spec.volumes = [Volume.parse(text) for text in volumes]
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
+    spec.interactive, spec.tty = interactive and not detach, tty and not detach
     if network == "private":
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True

@@ -26,6 +26,7 @@ from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
 from runtime.state import ContainerState, all_states
+from runtime.tty import become_terminal_owner, proxy
 from storage.files import file_lock
 from storage.paths import resolve_in_root
 from storage.store import Image, Store
@@ -55,6 +56,8 @@ class Spec:
     volumes: list[Volume] = field(default_factory=list)
     read_only: bool = False
     network: str = "none"  # none, host or private
+    interactive: bool = False  # -i: keep stdin; without it the container reads /dev/null
+    tty: bool = False  # -t: a pseudo-terminal
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -114,6 +117,7 @@ class Container:
         self.oom_killed = False
         self.dir = store.root / "containers" / spec.id
         self.hostname = spec.hostname or spec.id[:12]
+        self.terminal: socket.socket | None = None  # PID 1's end of the terminal hand-over, with -t
         self.state = ContainerState(spec.id, spec.name or spec.id[:12], image.name, spec.argv)
 
     def create(self) -> None:
@@ -137,12 +141,16 @@ class Container:
         except (CgroupError, OSError) as e:
             raise ContainerError(f"cgroup: {e}") from None
         report_read, report_write = os.pipe()
+        # With -t, PID 1 opens a terminal in the container's own devpts and hands us its master.
+        self.terminal, terminal_here = socket.socketpair() if self.spec.tty else (None, None)
         try:
             monitor = os.fork()
             if monitor == 0:
                 os.close(report_read)
                 _child_main(lambda: self._monitor(cgroup, report_write))
             os.close(report_write)
+            if self.terminal is not None:
+                self.terminal.close()
             forward = {
                 sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
                 for sig in (signal.SIGINT, signal.SIGTERM)
@@ -156,6 +164,12 @@ class Container:
                         "running",
                     )
                     self.state.save(self.dir)
+                if terminal_here is not None:
+                    _, fds, _, _ = socket.recv_fds(terminal_here, 1, 1)
+                    terminal_here.close()
+                    for master in fds:
+                        proxy(master)
+                        os.close(master)
                 status = _wait_status(monitor)
             finally:
                 for sig, handler in forward.items():
@@ -186,6 +200,8 @@ class Container:
             sc.unshare(sc.CLONE_NEWCGROUP)  # now rooted at the container's own cgroup
             _child_main(lambda: self._init(rootfs))
         os.close(go_read)
+        if self.terminal is not None:
+            self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
         cgroup.add(init)  # only the container's processes: the monitor's memory is not the container's
         os.write(report, str(init).encode())
         os.close(report)
@@ -198,6 +214,8 @@ class Container:
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
     def _init(self, rootfs: Path) -> int:
+        if not self.spec.interactive and not self.spec.tty:
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         make_workdir(rootfs, self.spec.cwd)
         bind_volumes(rootfs, self.spec.volumes)
         if self.spec.read_only:
@@ -207,6 +225,12 @@ class Container:
         mount_dev(rootfs)
         pivot_root(rootfs)
         mask_paths()
+        if self.terminal is not None:
+            master, slave = os.openpty()  # /dev/ptmx is the container's: its own /dev/pts/0
+            socket.send_fds(self.terminal, [b"t"], [master])
+            os.close(master)
+            self.terminal.close()
+            become_terminal_owner(slave)
         socket.sethostname(self.hostname)
         if self.spec.network != "host":
             loopback_up()

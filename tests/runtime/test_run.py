@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -364,3 +365,56 @@ def test_exec_into_a_stopped_container_is_refused(lazyctr: CliRunner, busybox: s
     result = lazyctr("exec", "done", "true", ok=False)
     assert result.code == 125
     assert_clean_error(result, "is not running")
+
+
+def _interactive(root: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
+    """`lazyctr run -it ...` on a pseudo-terminal of our own, as a user at a terminal runs it."""
+    master, slave = os.openpty()
+    command = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), "run", "--rm", "-it", *args]
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    return proc, master
+
+
+def _read_until(master: int, marker: bytes, timeout: float = 10) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                seen += os.read(master, 4096)
+            except OSError:
+                break
+    return seen
+
+
+def test_it_gives_a_terminal_and_passes_the_exit_status(busybox: str, root: Path) -> None:
+    proc, master = _interactive(root, busybox, "sh", "-c", "tty; read x; echo got $x; exit 7")
+    try:
+        assert b"/dev/pts/0" in _read_until(master, b"/dev/pts/0")  # its own devpts
+        os.write(master, b"hello\n")
+        assert b"got hello" in _read_until(master, b"got hello")
+        assert proc.wait(timeout=10) == 7
+    finally:
+        proc.kill()
+        os.close(master)
+
+
+def test_ctrl_c_in_it_reaches_the_container(busybox: str, root: Path) -> None:
+    # Not `sleep` as PID 1: PID 1 ignores SIGINT unless it handles it (with docker too).
+    proc, master = _interactive(root, busybox, "sh", "-c", "echo ready; sleep 60; echo after $?")
+    try:
+        assert b"ready" in _read_until(master, b"ready")
+        os.write(master, b"\x03")  # Ctrl-C, a byte in raw mode, a SIGINT in the container
+        out = _read_until(master, b"after")
+        code = proc.wait(timeout=10)
+        assert b"after 130" in out or code == 130  # sleep was interrupted, or the shell with it
+    finally:
+        proc.kill()
+        os.close(master)
+
+
+def test_without_i_stdin_is_empty(lazyctr: CliRunner, busybox: str) -> None:
+    assert lazyctr("run", "--rm", busybox, "cat", input=b"secret").out == ""
+    assert lazyctr("run", "--rm", "-i", busybox, "cat", input=b"secret").out == "secret"
