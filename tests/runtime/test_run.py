@@ -174,11 +174,11 @@ def test_pids_limit_stops_fork(lazyctr: CliRunner, busybox: str) -> None:
 
 
 def test_own_cgroup_namespace_and_the_cgroup_goes_away(lazyctr: CliRunner, busybox: str) -> None:
-    lines = run(lazyctr, "cat", "/proc/self/cgroup").splitlines()
+    lines = lazyctr("run", "--name", "cg", busybox, "cat", "/proc/self/cgroup").out.splitlines()
     assert all(line.endswith(":/") for line in lines)
-    for controller in ("memory", "pids"):  # cgroup v1 here; the container's cgroup is removed
-        parent = Path(f"/sys/fs/cgroup/{controller}/lazyctr")
-        assert not parent.exists() or not [p for p in parent.iterdir() if p.is_dir()]
+    (state,) = json.loads(lazyctr("ps", "-a", "--json").out)
+    for controller in ("memory", "pids"):  # cgroup v1 here
+        assert not Path(f"/sys/fs/cgroup/{controller}/lazyctr/{state['id']}").exists()
 
 
 @pytest.mark.parametrize(
