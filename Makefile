@@ -50,6 +50,7 @@ lint: deps
 
 bench: deps
 	$(PY) benchmarks/codec.py
+	$(PY) benchmarks/startup.py --runs 10
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info
