@@ -18,7 +18,7 @@ import click
 from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
-from runtime.cgroups import Limits, parse_cpus, parse_memory
+from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container, ContainerError, Volume, spec_for
 from runtime.drivers import DRIVERS
 from runtime.enter import exec_in
@@ -286,6 +286,7 @@ def cat(ctx: Context, image: str, path: str) -> None:
 @click.option("--name", default="", help="A name for the container.")
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open for the container.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal (Ctrl-C reaches it).")
+@click.option("--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that reaps zombies.")
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
@@ -310,6 +311,7 @@ def run(
     name: str,
     interactive: bool,
     tty: bool,
+    use_init: bool,
     env: tuple[str, ...],
     workdir: str | None,
     hostname: str,
@@ -343,7 +345,7 @@ def run(
     spec.volumes = [Volume.parse(text) for text in volumes]
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
-    spec.interactive, spec.tty = interactive and not detach, tty and not detach
+    spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
     if network == "private":
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
@@ -546,6 +548,31 @@ def logs(ctx: Context, container: str) -> None:
     with contextlib.suppress(FileNotFoundError), open(_containers(ctx) / state.id / LOG_FILE, "rb") as f:
         shutil.copyfileobj(f, sys.stdout.buffer)
     sys.stdout.buffer.flush()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def info(ctx: Context, as_json: bool) -> None:
+    """What lazyctr runs with here: root, images, containers, cgroups, drivers, security features."""
+    facts = {
+        "Root": str(ctx.root),
+        "Images": len(ctx.store.names()),
+        "Containers": len(all_states(_containers(ctx))),
+        "Kernel": os.uname().release,
+        "CgroupLayout": detect_layout(),
+        "Drivers": sorted(DRIVERS),
+        "Namespaces": ["mount", "uts", "ipc", "net", "pid", "cgroup"],
+        "Capabilities": "docker's default set",
+        "NoNewPrivileges": True,
+        "Seccomp": "not applied: no seccomp filter yet",
+        "UserNamespaces": "not used",
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        click.echo(f"{key + ':':<18}{', '.join(value) if isinstance(value, list) else value}")
 
 
 @cli.command()

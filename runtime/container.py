@@ -35,6 +35,8 @@ NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNE
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_SETUP_FAILED = 127, 126, 125
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH)  # fmt: skip
 MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware")
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
@@ -58,6 +60,7 @@ class Spec:
     network: str = "none"  # none, host or private
     interactive: bool = False  # -i: keep stdin; without it the container reads /dev/null
     tty: bool = False  # -t: a pseudo-terminal
+    init: bool = False  # --init: a minimal init as PID 1 that reaps zombies and forwards signals
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -237,7 +240,29 @@ class Container:
         sc.drop_bounding_capabilities(sc.DOCKER_DEFAULT_CAPABILITIES)
         sc.set_no_new_privs()
         env = switch_user(self.spec.user, self.spec.env) if self.spec.user else self.spec.env
+        if self.spec.init:
+            return run_as_init(lambda: exec_command(self.spec.argv, env, self.spec.cwd))
         return exec_command(self.spec.argv, env, self.spec.cwd)
+
+
+def run_as_init(start: Callable[[], int]) -> int:
+    """`--init`: stay PID 1, forward signals to the command, reap every orphan, exit as it does."""
+    child = os.fork()
+    if child == 0:
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        _child_main(start)
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda s, _f: os.kill(child, s))
+    while True:
+        try:
+            pid, status = os.wait()
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return EXIT_SETUP_FAILED
+        if pid == child:
+            return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def make_workdir(rootfs: Path, cwd: str) -> None:

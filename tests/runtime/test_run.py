@@ -418,3 +418,50 @@ def test_ctrl_c_in_it_reaches_the_container(busybox: str, root: Path) -> None:
 def test_without_i_stdin_is_empty(lazyctr: CliRunner, busybox: str) -> None:
     assert lazyctr("run", "--rm", busybox, "cat", input=b"secret").out == ""
     assert lazyctr("run", "--rm", "-i", busybox, "cat", input=b"secret").out == "secret"
+
+
+@pytest.mark.parametrize(("flags", "zombies"), [((), 1), (("--init",), 0)])
+def test_init_reaps_orphans(lazyctr: CliRunner, busybox: str, flags: tuple[str, ...], zombies: int) -> None:
+    # An orphan reparented to a PID 1 that never waits (sleep) stays a zombie; --init reaps it.
+    lazyctr("run", "-d", "--name", "z", *flags, busybox, "sh", "-c", "(sleep 0.1 &); exec sleep 30")
+    time.sleep(1)
+    states = lazyctr("exec", "z", "ps", "-o", "stat").out.split()[1:]
+    assert states.count("Z") == zombies
+    lazyctr("rm", "-f", "z")
+
+
+def test_init_passes_the_exit_status(lazyctr: CliRunner, busybox: str) -> None:
+    result = lazyctr("run", "--rm", "--init", busybox, "sh", "-c", "echo $$; exit 5", ok=False)
+    assert (result.code, result.out) == (5, "2\n")  # the command is PID 2 under the init
+
+
+@pytest.mark.parametrize("flags", [(), ("--init",)])
+def test_sigterm_to_lazyctr_reaches_the_container(busybox: str, root: Path, flags: tuple[str, ...]) -> None:
+    script = 'trap "echo got-term; exit 0" TERM; echo ready; while true; do sleep 0.1; done'
+    command = [
+        sys.executable,
+        "-m",
+        "lazyctr.cli",
+        "--root",
+        str(root),
+        "run",
+        "--rm",
+        *flags,
+        busybox,
+        "sh",
+        "-c",
+    ]
+    proc = subprocess.Popen([*command, script], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == b"got-term\n"
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+
+
+def test_info_says_what_is_and_is_not_applied(lazyctr: CliRunner, busybox: str) -> None:
+    facts = json.loads(lazyctr("info", "--json").out)
+    assert facts["Images"] == 1 and facts["CgroupLayout"] in ("v1", "v2")
+    assert facts["Seccomp"].startswith("not applied")
