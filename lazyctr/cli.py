@@ -18,6 +18,7 @@ import click
 from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.errors import run_with_error_mapping
 from lazyctr.rootfs import busybox_tarball, debian_tarball
+from runtime import seccomp
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container, ContainerError, Volume, spec_for
 from runtime.drivers import DRIVERS
@@ -287,6 +288,9 @@ def cat(ctx: Context, image: str, path: str) -> None:
 @click.option("-i", "--interactive", is_flag=True, help="Keep stdin open for the container.")
 @click.option("-t", "--tty", is_flag=True, help="Give the container a terminal (Ctrl-C reaches it).")
 @click.option("--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that reaps zombies.")
+@click.option(
+    "--security-opt", "security_opts", multiple=True, help="seccomp=unconfined turns the filter off."
+)
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
@@ -312,6 +316,7 @@ def run(
     interactive: bool,
     tty: bool,
     use_init: bool,
+    security_opts: tuple[str, ...],
     env: tuple[str, ...],
     workdir: str | None,
     hostname: str,
@@ -346,6 +351,10 @@ def run(
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
     spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
+    for option in security_opts:
+        if option != "seccomp=unconfined":
+            raise ContainerError(f"unsupported --security-opt {option!r}: only seccomp=unconfined")
+    spec.seccomp = seccomp.available() and "seccomp=unconfined" not in security_opts
     if network == "private":
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
@@ -565,7 +574,9 @@ def info(ctx: Context, as_json: bool) -> None:
         "Namespaces": ["mount", "uts", "ipc", "net", "pid", "cgroup"],
         "Capabilities": "docker's default set",
         "NoNewPrivileges": True,
-        "Seccomp": "not applied: no seccomp filter yet",
+        "Seccomp": "docker's default denylist (libseccomp)"
+        if seccomp.available()
+        else "not applied: no libseccomp",
         "UserNamespaces": "not used",
     }
     if as_json:

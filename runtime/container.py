@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from runtime import seccomp
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
@@ -61,6 +62,7 @@ class Spec:
     interactive: bool = False  # -i: keep stdin; without it the container reads /dev/null
     tty: bool = False  # -t: a pseudo-terminal
     init: bool = False  # --init: a minimal init as PID 1 that reaps zombies and forwards signals
+    seccomp: bool = True  # docker's default seccomp denylist (where libseccomp is installed)
     id: str = field(default_factory=lambda: secrets.token_hex(32))
 
 
@@ -240,6 +242,8 @@ class Container:
         sc.drop_bounding_capabilities(sc.DOCKER_DEFAULT_CAPABILITIES)
         sc.set_no_new_privs()
         env = switch_user(self.spec.user, self.spec.env) if self.spec.user else self.spec.env
+        if self.spec.seccomp:
+            seccomp.apply_default_filter()
         if self.spec.init:
             return run_as_init(lambda: exec_command(self.spec.argv, env, self.spec.cwd))
         return exec_command(self.spec.argv, env, self.spec.cwd)

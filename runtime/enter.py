@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from runtime import seccomp
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError
 from runtime.container import ContainerError, _child_main, _wait_status, exec_command, switch_user
@@ -61,4 +62,6 @@ def _finish(argv: list[str], env: list[str], cwd: str, user: str) -> int:
     sc.set_no_new_privs()
     if user:
         env = switch_user(user, env)
+    if seccomp.available():
+        seccomp.apply_default_filter()
     return exec_command(argv, env, cwd)

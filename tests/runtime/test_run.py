@@ -464,4 +464,19 @@ def test_sigterm_to_lazyctr_reaches_the_container(busybox: str, root: Path, flag
 def test_info_says_what_is_and_is_not_applied(lazyctr: CliRunner, busybox: str) -> None:
     facts = json.loads(lazyctr("info", "--json").out)
     assert facts["Images"] == 1 and facts["CgroupLayout"] in ("v1", "v2")
-    assert facts["Seccomp"].startswith("not applied")
+    assert facts["Seccomp"] == "docker's default denylist (libseccomp)"
+
+
+def test_seccomp_refuses_new_namespaces_unless_unconfined(lazyctr: CliRunner, busybox: str) -> None:
+    refused = lazyctr("run", "--rm", busybox, "unshare", "-U", "true", ok=False)
+    assert refused.code != 0 and "Operation not permitted" in refused.stderr
+    assert (
+        lazyctr("run", "--rm", "--security-opt", "seccomp=unconfined", busybox, "unshare", "-U", "true").code
+        == 0
+    )
+    lazyctr("run", "-d", "--name", "sec", busybox, "sleep", "30")
+    assert lazyctr("exec", "sec", "unshare", "-U", "true", ok=False).code != 0  # exec is filtered too
+    lazyctr("rm", "-f", "sec")
+    bad = lazyctr("run", "--rm", "--security-opt", "apparmor=x", busybox, "true", ok=False)
+    assert bad.code == 125
+    assert_clean_error(bad, "unsupported --security-opt")
