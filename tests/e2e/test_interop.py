@@ -397,3 +397,29 @@ def test_docker_media_types_from_a_containerd_export(
     (layer,) = inspect(lazyctr, "dockerish")["Layers"]
     assert layer["MediaType"] == LAYER_ZSTD and layer["DiffID"] == config["rootfs"]["diff_ids"][0]
     assert_every_file_reads_back(lazyctr, "dockerish", busybox_tar)
+
+
+# -- a committed container's image, read by the other tools ----------------------------------------
+
+
+def test_a_committed_image_is_read_by_skopeo_podman_and_umoci(
+    container_tools: ContainerTools, lazyctr: CliRunner, busybox: dict[str, Any], tmp_path: Path
+) -> None:
+    require_tools("skopeo", "podman", "umoci", "unshare")
+    lazyctr("run", "--name", "c", "busybox", "sh", "-c", "echo committed > /etc/motd; rm /etc/group")
+    lazyctr("commit", "c", "busybox:committed")
+    lazyctr("export", "busybox:committed", f"oci:{tmp_path}/zstd:committed")
+    info = json.loads(container_tools.skopeo("inspect", f"oci:{tmp_path}/zstd:committed"))
+    assert len(info["Layers"]) == 2
+    image_id = container_tools.podman("pull", "--quiet", f"oci:{tmp_path}/zstd:committed").decode().strip()
+    mountpoint = Path(container_tools.podman("image", "mount", image_id).decode().strip())
+    try:
+        assert (mountpoint / "etc/motd").read_text() == "committed\n"
+        assert not (mountpoint / "etc/group").exists()  # our whiteout, applied by podman
+    finally:
+        container_tools.podman("image", "unmount", image_id)
+    lazyctr("export", "--compression", "gzip", "busybox:committed", f"oci:{tmp_path}/gzip:committed")
+    subprocess.run(["umoci", "unpack", "--image", f"{tmp_path}/gzip:committed", str(tmp_path / "bundle")],
+                   check=True, capture_output=True)  # fmt: skip
+    assert (tmp_path / "bundle/rootfs/etc/motd").read_text() == "committed\n"
+    assert not (tmp_path / "bundle/rootfs/etc/group").exists()
