@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from storage.errors import UnsafePath
@@ -27,14 +28,14 @@ def clean_name(name: str) -> str:
     return "/".join(parts)
 
 
-def resolve_in_root(root: Path, name: str, follow_last: bool = False) -> Path:
-    """Join `name` under `root`, following symlinks as if `root` were `/` (like chroot).
+def resolve(name: str, link_at: Callable[[list[str]], str | None], follow_last: bool = False) -> list[str]:
+    """The components of `name` with symlinks followed as if the root were `/` (like chroot).
 
-    Intermediate symlinks (and the last component with `follow_last`) are resolved against
-    the root, so an absolute or `..`-laden link target can never lead outside it.
+    `link_at(parts)` gives the target of the symlink at `parts`, or None if it is not one.
+    Intermediate symlinks (and the last component with `follow_last`) are resolved against the
+    root, so an absolute or `..`-laden target can never lead outside it.
     """
-    pending = [p for p in name.split("/") if p not in ("", ".")]
-    pending.reverse()
+    pending = [p for p in name.split("/") if p not in ("", ".")][::-1]
     resolved: list[str] = []
     hops = 0
     while pending:
@@ -43,15 +44,24 @@ def resolve_in_root(root: Path, name: str, follow_last: bool = False) -> Path:
             if resolved:
                 resolved.pop()
             continue
-        candidate = root.joinpath(*resolved, part)
-        if (pending or follow_last) and candidate.is_symlink():
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise UnsafePath(f"too many levels of symbolic links in {name!r}")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                resolved = []
-            pending.extend(reversed([p for p in target.split("/") if p not in ("", ".")]))
+        target = link_at([*resolved, part]) if pending or follow_last else None
+        if target is None:
+            resolved.append(part)
             continue
-        resolved.append(part)
-    return root.joinpath(*resolved)
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise UnsafePath(f"too many levels of symbolic links in {name!r}")
+        if target.startswith("/"):
+            resolved = []
+        pending.extend([p for p in target.split("/") if p not in ("", ".")][::-1])
+    return resolved
+
+
+def resolve_in_root(root: Path, name: str, follow_last: bool = False) -> Path:
+    """`name` joined under the directory `root`, its symlinks resolved inside `root`."""
+
+    def link_at(parts: list[str]) -> str | None:
+        path = root.joinpath(*parts)
+        return os.readlink(path) if path.is_symlink() else None
+
+    return root.joinpath(*resolve(name, link_at, follow_last))

@@ -12,8 +12,8 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from storage.errors import CorruptLayer, NotFound, UnsafePath
-from storage.paths import MAX_SYMLINK_HOPS, OPAQUE_WHITEOUT, WHITEOUT_PREFIX
+from storage.errors import CorruptLayer, NotFound
+from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, resolve
 from storage.toc import LayerToc, TocEntry
 
 
@@ -106,30 +106,20 @@ class ImageTree:
 
     def lookup(self, path: str, follow_last: bool = True) -> Node:
         """The node at `path`, resolving symlinks as if the image root were `/`."""
-        pending = [p for p in path.split("/") if p not in ("", ".")][::-1]
-        trail: list[Node] = [self.root]
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part == "..":
-                if len(trail) > 1:
-                    trail.pop()
-                continue
-            children = trail[-1].children
-            if children is None or part not in children:
-                raise NotFound(f"no such file or directory in image: {path}")
-            node = children[part]
-            if node.entry.type == "symlink" and (pending or follow_last):
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise UnsafePath(f"too many levels of symbolic links: {path}")
-                target = node.entry.link_name
-                if target.startswith("/"):
-                    trail = [self.root]
-                pending.extend([p for p in target.split("/") if p not in ("", ".")][::-1])
-                continue
-            trail.append(node)
-        return trail[-1]
+
+        def node_at(parts: list[str]) -> Node:
+            node = self.root
+            for part in parts:
+                if node.children is None or part not in node.children:
+                    raise NotFound(f"no such file or directory in image: {path}")
+                node = node.children[part]
+            return node
+
+        def link_at(parts: list[str]) -> str | None:
+            node = node_at(parts)
+            return node.entry.link_name if node.entry.type == "symlink" else None
+
+        return node_at(resolve(path, link_at, follow_last))
 
     def walk(self, node: Node | None = None, path: str = "") -> Iterator[tuple[str, Node]]:
         """Every path below `node` (depth first, sorted), the root as ``."""
