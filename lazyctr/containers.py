@@ -1,0 +1,331 @@
+"""The container commands: run, ps, stop, kill, rm, logs, exec, commit, info."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from lazyctr.context import Context, command, pass_context
+from runtime import seccomp
+from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
+from runtime.container import Container, ContainerError, Volume, spec_for
+from runtime.drivers import DRIVERS
+from runtime.enter import exec_in
+from runtime.state import LOG_FILE, ContainerState, all_states, find
+from storage.diff import upper_to_tar
+from storage.errors import NotFound, StorageError
+from storage.importer import add_layer
+
+
+@command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--rm", "remove", is_flag=True, help="Remove the container when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Run in the background and print the container ID.")
+@click.option("--name", default="", help="A name for the container.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open for the container.")
+@click.option("-t", "--tty", is_flag=True, help="Give the container a terminal (Ctrl-C reaches it).")
+@click.option("--init", "use_init", is_flag=True, help="Run a minimal init as PID 1 that reaps zombies.")
+@click.option(
+    "--security-opt", "security_opts", multiple=True, help="seccomp=unconfined turns the filter off."
+)
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
+@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount SRC:DST[:ro].")
+@click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
+@click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
+@click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")
+@click.option("--network", type=click.Choice(["none", "host", "private"]), default="none", show_default=True,
+              help="none: only loopback; host: the host's network; private: as none for now.")  # fmt: skip
+@click.option("-m", "--memory", help="Memory limit (e.g. 256m), swap included.")
+@click.option("--cpus", help="CPU limit (e.g. 0.5).")
+@click.option("--pids-limit", type=int, help="Most processes the container may have.")
+@click.option("--driver", type=click.Choice(sorted(DRIVERS)), default="overlay", show_default=True,
+              help="How the root file system is made from the image.")  # fmt: skip
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_context
+def run(
+    ctx: Context,
+    remove: bool,
+    detach: bool,
+    name: str,
+    interactive: bool,
+    tty: bool,
+    use_init: bool,
+    security_opts: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+    hostname: str,
+    volumes: tuple[str, ...],
+    user: str | None,
+    entrypoint: str | None,
+    read_only: bool,
+    network: str,
+    memory: str | None,
+    cpus: str | None,
+    pids_limit: int | None,
+    driver: str,
+    image: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a new container of IMAGE (overlay root, own namespaces); exits with its status."""
+    try:
+        found = ctx.store.image(image)
+    except StorageError as e:
+        raise ContainerError(str(e)) from None
+    try:
+        limits = Limits(
+            memory=parse_memory(memory) if memory else None,
+            cpus=parse_cpus(cpus) if cpus else None,
+            pids=pids_limit,
+        )
+    except ValueError as e:
+        raise ContainerError(str(e)) from None
+    spec = spec_for(found, list(command), list(env), workdir, entrypoint)
+    spec.hostname, spec.name = hostname, name
+    spec.volumes = [Volume.parse(text) for text in volumes]
+    spec.user = user if user is not None else spec.user
+    spec.read_only, spec.network = read_only, network
+    spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
+    for option in security_opts:
+        if option != "seccomp=unconfined":
+            raise ContainerError(f"unsupported --security-opt {option!r}: only seccomp=unconfined")
+    spec.seccomp = seccomp.available() and "seccomp=unconfined" not in security_opts
+    if network == "private":
+        click.echo(
+            "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
+        )
+    container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store), limits)
+    container.create()
+    if detach:
+        _run_detached(container, remove)
+        click.echo(spec.id)
+        return
+    try:
+        status = container.run()
+    except BaseException:
+        container.state.status, container.state.exit_code = "exited", 125
+        container.state.save(container.dir)
+        raise
+    finally:
+        if remove:
+            container.remove()
+    if container.oom_killed:
+        click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
+    sys.exit(status)
+
+
+def _run_detached(container: Container, remove: bool) -> None:
+    """Supervise the container from a child in its own session, its output going to the log."""
+    if os.fork() == 0:
+        os.setsid()
+        log = os.open(container.dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        status = 125
+        try:
+            status = container.run()
+        except BaseException as e:
+            print(f"lazyctr: error: {e}", file=sys.stderr)
+            container.state.status, container.state.exit_code = "exited", status
+            container.state.save(container.dir)
+        finally:
+            if remove:
+                container.remove()
+            os._exit(status)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # return once it runs, as docker does
+        with contextlib.suppress(NotFound):
+            if ContainerState.load(container.dir).status != "created":
+                return
+        if not container.dir.exists():
+            return
+        time.sleep(0.02)
+
+
+def _containers(ctx: Context) -> Path:
+    return ctx.root / "containers"
+
+
+def _wait_exited(ctx: Context, state: ContainerState, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(NotFound):
+            if not ContainerState.load(_containers(ctx) / state.id).running:
+                return True
+        if not (_containers(ctx) / state.id).exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _signal(state: ContainerState, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(state.pid, sig)
+
+
+@command()
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show exited containers too.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def ps(ctx: Context, show_all: bool, as_json: bool) -> None:
+    """List containers."""
+    states = [s for s in all_states(_containers(ctx)) if show_all or s.running]
+    if as_json:
+        click.echo(json.dumps([asdict(s) for s in states], indent=2))
+        return
+    click.echo(f"{'CONTAINER ID':<14}{'IMAGE':<24}{'COMMAND':<24}{'STATUS':<28}NAMES")
+    for s in states:
+        if s.running:
+            status = "Up"
+        elif s.exit_code is None:
+            status = "Created"
+        else:
+            status = f"Exited ({s.exit_code})" + (" (OOM killed)" if s.oom_killed else "")
+        command = " ".join(s.command)
+        click.echo(f"{s.id[:12]:<14}{s.image[:22]:<24}{command[:22]:<24}{status:<28}{s.name}")
+
+
+@command()
+@click.option("-t", "--time", "timeout", default=10, show_default=True, help="Seconds before SIGKILL.")
+@click.argument("containers", nargs=-1, required=True)
+@pass_context
+def stop(ctx: Context, timeout: int, containers: tuple[str, ...]) -> None:
+    """Stop containers: SIGTERM, then SIGKILL after the timeout."""
+    for text in containers:
+        state = find(_containers(ctx), text)
+        if state.running:
+            _signal(state, signal.SIGTERM)
+            if not _wait_exited(ctx, state, timeout):
+                _signal(state, signal.SIGKILL)
+                _wait_exited(ctx, state, 10)
+        click.echo(text)
+
+
+@command()
+@click.option(
+    "-s", "--signal", "signal_name", default="KILL", show_default=True, help="Signal name or number."
+)
+@click.argument("containers", nargs=-1, required=True)
+@pass_context
+def kill(ctx: Context, signal_name: str, containers: tuple[str, ...]) -> None:
+    """Send a signal to containers' main process."""
+    try:
+        sig = (
+            int(signal_name)
+            if signal_name.isdigit()
+            else signal.Signals["SIG" + signal_name.upper().removeprefix("SIG")]
+        )
+    except KeyError:
+        raise click.BadParameter(f"unknown signal {signal_name!r}", param_hint="--signal") from None
+    for text in containers:
+        state = find(_containers(ctx), text)
+        if not state.running:
+            raise ContainerError(f"container {text} is not running")
+        _signal(state, sig)
+        click.echo(text)
+
+
+@command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill a running container first.")
+@click.argument("containers", nargs=-1, required=True)
+@pass_context
+def rm_container(ctx: Context, force: bool, containers: tuple[str, ...]) -> None:
+    """Remove containers."""
+    for text in containers:
+        state = find(_containers(ctx), text)
+        if state.running:
+            if not force:
+                raise ContainerError(f"container {text} is running: stop it first or use -f")
+            _signal(state, signal.SIGKILL)
+            _wait_exited(ctx, state, 10)
+        shutil.rmtree(_containers(ctx) / state.id, ignore_errors=True)
+        click.echo(text)
+
+
+@command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
+@click.option("-w", "--workdir", help="Working directory (default: that of the container's process).")
+@click.option("-u", "--user", default="", help="USER[:GROUP] to run as.")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_context
+def exec_(
+    ctx: Context,
+    env: tuple[str, ...],
+    workdir: str | None,
+    user: str,
+    container: str,
+    command: tuple[str, ...],
+) -> None:
+    """Run COMMAND in a running container, joining its namespaces and cgroup."""
+    state = find(_containers(ctx), container)
+    sys.exit(exec_in(state, list(command), list(env), workdir, user))
+
+
+@command("commit")
+@click.argument("container")
+@click.argument("name")
+@pass_context
+def commit_container(ctx: Context, container: str, name: str) -> None:
+    """Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed."""
+    state = find(_containers(ctx), container)
+    upper = _containers(ctx) / state.id / "upper"
+    if not upper.is_dir():
+        raise ContainerError(f"container {container} has no upper layer: commit needs the overlay driver")
+    base = ctx.store.image(state.image)
+    with ctx.store.temp_file() as (tar_path, _):
+        upper_to_tar(upper, tar_path)
+        image = add_layer(
+            ctx.store, base, tar_path, name, f"lazyctr commit {state.id[:12]}: {' '.join(state.command)}"
+        )
+    click.echo(image.id)
+
+
+@command()
+@click.argument("container")
+@pass_context
+def logs(ctx: Context, container: str) -> None:
+    """Print what a detached container wrote to stdout and stderr."""
+    state = find(_containers(ctx), container)
+    with contextlib.suppress(FileNotFoundError), open(_containers(ctx) / state.id / LOG_FILE, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+@command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def info(ctx: Context, as_json: bool) -> None:
+    """What lazyctr runs with here: root, images, containers, cgroups, drivers, security features."""
+    facts = {
+        "Root": str(ctx.root),
+        "Images": len(ctx.store.names()),
+        "Containers": len(all_states(_containers(ctx))),
+        "Kernel": os.uname().release,
+        "CgroupLayout": detect_layout(),
+        "Drivers": sorted(DRIVERS),
+        "Namespaces": ["mount", "uts", "ipc", "net", "pid", "cgroup"],
+        "Capabilities": "docker's default set",
+        "NoNewPrivileges": True,
+        "Seccomp": "docker's default denylist (libseccomp)"
+        if seccomp.available()
+        else "not applied: no libseccomp",
+        "UserNamespaces": "not used",
+    }
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for key, value in facts.items():
+        click.echo(f"{key + ':':<18}{', '.join(value) if isinstance(value, list) else value}")

@@ -1,0 +1,241 @@
+"""The image commands: import, images, inspect, rmi, tag, gc, export, ls, cat, rootfs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lazyctr.context import Context, command, pass_context
+from lazyctr.display import human_age, human_size, ls_line
+from lazyctr.rootfs import busybox_tarball, debian_tarball
+from storage.errors import NotFound, UnsafePath
+from storage.files import atomic_path
+from storage.importer import (
+    EXPORT_COMPRESSIONS,
+    OciSource,
+    export_oci,
+    image_name,
+    import_oci,
+    import_tarball,
+)
+from storage.store import Image, Store
+from storage.tree import ImageTree
+
+
+@command("import")
+@click.argument("source")
+@click.argument("name", required=False)
+@pass_context
+def import_(ctx: Context, source: str, name: str | None) -> None:
+    """Import SOURCE as image NAME[:TAG].
+
+    SOURCE is a root file system tarball (.tar, .tar.gz, .tar.zst; - for stdin) or an OCI
+    layout, oci:DIR[:REF]. Layers are stored as zstd:chunked.
+    """
+    if source.startswith("oci:"):
+        image = import_oci(ctx.store, OciSource.parse(source), name)
+    else:
+        if name is None:
+            raise click.UsageError("importing a tarball needs a NAME[:TAG]")
+        image_name(name)  # refuse a bad name before reading anything
+        if source == "-":
+            image = import_tarball(ctx.store, sys.stdin.buffer, name)
+        else:
+            with open(source, "rb") as f:
+                image = import_tarball(ctx.store, f, name)
+    click.echo(image.id)
+
+
+def _image_size(image: Image) -> int:
+    return image.manifest.config.size + sum(layer.size for layer in image.manifest.layers)
+
+
+@command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def images(ctx: Context, as_json: bool) -> None:
+    """List the images in the store."""
+    found = sorted(ctx.store.images(), key=lambda image: image.name)
+    if as_json:
+        rows = [
+            {
+                "Name": image.name,
+                "Id": image.id,
+                "Digest": image.descriptor.digest,
+                "Created": image.config.created,
+                "Size": _image_size(image),
+            }
+            for image in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'REPOSITORY':<40} {'TAG':<16} {'IMAGE ID':<12}  {'CREATED':<24} SIZE")
+    for image in found:
+        repository, _, tag = image.name.rpartition(":")
+        click.echo(
+            f"{repository:<40} {tag:<16} {image.id.hex[:12]:<12}  {human_age(image.config.created):<24} "
+            f"{human_size(_image_size(image))}"
+        )
+
+
+def _inspect(store: Store, image: Image) -> dict[str, Any]:
+    layers = []
+    for layer, diff_id in zip(image.manifest.layers, image.config.diff_ids, strict=False):
+        with store.open_layer(layer) as reader:
+            entries = reader.toc.entries
+            layers.append(
+                {
+                    "Digest": layer.digest,
+                    "MediaType": layer.media_type,
+                    "Size": layer.size,
+                    "DiffID": diff_id,
+                    "TOCDigest": reader.toc_digest,
+                    "TOCEntries": len(entries),
+                    "UncompressedFileSize": sum(e.size for e in entries if e.type == "reg"),
+                }
+            )
+    return {
+        "Id": image.id,
+        "Digest": image.descriptor.digest,
+        "RepoTags": [i.name for i in store.resolve(image.id.hex)],
+        "Created": image.config.created,
+        "Architecture": image.config.architecture,
+        "Os": image.config.os,
+        "Config": image.config.config,
+        "History": image.config.history,
+        "Layers": layers,
+        "Size": _image_size(image),
+    }
+
+
+@command()
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def inspect(ctx: Context, image: str, as_json: bool) -> None:
+    """Show an image's configuration and layers."""
+    info = _inspect(ctx.store, ctx.store.image(image))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"Name:         {', '.join(info['RepoTags'])}")
+    click.echo(f"ID:           {info['Id']}")
+    click.echo(f"Digest:       {info['Digest']}")
+    click.echo(f"Created:      {info['Created']}")
+    click.echo(f"Platform:     {info['Os']}/{info['Architecture']}")
+    click.echo(f"Size:         {human_size(info['Size'])}")
+    for key, value in sorted(info["Config"].items()):
+        click.echo(f"{key + ':':<14}{json.dumps(value)}")
+    click.echo("Layers:")
+    for layer in info["Layers"]:
+        click.echo(
+            f"  {layer['Digest']}  {human_size(layer['Size']):>8}  "
+            f"{layer['TOCEntries']} entries, {human_size(layer['UncompressedFileSize'])} of files"
+        )
+
+
+@command()
+@click.argument("images", nargs=-1, required=True)
+@pass_context
+def rmi(ctx: Context, images: tuple[str, ...]) -> None:
+    """Remove images (by name, or every name of an image ID) and free their blobs."""
+    for text in images:
+        names = [image.name for image in ctx.store.resolve(text)]
+        ctx.store.untag(names)
+        for name in names:
+            click.echo(f"Untagged: {name}")
+    ctx.store.gc()
+
+
+@command()
+@click.argument("source")
+@click.argument("target")
+@pass_context
+def tag(ctx: Context, source: str, target: str) -> None:
+    """Give the image SOURCE another name TARGET."""
+    ctx.store.tag(image_name(target), ctx.store.image(source).descriptor)
+
+
+@command()
+@pass_context
+def gc(ctx: Context) -> None:
+    """Delete blobs that no image refers to."""
+    removed, freed = ctx.store.gc()
+    click.echo(f"removed {removed} blobs, freed {human_size(freed)}")
+
+
+@command()
+@click.argument("image")
+@click.argument("destination")
+@click.option(
+    "--compression",
+    type=click.Choice(EXPORT_COMPRESSIONS),
+    default="zstd:chunked",
+    show_default=True,
+    help="gzip for tools that cannot read zstd layers (umoci 0.4, older docker).",
+)
+@pass_context
+def export(ctx: Context, image: str, destination: str, compression: str) -> None:
+    """Write IMAGE to an OCI layout, oci:DIR[:REF], that skopeo, umoci and podman read."""
+    if not destination.startswith("oci:"):
+        raise click.UsageError(f"destination must be oci:DIR[:REF], not {destination!r}")
+    ref = export_oci(ctx.store, ctx.store.image(image), OciSource.parse(destination), compression)
+    click.echo(ref)
+
+
+@command()
+@click.argument("image")
+@click.argument("path", default="/")
+@click.option("-R", "--recursive", is_flag=True, help="List subdirectories too.")
+@pass_context
+def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
+    """List files of an image, read from its layers' tables of contents."""
+    with ctx.store.open_layers(ctx.store.image(image)) as layers:
+        tree = ImageTree.from_tocs([layer.toc for layer in layers])
+    node = tree.lookup(path, follow_last=False)  # a dangling or looping symlink still lists
+    if node.kind == "symlink":
+        with contextlib.suppress(NotFound, UnsafePath):
+            target = tree.lookup(path)
+            node = target if target.is_dir else node
+    if not node.is_dir:
+        click.echo(ls_line(path, node.entry, node.kind, node.content.size))
+        return
+    if recursive:
+        for child_path, child in tree.walk(node, path.strip("/")):
+            if child is not node:
+                click.echo(ls_line("/" + child_path, child.entry, child.kind, child.content.size))
+        return
+    for name, child in sorted((node.children or {}).items()):
+        click.echo(ls_line(name, child.entry, child.kind, child.content.size))
+
+
+@command()
+@click.argument("image")
+@click.argument("path")
+@pass_context
+def cat(ctx: Context, image: str, path: str) -> None:
+    """Print a file of an image, reading only the byte ranges that hold it."""
+    found = ctx.store.image(image)
+    with ctx.store.open_layers(found) as layers:
+        node = ImageTree.from_tocs([layer.toc for layer in layers]).lookup(path)
+        if node.kind != "reg":
+            raise NotFound(f"{path} is not a regular file in {found.name}")
+        for data in layers[node.layer].iter_file(node.content):
+            sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+@command()
+@click.argument("kind", type=click.Choice(["busybox", "debian"]))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+def rootfs(kind: str, output: Path) -> None:
+    """Make a base root file system tarball from Debian packages (busybox-static or debootstrap)."""
+    make = busybox_tarball if kind == "busybox" else debian_tarball
+    with atomic_path(output) as tmp:
+        make(tmp)
+    click.echo(output)
