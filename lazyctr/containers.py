@@ -17,9 +17,10 @@ import click
 from lazyctr.context import Context, command, pass_context
 from runtime import seccomp
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
-from runtime.container import Container, ContainerError, Volume, spec_for
+from runtime.container import Container, Volume, spec_for
 from runtime.drivers import DRIVERS
 from runtime.enter import exec_in
+from runtime.process import ContainerError
 from runtime.state import LOG_FILE, ContainerState, all_states, find
 from storage.diff import upper_to_tar
 from storage.errors import NotFound, StorageError

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from runtime.container import ContainerError
+from runtime.process import ContainerError
 from storage.errors import InvalidReference, StorageError
 
 EXIT_ERROR = 1

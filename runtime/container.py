@@ -20,12 +20,20 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 from runtime import seccomp
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
+from runtime.process import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_SETUP_FAILED,
+    ContainerError,
+    exit_status,
+    run_in_child,
+    wait_status,
+)
 from runtime.state import ContainerState, all_states
 from runtime.tty import become_terminal_owner, proxy
 from storage.files import file_lock
@@ -35,15 +43,10 @@ from storage.store import Image, Store
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-EXIT_NOT_FOUND, EXIT_NOT_EXECUTABLE, EXIT_SETUP_FAILED = 127, 126, 125
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGWINCH)  # fmt: skip
 MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware")
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-
-
-class ContainerError(Exception):
-    """A container that cannot be created: exits 125, as docker does."""
 
 
 @dataclass
@@ -152,7 +155,7 @@ class Container:
             monitor = os.fork()
             if monitor == 0:
                 os.close(report_read)
-                _child_main(lambda: self._monitor(cgroup, report_write))
+                run_in_child(lambda: self._monitor(cgroup, report_write))
             os.close(report_write)
             if self.terminal is not None:
                 self.terminal.close()
@@ -175,7 +178,7 @@ class Container:
                     for master in fds:
                         proxy(master)
                         os.close(master)
-                status = _wait_status(monitor)
+                status = wait_status(monitor)
             finally:
                 for sig, handler in forward.items():
                     signal.signal(sig, handler)
@@ -203,7 +206,7 @@ class Container:
             os.read(go_read, 1)  # wait until we are in the cgroup: limits hold from the first instruction
             os.close(go_read)
             sc.unshare(sc.CLONE_NEWCGROUP)  # now rooted at the container's own cgroup
-            _child_main(lambda: self._init(rootfs))
+            run_in_child(lambda: self._init(rootfs))
         os.close(go_read)
         if self.terminal is not None:
             self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
@@ -214,7 +217,7 @@ class Container:
         os.close(go_write)
         signal.signal(signal.SIGINT, lambda s, _f: os.kill(init, s))
         signal.signal(signal.SIGTERM, lambda s, _f: os.kill(init, s))
-        return _wait_status(init)
+        return wait_status(init)
 
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
@@ -255,7 +258,7 @@ def run_as_init(start: Callable[[], int]) -> int:
     if child == 0:
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        _child_main(start)
+        run_in_child(start)
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda s, _f: os.kill(child, s))
     while True:
@@ -266,7 +269,7 @@ def run_as_init(start: Callable[[], int]) -> int:
         except ChildProcessError:
             return EXIT_SETUP_FAILED
         if pid == child:
-            return 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            return exit_status(status)
 
 
 def make_workdir(rootfs: Path, cwd: str) -> None:
@@ -392,29 +395,3 @@ def exec_command(argv: list[str], env_list: list[str], cwd: str) -> int:
     except OSError as e:
         print(f"lazyctr: error: {argv[0]}: {e.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
-
-
-def _child_main(body: Callable[[], int]) -> NoReturn:
-    """Run `body` in a forked child and leave with its status; never return to the caller's code."""
-    status = EXIT_SETUP_FAILED
-    try:
-        status = body()
-    except ContainerError as e:
-        print(f"lazyctr: error: {e}", file=sys.stderr)
-    except BaseException as e:  # a setup step failed: say which, as docker does, and exit 125
-        print(f"lazyctr: error: container setup failed: {e}", file=sys.stderr)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-
-
-def _wait_status(pid: int) -> int:
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)

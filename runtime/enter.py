@@ -8,7 +8,8 @@ from pathlib import Path
 from runtime import seccomp
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError
-from runtime.container import ContainerError, _child_main, _wait_status, exec_command, switch_user
+from runtime.container import exec_command, switch_user
+from runtime.process import ContainerError, run_in_child, wait_status
 from runtime.state import ContainerState
 
 # The order matters: the mount namespace last but one (we still need /proc of the host to open
@@ -32,11 +33,11 @@ def exec_in(state: ContainerState, argv: list[str], env: list[str], cwd: str | N
     merged.update({item.split("=", 1)[0]: item for item in env})
     child = os.fork()
     if child == 0:
-        _child_main(lambda: _enter(state, namespaces, root, argv, list(merged.values()), workdir, user))
+        run_in_child(lambda: _enter(state, namespaces, root, argv, list(merged.values()), workdir, user))
     for _, fd in namespaces:
         os.close(fd)
     os.close(root)
-    return _wait_status(child)
+    return wait_status(child)
 
 
 def _enter(
@@ -53,8 +54,8 @@ def _enter(
     os.chroot(".")
     inner = os.fork()  # the first process to live in the container's PID namespace
     if inner == 0:
-        _child_main(lambda: _finish(argv, env, cwd, user))
-    return _wait_status(inner)
+        run_in_child(lambda: _finish(argv, env, cwd, user))
+    return wait_status(inner)
 
 
 def _finish(argv: list[str], env: list[str], cwd: str, user: str) -> int:
