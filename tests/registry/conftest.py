@@ -1,0 +1,114 @@
+"""A real registry server on 127.0.0.1 in a background thread, and a plain HTTP client for it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from registry.server import serve
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error_code(self) -> str:
+        (error,) = self.json()["errors"]
+        assert set(error) == {"code", "message", "detail"}, error
+        return str(error["code"])
+
+
+class Registry:
+    """A running server: `root` is its storage directory, `request` sends raw HTTP to it."""
+
+    def __init__(self, root: Path, read_only: bool = False) -> None:
+        self.root = root
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._thread = threading.Thread(target=self._run, args=(read_only,), daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _run(self, read_only: bool) -> None:
+        self._task = self._loop.create_task(serve(self.root, "127.0.0.1", self.port, read_only))
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._loop.close()
+
+    def stop(self) -> None:
+        assert self._task is not None
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout=10)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return Reply(response.status, response.headers, response.read())
+        finally:
+            conn.close()
+
+    # Shortcuts for the common pushes.
+    def push_blob(self, name: str, data: bytes) -> str:
+        digest = sha256(data)
+        reply = self.request("POST", f"/v2/{name}/blobs/uploads/?digest={digest}", data)
+        assert reply.status == 201, reply
+        return digest
+
+    def push_manifest(self, name: str, reference: str, doc: dict[str, Any] | bytes) -> Reply:
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        media_type = "application/vnd.oci.image.manifest.v1+json"
+        if isinstance(doc, dict):
+            media_type = doc.get("mediaType", media_type)
+        return self.request("PUT", f"/v2/{name}/manifests/{reference}", data, {"Content-Type": media_type})
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    server = Registry(tmp_path / "registry")
+    yield server
+    server.stop()
