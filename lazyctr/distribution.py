@@ -1,0 +1,46 @@
+"""The registry commands: serve (push, pull and login come with the registry client)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import click
+
+from lazyctr.context import Context, command, pass_context
+from storage.errors import InvalidReference
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidReference(f"invalid address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    return host.strip("[]"), int(port)
+
+
+@command()
+@click.option("--addr", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Default: <root>/registry.")
+@click.option("--read-only", is_flag=True, help="Refuse pushes and deletes.")
+@pass_context
+def serve(ctx: Context, addr: str, storage: Path | None, read_only: bool) -> None:
+    """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
+    from registry.server import serve as serve_registry  # the server's imports only for this command
+
+    host, port = parse_address(addr)
+    root = storage or ctx.root / "registry"
+    root.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        click.echo(f"serving {root} on http://{host}:{port}", err=True)
+        with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a clean stop
+            await serve_registry(root, host, port, read_only)
+
+    asyncio.run(main())
