@@ -22,7 +22,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +39,7 @@ from registry.errors import (
 )
 from storage.digest import Digest
 from storage.errors import InvalidReference
+from storage.files import atomic_write, fsync_dir
 from storage.reference import validate_repository, validate_tag
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -144,30 +144,6 @@ class BlobStore(abc.ABC):
         """The repository's tags in lexical order; NameUnknown for a repository that holds nothing."""
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 class FilesystemBlobStore(BlobStore):
     """The default backend: plain files under one directory (see the module docstring)."""
 
@@ -207,11 +183,11 @@ class FilesystemBlobStore(BlobStore):
 
     def _link(self, link: Path) -> None:
         if not link.exists():
-            _write_atomic(link, b"")
+            atomic_write(link, b"")
 
     def _store_blob(self, digest: Digest, data: bytes) -> None:
         if not self._blob(digest).exists():
-            _write_atomic(self._blob(digest), data)
+            atomic_write(self._blob(digest), data)
 
     # Repositories and blobs.
     def repository_exists(self, name: str) -> bool:
@@ -285,7 +261,7 @@ class FilesystemBlobStore(BlobStore):
             target = self._blob(digest)
             if not target.exists():
                 os.replace(data, target)
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
             self._link(self._layer_link(name, digest))
             return size
         finally:
@@ -305,7 +281,7 @@ class FilesystemBlobStore(BlobStore):
         self._store_blob(digest, data)
         self._link(self._manifest_link(name, digest))
         if not is_digest(reference):
-            _write_atomic(self._tag(name, reference), digest.encode())
+            atomic_write(self._tag(name, reference), digest.encode())
         return digest
 
     def _resolve(self, name: str, reference: str) -> Digest:

@@ -56,6 +56,11 @@ class Result:
 CliRunner = Callable[..., Result]
 
 
+def cli_command(root: Path, *args: str) -> list[str]:
+    """The argv of the real command line against `root`, for tests that drive the process."""
+    return [sys.executable, "-m", "lazyctr.cli", "--root", str(root), *args]
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "root"
@@ -67,7 +72,7 @@ def lazyctr(root: Path) -> CliRunner:
 
     def run(*args: str, input: bytes | None = None, ok: bool = True) -> Result:
         proc = subprocess.run(
-            [sys.executable, "-m", "lazyctr.cli", "--root", str(root), *args],
+            cli_command(root, *args),
             input=input,
             capture_output=True,
             timeout=300,

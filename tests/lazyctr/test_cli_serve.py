@@ -5,12 +5,11 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import CliRunner, assert_clean_error
+from tests.conftest import CliRunner, assert_clean_error, cli_command
 
 
 def free_port() -> int:
@@ -21,16 +20,7 @@ def free_port() -> int:
 
 def test_serve_answers_and_stops_on_sigterm(root: Path) -> None:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "lazyctr.cli",
-        "--root",
-        str(root),
-        "serve",
-        "--addr",
-        f"127.0.0.1:{port}",
-    ]
+    command = cli_command(root, "serve", "--addr", f"127.0.0.1:{port}")
     proc = subprocess.Popen(command, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 15

@@ -7,14 +7,13 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner, assert_clean_error
+from tests.conftest import CliRunner, assert_clean_error, cli_command
 from tests.tarfiles import info, make_tar
 
 pytestmark = pytest.mark.privileged
@@ -44,18 +43,7 @@ def descendants(pid: int) -> list[int]:
 
 
 def test_kill_9_of_the_container_process_gives_137(busybox: str, root: Path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "lazyctr.cli",
-        "--root",
-        str(root),
-        "run",
-        "--rm",
-        busybox,
-        "sleep",
-        "60",
-    ]
+    command = cli_command(root, "run", "--rm", busybox, "sleep", "60")
     proc = subprocess.Popen(command)
     try:
         deadline = time.monotonic() + 10
@@ -370,7 +358,7 @@ def test_exec_into_a_stopped_container_is_refused(lazyctr: CliRunner, busybox: s
 def _interactive(root: Path, *args: str) -> tuple[subprocess.Popen[bytes], int]:
     """`lazyctr run -it ...` on a pseudo-terminal of our own, as a user at a terminal runs it."""
     master, slave = os.openpty()
-    command = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), "run", "--rm", "-it", *args]
+    command = cli_command(root, "run", "--rm", "-it", *args)
     proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     return proc, master
@@ -438,19 +426,7 @@ def test_init_passes_the_exit_status(lazyctr: CliRunner, busybox: str) -> None:
 @pytest.mark.parametrize("flags", [(), ("--init",)])
 def test_sigterm_to_lazyctr_reaches_the_container(busybox: str, root: Path, flags: tuple[str, ...]) -> None:
     script = 'trap "echo got-term; exit 0" TERM; echo ready; while true; do sleep 0.1; done'
-    command = [
-        sys.executable,
-        "-m",
-        "lazyctr.cli",
-        "--root",
-        str(root),
-        "run",
-        "--rm",
-        *flags,
-        busybox,
-        "sh",
-        "-c",
-    ]
+    command = cli_command(root, "run", "--rm", *flags, busybox, "sh", "-c")
     proc = subprocess.Popen([*command, script], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
