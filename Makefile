@@ -6,10 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Runtime: fuse3/libfuse3 (lazyfs), busybox-static (base image), zstd/tar (layers by hand).
-# Interop peers in tests: podman, skopeo, umoci, buildah, runc, containerd, stargz-snapshotter (ctr-remote).
+# Interop peers in tests: podman, skopeo, umoci, buildah, runc, containerd, stargz-snapshotter (ctr-remote),
+# docker-registry (the CNCF distribution registry).
 # debootstrap makes a Debian base; python3-venv for the virtualenv.
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
-	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap
+	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 
