@@ -8,6 +8,7 @@ class RegistryError(Exception):
 
     code = "UNKNOWN"
     status = 500
+    headers: dict[str, str] = {}  # noqa: RUF012 (read-only: subclasses replace it)
 
     def __init__(self, message: str, detail: object = None) -> None:
         super().__init__(message)
@@ -91,3 +92,10 @@ class Denied(RegistryError):
     """A write to a read-only registry."""
 
     code, status = "DENIED", 403
+
+
+class Unauthorized(RegistryError):
+    """No credentials, or wrong ones, where the registry wants them."""
+
+    code, status = "UNAUTHORIZED", 401
+    headers = {"WWW-Authenticate": 'Basic realm="lazyctr"'}  # noqa: RUF012

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from registry.auth import Access
 from registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -42,6 +43,7 @@ from storage.digest import Digest
 
 STORE = web.AppKey("store", BlobStore)
 READ_ONLY = web.AppKey("read_only", bool)
+ACCESS = web.AppKey("access", Access)
 MANIFEST_MAX = 4 << 20
 DRAIN_MAX = 16 << 20
 SHUTDOWN_TIMEOUT = 5.0
@@ -58,12 +60,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def error_response(error: RegistryError) -> web.Response:
     body = {"errors": [{"code": error.code, "message": error.message, "detail": error.detail}]}
-    return web.json_response(body, status=error.status, headers=dict([API_VERSION]))
+    return web.json_response(body, status=error.status, headers={**dict([API_VERSION]), **error.headers})
 
 
 @web.middleware
 async def registry_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        request.app[ACCESS].check(request.path, request.method, request.headers.get("Authorization"))
         if request.app[READ_ONLY] and request.method not in ("GET", "HEAD"):
             raise Denied("this registry is read-only")
         return await handler(request)
@@ -497,10 +500,11 @@ async def list_referrers(request: web.Request) -> web.Response:
     return web.Response(body=json.dumps(index).encode(), headers=headers)
 
 
-def make_app(root: Path, read_only: bool = False) -> web.Application:
+def make_app(root: Path, read_only: bool = False, access: Access | None = None) -> web.Application:
     app = web.Application(middlewares=[registry_errors])
     app[STORE] = FilesystemBlobStore(root)
     app[READ_ONLY] = read_only
+    app[ACCESS] = access or Access.anyone()
     app.on_response_prepare.append(_mark_blob_responses)
     name = "/v2/{name:.+}"
     app.router.add_get("/v2/", ping)
@@ -519,11 +523,15 @@ def make_app(root: Path, read_only: bool = False) -> web.Application:
     return app
 
 
-async def serve(root: Path, host: str, port: int, read_only: bool = False) -> None:
+async def serve(
+    root: Path, host: str, port: int, read_only: bool = False, access: Access | None = None
+) -> None:
     """Serve the registry until cancelled."""
     # lingering_time=0: a connection whose request body was left unread is closed at once, rather
     # than drained for up to 10 s (which also held shutdown up for as long).
-    runner = web.AppRunner(make_app(root, read_only), shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0)
+    runner = web.AppRunner(
+        make_app(root, read_only, access), shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from registry.auth import Access
 from registry.server import serve
 
 
@@ -45,13 +46,13 @@ class Reply:
 class Registry:
     """A running server: `root` is its storage directory, `request` sends raw HTTP to it."""
 
-    def __init__(self, root: Path, read_only: bool = False) -> None:
+    def __init__(self, root: Path, read_only: bool = False, access: Access | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._task: asyncio.Task[None] | None = None
-        self._thread = threading.Thread(target=self._run, args=(read_only,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(read_only, access), daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while True:
@@ -63,8 +64,8 @@ class Registry:
                     raise
                 time.sleep(0.01)
 
-    def _run(self, read_only: bool) -> None:
-        self._task = self._loop.create_task(serve(self.root, "127.0.0.1", self.port, read_only))
+    def _run(self, read_only: bool, access: Access | None) -> None:
+        self._task = self._loop.create_task(serve(self.root, "127.0.0.1", self.port, read_only, access))
         try:
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
