@@ -231,9 +231,10 @@ class Store:
                 if blob.name not in live:
                     freed += blob.stat().st_size
                     blob.unlink()
-                    removed += 1
-            if removed:
-                fsync_dir(self.blobs)
+                    removed += not blob.name.startswith(".")  # dot files: temporaries, not blobs
+            fsync_dir(self.blobs)
+            for leftover in self.layout.glob(".*.tmp"):  # of index.json writers that crashed
+                leftover.unlink()
             shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of crashed writers
             self.tmp.mkdir(exist_ok=True)
             return removed, freed

@@ -87,11 +87,14 @@ def test_gc_removes_only_unreferenced_blobs(tmp_path: Path) -> None:
     put_image(store, "keep:latest", "keep")
     dropped = put_image(store, "drop:latest", "drop")
     stray = store.put_blob(b"stray")
+    (store.blobs / ".abc.crashed.tmp").write_bytes(b"half")  # a crashed writer's temporary
+    (store.layout / ".index.json.x.tmp").write_bytes(b"{")
     store.untag(["drop:latest"])
     removed, freed = store.gc()
     assert removed == 4  # drop's manifest, config and layer, and the stray blob
     assert freed > 0
     assert not store.has_blob(stray) and not store.has_blob(dropped.config.digest)
+    assert not list(store.blobs.glob(".*")) and not list(store.layout.glob(".*.tmp"))
     image = store.image("keep")
     for descriptor in [image.descriptor, image.manifest.config, *image.manifest.layers]:
         assert store.has_blob(descriptor.digest)
