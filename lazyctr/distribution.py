@@ -1,4 +1,4 @@
-"""The registry commands: serve (push, pull and login come with the registry client)."""
+"""The registry commands: serve, push and pull (login comes with auth)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,34 @@ def serve(ctx: Context, addr: str, storage: Path | None, read_only: bool) -> Non
             await serve_registry(root, host, port, read_only)
 
     asyncio.run(main())
+
+
+@command()
+@click.argument("image")
+@click.argument("ref", required=False)
+@click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+@pass_context
+def push(ctx: Context, image: str, ref: str | None, insecure: bool) -> None:
+    """Push IMAGE to REF (default: IMAGE's own name, which must then name a registry host)."""
+    from registry.client import BlobResult, push_image, registry_ref
+
+    found = ctx.store.image(image)
+    target = registry_ref(ref or found.name)
+
+    def report(result: BlobResult) -> None:
+        click.echo(result.line())
+
+    digest = asyncio.run(push_image(ctx.store, found, target, insecure, report))
+    click.echo(f"manifest {digest}")
+
+
+@command()
+@click.argument("ref")
+@click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+@pass_context
+def pull(ctx: Context, ref: str, insecure: bool) -> None:
+    """Pull the image REF (HOST[:PORT]/NAME[:TAG|@DIGEST]) whole and name it REF; prints its ID."""
+    from registry.client import pull_image
+
+    image = asyncio.run(pull_image(ctx.store, ref, insecure))
+    click.echo(image.id)

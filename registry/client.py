@@ -1,0 +1,454 @@
+"""The registry client: talks the OCI distribution API to any registry, and pushes and pulls images.
+
+Nothing a registry sends is trusted until its digest is checked: manifests against the digest
+they were asked by (or the `Docker-Content-Digest` the registry claims), blobs while they stream
+to disk. Requests are retried with backoff on 429, 5xx and connection errors. Authentication is
+not spoken yet: a 401 is reported as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import aiohttp
+from yarl import URL
+
+from storage.digest import Digest
+from storage.errors import DigestMismatch, InvalidReference, NotFound, StorageError
+from storage.importer import OciSource, host_architecture, import_oci
+from storage.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    REF_NAME,
+    Descriptor,
+    Index,
+    Manifest,
+)
+from storage.reference import ImageRef, validate_repository
+from storage.store import OCI_LAYOUT, Image, Store
+
+TRIES = 3
+BACKOFF = 0.2  # seconds before the second try; doubled for each further one
+CHUNK_SIZE = 16 << 20  # blobs larger than this are pushed in PATCH chunks of this size
+MANIFEST_LIMIT = 4 << 20
+_READ_SIZE = 1 << 20
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+MANIFEST_ACCEPT = ", ".join([MEDIA_MANIFEST, MEDIA_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST])
+
+
+class RegistryClientError(StorageError):
+    """A registry that answered something other than what we asked for."""
+
+
+class RegistryUnreachable(RegistryClientError):
+    """No answer: connection refused, reset, timed out, or a body cut off half way."""
+
+
+class RegistryNotFound(RegistryClientError, NotFound):
+    """An unknown repository, tag, manifest or blob."""
+
+
+class RegistryDigestMismatch(RegistryClientError, DigestMismatch):
+    """Content from the registry whose digest is not the one asked for."""
+
+
+class RegistryAuthRequired(RegistryClientError):
+    """A registry that wants credentials (not supported yet)."""
+
+
+def is_local(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
+    return host in _LOCAL_HOSTS or registry in _LOCAL_HOSTS
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+class RegistryClient:
+    """One registry (`host[:port]`); use as `async with RegistryClient(...) as client`."""
+
+    def __init__(self, registry: str, insecure: bool = False) -> None:
+        self.registry = registry
+        scheme = "http" if insecure or is_local(registry) else "https"
+        self.base = URL(f"{scheme}://{registry}")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RegistryClient:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _url(self, repo: str, tail: str) -> URL:
+        validate_repository(repo)
+        return self.base.with_path(f"/v2/{repo}/{tail}", encoded=False)
+
+    def _resolve(self, location: str | None) -> URL:
+        if not location:
+            raise RegistryClientError(f"{self.registry}: an upload answer without a Location header")
+        return self.base.join(URL(location))
+
+    @contextlib.asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        what: str,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response of the last try; 429, 5xx and connection errors are tried again."""
+        assert self._session is not None, "use RegistryClient in `async with`"
+        for attempt in range(TRIES):
+            last = attempt == TRIES - 1
+            try:
+                response = await self._session.request(method, url, headers=headers, data=data)
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                if last:
+                    raise self._unreachable(e) from None
+                await asyncio.sleep(BACKOFF * 2**attempt)
+                continue
+            if (response.status == 429 or response.status >= 500) and not last:
+                response.release()
+                await asyncio.sleep(BACKOFF * 2**attempt)
+                continue
+            try:
+                yield response
+            finally:
+                response.release()
+            return
+
+    def _unreachable(self, e: BaseException) -> RegistryUnreachable:
+        os_error = getattr(e, "os_error", None)
+        if isinstance(os_error, ConnectionRefusedError):
+            reason = "connection refused"
+        elif isinstance(e, TimeoutError):
+            reason = "timed out"
+        else:
+            reason = str(e) or type(e).__name__
+        return RegistryUnreachable(f"cannot reach registry {self.registry}: {reason}")
+
+    async def _error(self, response: aiohttp.ClientResponse, what: str) -> RegistryClientError:
+        """The registry's error answer as one line."""
+        code, message = "", ""
+        with contextlib.suppress(Exception):
+            body = json.loads(await response.content.read(64 << 10))
+            error = body["errors"][0]
+            code, message = str(error.get("code", "")), str(error.get("message", ""))
+        detail = f"{message} ({code})" if code else f"HTTP {response.status} {response.reason or ''}".strip()
+        text = f"{self.registry}: {what}: {detail}"
+        if response.status == 401:
+            return RegistryAuthRequired(f"{text}: authentication is not supported yet")
+        if response.status == 404:
+            return RegistryNotFound(text)
+        return RegistryClientError(text)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the registry speaks the distribution API (a 401 still counts as an answer)."""
+        async with self._send("GET", self.base.with_path("/v2/"), "ping") as response:
+            if response.status not in (200, 401):
+                raise await self._error(response, "ping")
+
+    async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, Digest]:
+        """The manifest or index `ref` (tag or digest) of `repo`: its bytes, media type and digest."""
+        what = f"{repo}@{ref}" if ref.startswith("sha256:") else f"{repo}:{ref}"
+        expected = Digest(ref) if ":" in ref else None
+        async with self._send(
+            "GET", self._url(repo, f"manifests/{ref}"), what, {"Accept": MANIFEST_ACCEPT}
+        ) as response:
+            if response.status != 200:
+                raise await self._error(response, what)
+            data = await response.content.read(MANIFEST_LIMIT + 1)
+            if len(data) > MANIFEST_LIMIT:
+                raise RegistryClientError(f"{self.registry}: {what}: manifest larger than {MANIFEST_LIMIT}")
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            claimed = response.headers.get("Docker-Content-Digest")
+        found = Digest.of(data)
+        if expected is None and claimed:
+            expected = Digest(claimed)
+        if expected is not None and found != expected:
+            raise RegistryDigestMismatch(
+                f"{self.registry}: manifest {what} does not match its digest: expected {expected}, "
+                f"found {found}"
+            )
+        if media_type not in MANIFEST_TYPES | INDEX_TYPES:
+            with contextlib.suppress(Exception):
+                media_type = str(json.loads(data).get("mediaType") or media_type)
+        return data, media_type, found
+
+    async def head_blob(self, repo: str, digest: str) -> int | None:
+        """The size of blob `digest` in `repo`, or None when the repository does not have it."""
+        what = f"{repo}@{digest}"
+        async with self._send("HEAD", self._url(repo, f"blobs/{Digest(digest)}"), what) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise await self._error(response, f"blob {what}")
+            return response.content_length or 0
+
+    async def get_blob(self, repo: str, digest: str, dest: BinaryIO, size: int | None = None) -> int:
+        """Stream blob `digest` into `dest` (from its start), checking it; returns its size.
+
+        On a mismatch `dest` holds unverified bytes: the caller's temporary file must be dropped.
+        """
+        digest = Digest(digest)
+        what = f"blob {repo}@{digest}"
+        for attempt in range(TRIES):
+            dest.seek(0)
+            dest.truncate()
+            hasher = hashlib.sha256()
+            written = 0
+            try:
+                async with self._send("GET", self._url(repo, f"blobs/{digest}"), what) as response:
+                    if response.status != 200:
+                        raise await self._error(response, what)
+                    async for piece in response.content.iter_chunked(_READ_SIZE):
+                        written += len(piece)
+                        if size is not None and written > size:
+                            raise RegistryDigestMismatch(
+                                f"{self.registry}: {what} is larger than its {size} bytes"
+                            )
+                        hasher.update(piece)
+                        dest.write(piece)
+                break
+            except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+                if attempt == TRIES - 1:
+                    raise self._unreachable(e) from None
+                await asyncio.sleep(BACKOFF * 2**attempt)
+        dest.flush()
+        found = Digest.from_hasher(hasher)
+        if found != digest or (size is not None and written != size):
+            raise RegistryDigestMismatch(
+                f"{self.registry}: {what} does not match its digest: found {found}, {written} bytes"
+            )
+        return written
+
+    async def read_range(self, repo: str, digest: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a blob, with one Range GET (a 200 answer is sliced).
+
+        The bytes cannot be checked against the blob digest: callers check them against the
+        digest of what they hold (a TOC entry's chunk digest).
+        """
+        if offset < 0 or length <= 0:
+            raise InvalidReference(f"invalid byte range: offset {offset}, length {length}")
+        what = f"blob {repo}@{Digest(digest)} bytes {offset}+{length}"
+        headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        async with self._send("GET", self._url(repo, f"blobs/{digest}"), what, headers) as response:
+            if response.status == 206:
+                data = await response.content.read(length + 1)
+                while len(data) < length + 1:
+                    more = await response.content.read(length + 1 - len(data))
+                    if not more:
+                        break
+                    data += more
+            elif response.status == 200:  # a server without ranges: skip to the offset
+                data, skipped = b"", 0
+                async for piece in response.content.iter_chunked(_READ_SIZE):
+                    start = max(0, offset - skipped)
+                    skipped += len(piece)
+                    data += piece[start : start + length - len(data)]
+                    if len(data) == length:
+                        break
+            else:
+                raise await self._error(response, what)
+        if len(data) != length:
+            raise RegistryClientError(f"{self.registry}: {what}: got {len(data)} bytes")
+        return data
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def push_blob(self, repo: str, digest: str, path: Path, mount_from: str | None = None) -> str:
+        """Upload the blob at `path`; returns "exists", "mounted" or "pushed"."""
+        digest = Digest(digest)
+        if await self.head_blob(repo, digest) is not None:
+            return "exists"
+        what = f"upload of {repo}@{digest}"
+        uploads = self._url(repo, "blobs/uploads/")
+        if mount_from is not None:
+            validate_repository(mount_from)
+            uploads = uploads.with_query({"mount": digest, "from": mount_from})
+        async with self._send("POST", uploads, what, {"Content-Length": "0"}) as response:
+            if response.status == 201:
+                return "mounted"
+            if response.status != 202:
+                raise await self._error(response, what)
+            location = self._resolve(response.headers.get("Location"))
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            if size <= CHUNK_SIZE:
+                body = f.read()
+            else:
+                offset, body = 0, b""
+                while True:
+                    piece = f.read(CHUNK_SIZE)
+                    if not piece:
+                        break
+                    headers = {
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                    }
+                    async with self._send("PATCH", location, what, headers, piece) as response:
+                        if response.status != 202:
+                            raise await self._error(response, what)
+                        location = self._resolve(response.headers.get("Location"))
+                    offset += len(piece)
+        headers = {"Content-Type": "application/octet-stream"}
+        final = location.update_query({"digest": digest})
+        async with self._send("PUT", final, what, headers, body) as response:
+            if response.status != 201:
+                raise await self._error(response, what)
+        return "pushed"
+
+    async def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> Digest:
+        what = f"manifest {repo}:{ref}"
+        headers = {"Content-Type": media_type}
+        async with self._send("PUT", self._url(repo, f"manifests/{ref}"), what, headers, data) as response:
+            if response.status != 201:
+                raise await self._error(response, what)
+        return Digest.of(data)
+
+
+# -- images ------------------------------------------------------------------------------------------
+
+
+def registry_ref(text: str) -> ImageRef:
+    """A reference that names its registry host, as push and pull need."""
+    ref = ImageRef.parse(text)
+    if ref.domain is None:
+        raise InvalidReference(
+            f"{text!r} names no registry: expected HOST[:PORT]/NAME[:TAG], e.g. 127.0.0.1:5000/{text}"
+        )
+    return ref
+
+
+@dataclass
+class BlobResult:
+    digest: Digest
+    size: int
+    outcome: str  # "pushed", "exists", "mounted"
+
+    def line(self) -> str:
+        return f"{self.outcome} {self.digest} {_human_size(self.size)}"
+
+
+async def push_image(
+    store: Store,
+    image: Image,
+    ref: ImageRef,
+    insecure: bool = False,
+    report: Callable[[BlobResult], None] = lambda _: None,
+) -> Digest:
+    """Push config, layers (in parallel) and manifest of `image` to `ref`; the manifest digest."""
+    assert ref.domain is not None
+    if ref.digest is not None:
+        raise InvalidReference(f"cannot push to a digest: {ref}")
+    repo, tag = ref.repository, ref.tag or "latest"
+    with store.ingesting():  # gc must not remove the blobs while they are sent
+        manifest_bytes = store.read_blob(image.descriptor.digest)
+
+        async def push_one(descriptor: Descriptor) -> None:
+            path = store.blob_path(descriptor.digest)
+            if not path.exists():
+                raise NotFound(f"blob {descriptor.digest} of {image.name} is not in the store")
+            outcome = await client.push_blob(repo, descriptor.digest, path)
+            report(BlobResult(descriptor.digest, descriptor.size, outcome))
+
+        async with RegistryClient(ref.domain, insecure) as client:
+            await client.ping()
+            await asyncio.gather(*(push_one(d) for d in [image.manifest.config, *image.manifest.layers]))
+            return await client.put_manifest(repo, tag, manifest_bytes, image.descriptor.media_type)
+
+
+def _pick_platform(index: Index, what: str) -> Descriptor:
+    arch = host_architecture()
+    for descriptor in index.manifests:
+        plat = descriptor.platform or {}
+        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
+            return descriptor
+    raise RegistryNotFound(f"{what}: no image for linux/{arch} in the index")
+
+
+async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
+    """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`.
+
+    The blobs land, verified, in a temporary OCI layout next to the store, which the importer
+    then reads like any other layout: layers without a zstd:chunked TOC are converted there.
+    Nothing is named in the store unless every blob checked out.
+    """
+    ref = registry_ref(text)
+    assert ref.domain is not None
+    # The store names images `repository:tag`; one pulled by digest alone is tagged with it.
+    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
+    name = f"{ref.name}:{tag}"
+    repo = ref.repository
+    with store.ingesting(), tempfile.TemporaryDirectory(dir=store.tmp, prefix="pull-") as tmp:
+        layout = Path(tmp)
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        async with RegistryClient(ref.domain, insecure) as client:
+            data, media_type, digest = await client.get_manifest(repo, ref.digest or ref.tag or "latest")
+            if media_type in INDEX_TYPES:
+                chosen = _pick_platform(Index.parse(data), f"{ref.domain}/{repo}")
+                data, media_type, digest = await client.get_manifest(repo, chosen.digest)
+            if media_type not in MANIFEST_TYPES:
+                raise RegistryClientError(f"{text}: not an image manifest: {media_type!r}")
+            manifest = Manifest.parse(data)
+            (blobs / digest.hex).write_bytes(data)
+
+            async def fetch(descriptor: Descriptor) -> None:
+                target = blobs / descriptor.digest.hex
+                if target.exists():
+                    return
+                if store.has_blob(descriptor.digest):  # already here: no need to fetch it again
+                    with contextlib.suppress(OSError):
+                        os.link(store.blob_path(descriptor.digest), target)
+                        return
+                with open(target, "w+b") as f:
+                    await client.get_blob(repo, descriptor.digest, f, descriptor.size)
+
+            await asyncio.gather(*(fetch(d) for d in [manifest.config, *manifest.layers]))
+        (layout / "oci-layout").write_bytes(OCI_LAYOUT)
+        entry = Descriptor(media_type, digest, len(data), {REF_NAME: name})
+        (layout / "index.json").write_bytes(Index([entry]).to_bytes())
+        return await asyncio.to_thread(import_oci, store, OciSource(layout, None), name)
+
+
+__all__ = [
+    "BlobResult",
+    "RegistryAuthRequired",
+    "RegistryClient",
+    "RegistryClientError",
+    "RegistryDigestMismatch",
+    "RegistryNotFound",
+    "RegistryUnreachable",
+    "pull_image",
+    "push_image",
+    "registry_ref",
+]
