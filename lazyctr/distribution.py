@@ -24,11 +24,20 @@ def parse_address(text: str) -> tuple[str, int]:
 @click.option("--addr", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Default: <root>/registry.")
 @click.option("--read-only", is_flag=True, help="Refuse pushes and deletes.")
+@click.option("--htpasswd", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Require basic auth with these users (bcrypt, htpasswd -B).")  # fmt: skip
+@click.option("--anonymous-pull", multiple=True, metavar="PATTERN",
+              help="With --htpasswd: repositories (glob) anyone may pull.")  # fmt: skip
 @pass_context
-def serve(ctx: Context, addr: str, storage: Path | None, read_only: bool) -> None:
+def serve(
+    ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
+    anonymous_pull: tuple[str, ...],
+) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
-    from registry.server import serve as serve_registry  # the server's imports only for this command
+    from registry.auth import Access, load_htpasswd  # the server's imports only for this command
+    from registry.server import serve as serve_registry
 
+    access = Access(load_htpasswd(htpasswd), anonymous_pull) if htpasswd else None
     host, port = parse_address(addr)
     root = storage or ctx.root / "registry"
     root.mkdir(parents=True, exist_ok=True)
@@ -41,7 +50,7 @@ def serve(ctx: Context, addr: str, storage: Path | None, read_only: bool) -> Non
             loop.add_signal_handler(sig, task.cancel)
         click.echo(f"serving {root} on http://{host}:{port}", err=True)
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a clean stop
-            await serve_registry(root, host, port, read_only)
+            await serve_registry(root, host, port, read_only, access)
 
     asyncio.run(main())
 
