@@ -7,10 +7,11 @@ store sees it. File work runs in threads so one slow disk does not stall every c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,26 @@ from storage.digest import Digest
 STORE = web.AppKey("store", BlobStore)
 READ_ONLY = web.AppKey("read_only", bool)
 ACCESS = web.AppKey("access", Access)
+UPLOAD_TIMEOUT = 3600.0  # an upload nobody wrote to for an hour belongs to a client that died
+UPLOAD_TIMEOUT_KEY = web.AppKey("upload_timeout", float)
+
+
+async def _expire_uploads(app: web.Application) -> AsyncIterator[None]:
+    """In the background: remove uploads abandoned by clients that died half way through a push."""
+
+    async def sweep() -> None:
+        timeout = app[UPLOAD_TIMEOUT_KEY]
+        while True:
+            await asyncio.sleep(min(60.0, timeout / 2))
+            await asyncio.to_thread(app[STORE].expire_uploads, timeout)
+
+    task = asyncio.create_task(sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 MANIFEST_MAX = 4 << 20
 DRAIN_MAX = 16 << 20
 SHUTDOWN_TIMEOUT = 5.0
@@ -500,9 +521,13 @@ async def list_referrers(request: web.Request) -> web.Response:
     return web.Response(body=json.dumps(index).encode(), headers=headers)
 
 
-def make_app(root: Path, read_only: bool = False, access: Access | None = None) -> web.Application:
+def make_app(
+    root: Path, read_only: bool = False, access: Access | None = None, upload_timeout: float = UPLOAD_TIMEOUT
+) -> web.Application:
     app = web.Application(middlewares=[registry_errors])
     app[STORE] = FilesystemBlobStore(root)
+    app[UPLOAD_TIMEOUT_KEY] = upload_timeout
+    app.cleanup_ctx.append(_expire_uploads)
     app[READ_ONLY] = read_only
     app[ACCESS] = access or Access.anyone()
     app.on_response_prepare.append(_mark_blob_responses)

@@ -22,6 +22,7 @@ import hashlib
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,10 @@ class BlobStore(abc.ABC):
 
     @abc.abstractmethod
     def cancel_upload(self, name: str, upload_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def expire_uploads(self, idle_seconds: float) -> int:
+        """Remove uploads nobody has written to for `idle_seconds` (clients that died); returns how many."""
 
     @abc.abstractmethod
     def put_manifest(self, name: str, reference: str, data: bytes) -> Digest: ...
@@ -269,6 +274,19 @@ class FilesystemBlobStore(BlobStore):
 
     def cancel_upload(self, name: str, upload_id: str) -> None:
         shutil.rmtree(self._upload(name, upload_id))
+
+    def expire_uploads(self, idle_seconds: float) -> int:
+        deadline = time.time() - idle_seconds
+        expired = 0
+        for directory in self.uploads.iterdir():
+            try:
+                idle = (directory / "data").stat().st_mtime < deadline
+            except FileNotFoundError:  # finished or cancelled meanwhile, or never started
+                idle = directory.stat().st_mtime < deadline
+            if idle:
+                shutil.rmtree(directory, ignore_errors=True)
+                expired += 1
+        return expired
 
     # Manifests and tags.
     def put_manifest(self, name: str, reference: str, data: bytes) -> Digest:
