@@ -423,3 +423,32 @@ def test_a_committed_image_is_read_by_skopeo_podman_and_umoci(
                    check=True, capture_output=True)  # fmt: skip
     assert (tmp_path / "bundle/rootfs/etc/motd").read_text() == "committed\n"
     assert not (tmp_path / "bundle/rootfs/etc/group").exists()
+
+
+# -- podman and buildah push to and pull from `lazyctr serve` -------------------------------------
+
+
+def test_podman_and_buildah_push_to_and_pull_from_our_registry(
+    container_tools: ContainerTools, lazyctr: CliRunner, busybox: dict[str, Any], root: Path, tmp_path: Path
+) -> None:
+    from tests.registry.conftest import Registry
+
+    require_tools("podman", "buildah", "unshare")
+    server = Registry(tmp_path / "registry")
+    try:
+        image_id = (
+            container_tools.podman("pull", "--quiet", f"oci:{root}/store:busybox:latest").decode().strip()
+        )
+        for tool, repository in (("podman", "team/by-podman"), ("buildah", "team/by-buildah")):
+            target = f"{server.address}/{repository}:latest"
+            container_tools.run(tool, "push", "--tls-verify=false", image_id, f"docker://{target}")
+            lazyctr("pull", target)  # our client reads what they pushed
+            assert lazyctr("cat", target, "/etc/passwd").out.startswith("root:x:0:0")
+        container_tools.podman("rmi", "--all", "--force")
+        pulled = container_tools.podman(
+            "pull", "--quiet", "--tls-verify=false", f"{server.address}/team/by-podman"
+        )
+        (info,) = json.loads(container_tools.podman("image", "inspect", pulled.decode().strip()))
+        assert info["RootFS"]["Layers"] == [busybox["Layers"][0]["DiffID"]]
+    finally:
+        server.stop()
