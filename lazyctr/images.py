@@ -60,7 +60,10 @@ def _image_size(image: Image) -> int:
 @pass_context
 def images(ctx: Context, as_json: bool) -> None:
     """List the images in the store."""
-    found = sorted(ctx.store.images(), key=lambda image: image.name)
+    loaded, broken = ctx.store.images()
+    for line in broken:  # one bad image must not hide the others
+        click.echo(f"lazyctr: warning: {line}", err=True)
+    found = sorted(loaded, key=lambda image: image.name)
     if as_json:
         rows = [
             {

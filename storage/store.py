@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from storage.digest import Digest, verify
-from storage.errors import CorruptLayer, InvalidReference, NotFound
+from storage.errors import CorruptLayer, InvalidReference, NotFound, StorageError
 from storage.files import atomic_write, file_lock, fsync_dir, publish
 from storage.layer_reader import FileRangeSource, LayerReader
 from storage.oci import (
@@ -158,8 +158,15 @@ class Store:
         config = ImageConfig.parse(self.read_blob(manifest.config.digest))
         return Image(name, descriptor, manifest, config)
 
-    def images(self) -> list[Image]:
-        return [self.load(name, descriptor) for name, descriptor in self.names()]
+    def images(self) -> tuple[list[Image], list[str]]:
+        """Every named image, and a line for each name whose manifest or config cannot be read."""
+        images, broken = [], []
+        for name, descriptor in self.names():
+            try:
+                images.append(self.load(name, descriptor))
+            except StorageError as e:
+                broken.append(f"{name}: {e}")
+        return images, broken
 
     def resolve(self, text: str) -> list[Image]:
         """The images `text` names: `name[:tag]`, a manifest digest, or a prefix of an image ID.

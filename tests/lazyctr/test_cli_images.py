@@ -261,3 +261,14 @@ def test_import_oci_layout_with_a_wrong_layer_size(lazyctr: CliRunner, layout: P
     (layout / "index.json").write_text(json.dumps(index))
     assert_clean_error(lazyctr("import", f"oci:{layout}:bb:1", ok=False), "its descriptor says")
     assert not list((root / "store/blobs/sha256").iterdir())
+
+
+def test_one_broken_image_does_not_hide_the_others(
+    lazyctr: CliRunner, busybox: str, busybox_tar: Path, root: Path
+) -> None:
+    lazyctr("import", str(make_tar(root.parent / "other.tar", [(info("f"), b"x")])), "other:1")
+    config = json.loads(lazyctr("inspect", "--json", "busybox").out)["Id"]
+    (root / "store/blobs/sha256" / config[7:]).write_bytes(b"not json")  # busybox's config is gone bad
+    result = lazyctr("images", "--json")
+    assert [row["Name"] for row in json.loads(result.out)] == ["other:1"]
+    assert "lazyctr: warning: busybox:latest:" in result.stderr
