@@ -1,10 +1,11 @@
-"""The registry commands: serve, push and pull (login comes with auth)."""
+"""The registry commands: serve, push, pull, login and logout."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -84,3 +85,46 @@ def pull(ctx: Context, ref: str, insecure: bool) -> None:
 
     image = asyncio.run(pull_image(ctx.store, ref, insecure))
     click.echo(image.id)
+
+
+@command()
+@click.argument("registry")
+@click.option("-u", "--username", required=True, help="User name.")
+@click.option("-p", "--password", help="Password (visible to other users in `ps`: prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+def login(registry: str, username: str, password: str | None, password_stdin: bool, insecure: bool) -> None:
+    """Check USERNAME's password with REGISTRY (HOST[:PORT]) and save it for push and pull."""
+    from registry.client import RegistryClient
+    from registry.credentials import Credentials, normalize_key, store
+
+    registry = normalize_key(registry)
+    if password is not None and password_stdin:
+        raise click.UsageError("--password and --password-stdin exclude each other")
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+    elif password is None:
+        password = str(click.prompt("Password", hide_input=True, err=True))
+    if not password:
+        raise click.UsageError("an empty password")
+    credentials = Credentials(username, password)
+
+    async def check() -> None:
+        async with RegistryClient(registry, insecure, credentials) as client:
+            await client.login()
+
+    asyncio.run(check())
+    store(registry, credentials)
+    click.echo("Login Succeeded")
+
+
+@command()
+@click.argument("registry")
+def logout(registry: str) -> None:
+    """Forget the credentials saved for REGISTRY."""
+    from registry.credentials import CredentialsError, login_file, normalize_key, remove
+
+    registry = normalize_key(registry)
+    if not remove(registry):
+        raise CredentialsError(f"not logged in to {registry} (in {login_file()})")
+    click.echo(f"Removed login credentials for {registry}")

@@ -2,8 +2,13 @@
 
 Nothing a registry sends is trusted until its digest is checked: manifests against the digest
 they were asked by (or the `Docker-Content-Digest` the registry claims), blobs while they stream
-to disk. Requests are retried with backoff on 429, 5xx and connection errors. Authentication is
-not spoken yet: a 401 is reported as such.
+to disk. Requests are retried with backoff on 429, 5xx and connection errors.
+
+Authentication follows the registry's 401 challenge (`WWW-Authenticate`): `Basic` is answered
+with the stored credentials (registry/credentials.py), `Bearer` by asking the named token realm
+for a token (with the credentials when there are any, anonymously otherwise), kept per scope for
+the client's life. Redirects are followed by hand so that `Authorization` never goes to another
+host: registries redirect blob GETs to their storage.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ from typing import BinaryIO
 import aiohttp
 from yarl import URL
 
+from registry.credentials import Credentials, lookup
 from storage.digest import Digest
 from storage.errors import DigestMismatch, InvalidReference, NotFound, StorageError
 from storage.importer import OciSource, host_architecture, import_oci
@@ -47,6 +54,10 @@ MANIFEST_LIMIT = 4 << 20
 _READ_SIZE = 1 << 20
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MANIFEST_ACCEPT = ", ".join([MEDIA_MANIFEST, MEDIA_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST])
+MAX_REDIRECTS = 10
+TOKEN_LIMIT = 1 << 20
+_REDIRECTS = (301, 302, 303, 307, 308)
+_CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
 
 class RegistryClientError(StorageError):
@@ -66,7 +77,34 @@ class RegistryDigestMismatch(RegistryClientError, DigestMismatch):
 
 
 class RegistryAuthRequired(RegistryClientError):
-    """A registry that wants credentials (not supported yet)."""
+    """A registry that wants credentials we do not have."""
+
+
+class RegistryAuthFailed(RegistryAuthRequired):
+    """A registry (or its token service) that refused the credentials we sent."""
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="..."` -> ("bearer", {"realm": ..., "service": ...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): (m.group(2).replace('\\"', '"') if m.group(2) is not None else m.group(3))
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
+    return scheme.lower(), params
+
+
+def _origin(url: URL) -> tuple[str | None, str | None, int | None]:
+    return url.scheme, url.host, url.port
+
+
+def _repository_of(url: URL) -> str:
+    """The repository a /v2/<name>/... URL is about ('' for /v2/ itself)."""
+    rest = url.path.removeprefix("/v2/")
+    for marker in ("/manifests/", "/blobs/", "/tags/", "/referrers/"):
+        if marker in rest:
+            return rest.split(marker, 1)[0]
+    return ""
 
 
 def is_local(registry: str) -> bool:
@@ -86,11 +124,30 @@ def _human_size(size: int) -> str:
 class RegistryClient:
     """One registry (`host[:port]`); use as `async with RegistryClient(...) as client`."""
 
-    def __init__(self, registry: str, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        registry: str,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        read_auth_file: bool = True,
+    ) -> None:
+        """`credentials` default to those stored for `registry` (unless `read_auth_file` is False)."""
         self.registry = registry
         scheme = "http" if insecure or is_local(registry) else "https"
         self.base = URL(f"{scheme}://{registry}")
         self._session: aiohttp.ClientSession | None = None
+        self._credentials = credentials
+        self._read_auth_file = read_auth_file and credentials is None
+        self._basic = False  # the registry asked for basic auth: send it with every request
+        self._tokens: dict[str, str] = {}  # bearer token by challenge scope
+        self._scope_of_repo: dict[str, str] = {}  # the scope last granted for a repository
+
+    @property
+    def credentials(self) -> Credentials | None:
+        if self._read_auth_file:  # read when first needed: anonymous pulls never touch the file
+            self._read_auth_file = False
+            self._credentials = lookup(self.registry)
+        return self._credentials
 
     async def __aenter__(self) -> RegistryClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
@@ -122,26 +179,129 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         data: bytes | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The response of the last try; 429, 5xx and connection errors are tried again."""
+        """The response of the last try; 429, 5xx and connection errors are tried again.
+
+        A 401 is answered once with credentials for the registry's challenge; the caller sees
+        the 401 only when that did not help.
+        """
         assert self._session is not None, "use RegistryClient in `async with`"
-        for attempt in range(TRIES):
+        authenticated = False
+        attempt = 0
+        while True:
             last = attempt == TRIES - 1
             try:
-                response = await self._session.request(method, url, headers=headers, data=data)
+                response = await self._request(method, url, headers or {}, data)
             except (TimeoutError, aiohttp.ClientConnectionError) as e:
                 if last:
                     raise self._unreachable(e) from None
                 await asyncio.sleep(BACKOFF * 2**attempt)
+                attempt += 1
                 continue
-            if (response.status == 429 or response.status >= 500) and not last:
+            if response.status == 401 and not authenticated and _origin(response.url) == _origin(self.base):
+                authenticated = True
+                try:
+                    retry = await self._authenticate(response.headers.get("WWW-Authenticate", ""), url)
+                except BaseException:
+                    response.release()
+                    raise
+                if retry:
+                    response.release()
+                    continue
+            elif (response.status == 429 or response.status >= 500) and not last:
                 response.release()
                 await asyncio.sleep(BACKOFF * 2**attempt)
+                attempt += 1
                 continue
             try:
                 yield response
             finally:
                 response.release()
             return
+
+    async def _request(
+        self, method: str, url: URL, headers: dict[str, str], data: bytes | None
+    ) -> aiohttp.ClientResponse:
+        """One request, redirects followed by hand: `Authorization` only ever goes to the registry."""
+        assert self._session is not None
+        for _ in range(MAX_REDIRECTS + 1):
+            sent = dict(headers)
+            if _origin(url) == _origin(self.base):
+                authorization = self._authorization(url)
+                if authorization is not None:
+                    sent["Authorization"] = authorization
+            response = await self._session.request(
+                method, url, headers=sent, data=data, allow_redirects=False
+            )
+            location = response.headers.get("Location")
+            if response.status not in _REDIRECTS or not location or method not in ("GET", "HEAD"):
+                return response
+            response.release()
+            url = url.join(URL(location))
+        raise RegistryClientError(f"{self.registry}: more than {MAX_REDIRECTS} redirects")
+
+    def _authorization(self, url: URL) -> str | None:
+        scope = self._scope_of_repo.get(_repository_of(url), self._scope_of_repo.get(""))
+        if scope is not None and scope in self._tokens:
+            return f"Bearer {self._tokens[scope]}"
+        if self._basic and self.credentials is not None:
+            return self.credentials.basic()
+        return None
+
+    async def _authenticate(self, challenge: str, url: URL) -> bool:
+        """Get what the challenge asks for; True when the request is worth sending again."""
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            if self._basic or self.credentials is None:
+                return False
+            self._basic = True
+            return True
+        if scheme != "bearer" or not params.get("realm"):
+            return False
+        scope = params.get("scope", "")
+        repo = _repository_of(url)
+        if scope in self._tokens and self._scope_of_repo.get(repo) != scope:
+            self._scope_of_repo[repo] = scope  # a token we hold but did not send
+            return True
+        self._tokens[scope] = await self._fetch_token(params["realm"], params.get("service"), scope)
+        self._scope_of_repo[repo] = scope
+        return True
+
+    async def _fetch_token(self, realm: str, service: str | None, scope: str) -> str:
+        assert self._session is not None
+        query = {k: v for k, v in (("service", service), ("scope", scope)) if v}
+        token_url = URL(realm).update_query(query)
+        if token_url.scheme not in ("http", "https") or not token_url.host:
+            raise RegistryClientError(f"{self.registry}: a token realm that is not an HTTP URL: {realm!r}")
+        headers = {"Accept": "application/json"}
+        if self.credentials is not None:
+            headers["Authorization"] = self.credentials.basic()
+        what = f"token from {token_url.with_query(None)}"
+        try:
+            async with self._session.get(token_url, headers=headers) as response:
+                if response.status in (401, 403):
+                    raise self._auth_error(what, self.credentials is not None, "refused")
+                if response.status != 200:
+                    raise RegistryClientError(f"{self.registry}: {what}: HTTP {response.status}")
+                body = await response.content.read(TOKEN_LIMIT)
+        except (TimeoutError, aiohttp.ClientConnectionError) as e:
+            raise self._unreachable(e) from None
+        try:
+            doc = json.loads(body)
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryClientError(f"{self.registry}: {what}: an answer without a token")
+        return token
+
+    def _auth_error(self, what: str, sent: bool, detail: str) -> RegistryAuthRequired:
+        if sent:
+            return RegistryAuthFailed(
+                f"{self.registry}: {what}: credentials {detail}: run `lazyctr login {self.registry}` again"
+            )
+        return RegistryAuthRequired(
+            f"{self.registry}: {what}: authentication required: run `lazyctr login {self.registry}`"
+        )
 
     def _unreachable(self, e: BaseException) -> RegistryUnreachable:
         os_error = getattr(e, "os_error", None)
@@ -163,7 +323,8 @@ class RegistryClient:
         detail = f"{message} ({code})" if code else f"HTTP {response.status} {response.reason or ''}".strip()
         text = f"{self.registry}: {what}: {detail}"
         if response.status == 401:
-            return RegistryAuthRequired(f"{text}: authentication is not supported yet")
+            sent = "Authorization" in response.request_info.headers and self.credentials is not None
+            return self._auth_error(what, sent, "refused" + (f" ({code})" if code else ""))
         if response.status == 404:
             return RegistryNotFound(text)
         return RegistryClientError(text)
@@ -175,6 +336,18 @@ class RegistryClient:
         async with self._send("GET", self.base.with_path("/v2/"), "ping") as response:
             if response.status not in (200, 401):
                 raise await self._error(response, "ping")
+
+    async def login(self) -> None:
+        """Check that the registry takes our credentials (raises RegistryAuthFailed when not)."""
+        failed = RegistryAuthFailed(f"{self.registry}: login failed: credentials refused")
+        try:
+            async with self._send("GET", self.base.with_path("/v2/"), "login") as response:
+                if response.status == 401:
+                    raise failed
+                if response.status != 200:
+                    raise await self._error(response, "login")
+        except RegistryAuthRequired as e:  # from a token service
+            raise failed from e
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, Digest]:
         """The manifest or index `ref` (tag or digest) of `repo`: its bytes, media type and digest."""
@@ -442,6 +615,7 @@ async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
 
 __all__ = [
     "BlobResult",
+    "RegistryAuthFailed",
     "RegistryAuthRequired",
     "RegistryClient",
     "RegistryClientError",
