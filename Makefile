@@ -55,6 +55,7 @@ lint: deps
 bench: deps
 	$(PY) benchmarks/codec.py
 	$(PY) benchmarks/startup.py --runs 10
+	$(PY) benchmarks/registry.py --quick
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info
