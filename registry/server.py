@@ -190,13 +190,34 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
         raise ManifestTooLarge(f"manifest of {request.content_length} bytes is over the {limit} byte limit")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    async for chunk in body_chunks(request):
         size += len(chunk)
         if size > limit:
             await drain(request, DRAIN_MAX - size)
             raise ManifestTooLarge(f"manifest is over the {limit} byte limit", {"limit": limit})
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; SizeInvalid if the client goes away before sending all of it.
+
+    A body cut off half way must never pass for a whole one, whatever Content-Length promised.
+    """
+    received = 0
+    while True:
+        try:
+            chunk = await request.content.read(CHUNK)
+        except ConnectionError:
+            raise SizeInvalid(
+                f"the connection closed after {received} bytes of the body", {"received": received}
+            ) from None
+        if not chunk:
+            break
+        received += len(chunk)
+        yield chunk
+    if request.content_length is not None and received != request.content_length:
+        raise SizeInvalid(f"Content-Length said {request.content_length} bytes, {received} arrived")
 
 
 async def drain(request: web.Request, budget: int) -> None:
@@ -381,13 +402,16 @@ async def append_body(request: web.Request, name: str, upload_id: str, offset: i
     f = await asyncio.to_thread(store.open_upload, name, upload_id, offset)
     written = 0
     try:
-        async for chunk in request.content.iter_chunked(CHUNK):
+        async for chunk in body_chunks(request):
             await asyncio.to_thread(f.write, chunk)
             written += len(chunk)
+    except BaseException:
+        # A request takes effect whole or not at all: the upload goes back to where it stood, so
+        # its reported Range never covers the bytes of a body that was cut off.
+        await asyncio.to_thread(f.truncate, offset)
+        raise
     finally:
         await asyncio.to_thread(f.close)
-    if request.content_length is not None and written != request.content_length:
-        raise SizeInvalid(f"Content-Length said {request.content_length} bytes, {written} arrived")
     return offset + written
 
 

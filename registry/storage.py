@@ -9,8 +9,8 @@ Layout under the store's directory:
     uploads/<uuid>/data, uploads/<uuid>/name   an upload being assembled and its repository
 
 A blob is visible only in the repositories that hold a link to it. Blobs reach their final path
-only by rename after their digest was checked, so a crash never leaves a half-written blob under
-its digest. Names, tags, digests and upload ids are checked against their grammars before they
+only by rename or hard link after their digest was checked, so a crash never leaves a half-written
+blob under its digest. Names, tags, digests and upload ids are checked against their grammars before they
 touch a path.
 """
 
@@ -264,11 +264,16 @@ class FilesystemBlobStore(BlobStore):
                 )
             size = data.stat().st_size
             target = self._blob(digest)
-            if not target.exists():
-                os.replace(data, target)
+            # link, not replace: it never overwrites, so when clients push the same blob at once
+            # the first to finish puts it in place and the others find it there.
+            with contextlib.suppress(FileExistsError):
+                os.link(data, target)
                 fsync_dir(target.parent)
             self._link(self._layer_link(name, digest))
             return size
+        except FileNotFoundError:
+            # The upload was finished, cancelled or expired by another request meanwhile.
+            raise BlobUploadUnknown(f"upload {upload_id} not found", {"uuid": upload_id}) from None
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
