@@ -1,4 +1,4 @@
-"""The registry commands: serve, push, pull, login and logout."""
+"""The registry commands: serve, serve-token, push, pull, login and logout."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from lazyctr.context import Context, command, pass_context
 from storage.errors import InvalidReference
+
+if TYPE_CHECKING:
+    from registry.tokens import PrivateKey
+
+DEFAULT_SERVICE = "lazyctr-registry"
+DEFAULT_ISSUER = "lazyctr-token"
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -28,32 +36,100 @@ def parse_address(text: str) -> tuple[str, int]:
 @click.option("--htpasswd", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Require basic auth with these users (bcrypt, htpasswd -B).")  # fmt: skip
 @click.option("--anonymous-pull", multiple=True, metavar="PATTERN",
-              help="With --htpasswd: repositories (glob) anyone may pull.")  # fmt: skip
+              help="With --htpasswd or --token-key: repositories (glob) anyone may pull.")  # fmt: skip
+@click.option("--token-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Require bearer tokens signed by this PEM private key (EC P-256 or RSA); its "
+                   "public half verifies them.")  # fmt: skip
+@click.option("--token-realm", metavar="URL", help="With --token-key: the token service's URL.")
+@click.option("--token-service", default=DEFAULT_SERVICE, show_default=True,
+              help="With --token-key: the service name tokens must be issued for.")  # fmt: skip
 @pass_context
 def serve(
     ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
-    anonymous_pull: tuple[str, ...],
+    anonymous_pull: tuple[str, ...], token_key: Path | None, token_realm: str | None, token_service: str,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access, load_htpasswd  # the server's imports only for this command
     from registry.server import serve as serve_registry
 
-    access = Access(load_htpasswd(htpasswd), anonymous_pull) if htpasswd else None
+    access = None
+    if token_key:
+        if htpasswd:
+            raise click.UsageError("--htpasswd and --token-key exclude each other")
+        if not token_realm:
+            raise click.UsageError("--token-key needs --token-realm (the token service's URL)")
+        public_key = _private_key(token_key).public_key()
+        access = Access.with_tokens(token_realm, token_service, public_key, anonymous_pull)
+    elif token_realm:
+        raise click.UsageError("--token-realm needs --token-key")
+    elif htpasswd:
+        access = Access(load_htpasswd(htpasswd), anonymous_pull)
     host, port = parse_address(addr)
     root = storage or ctx.root / "registry"
     root.mkdir(parents=True, exist_ok=True)
 
+    async def run() -> None:
+        click.echo(f"serving {root} on http://{host}:{port}", err=True)
+        await serve_registry(root, host, port, read_only, access)
+
+    _run_until_signalled(run)
+
+
+def _private_key(path: Path) -> PrivateKey:
+    from registry.tokens import load_private_key
+
+    try:
+        return load_private_key(path)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--token-key") from None
+
+
+def _run_until_signalled(run: Callable[[], Awaitable[None]]) -> None:
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        click.echo(f"serving {root} on http://{host}:{port}", err=True)
         with contextlib.suppress(asyncio.CancelledError):  # SIGINT/SIGTERM: a clean stop
-            await serve_registry(root, host, port, read_only, access)
+            await run()
 
     asyncio.run(main())
+
+
+@command("serve-token")
+@click.option("--addr", default="127.0.0.1:5001", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--htpasswd", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Users (bcrypt, htpasswd -B): they get pull and push.")  # fmt: skip
+@click.option("--token-key", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="PEM private key (EC P-256 or RSA) that signs the tokens.")  # fmt: skip
+@click.option("--anonymous-pull", multiple=True, metavar="PATTERN",
+              help="Repositories (glob) anyone may get a pull token for.")  # fmt: skip
+@click.option("--service", default=DEFAULT_SERVICE, show_default=True, help="The registry's service name.")
+@click.option("--issuer", default=DEFAULT_ISSUER, show_default=True, help="The tokens' `iss`.")
+def serve_token(
+    addr: str, htpasswd: Path, token_key: Path, anonymous_pull: tuple[str, ...], service: str, issuer: str
+) -> None:
+    """Serve a Docker token endpoint (GET /token?service=&scope=) until interrupted."""
+    from aiohttp import web
+
+    from registry.auth import load_htpasswd
+    from registry.tokens import token_app
+
+    app = token_app(load_htpasswd(htpasswd), _private_key(token_key), service, issuer, anonymous_pull)
+    host, port = parse_address(addr)
+
+    async def run() -> None:
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            click.echo(f"serving tokens on http://{host}:{port}/token", err=True)
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    _run_until_signalled(run)
 
 
 @command()

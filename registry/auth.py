@@ -1,7 +1,11 @@
-"""Who may use the registry: htpasswd (bcrypt) basic auth, and anonymous pull by repository pattern.
+"""Who may use the registry: htpasswd (bcrypt) basic auth or Docker bearer tokens, and anonymous pull.
 
 A request without valid credentials gets 401 UNAUTHORIZED with `WWW-Authenticate: Basic`, unless
 it only reads (GET, HEAD) a repository that matches an anonymous-pull pattern.
+
+In token mode (`Access.with_tokens`) the challenge is `Bearer realm=...,service=...,scope=...`
+(scope `repository:NAME:pull` for GET/HEAD, `repository:NAME:pull,push` otherwise, none for
+/v2/ itself); a valid token that lacks the actions gets 401 with `error="insufficient_scope"`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import bcrypt
 
 from registry.errors import Unauthorized
+from registry.tokens import InvalidToken, PublicKey, granted, verify
 from storage.errors import BadArchive
 
 READ_METHODS = ("GET", "HEAD")
@@ -39,15 +44,30 @@ class Access:
         self.users = users
         self.anonymous_pull = anonymous_pull
         self.required = required
+        self.tokens: TokenConfig | None = None
 
     @classmethod
     def anyone(cls) -> Access:
         """No authentication: everyone may do everything (the default, as docker-registry's)."""
         return cls({}, required=False)
 
+    @classmethod
+    def with_tokens(
+        cls,
+        realm: str,
+        service: str,
+        public_key: PublicKey,
+        anonymous_pull: tuple[str, ...] = (),
+        issuer: str | None = None,
+    ) -> Access:
+        """Bearer tokens from the token service at `realm`, verified with its `public_key`."""
+        access = cls({}, anonymous_pull)
+        access.tokens = TokenConfig(realm, service, public_key, issuer)
+        return access
+
     def check(self, path: str, method: str, authorization: str | None) -> None:
         """Return if the request may go on; raise Unauthorized otherwise."""
-        if not self.required or self._authenticated(authorization):
+        if not self.required:
             return
         repository = _repository(path)
         if (
@@ -56,7 +76,10 @@ class Access:
             and any(fnmatch.fnmatchcase(repository, pattern) for pattern in self.anonymous_pull)
         ):
             return
-        raise Unauthorized("authentication required")
+        if self.tokens is not None:
+            self.tokens.check(repository, method, authorization)
+        elif not self._authenticated(authorization):
+            raise Unauthorized("authentication required")
 
     def _authenticated(self, authorization: str | None) -> bool:
         scheme, _, encoded = (authorization or "").partition(" ")
@@ -68,6 +91,45 @@ class Access:
             return False
         hashed = self.users.get(user)
         return hashed is not None and bcrypt.checkpw(password.encode(), hashed)
+
+
+class TokenConfig:
+    """Where tokens come from and how to check them."""
+
+    def __init__(self, realm: str, service: str, public_key: PublicKey, issuer: str | None) -> None:
+        self.realm = realm
+        self.service = service
+        self.public_key = public_key
+        self.issuer = issuer
+
+    def check(self, repository: str, method: str, authorization: str | None) -> None:
+        needed = ("pull",) if method in READ_METHODS else ("pull", "push")
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise self._challenge(repository, needed, "authentication required")
+        try:
+            access = verify(token.strip(), self.public_key, audience=self.service, issuer=self.issuer)
+        except InvalidToken as e:
+            raise self._challenge(repository, needed, f"invalid token: {e}", "invalid_token") from None
+        if repository and not set(needed) <= granted(access, repository):
+            raise self._challenge(repository, needed, "the token does not grant this", "insufficient_scope")
+
+    def _challenge(
+        self, repository: str, needed: tuple[str, ...], message: str, error: str | None = None
+    ) -> Unauthorized:
+        params = {"realm": self.realm, "service": self.service}
+        if repository:
+            params["scope"] = f"repository:{repository}:{','.join(needed)}"
+        if error:
+            params["error"] = error
+        challenge = "Bearer " + ",".join(f'{k}="{_quote(v)}"' for k, v in params.items())
+        unauthorized = Unauthorized(message)
+        unauthorized.headers = {"WWW-Authenticate": challenge}  # shadows the class's Basic challenge
+        return unauthorized
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _repository(path: str) -> str:
