@@ -342,7 +342,7 @@ class FilesystemBlobStore(BlobStore):
     def _tag_paths(self, name: str) -> Iterator[Path]:
         tags = self._repo(name) / "tags"
         if tags.is_dir():
-            yield from (p for p in tags.iterdir() if not p.name.startswith(".tmp-"))
+            yield from (p for p in tags.iterdir() if not p.name.startswith("."))  # skip writers' temporaries
 
     def tags(self, name: str) -> list[str]:
         if not self.repository_exists(name):
@@ -353,4 +353,4 @@ class FilesystemBlobStore(BlobStore):
         links = self._repo(name) / "_manifests"
         if not links.is_dir():
             return []
-        return [Digest("sha256:" + p.name) for p in links.iterdir() if not p.name.startswith(".tmp-")]
+        return [Digest("sha256:" + p.name) for p in links.iterdir() if not p.name.startswith(".")]
