@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lazyctr.context import Context, command, pass_context
-from storage.errors import InvalidReference
+from storage.errors import BadArchive, InvalidReference
 
 if TYPE_CHECKING:
     from registry.tokens import PrivateKey
@@ -43,10 +44,15 @@ def parse_address(text: str) -> tuple[str, int]:
 @click.option("--token-realm", metavar="URL", help="With --token-key: the token service's URL.")
 @click.option("--token-service", default=DEFAULT_SERVICE, show_default=True,
               help="With --token-key: the service name tokens must be issued for.")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Serve HTTPS with this PEM certificate (chain).")  # fmt: skip
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --tls-cert: its PEM private key.")  # fmt: skip
 @pass_context
 def serve(
     ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
     anonymous_pull: tuple[str, ...], token_key: Path | None, token_realm: str | None, token_service: str,
+    tls_cert: Path | None, tls_key: Path | None,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access, load_htpasswd  # the server's imports only for this command
@@ -64,13 +70,16 @@ def serve(
         raise click.UsageError("--token-realm needs --token-key")
     elif htpasswd:
         access = Access(load_htpasswd(htpasswd), anonymous_pull)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    tls = _tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
     host, port = parse_address(addr)
     root = storage or ctx.root / "registry"
     root.mkdir(parents=True, exist_ok=True)
 
     async def run() -> None:
-        click.echo(f"serving {root} on http://{host}:{port}", err=True)
-        await serve_registry(root, host, port, read_only, access)
+        click.echo(f"serving {root} on {'https' if tls else 'http'}://{host}:{port}", err=True)
+        await serve_registry(root, host, port, read_only, access, tls)
 
     _run_until_signalled(run)
 
@@ -204,3 +213,12 @@ def logout(registry: str) -> None:
     if not remove(registry):
         raise CredentialsError(f"not logged in to {registry} (in {login_file()})")
     click.echo(f"Removed login credentials for {registry}")
+
+
+def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as e:
+        raise BadArchive(f"--tls-cert/--tls-key: cannot use {cert} and {key}: {e}") from None
+    return context

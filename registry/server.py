@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import re
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -573,9 +574,14 @@ def make_app(
 
 
 async def serve(
-    root: Path, host: str, port: int, read_only: bool = False, access: Access | None = None
+    root: Path,
+    host: str,
+    port: int,
+    read_only: bool = False,
+    access: Access | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve the registry until cancelled."""
+    """Serve the registry until cancelled (over HTTPS when given a TLS context)."""
     # lingering_time=0: a connection whose request body was left unread is closed at once, rather
     # than drained for up to 10 s (which also held shutdown up for as long).
     runner = web.AppRunner(
@@ -583,7 +589,7 @@ async def serve(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
