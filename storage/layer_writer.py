@@ -173,12 +173,13 @@ def _frame_tar(raw: BinaryIO, frames: _FrameWriter, chunk_size: int) -> list[Toc
         raise BadArchive(f"malformed tar archive: {e}") from None
     if not entries:
         raise BadArchive("tar archive has no entries")
-    tail = take(tar_size)
-    trailing = tar_size - end_of_entries
-    if tail[len(tail) - trailing :].count(0) != trailing:
-        # tarfile stops quietly at a cut-off header: only zero blocks may follow the last entry.
-        raise BadArchive("tar archive is truncated or has garbage after its last entry")
-    frames.metadata(tail)
+    frames.metadata(take(max(end_of_entries, consumed)))
+    while consumed < tar_size:  # end-of-archive blocks and padding, in bounded pieces
+        piece = take(min(tar_size, consumed + (1 << 20)))
+        if piece.count(0) != len(piece):
+            # tarfile stops quietly at a cut-off header: only zero blocks may follow the last entry.
+            raise BadArchive("tar archive is truncated or has garbage after its last entry")
+        frames.metadata(piece)
     frames.flush_metadata()
     return entries
 

@@ -376,3 +376,14 @@ def test_times_out_of_range_are_refused(tmp_path: Path, mtime: str) -> None:
     member.pax_headers = {"mtime": mtime}
     with pytest.raises(BadArchive, match="out of range"):
         encode(make_tar(tmp_path / "t.tar", [(member, b"x")]), tmp_path)
+
+
+def test_long_zero_padding_is_kept_and_garbage_after_it_refused(sample_tar: Path, tmp_path: Path) -> None:
+    padded = tmp_path / "padded.tar"
+    padded.write_bytes(sample_tar.read_bytes() + bytes(3 << 20))  # read in pieces, kept byte for byte
+    _, written = encode(padded, tmp_path)
+    assert written.diff_id == Digest.of(padded.read_bytes())
+    garbage = tmp_path / "garbage-after.tar"
+    garbage.write_bytes(padded.read_bytes() + b"\x01")
+    with pytest.raises(BadArchive, match="garbage after its last entry"):
+        encode(garbage, tmp_path)
