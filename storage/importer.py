@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.digest import Digest
+from storage.digest import Digest, HashingWriter
 from storage.errors import BadArchive, DigestMismatch, InvalidReference, NotFound
 from storage.extract import HashingReader, Readable, open_layer_stream
 from storage.files import atomic_path, atomic_write, content_addressed_file
@@ -267,7 +267,7 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
         blobs = dest.path / "blobs" / "sha256"
         blobs.mkdir(parents=True, exist_ok=True)
         manifest = image.descriptor
-        _copy_blob(store.blob_path(image.manifest.config.digest), blobs / image.manifest.config.digest.hex)
+        _copy_blob(store, image.manifest.config.digest, blobs)
         if compression == "gzip":
             layers = [_export_gzip_layer(store, layer, blobs) for layer in image.manifest.layers]
             data = Manifest(image.manifest.config, layers, annotations=image.manifest.annotations).to_bytes()
@@ -275,7 +275,7 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
             atomic_write(blobs / manifest.digest.hex, data)
         else:
             for descriptor in [image.descriptor, *image.manifest.layers]:
-                _copy_blob(store.blob_path(descriptor.digest), blobs / descriptor.digest.hex)
+                _copy_blob(store, descriptor.digest, blobs)
         atomic_write(dest.path / "oci-layout", OCI_LAYOUT)
         index_path = dest.path / "index.json"
         index = Index.parse(index_path.read_bytes()) if index_path.exists() else Index()
@@ -287,10 +287,18 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
     return ref
 
 
-def _copy_blob(source: Path, target: Path) -> None:
-    if not target.exists():
-        with atomic_path(target) as tmp:
-            shutil.copyfile(source, tmp)
+def _copy_blob(store: Store, digest: Digest, blobs: Path) -> None:
+    """Copy a blob out of the store, checking it on the way: a corrupted blob is never exported."""
+    target = blobs / digest.hex
+    if target.exists():
+        return
+    with atomic_path(target) as tmp, open(store.blob_path(digest), "rb") as src, open(tmp, "wb") as out:
+        copied = HashingWriter(out)
+        shutil.copyfileobj(src, copied, COPY_BUFSIZE)
+        if copied.digest != digest:
+            raise DigestMismatch(
+                f"blob {digest} is corrupted in the store: its content hashes to {copied.digest}"
+            )
 
 
 def _export_gzip_layer(store: Store, layer: Descriptor, blobs: Path) -> Descriptor:

@@ -106,3 +106,18 @@ def test_export_needs_an_oci_destination(lazyctr: CliRunner, busybox_tar: Path) 
     result = lazyctr("export", "busybox", "/tmp/somewhere", ok=False)
     assert result.code == 2 and "oci:DIR" in result.stderr and "Traceback" not in result.stderr
     assert_clean_error(lazyctr("export", "nope", "oci:/tmp/x", ok=False), "image not known")
+
+
+def test_a_corrupted_blob_is_never_exported(
+    lazyctr: CliRunner, busybox_tar: Path, root: Path, tmp_path: Path
+) -> None:
+    lazyctr("import", str(busybox_tar), "busybox")
+    layer = json.loads(lazyctr("inspect", "--json", "busybox").out)["Layers"][0]["Digest"]
+    blob = root / "store/blobs/sha256" / layer[7:]
+    data = bytearray(blob.read_bytes())
+    data[5000] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert_clean_error(
+        lazyctr("export", "busybox", f"oci:{tmp_path}/out", ok=False), "is corrupted in the store"
+    )
+    assert not (tmp_path / "out/blobs/sha256" / layer[7:]).exists()
