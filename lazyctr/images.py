@@ -13,6 +13,8 @@ import click
 from lazyctr.context import Context, command, pass_context
 from lazyctr.display import human_age, human_size, ls_line
 from lazyctr.rootfs import busybox_tarball, debian_tarball
+from runtime.layers import LayerCache
+from runtime.state import all_states
 from storage.errors import NotFound, UnsafePath
 from storage.files import atomic_path
 from storage.importer import (
@@ -152,7 +154,16 @@ def rmi(ctx: Context, images: tuple[str, ...]) -> None:
         ctx.store.untag(names)
         for name in names:
             click.echo(f"Untagged: {name}")
-    ctx.store.gc()
+    _collect(ctx)
+
+
+def _collect(ctx: Context) -> tuple[int, int, int]:
+    """Blobs no image refers to, and extracted layers no image or container uses, go."""
+    removed, freed = ctx.store.gc()
+    images, _ = ctx.store.images()
+    keep = {str(diff_id) for image in images for diff_id in image.config.diff_ids}
+    keep |= {layer for state in all_states(ctx.root / "containers") for layer in state.layers}
+    return removed, freed, LayerCache(ctx.store).remove_unused(keep)
 
 
 @command()
@@ -167,9 +178,9 @@ def tag(ctx: Context, source: str, target: str) -> None:
 @command()
 @pass_context
 def gc(ctx: Context) -> None:
-    """Delete blobs that no image refers to."""
-    removed, freed = ctx.store.gc()
-    click.echo(f"removed {removed} blobs, freed {human_size(freed)}")
+    """Delete blobs no image refers to, and extracted layers no image or container uses."""
+    removed, freed, layers = _collect(ctx)
+    click.echo(f"removed {removed} blobs, freed {human_size(freed)}; removed {layers} extracted layers")
 
 
 @command()

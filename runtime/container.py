@@ -127,6 +127,7 @@ class Container:
         self.hostname = spec.hostname or spec.id[:12]
         self.terminal: socket.socket | None = None  # PID 1's end of the terminal hand-over, with -t
         self.state = ContainerState(spec.id, spec.name or spec.id[:12], image.name, spec.argv)
+        self.state.layers = [str(diff_id) for diff_id in image.config.diff_ids]
 
     def create(self) -> None:
         """Claim the container's directory and name; a name already in use is refused."""

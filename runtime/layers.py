@@ -56,6 +56,17 @@ class LayerCache:
                 raise
         return target
 
+    def remove_unused(self, keep: set[str]) -> int:
+        """Delete extracted layers whose diff_id is not in `keep`; returns how many went."""
+        removed = 0
+        for directory in self.dir.iterdir():
+            if directory.name.startswith(".") or f"sha256:{directory.name}" in keep:
+                continue  # dot dirs: extractions in progress
+            with file_lock(self.store.locks / f"layer-{directory.name}.lock"):
+                shutil.rmtree(directory, ignore_errors=True)
+            removed += 1
+        return removed
+
 
 def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whiteouts) -> None:
     """Extract a stored layer onto `dest`, checking the blob against its digest as it streams.

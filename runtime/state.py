@@ -30,6 +30,7 @@ class ContainerState:
     exit_code: int | None = None
     oom_killed: bool = False
     detached: bool = False
+    layers: list[str] = field(default_factory=list)  # diff_ids of its image: gc keeps them extracted
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())

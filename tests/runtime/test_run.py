@@ -456,3 +456,15 @@ def test_seccomp_refuses_new_namespaces_unless_unconfined(lazyctr: CliRunner, bu
     bad = lazyctr("run", "--rm", "--security-opt", "apparmor=x", busybox, "true", ok=False)
     assert bad.code == 125
     assert_clean_error(bad, "unsupported --security-opt")
+
+
+def test_extracted_layers_go_with_the_last_image_and_container_using_them(
+    lazyctr: CliRunner, busybox: str, root: Path
+) -> None:
+    lazyctr("run", "--name", "keeper", busybox, "true")
+    (layer,) = list((root / "layers").iterdir())
+    lazyctr("rmi", busybox)
+    assert layer.exists()  # the stopped container still uses it
+    lazyctr("rm", "keeper")
+    assert "removed 1 extracted layers" in lazyctr("gc").out
+    assert not layer.exists()
