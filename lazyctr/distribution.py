@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from lazyctr.context import Context, command, pass_context
+from registry.storage import BlobStore
 from storage.errors import BadArchive, InvalidReference
 
 if TYPE_CHECKING:
@@ -44,6 +45,10 @@ def parse_address(text: str) -> tuple[str, int]:
 @click.option("--token-realm", metavar="URL", help="With --token-key: the token service's URL.")
 @click.option("--token-service", default=DEFAULT_SERVICE, show_default=True,
               help="With --token-key: the service name tokens must be issued for.")  # fmt: skip
+@click.option(
+    "--s3", "s3_url", metavar="URL", help="Store in S3 at this endpoint (e.g. http://127.0.0.1:8333)."
+)
+@click.option("--s3-bucket", help="With --s3: the bucket (credentials from the AWS_* environment).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Serve HTTPS with this PEM certificate (chain).")  # fmt: skip
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -52,7 +57,7 @@ def parse_address(text: str) -> tuple[str, int]:
 def serve(
     ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
     anonymous_pull: tuple[str, ...], token_key: Path | None, token_realm: str | None, token_service: str,
-    tls_cert: Path | None, tls_key: Path | None,
+    s3_url: str | None, s3_bucket: str | None, tls_cert: Path | None, tls_key: Path | None,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access, load_htpasswd  # the server's imports only for this command
@@ -73,13 +78,21 @@ def serve(
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     tls = _tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    if bool(s3_url) != bool(s3_bucket):
+        raise click.UsageError("--s3 and --s3-bucket go together")
     host, port = parse_address(addr)
     root = storage or ctx.root / "registry"
     root.mkdir(parents=True, exist_ok=True)
+    backend: Path | BlobStore = root
+    if s3_url and s3_bucket:
+        from registry.s3 import S3BlobStore
+
+        # Blobs are served from a verified local copy: the cache lives under the storage dir.
+        backend = S3BlobStore(s3_bucket, root / "s3-cache", endpoint_url=s3_url)
 
     async def run() -> None:
         click.echo(f"serving {root} on {'https' if tls else 'http'}://{host}:{port}", err=True)
-        await serve_registry(root, host, port, read_only, access, tls)
+        await serve_registry(backend, host, port, read_only, access, tls)
 
     _run_until_signalled(run)
 

@@ -547,10 +547,14 @@ async def list_referrers(request: web.Request) -> web.Response:
 
 
 def make_app(
-    root: Path, read_only: bool = False, access: Access | None = None, upload_timeout: float = UPLOAD_TIMEOUT
+    root: Path | BlobStore,
+    read_only: bool = False,
+    access: Access | None = None,
+    upload_timeout: float = UPLOAD_TIMEOUT,
 ) -> web.Application:
+    """The registry over a storage backend, or over a directory (the filesystem backend)."""
     app = web.Application(middlewares=[registry_errors])
-    app[STORE] = FilesystemBlobStore(root)
+    app[STORE] = root if isinstance(root, BlobStore) else FilesystemBlobStore(root)
     app[UPLOAD_TIMEOUT_KEY] = upload_timeout
     app.cleanup_ctx.append(_expire_uploads)
     app[READ_ONLY] = read_only
@@ -574,7 +578,7 @@ def make_app(
 
 
 async def serve(
-    root: Path,
+    root: Path | BlobStore,
     host: str,
     port: int,
     read_only: bool = False,

@@ -148,3 +148,8 @@ def test_serve_refuses_bad_tls_files(lazyctr: CliRunner, tmp_path: Path) -> None
     )
     lone = lazyctr("serve", "--tls-cert", str(junk), ok=False)
     assert lone.code == 2 and "go together" in lone.stderr
+
+
+def test_serve_s3_options_go_together(lazyctr: CliRunner) -> None:
+    result = lazyctr("serve", "--s3", "http://127.0.0.1:1", ok=False)
+    assert result.code == 2 and "--s3 and --s3-bucket go together" in result.stderr
