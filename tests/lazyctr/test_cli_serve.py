@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 from tests.conftest import CliRunner, assert_clean_error, cli_command
@@ -19,26 +24,46 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_serve_answers_and_stops_on_sigterm(root: Path) -> None:
+@dataclass
+class FirstReply:
+    status: int
+    headers: Message
+
+
+@contextlib.contextmanager
+def serving(root: Path, *options: str, context: ssl.SSLContext | None = None) -> Iterator[FirstReply]:
+    """Run `lazyctr serve` on a free port; yield its first answer to GET /v2/ (any HTTP status).
+
+    On leaving, the server gets SIGTERM and must stop cleanly (status 0).
+    """
     port = free_port()
-    command = cli_command(root, "serve", "--addr", f"127.0.0.1:{port}")
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cli_command(root, "serve", "--addr", f"127.0.0.1:{port}", *options))
+    url = f"{'https' if context else 'http'}://127.0.0.1:{port}/v2/"
     try:
         deadline = time.monotonic() + 15
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as response:
-                    assert response.status == 200
-                    assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
-                    break
+                with urllib.request.urlopen(url, timeout=1, context=context) as response:
+                    reply = FirstReply(response.status, response.headers)
+            except urllib.error.HTTPError as e:
+                reply = FirstReply(e.code, e.headers)
             except OSError:
                 assert time.monotonic() < deadline, "the registry never answered"
                 time.sleep(0.1)
+                continue
+            break
+        yield reply
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
-        assert (root / "registry").is_dir()
     finally:
         proc.kill()
+
+
+def test_serve_answers_and_stops_on_sigterm(root: Path) -> None:
+    with serving(root) as reply:
+        assert reply.status == 200
+        assert reply.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert (root / "registry").is_dir()
 
 
 def test_serve_refuses_a_bad_address(lazyctr: CliRunner) -> None:
@@ -50,26 +75,8 @@ def test_serve_with_htpasswd_requires_credentials(root: Path, tmp_path: Path) ->
 
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("alice:" + bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode() + "\n")
-    port = free_port()
-    proc = subprocess.Popen(
-        cli_command(root, "serve", "--addr", f"127.0.0.1:{port}", "--htpasswd", str(htpasswd))
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-                raise AssertionError("answered without credentials")
-            except urllib.error.HTTPError as e:
-                assert e.code == 401 and e.headers["WWW-Authenticate"].startswith("Basic")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the registry never answered"
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
+    with serving(root, "--htpasswd", str(htpasswd)) as reply:
+        assert reply.status == 401 and reply.headers["WWW-Authenticate"].startswith("Basic")
 
 
 def test_serve_refuses_a_non_bcrypt_htpasswd(lazyctr: CliRunner, tmp_path: Path) -> None:
@@ -115,29 +122,10 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def test_serve_over_tls(root: Path, tmp_path: Path) -> None:
-    import ssl
-
     cert, key = self_signed(tmp_path)
-    port = free_port()
-    args = ["serve", "--addr", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key)]
-    proc = subprocess.Popen(cli_command(root, *args))
     trusted = ssl.create_default_context(cafile=str(cert))
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(
-                    f"https://127.0.0.1:{port}/v2/", timeout=1, context=trusted
-                ) as reply:
-                    assert reply.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the registry never answered over TLS"
-                time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
+    with serving(root, "--tls-cert", str(cert), "--tls-key", str(key), context=trusted) as reply:
+        assert reply.status == 200
 
 
 def test_serve_refuses_bad_tls_files(lazyctr: CliRunner, tmp_path: Path) -> None:
