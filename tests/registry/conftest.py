@@ -19,6 +19,7 @@ import pytest
 
 from registry.auth import Access
 from registry.server import serve
+from registry.storage import BlobStore
 
 
 def free_port() -> int:
@@ -46,8 +47,15 @@ class Reply:
 class Registry:
     """A running server: `root` is its storage directory, `request` sends raw HTTP to it."""
 
-    def __init__(self, root: Path, read_only: bool = False, access: Access | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        read_only: bool = False,
+        access: Access | None = None,
+        backend: BlobStore | None = None,
+    ) -> None:
         self.root = root
+        self.backend: Path | BlobStore = backend or root
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -65,7 +73,7 @@ class Registry:
                 time.sleep(0.01)
 
     def _run(self, read_only: bool, access: Access | None) -> None:
-        self._task = self._loop.create_task(serve(self.root, "127.0.0.1", self.port, read_only, access))
+        self._task = self._loop.create_task(serve(self.backend, "127.0.0.1", self.port, read_only, access))
         try:
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
@@ -79,9 +87,14 @@ class Registry:
         self._thread.join(timeout=10)
 
     def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
     ) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()

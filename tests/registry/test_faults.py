@@ -7,7 +7,6 @@ Whatever happens here, a blob is visible only whole and verified, and the server
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -162,28 +161,12 @@ def test_cut_off_manifest_put_stores_nothing(registry: Registry) -> None:
     assert registry.push_manifest(NAME, "latest", data).status == 201
 
 
-def raw_request(
-    registry: Registry,
-    method: str,
-    path: str,
-    body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    conn = http.client.HTTPConnection("127.0.0.1", registry.port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return Reply(response.status, response.headers, response.read())
-    finally:
-        conn.close()
-
-
 def push_monolithic(registry: Registry) -> Reply:
-    return raw_request(registry, "POST", f"/v2/{NAME}/blobs/uploads/?digest={sha256(DATA)}", DATA)
+    return registry.request("POST", f"/v2/{NAME}/blobs/uploads/?digest={sha256(DATA)}", DATA, timeout=60)
 
 
 def push_chunked(registry: Registry) -> Reply:
-    reply = raw_request(registry, "POST", f"/v2/{NAME}/blobs/uploads/")
+    reply = registry.request("POST", f"/v2/{NAME}/blobs/uploads/", timeout=60)
     if reply.status != 202:
         return reply
     location = reply.headers["Location"]
@@ -191,10 +174,10 @@ def push_chunked(registry: Registry) -> Reply:
     for start in range(0, len(DATA), step):
         chunk = DATA[start : start + step]
         headers = {"Content-Range": f"{start}-{start + len(chunk) - 1}"}
-        reply = raw_request(registry, "PATCH", location, chunk, headers)
+        reply = registry.request("PATCH", location, chunk, headers, timeout=60)
         if reply.status != 202:
             return reply
-    return raw_request(registry, "PUT", f"{location}?digest={sha256(DATA)}")
+    return registry.request("PUT", f"{location}?digest={sha256(DATA)}", timeout=60)
 
 
 @pytest.mark.parametrize(("push", "clients"), [(push_monolithic, 20), (push_chunked, 10)])

@@ -7,7 +7,6 @@ running on this backend.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import socket
@@ -22,7 +21,6 @@ from typing import Any
 import boto3
 import pytest
 
-from registry.auth import Access
 from registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -32,7 +30,6 @@ from registry.errors import (
     NameUnknown,
 )
 from registry.s3 import S3BlobStore
-from registry.server import STORE, make_app
 from storage.digest import Digest
 from tests.registry.conftest import Registry, sha256
 
@@ -317,45 +314,15 @@ def test_delete_manifest_by_tag_and_by_digest(store: S3BlobStore) -> None:
 # The whole server on this backend.
 
 
-class S3Registry(Registry):
-    """The HTTP server of make_app, its store swapped for the S3 one before it starts."""
-
-    def __init__(self, root: Path, store: S3BlobStore) -> None:
-        self.store = store
-        super().__init__(root)
-
-    def _run(self, read_only: bool, access: Access | None) -> None:
-        self._task = self._loop.create_task(self._serve())
-        try:
-            self._loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._loop.close()
-
-    async def _serve(self) -> None:
-        from aiohttp import web
-
-        app = make_app(self.root)
-        app[STORE] = self.store
-        runner = web.AppRunner(app, lingering_time=0)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-
 @pytest.fixture
-def s3_registry(store: S3BlobStore, tmp_path: Path) -> Iterator[S3Registry]:
-    server = S3Registry(tmp_path / "unused-root", store)
+def s3_registry(store: S3BlobStore, tmp_path: Path) -> Iterator[Registry]:
+    server = Registry(tmp_path / "unused-root", backend=store)
     yield server
     server.stop()
 
 
-def test_server_push_pull_over_s3(s3_registry: S3Registry) -> None:
-    registry, store = s3_registry, s3_registry.store
+def test_server_push_pull_over_s3(s3_registry: Registry, store: S3BlobStore) -> None:
+    registry = s3_registry
     started = registry.request("POST", "/v2/team/app/blobs/uploads/")
     location = started.headers["Location"]
     reply = registry.request("PATCH", location, DATA[:5000], {"Content-Range": "0-4999"})
