@@ -64,7 +64,8 @@ def serve(
     s3_url: str | None, s3_bucket: str | None, tls_cert: Path | None, tls_key: Path | None,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
-    from registry.auth import Access, load_htpasswd  # the server's imports only for this command
+    from registry.auth import Access  # the server's imports only for this command
+    from registry.htpasswd import load_htpasswd
     from registry.server import serve as serve_registry
 
     access = None
@@ -149,7 +150,7 @@ def serve_token(
 
     from aiohttp import web
 
-    from registry.auth import load_htpasswd
+    from registry.htpasswd import load_htpasswd
     from registry.tokens import token_app
 
     app = token_app(load_htpasswd(htpasswd), _private_key(token_key), service, issuer, anonymous_pull)

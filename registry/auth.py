@@ -10,31 +10,13 @@ In token mode (`Access.with_tokens`) the challenge is `Bearer realm=...,service=
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fnmatch
-from pathlib import Path
-
-import bcrypt
 
 from registry.errors import Unauthorized
+from registry.htpasswd import basic_user
 from registry.tokens import InvalidToken, PublicKey, granted, verify
-from storage.errors import BadArchive
 
 READ_METHODS = ("GET", "HEAD")
-
-
-def load_htpasswd(path: Path) -> dict[str, bytes]:
-    """`user:bcrypt-hash` lines (as `htpasswd -B` writes them); anything else is refused."""
-    users: dict[str, bytes] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        user, colon, hashed = line.strip().partition(":")
-        if not colon or not user or not hashed.startswith(("$2y$", "$2b$", "$2a$")):
-            raise BadArchive(f"{path}:{number}: expected user:bcrypt-hash (htpasswd -B)")
-        users[user] = ("$2b$" + hashed[4:]).encode()  # $2y$ is what Apache writes for $2b$
-    return users
 
 
 class Access:
@@ -82,15 +64,7 @@ class Access:
             raise Unauthorized("authentication required")
 
     def _authenticated(self, authorization: str | None) -> bool:
-        scheme, _, encoded = (authorization or "").partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        hashed = self.users.get(user)
-        return hashed is not None and bcrypt.checkpw(password.encode(), hashed)
+        return basic_user(authorization, self.users) is not None
 
 
 class TokenConfig:

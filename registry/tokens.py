@@ -21,12 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from registry.htpasswd import basic_user
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -192,15 +193,8 @@ def parse_scope(scope: str) -> Grant | None:
 
 def _basic_user(authorization: str, users: dict[str, bytes]) -> str | None:
     """The user Basic credentials authenticate; raise HTTPUnauthorized for wrong ones."""
-    scheme, _, encoded = authorization.partition(" ")
-    if scheme.lower() != "basic":
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Basic realm="lazyctr-token"'})
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        user, password = "", ""
-    hashed = users.get(user)
-    if hashed is None or not bcrypt.checkpw(password.encode(), hashed):
+    user = basic_user(authorization, users)
+    if user is None:
         raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Basic realm="lazyctr-token"'})
     return user
 

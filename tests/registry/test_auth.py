@@ -9,7 +9,8 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from registry.auth import Access, load_htpasswd
+from registry.auth import Access
+from registry.htpasswd import load_htpasswd
 from storage.errors import BadArchive
 from tests.registry.conftest import Registry
 

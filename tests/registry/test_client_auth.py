@@ -13,9 +13,10 @@ import bcrypt
 import pytest
 from aiohttp import web
 
-from registry.auth import Access, load_htpasswd
+from registry.auth import Access
 from registry.client import RegistryAuthFailed, RegistryAuthRequired, RegistryClient
 from registry.credentials import Credentials, lookup
+from registry.htpasswd import load_htpasswd
 from tests.conftest import CliRunner, assert_clean_error
 from tests.registry.conftest import Registry, sha256
 
