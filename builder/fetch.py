@@ -1,0 +1,1 @@
+"""ADD <url>: downloading a remote file for a build step, with its --checksum checked."""
