@@ -56,6 +56,11 @@ _LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 MANIFEST_ACCEPT = ", ".join([MEDIA_MANIFEST, MEDIA_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST])
 MAX_REDIRECTS = 10
 TOKEN_LIMIT = 1 << 20
+# lazyfs reads from many tasks at once (64 concurrent reads are common): aiohttp's default of 100
+# connections in all would make them queue behind pushes and single-range fallbacks.
+CONNECTIONS = 256
+SINGLE_RANGES_IN_FLIGHT = 64  # single-range requests at once per client when multi-range does not work
+SINGLE_RANGES_PER_CALL = 8  # ... and per read_ranges call, so one large call cannot take them all
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
 
@@ -141,6 +146,9 @@ class RegistryClient:
         self._basic = False  # the registry asked for basic auth: send it with every request
         self._tokens: dict[str, str] = {}  # bearer token by challenge scope
         self._scope_of_repo: dict[str, str] = {}  # the scope last granted for a repository
+        self._multi_range = True  # until the registry answers a multi-range request with 200/400/416
+        self._ranges_ignored = False  # the registry answered a single Range with the whole blob
+        self._single_ranges: asyncio.Semaphore | None = None
 
     @property
     def credentials(self) -> Credentials | None:
@@ -149,9 +157,16 @@ class RegistryClient:
             self._credentials = lookup(self.registry)
         return self._credentials
 
+    @property
+    def multi_range(self) -> bool:
+        """False once the registry refused or ignored a multi-range request: then one range a request."""
+        return self._multi_range
+
     async def __aenter__(self) -> RegistryClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        connector = aiohttp.TCPConnector(limit=CONNECTIONS, limit_per_host=0)
+        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False, connector=connector)
+        self._single_ranges = asyncio.Semaphore(SINGLE_RANGES_IN_FLIGHT)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -429,31 +444,82 @@ class RegistryClient:
         The bytes cannot be checked against the blob digest: callers check them against the
         digest of what they hold (a TOC entry's chunk digest).
         """
-        if offset < 0 or length <= 0:
-            raise InvalidReference(f"invalid byte range: offset {offset}, length {length}")
+        _check_ranges([(offset, length)])
         what = f"blob {repo}@{Digest(digest)} bytes {offset}+{length}"
+        where = f"{self.registry}: {what}"
         headers = {"Range": f"bytes={offset}-{offset + length - 1}"}
-        async with self._send("GET", self._url(repo, f"blobs/{digest}"), what, headers) as response:
-            if response.status == 206:
-                data = await response.content.read(length + 1)
-                while len(data) < length + 1:
-                    more = await response.content.read(length + 1 - len(data))
-                    if not more:
+        for attempt in range(TRIES):
+            try:
+                async with self._send("GET", self._url(repo, f"blobs/{digest}"), what, headers) as response:
+                    if response.status == 206:
+                        start, data = await _read_part(response, where)
+                        if start != offset or len(data) != length:
+                            raise RegistryClientError(
+                                f"{self.registry}: {what}: got {len(data)} bytes from offset {start}"
+                            )
+                        return data
+                    if response.status == 200:  # a server without ranges: skip to the offset
+                        self._ranges_ignored = True
+                        return (await _slice_stream(response.content, [(offset, length)], where))[0]
+                    raise await self._error(response, what)
+            except _BODY_ERRORS as e:
+                if attempt == TRIES - 1:
+                    raise self._unreachable(e) from None
+                await asyncio.sleep(BACKOFF * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def read_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each (offset, length) range of a blob, in the order asked, in one request.
+
+        The request asks for every range at once (`Range: bytes=a-b,c-d`, answered with
+        `multipart/byteranges`). A registry that answers that with the whole blob (200) is read
+        only as far as the last range; one that refuses it (400, 416) is asked again range by
+        range, a few at a time. Either way the client remembers, and later calls go straight to
+        single ranges. As with `read_range`, the caller checks the bytes against its own digests.
+        """
+        _check_ranges(ranges)
+        if not ranges:
+            return []
+        if len(ranges) == 1:
+            return [await self.read_range(repo, digest, *ranges[0])]
+        if not self._multi_range and not self._ranges_ignored:
+            return await self._read_single_ranges(repo, digest, ranges)
+        spans = _merge(ranges)
+        what = f"blob {repo}@{Digest(digest)} ({len(ranges)} ranges)"
+        where = f"{self.registry}: {what}"
+        header = "bytes=" + ",".join(f"{start}-{end - 1}" for start, end in spans)
+        url = self._url(repo, f"blobs/{digest}")
+        for attempt in range(TRIES):
+            try:
+                async with self._send("GET", url, what, {"Range": header}) as response:
+                    if response.status == 206:
+                        parts = await _read_parts(response, spans, where)
+                        return [_cut(parts, offset, length, where) for offset, length in ranges]
+                    if response.status == 200:
+                        self._multi_range = False  # the next call will not download whole blobs
+                        return await _slice_stream(response.content, ranges, where)
+                    if response.status in (400, 416) and not _beyond_the_end(response, spans):
+                        self._multi_range = False
                         break
-                    data += more
-            elif response.status == 200:  # a server without ranges: skip to the offset
-                data, skipped = b"", 0
-                async for piece in response.content.iter_chunked(_READ_SIZE):
-                    start = max(0, offset - skipped)
-                    skipped += len(piece)
-                    data += piece[start : start + length - len(data)]
-                    if len(data) == length:
-                        break
-            else:
-                raise await self._error(response, what)
-        if len(data) != length:
-            raise RegistryClientError(f"{self.registry}: {what}: got {len(data)} bytes")
-        return data
+                    raise await self._error(response, what)
+            except _BODY_ERRORS as e:
+                if attempt == TRIES - 1:
+                    raise self._unreachable(e) from None
+                await asyncio.sleep(BACKOFF * 2**attempt)
+        return await self._read_single_ranges(repo, digest, ranges)
+
+    async def _read_single_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        assert self._single_ranges is not None
+        per_call = asyncio.Semaphore(SINGLE_RANGES_PER_CALL)
+
+        async def one(offset: int, length: int) -> bytes:
+            assert self._single_ranges is not None
+            async with per_call, self._single_ranges:
+                return await self.read_range(repo, digest, offset, length)
+
+        async with asyncio.TaskGroup() as group:  # the first failure cancels the others
+            tasks = [group.create_task(one(offset, length)) for offset, length in ranges]
+        return [task.result() for task in tasks]
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -506,6 +572,146 @@ class RegistryClient:
             if response.status != 201:
                 raise await self._error(response, what)
         return Digest.of(data)
+
+
+# -- byte ranges -------------------------------------------------------------------------------------
+
+_BODY_ERRORS = (
+    TimeoutError,
+    aiohttp.ClientPayloadError,
+    aiohttp.ClientConnectionError,
+    asyncio.IncompleteReadError,
+)
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)\Z")
+_PART_HEADERS_LIMIT = 64 << 10
+
+
+def _check_ranges(ranges: list[tuple[int, int]]) -> None:
+    for offset, length in ranges:
+        if offset < 0 or length <= 0:
+            raise InvalidReference(f"invalid byte range: offset {offset}, length {length}")
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, end exclusive) spans covering `ranges`, sorted, with overlapping and adjacent ones joined.
+
+    Servers may refuse overlapping ranges (Go's http.ServeContent answers 200 when they add up
+    to more than the blob), and fewer parts are cheaper for both sides.
+    """
+    spans: list[tuple[int, int]] = []
+    for offset, length in sorted(ranges):
+        if spans and offset <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], offset + length))
+        else:
+            spans.append((offset, offset + length))
+    return spans
+
+
+def _beyond_the_end(response: aiohttp.ClientResponse, spans: list[tuple[int, int]]) -> bool:
+    """A 416 that says why (`Content-Range: bytes */SIZE`) and is right: a range starts past the end."""
+    size = response.headers.get("Content-Range", "").removeprefix("bytes */")
+    return response.status == 416 and size.isdigit() and any(start >= int(size) for start, _ in spans)
+
+
+def _parse_content_range(value: str | None, what: str) -> tuple[int, int]:
+    """`bytes A-B/SIZE` -> (A, B + 1)."""
+    match = _CONTENT_RANGE.match((value or "").strip())
+    if not match or int(match.group(2)) < int(match.group(1)):
+        raise RegistryClientError(f"{what}: a partial answer with Content-Range {value!r}")
+    return int(match.group(1)), int(match.group(2)) + 1
+
+
+async def _read_part(response: aiohttp.ClientResponse, what: str) -> tuple[int, bytes]:
+    """The body of a single-range 206: (its offset, its bytes)."""
+    start, end = _parse_content_range(response.headers.get("Content-Range"), what)
+    return start, await response.content.readexactly(end - start)
+
+
+async def _read_parts(
+    response: aiohttp.ClientResponse, spans: list[tuple[int, int]], what: str
+) -> list[tuple[int, bytes]]:
+    """The parts of a 206 answer as (offset, bytes); each must lie within a span we asked for.
+
+    Parts are read by the length their Content-Range gives, so part bodies are never searched
+    for the boundary.
+    """
+    content_type = response.headers.get("Content-Type", "")
+    if not content_type.lower().startswith("multipart/byteranges"):
+        parts = [await _read_part(response, what)]  # ranges joined into one
+    else:
+        boundary = _boundary(content_type, what)
+        parts = []
+        headers_read = 0
+        while True:
+            line = await response.content.readline()
+            if not line:
+                raise asyncio.IncompleteReadError(b"", None)
+            headers_read += len(line)
+            if headers_read > _PART_HEADERS_LIMIT:
+                raise RegistryClientError(f"{what}: a multipart answer with too much besides the bytes")
+            line = line.rstrip(b"\r\n")
+            if line == b"--" + boundary + b"--":
+                break
+            if line != b"--" + boundary:
+                continue  # the preamble, or the line break after a part
+            part_range: str | None = None
+            while header := (await response.content.readline()).rstrip(b"\r\n"):
+                headers_read += len(header)
+                if headers_read > _PART_HEADERS_LIMIT:
+                    raise RegistryClientError(f"{what}: a multipart answer with too much besides the bytes")
+                name, _, value = header.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-range":
+                    part_range = value
+            start, end = _parse_content_range(part_range, what)
+            if len(parts) >= len(spans) or not any(s <= start and end <= e for s, e in spans):
+                raise RegistryClientError(
+                    f"{what}: a part with bytes {start}-{end - 1} that we did not ask for"
+                )
+            parts.append((start, await response.content.readexactly(end - start)))
+    for start, data in parts:
+        if not any(s <= start and start + len(data) <= e for s, e in spans):
+            raise RegistryClientError(
+                f"{what}: a part with bytes {start}+{len(data)} that we did not ask for"
+            )
+    return parts
+
+
+def _boundary(content_type: str, what: str) -> bytes:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary" and value.strip().strip('"'):
+            return value.strip().strip('"').encode("latin-1")
+    raise RegistryClientError(f"{what}: a multipart answer without a boundary")
+
+
+def _cut(parts: list[tuple[int, bytes]], offset: int, length: int, what: str) -> bytes:
+    for start, data in parts:
+        if start <= offset and offset + length <= start + len(data):
+            return data[offset - start : offset - start + length]
+    raise RegistryClientError(f"{what}: the answer lacks bytes {offset}+{length}")
+
+
+async def _slice_stream(
+    content: aiohttp.StreamReader, ranges: list[tuple[int, int]], what: str
+) -> list[bytes]:
+    """The ranges out of a whole blob as it streams by; reading stops after the last one."""
+    out = [bytearray() for _ in ranges]
+    last = max(offset + length for offset, length in ranges)
+    position = 0
+    while position < last:
+        piece = await content.read(min(_READ_SIZE, last - position))
+        if not piece:
+            break
+        end = position + len(piece)
+        for (offset, length), buffer in zip(ranges, out, strict=True):
+            lo, hi = max(offset, position), min(offset + length, end)
+            if lo < hi:
+                buffer += piece[lo - position : hi - position]
+        position = end
+    for (offset, length), buffer in zip(ranges, out, strict=True):
+        if len(buffer) != length:
+            raise RegistryClientError(f"{what}: the blob ends before bytes {offset}+{length}")
+    return [bytes(buffer) for buffer in out]
 
 
 # -- images ------------------------------------------------------------------------------------------
