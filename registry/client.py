@@ -774,6 +774,22 @@ def _pick_platform(index: Index, what: str) -> Descriptor:
     raise RegistryNotFound(f"{what}: no image for linux/{arch} in the index")
 
 
+async def fetch_manifest(client: RegistryClient, ref: ImageRef) -> tuple[bytes, str, Digest]:
+    """The image manifest `ref` names (by digest, tag or `latest`): its bytes, media type and digest.
+
+    When `ref` names an index, the manifest for linux on this machine's architecture is fetched
+    from it. The bytes are checked against the digest (see `RegistryClient.get_manifest`).
+    """
+    repo = ref.repository
+    data, media_type, digest = await client.get_manifest(repo, ref.digest or ref.tag or "latest")
+    if media_type in INDEX_TYPES:
+        chosen = _pick_platform(Index.parse(data), f"{client.registry}/{repo}")
+        data, media_type, digest = await client.get_manifest(repo, chosen.digest)
+    if media_type not in MANIFEST_TYPES:
+        raise RegistryClientError(f"{client.registry}/{repo}: not an image manifest: {media_type!r}")
+    return data, media_type, digest
+
+
 async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
     """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`.
 
@@ -792,12 +808,7 @@ async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
         blobs = layout / "blobs" / "sha256"
         blobs.mkdir(parents=True)
         async with RegistryClient(ref.domain, insecure) as client:
-            data, media_type, digest = await client.get_manifest(repo, ref.digest or ref.tag or "latest")
-            if media_type in INDEX_TYPES:
-                chosen = _pick_platform(Index.parse(data), f"{ref.domain}/{repo}")
-                data, media_type, digest = await client.get_manifest(repo, chosen.digest)
-            if media_type not in MANIFEST_TYPES:
-                raise RegistryClientError(f"{text}: not an image manifest: {media_type!r}")
+            data, media_type, digest = await fetch_manifest(client, ref)
             manifest = Manifest.parse(data)
             (blobs / digest.hex).write_bytes(data)
 
@@ -828,6 +839,7 @@ __all__ = [
     "RegistryDigestMismatch",
     "RegistryNotFound",
     "RegistryUnreachable",
+    "fetch_manifest",
     "pull_image",
     "push_image",
     "registry_ref",
