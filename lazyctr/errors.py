@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import click
 
+from builder.errors import BuildError
 from runtime.process import ContainerError
 from storage.errors import InvalidReference, StorageError
 
@@ -16,6 +17,7 @@ EXIT_USAGE = 2
 
 # Most specific class first.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (BuildError, EXIT_ERROR),  # a Dockerfile, context or step that fails: its one-line message
     (ContainerError, 125),  # docker's status for a container that could not be created
     (InvalidReference, EXIT_USAGE),
     (StorageError, EXIT_ERROR),
