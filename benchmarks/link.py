@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TextIO, TypeVar
 
 from runtime import syscalls as sc
 
@@ -180,6 +180,7 @@ class LinkFigures:
     rtt_median: float
     rate: float  # bits per second of TCP payload, server to client, after slow start
     transferred: int  # bytes
+    forwarder: dict[str, Any] | None = None  # the userspace forwarder's counters after the measurement
 
     def report(self) -> str:
         lines = [f"link {self.spec} ({self.emulator})"]
@@ -193,6 +194,14 @@ class LinkFigures:
             f"  rate  set {_format_rate(self.spec.rate):>11}  measured {self.rate / 1e6:.1f} Mbit/s "
             f"TCP payload over {self.transferred / 1e6:.1f} MB{rate_ratio}"
         )
+        if self.forwarder is not None:
+            for key, name in (("a_to_b", "server->client"), ("b_to_a", "client->server")):
+                counters = self.forwarder[key]
+                lines.append(
+                    f"  {name}: {counters['packets']} packets, {counters['dropped_queue']} dropped by the "
+                    f"full queue (peak {counters['peak_queue_ms']} ms), {counters['dropped_loss']} lost"
+                )
+            lines.append(f"  forwarder CPU time {self.forwarder['cpu_seconds']:.2f} s")
         return "\n".join(lines)
 
 
@@ -414,16 +423,35 @@ class Link:
             raise LinkError(f"bulk transfer across the link ended after {received} of {size} bytes")
         return (received - mark_bytes) * 8 / max(end - mark_time, 1e-9), received
 
-    def verify(self, rtt_count: int = 20, size: int | None = None) -> LinkFigures:
-        """Measure the link: UDP echo RTT (median, min) and a bulk TCP transfer from server to client."""
+    def verify(
+        self, rtt_count: int = 20, size: int | None = None, *, out: TextIO | None = sys.stdout
+    ) -> LinkFigures:
+        """Measure the link: UDP echo RTT (median, min) and a bulk TCP transfer from server to client.
+
+        The figures, set against measured, are printed to `out` unless it is None.
+        """
         rtts = self.measure_rtt(rtt_count)
         rate, transferred = self.measure_rate(size)
-        return LinkFigures(self.spec, self.emulator, min(rtts), statistics.median(rtts), rate, transferred)
+        figures = LinkFigures(
+            self.spec,
+            self.emulator,
+            min(rtts),
+            statistics.median(rtts),
+            rate,
+            transferred,
+            self.forwarder_stats(),
+        )
+        if out is not None:
+            print(figures.report(), file=out, flush=True)
+        return figures
 
 
 def _set_up_netem(spec: LinkSpec, server_ns: str, client_ns: str) -> bool:
     """A veth pair with netem on both ends; False when the kernel has no netem (nothing is left behind)."""
     _ip("link", "add", IFNAME, "netns", server_ns, "type", "veth", "peer", "name", IFNAME, "netns", client_ns)
+    # netem meters and delays whole skbs: without this, one GSO skb of 64 KiB would pass as one packet.
+    for ns in (server_ns, client_ns):
+        _run_quietly(["ip", "-n", ns, "link", "set", "dev", IFNAME, "gso_max_segs", "1"])
     # netem's limit counts packets, those being delayed included: the queue plus a one-way flight.
     rate_bytes = (spec.rate or 10**10) / 8
     limit = (spec.queue_bytes + int(rate_bytes * spec.one_way_delay)) // MTU + 64
@@ -564,9 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "spec", nargs="?", default="100mbit/20ms", help="RATE/RTT[/LOSS%%] (default 100mbit/20ms)"
     )
     parser.add_argument("--emulator", choices=["auto", "netem", "tun"], default="auto")
-    parser.add_argument(
-        "--busy", action="store_true", help="keep one core busy with another process meanwhile"
-    )
+    parser.add_argument("--busy", action="store_true", help="keep a core busy meanwhile (another process)")
     parser.add_argument("--size", type=int, default=None, help="bytes of the bulk TCP transfer")
     args = parser.parse_args(argv)
 
@@ -580,12 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.busy:
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         with shaped_link_of(spec, emulator=args.emulator) as link:
-            figures = link.verify(size=args.size)
-            print(figures.report())
-            stats = link.forwarder_stats()
-            if stats is not None:
-                for name, counters in stats.items():
-                    print(f"  forwarder {name}: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+            link.verify(size=args.size)
     except LinkError as e:
         print(f"benchmarks.link: {e}", file=sys.stderr)
         return 2

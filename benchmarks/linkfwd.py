@@ -160,7 +160,7 @@ class Direction:
             self.bytes += len(packet)
         return 0.0
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, int | float]:
         return {
             "packets": self.packets,
             "bytes": self.bytes,
@@ -222,7 +222,11 @@ def forward(fd_a: int, fd_b: int, a_to_b: Direction, b_to_a: Direction) -> None:
                 while b"\n" in commands:
                     line, commands = commands.split(b"\n", 1)
                     if line.strip() == b"stats":
-                        report = {"a_to_b": a_to_b.stats(), "b_to_a": b_to_a.stats()}
+                        report = {
+                            "a_to_b": a_to_b.stats(),
+                            "b_to_a": b_to_a.stats(),
+                            "cpu_seconds": round(time.process_time(), 3),
+                        }
                         sys.stdout.write(json.dumps(report) + "\n")
                         sys.stdout.flush()
         now = monotonic()
