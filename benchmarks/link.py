@@ -276,7 +276,8 @@ class Link:
         raise ValueError(f"side must be 'server' or 'client', not {side!r}")
 
     def ip(self, side: Side) -> str:
-        return self.server_ip if self.namespace(side) == self.server_ns else self.client_ip
+        self.namespace(side)  # checks the side
+        return self.server_ip if side == "server" else self.client_ip
 
     def command(self, side: Side, argv: Sequence[str]) -> list[str]:
         """`argv` run inside the namespace of `side` (its own mount namespace sees that side's /sys)."""
@@ -322,9 +323,12 @@ class Link:
         forwarder = self.forwarder
         if forwarder is None or forwarder.stdin is None or forwarder.stdout is None:
             return None
-        forwarder.stdin.write(b"stats\n")
-        forwarder.stdin.flush()
-        line = forwarder.stdout.readline()
+        try:
+            forwarder.stdin.write(b"stats\n")
+            forwarder.stdin.flush()
+            line = forwarder.stdout.readline()
+        except OSError:
+            line = b""
         if not line:
             raise LinkError(f"the link forwarder has exited ({forwarder.poll()})")
         stats: dict[str, Any] = json.loads(line)
@@ -338,21 +342,23 @@ class Link:
             server.bind((self.server_ip, 0))
             port = server.getsockname()[1]
             server.settimeout(max(5.0, self.spec.rtt * 4))
-            client.settimeout(max(2.0, self.spec.rtt * 4))
+            client.settimeout(1.0 + self.spec.rtt * 4)
 
             def echo() -> None:
+                # Until "stop", or a silence of the timeout (the "stop" itself may be lost).
                 with contextlib.suppress(OSError):
-                    for _ in range(count + 1):
+                    while True:
                         data, peer = server.recvfrom(65536)
-                        server.sendto(data, peer)
                         if data == b"stop":
                             return
+                        server.sendto(data, peer)
 
             thread = threading.Thread(target=echo, name="udp-echo", daemon=True)
             thread.start()
             rtts = []
-            payload = os.urandom(size)
             for _ in range(count):
+                # Each its own payload: a late echo of a lost-looking ping must not pass for the next one.
+                payload = os.urandom(size)
                 start = time.perf_counter()
                 client.sendto(payload, (self.server_ip, port))
                 try:
