@@ -32,8 +32,14 @@ from storage.oci import (
     Manifest,
 )
 from storage.reference import ImageRef
+from storage.toc import LayerToc
+from storage.zstd_chunked import decompress_toc, position_from_annotations
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+# On a lazily pulled image's index entry: `registry/repository` its missing layer blobs come from.
+SOURCE = "io.lazyctr.source"
+# On an artifact's index entry (an access profile): the digest of the image manifest it refers to.
+SUBJECT = "io.lazyctr.subject"
 
 
 @dataclass
@@ -49,6 +55,11 @@ class Image:
     def id(self) -> Digest:
         """Like docker and podman, an image's ID is its config digest."""
         return self.manifest.config.digest
+
+    @property
+    def source(self) -> str | None:
+        """`registry/repository` of a lazily pulled image, whose layers are fetched on demand."""
+        return self.descriptor.annotations.get(SOURCE)
 
 
 class Store:
@@ -129,8 +140,11 @@ class Store:
         return [(d.annotations[REF_NAME], d) for d in self._index().manifests if REF_NAME in d.annotations]
 
     def tag(self, name: str, manifest: Descriptor) -> None:
-        """Point `name` (`repository:tag`) at a manifest already in the store."""
-        entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, {REF_NAME: name})
+        """Point `name` (`repository:tag`) at a manifest already in the store (keeping its source)."""
+        annotations = {REF_NAME: name}
+        if SOURCE in manifest.annotations:
+            annotations[SOURCE] = manifest.annotations[SOURCE]
+        entry = Descriptor(manifest.media_type, manifest.digest, manifest.size, annotations)
         with self.ingesting(), file_lock(self.locks / "index.lock"):  # gc must not run in between
             if not self.has_blob(manifest.digest):
                 raise NotFound(f"manifest {manifest.digest} is not in the store (removed meanwhile?)")
@@ -144,6 +158,26 @@ class Store:
             index = self._index()
             index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) not in names]
             self._write_index(index)
+
+    def add_referrer(self, subject: Descriptor, artifact: Manifest) -> Descriptor:
+        """Store an artifact that refers to the manifest `subject` (the OCI referrers model); it
+        lives as long as an image name points at its subject."""
+        data = artifact.to_bytes()
+        entry = Descriptor(MEDIA_MANIFEST, self.put_blob(data), len(data), {SUBJECT: str(subject.digest)})
+        entry.artifact_type = artifact.artifact_type
+        with self.ingesting(), file_lock(self.locks / "index.lock"):
+            index = self._index()
+            index.manifests.append(entry)
+            self._write_index(index)
+        return entry
+
+    def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
+        """The artifacts referring to manifest `subject`, oldest first."""
+        return [
+            d
+            for d in self._index().manifests
+            if d.annotations.get(SUBJECT) == subject and artifact_type in (None, d.artifact_type)
+        ]
 
     def put_image(self, name: str, manifest: Manifest) -> Descriptor:
         data = manifest.to_bytes()
@@ -208,6 +242,22 @@ class Store:
         with FileRangeSource(self.blob_path(layer.digest)) as source:
             yield LayerReader.open(source, layer.annotations)
 
+    def layer_toc(self, layer: Descriptor) -> LayerToc:
+        """The verified TOC of a zstd:chunked layer: from its blob, or for a lazily pulled layer
+        from the TOC blob pulled beside it (checked against the digest the descriptor promises)."""
+        if self.has_blob(layer.digest):
+            with self.open_layer(layer) as reader:
+                return reader.toc
+        promised = position_from_annotations(layer.annotations, layer.size)
+        toc_digest, position = promised or (None, None)
+        if toc_digest is None or position is None:
+            raise NotFound(f"layer {layer.digest} is not in the store")
+        return LayerToc.parse(decompress_toc(self.read_blob(toc_digest), position), position.frames_end)
+
+    def is_complete(self, image: Image) -> bool:
+        """Whether every layer blob is here (a lazily pulled image has only their TOCs)."""
+        return all(self.has_blob(layer.digest) for layer in image.manifest.layers)
+
     @contextlib.contextmanager
     def open_layers(self, image: Image) -> Iterator[list[LayerReader]]:
         """Random access to every layer of an image, bottom layer first."""
@@ -220,7 +270,15 @@ class Store:
         """Remove every blob no named image reaches; returns (blobs removed, bytes freed)."""
         with file_lock(self.locks / "gc.lock"):
             live: set[str] = set()
-            pending = list(self._index().manifests)
+            index = self._index()
+            named = {d.digest for d in index.manifests if REF_NAME in d.annotations}
+            orphans = [d for d in index.manifests if d.annotations.get(SUBJECT, named) not in named]
+            if orphans:  # artifacts of images no longer named go with them
+                with file_lock(self.locks / "index.lock"):
+                    index = self._index()
+                    index.manifests = [d for d in index.manifests if d not in orphans]
+                    self._write_index(index)
+            pending = list(index.manifests)
             while pending:
                 descriptor = pending.pop()
                 if descriptor.digest.hex in live:
@@ -230,6 +288,7 @@ class Store:
                     with contextlib.suppress(NotFound, CorruptLayer):
                         manifest = Manifest.parse(self.read_blob(descriptor.digest))
                         pending += [manifest.config, *manifest.layers]
+                        live.update(_toc_digest(layer) for layer in manifest.layers)
                 elif descriptor.media_type in INDEX_TYPES:
                     with contextlib.suppress(NotFound, CorruptLayer):
                         pending += Index.parse(self.read_blob(descriptor.digest)).manifests
@@ -245,3 +304,12 @@ class Store:
             shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of crashed writers
             self.tmp.mkdir(exist_ok=True)
             return removed, freed
+
+
+def _toc_digest(layer: Descriptor) -> str:
+    """The hex digest of the TOC blob a lazily pulled layer keeps in the store ('' for none)."""
+    with contextlib.suppress(StorageError):
+        promised = position_from_annotations(layer.annotations, layer.size)
+        if promised is not None:
+            return promised[0].hex
+    return ""

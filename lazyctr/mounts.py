@@ -1,0 +1,52 @@
+"""The lazyfs commands: mount an image (fetching file contents as they are read) and unmount it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from lazyctr.context import Context, command, pass_context
+
+
+@command()
+@click.argument("args", nargs=-1, metavar="IMAGE DIR | --stats DIR")
+@click.option("--stats", is_flag=True, help="Print the fetch statistics of the mount at DIR.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a read waits for the registry before it fails with EIO.",
+)
+@click.option("--fill", is_flag=True, help="Fetch the rest of the image in the background.")
+@pass_context
+def mount(ctx: Context, args: tuple[str, ...], stats: bool, timeout: float, fill: bool) -> None:
+    """Mount IMAGE read-only at DIR; file contents are fetched when first read."""
+    from lazyfs.mount import MountError, MountState
+    from lazyfs.mount import mount as mount_image
+    from lazyfs.profile import load_profile
+
+    if stats:
+        if len(args) != 1:
+            raise click.UsageError("--stats takes one argument: the mount's DIR")
+        state = MountState.of(ctx.root, Path(args[0]))
+        if state.info is None:
+            raise MountError(f"{args[0]}: not a lazyfs mount")
+        click.echo(json.dumps(state.stats(), indent=2, sort_keys=True))
+        return
+    if len(args) != 2:
+        raise click.UsageError("expected IMAGE DIR")
+    image = ctx.store.image(args[0])
+    mount_image(ctx.store, image, Path(args[1]), timeout, load_profile(ctx.store, image), fill)
+
+
+@command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@pass_context
+def umount(ctx: Context, directory: Path) -> None:
+    """Unmount the lazyfs mount at DIRECTORY."""
+    from lazyfs.mount import umount as umount_image
+
+    umount_image(ctx.root, directory)

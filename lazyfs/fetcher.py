@@ -1,0 +1,359 @@
+"""The fetch engine: the file system's threads ask for pieces of files, it fetches, verifies and caches them.
+
+A `Piece` is the unit fetched and verified at once: one chunk of a file (its digest is in the
+TOC), or a whole file whose chunks carry no digests of their own. The engine runs an asyncio loop
+on its own thread; FUSE worker threads hand it work with `get` and block until their pieces are
+verified (or the deadline passes: then the read fails with EIO, nothing ever hangs forever).
+
+What makes it fast over a slow link:
+- one fetch per piece however many readers want it (in-flight futures by digest);
+- pieces asked for in the same loop tick are batched per layer, neighbours in the blob coalesced
+  into one range, and several ranges sent in one multi-range request;
+- a read miss also asks for the next pieces of the same file (read-ahead), in the same request.
+Nothing leaves the engine unverified: each piece's bytes are decompressed and hashed against the
+TOC's digest, and a mismatch fails the read (EIO) and is counted, never returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from storage.chunks import ChunkCache
+from storage.digest import Digest
+from storage.errors import CorruptLayer, StorageError
+from storage.toc import TocEntry
+from storage.zstd_chunked import compressed_bound, decompress_frames
+
+log = logging.getLogger("lazyfs")
+
+COALESCE_GAP = 64 << 10  # fetch a gap this small rather than pay a second range
+MAX_RANGE = 8 << 20  # one range no longer than this, so big reads go out in parallel
+RANGES_PER_REQUEST = 32
+READ_AHEAD = 1 << 20  # on a miss, also fetch this much more of the same file
+FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
+
+
+class FetchError(OSError):
+    """A piece could not be fetched or verified in time; the read gets EIO."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where one chunk's bytes lie: the zstd frame(s) [start, end) of the blob, the chunk at `inner`."""
+
+    start: int
+    end: int
+    inner: int
+    size: int
+
+
+@dataclass(frozen=True, eq=False)
+class Piece:
+    layer: int
+    digest: Digest
+    file_offset: int
+    size: int
+    frames: tuple[Frame, ...]  # one, unless the piece is a whole file of digest-less chunks
+
+    @property
+    def start(self) -> int:
+        return self.frames[0].start
+
+    @property
+    def end(self) -> int:
+        return max(frame.end for frame in self.frames)
+
+
+def file_pieces(entry: TocEntry, layer: int) -> list[Piece | int]:
+    """A regular file's pieces in file order; a hole (`zeros` chunk) is just its size."""
+
+    def frame(c: Any) -> Frame:
+        # A frame range longer than its chunk can need (stargz TOCs give no ends) is cut short.
+        end = min(c.frame_end, c.frame_start + compressed_bound(c.inner_offset + c.size))
+        return Frame(c.frame_start, end, c.inner_offset, c.size)
+
+    chunks = entry.chunks
+    if len(chunks) == 1 and not chunks[0].zeros:
+        digest = chunks[0].digest or entry.digest
+        if digest is None:
+            raise CorruptLayer(f"{entry.name}: no digest to verify")
+        return [Piece(layer, digest, 0, entry.size, (frame(chunks[0]),))]
+    if all(c.digest or c.zeros for c in chunks):
+        return [
+            c.size if c.zeros else Piece(layer, c.digest, c.file_offset, c.size, (frame(c),))  # type: ignore[arg-type]
+            for c in chunks
+        ]
+    if entry.digest is None:  # chunks without digests: only the whole file can be checked
+        raise CorruptLayer(f"{entry.name}: no digest to verify")
+    if any(c.zeros for c in chunks):
+        raise CorruptLayer(f"{entry.name}: holes in a file whose chunks have no digests")
+    return [Piece(layer, entry.digest, 0, entry.size, tuple(frame(c) for c in chunks))]
+
+
+class LayerSource(Protocol):
+    """Where a layer blob's compressed bytes come from: a registry, or a local file."""
+
+    async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]: ...
+
+
+class FileLayerSource:
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return await asyncio.to_thread(lambda: [os.pread(self._fd, size, offset) for offset, size in ranges])
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@dataclass
+class Stats:
+    """What the engine did; written to the mount's stats file."""
+
+    bytes_fetched: int = 0
+    requests: int = 0
+    pieces_fetched: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    prefetch_hits: int = 0
+    prefetched: int = 0
+    filled: int = 0
+    verification_failures: int = 0
+    fetch_errors: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10000))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in vars(self).items() if k != "latencies"}
+        ordered = sorted(self.latencies)
+        for p in (50, 90, 99):
+            out[f"latency_p{p}_ms"] = (
+                round(ordered[min(len(ordered) - 1, len(ordered) * p // 100)] * 1000, 2) if ordered else None
+            )
+        return out
+
+
+class Fetcher:
+    def __init__(
+        self,
+        sources: Sequence[LayerSource],
+        cache: ChunkCache,
+        timeout: float = 30.0,
+        on_access: Callable[[Piece], None] | None = None,
+    ) -> None:
+        self.sources = sources
+        self.cache = cache
+        self.timeout = timeout
+        self.stats = Stats()
+        self._on_access = on_access
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="lazyfs-fetch", daemon=True)
+        self._inflight: dict[Digest, asyncio.Future[bytes]] = {}
+        self._queued: dict[int, list[Piece]] = {}
+        self._flush_scheduled = False
+        self._prefetched: set[Digest] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+
+    def call(self, coroutine: Awaitable[Any]) -> Any:
+        """Run a coroutine on the engine's loop (e.g. closing a registry client)."""
+
+        async def wrap() -> Any:
+            return await coroutine
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result(self.timeout)
+
+    # -- the side of the file system's threads ------------------------------------------------------
+
+    def get(self, pieces: Sequence[Piece], ahead: Sequence[Piece] = ()) -> list[bytes]:
+        """The verified bytes of `pieces`, fetching what the cache lacks (and `ahead`, unawaited)."""
+        out: list[bytes | None] = []
+        missing: list[Piece] = []
+        for piece in pieces:
+            if self._on_access is not None:
+                self._on_access(piece)
+            data = self.cache.get(piece.digest)
+            out.append(data)
+            if data is None:
+                missing.append(piece)
+            else:
+                self._count_hit(piece)
+        if not missing:
+            return out  # type: ignore[return-value]
+        with self._lock:
+            self.stats.cache_misses += len(missing)
+        wanted = missing + [p for p in ahead if not self.cache.contains(p.digest)]
+        future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
+            self._wait(missing, wanted), self._loop
+        )
+        try:
+            fetched = iter(future.result(self.timeout))
+        except FutureTimeout:
+            future.cancel()
+            raise FetchError(5, f"no answer from the registry within {self.timeout:g} s") from None
+        except (StorageError, OSError) as e:
+            raise FetchError(5, str(e)) from None
+        return [data if data is not None else next(fetched) for data in out]
+
+    def prefetch(self, pieces: Sequence[Piece]) -> None:
+        """Start fetching `pieces` (an access profile) without waiting; they go in the given order."""
+        todo = [p for p in pieces if not self.cache.contains(p.digest)]
+        with self._lock:
+            self._prefetched.update(p.digest for p in todo)
+            self.stats.prefetched += len(todo)
+        asyncio.run_coroutine_threadsafe(self._want(todo), self._loop)
+
+    def fill(self, pieces: Sequence[Piece]) -> None:
+        """Fetch `pieces` in the background, a few MiB at a time, so reads keep the link first."""
+        asyncio.run_coroutine_threadsafe(self._fill(list(pieces)), self._loop)
+
+    async def _fill(self, pieces: list[Piece]) -> None:
+        batch: list[Piece] = []
+        size = 0
+        for piece in [*pieces, None]:
+            if piece is not None and not self.cache.contains(piece.digest):
+                batch.append(piece)
+                size += piece.end - piece.start
+            if batch and (piece is None or size >= FILL_BATCH):
+                futures = await self._want(batch)
+                await asyncio.gather(*futures.values(), return_exceptions=True)
+                with self._lock:
+                    self.stats.filled += len(batch)
+                batch, size = [], 0
+
+    def _count_hit(self, piece: Piece) -> None:
+        with self._lock:
+            self.stats.cache_hits += 1
+            if piece.digest in self._prefetched:
+                self._prefetched.discard(piece.digest)
+                self.stats.prefetch_hits += 1
+
+    # -- the loop's side ----------------------------------------------------------------------------
+
+    async def _wait(self, missing: list[Piece], wanted: list[Piece]) -> list[bytes]:
+        futures = await self._want(wanted)
+        with self._lock:
+            for piece in missing:
+                if piece.digest in self._prefetched:
+                    self._prefetched.discard(piece.digest)
+                    self.stats.prefetch_hits += 1
+        return list(await asyncio.gather(*(futures[p.digest] for p in missing)))
+
+    async def _want(self, pieces: list[Piece]) -> dict[Digest, asyncio.Future[bytes]]:
+        futures: dict[Digest, asyncio.Future[bytes]] = {}
+        for piece in pieces:
+            future = self._inflight.get(piece.digest)
+            if future is None:
+                future = self._inflight[piece.digest] = self._loop.create_future()
+                self._queued.setdefault(piece.layer, []).append(piece)
+            futures[piece.digest] = future
+        if self._queued and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)  # later in this tick: batch what other threads ask too
+        return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        queued, self._queued = self._queued, {}
+        for layer, pieces in queued.items():
+            ranges = coalesce(pieces)
+            small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
+            large = [r for r in ranges if r.end - r.start >= MAX_RANGE // 4]
+            batches = [small[i : i + RANGES_PER_REQUEST] for i in range(0, len(small), RANGES_PER_REQUEST)]
+            for batch in batches + [[r] for r in large]:
+                self._loop.create_task(self._fetch(layer, batch))
+
+    async def _fetch(self, layer: int, ranges: list[Range]) -> None:
+        started = time.monotonic()
+        try:
+            blobs = await asyncio.wait_for(
+                self.sources[layer].read_ranges([(r.start, r.end - r.start) for r in ranges]), self.timeout
+            )
+        except (TimeoutError, StorageError, OSError) as e:
+            message = str(e) or "timed out"
+            log.warning("fetching %d ranges of layer %d failed: %s", len(ranges), layer, message)
+            with self._lock:
+                self.stats.fetch_errors += 1
+            for r in ranges:
+                for piece in r.pieces:
+                    self._settle(piece, error=FetchError(5, message))
+            return
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.bytes_fetched += sum(len(b) for b in blobs)
+            self.stats.latencies.append(time.monotonic() - started)
+        unpacking = (asyncio.to_thread(self._unpack, r, blob) for r, blob in zip(ranges, blobs, strict=True))
+        await asyncio.gather(*unpacking)
+
+    def _unpack(self, r: Range, blob: bytes) -> None:
+        """Decompress and verify each piece of a fetched range (on a worker thread), then hand it over."""
+        for piece in r.pieces:
+            try:
+                data = b"".join(
+                    decompress_frames(blob[f.start - r.start : f.end - r.start], f.inner + f.size)[f.inner :]
+                    for f in piece.frames
+                )
+                if len(data) != piece.size or Digest.of(data) != piece.digest:
+                    raise CorruptLayer(f"chunk {piece.digest} of layer {piece.layer}: digest mismatch")
+            except CorruptLayer as e:
+                log.error("verification failed: %s", e)
+                with self._lock:
+                    self.stats.verification_failures += 1
+                self._loop.call_soon_threadsafe(self._settle, piece, None, FetchError(5, str(e)))
+                continue
+            self.cache.put(piece.digest, data)
+            with self._lock:
+                self.stats.pieces_fetched += 1
+            self._loop.call_soon_threadsafe(self._settle, piece, data)
+
+    def _settle(self, piece: Piece, data: bytes | None = None, error: BaseException | None = None) -> None:
+        future = self._inflight.pop(piece.digest, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+            future.exception()  # a prefetch nobody waits for must not log "never retrieved"
+        else:
+            future.set_result(data)  # type: ignore[arg-type]
+
+
+@dataclass
+class Range:
+    start: int
+    end: int
+    pieces: list[Piece]
+
+
+def coalesce(pieces: list[Piece]) -> list[Range]:
+    """Neighbouring pieces of one layer blob, merged into ranges (gaps up to COALESCE_GAP fetched)."""
+    ranges: list[Range] = []
+    for piece in sorted(pieces, key=lambda p: p.start):
+        last = ranges[-1] if ranges else None
+        if (
+            last is not None
+            and piece.start - last.end <= COALESCE_GAP
+            and max(last.end, piece.end) - last.start <= MAX_RANGE
+        ):
+            last.end = max(last.end, piece.end)
+            last.pieces.append(piece)
+        else:
+            ranges.append(Range(piece.start, piece.end, [piece]))
+    return ranges

@@ -1,0 +1,74 @@
+"""An image made ready to mount: its merged tree from the stored TOCs, and where each layer's bytes come from.
+
+A layer whose blob is in the store is read from the local file; a lazily pulled one (only its
+TOC is here) from the registry the image came from (`Image.source`), with Range GETs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lazyfs.fetcher import FileLayerSource, LayerSource
+from registry.client import RegistryClient, registry_ref
+from storage.errors import NotFound
+from storage.store import Image, Store
+from storage.toc import LayerToc
+from storage.tree import ImageTree
+
+INSECURE_PREFIX = "http://"  # on a source: pulled with --insecure, so fetched over plain HTTP too
+
+
+class RegistryLayerSource:
+    """One layer blob in a registry; the client is opened on the fetch engine's loop."""
+
+    def __init__(self, client: RegistryClient, repository: str, digest: str) -> None:
+        self.client = client
+        self.repository = repository
+        self.digest = digest
+
+    async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return await self.client.read_ranges(self.repository, self.digest, ranges)
+
+
+@dataclass
+class MountableImage:
+    image: Image
+    tocs: list[LayerToc]
+    tree: ImageTree
+    local: list[bool]  # per layer: is the blob in the store?
+    registry: str | None = None
+    repository: str | None = None
+    insecure: bool = False
+    _files: list[FileLayerSource] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, store: Store, image: Image) -> MountableImage:
+        tocs = [store.layer_toc(layer) for layer in image.manifest.layers]
+        local = [store.has_blob(layer.digest) for layer in image.manifest.layers]
+        registry = repository = None
+        insecure = False
+        if not all(local):
+            if image.source is None:
+                raise NotFound(f"{image.name}: layers are missing from the store and the image has no source")
+            insecure = image.source.startswith(INSECURE_PREFIX)
+            ref = registry_ref(image.source.removeprefix(INSECURE_PREFIX))
+            registry, repository = ref.domain, ref.repository
+        return cls(image, tocs, ImageTree.from_tocs(tocs), local, registry, repository, insecure)
+
+    def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:
+        """Where each layer's bytes come from (`client`: the registry's, opened by the caller)."""
+        out: list[LayerSource] = []
+        for layer, local in zip(self.image.manifest.layers, self.local, strict=True):
+            if local:
+                source = FileLayerSource(store.blob_path(layer.digest))
+                self._files.append(source)
+                out.append(source)
+            else:
+                assert client is not None and self.repository is not None
+                out.append(RegistryLayerSource(client, self.repository, layer.digest))
+        return out
+
+    def close(self) -> None:
+        for source in self._files:
+            source.close()
+        self._files.clear()

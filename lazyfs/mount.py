@@ -1,0 +1,286 @@
+"""Mounting and unmounting: a lazyfs mount is a daemon process serving one image at one directory.
+
+`mount` prepares everything that can fail because of the user (the image, its TOCs, the
+directory) in the calling process, then forks the daemon and returns once the kernel has
+mounted the file system. The daemon keeps its state in `<root>/mounts/<key>/` (key: a hash of
+the mount point): `mount.json` (pid, mount point, image), `stats.json` (refreshed while it runs
+and written last when it stops), `accesses.json` (the pieces read so far, in first-read order,
+written on SIGUSR1 and at the end: what an access profile is made of) and `log`.
+
+`umount` always succeeds on a live mount: a busy file system is detached lazily, and the daemon
+ends when its last user lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mfusepy
+
+from lazyfs.fetcher import Fetcher, Piece
+from lazyfs.fs import LazyFS
+from lazyfs.image import MountableImage
+from registry.client import RegistryClient
+from storage.chunks import ChunkCache
+from storage.errors import StorageError
+from storage.files import atomic_write
+from storage.store import Image, Store
+
+STATS_INTERVAL = 0.5
+READY_TIMEOUT = 30.0
+
+
+class MountError(StorageError):
+    """A mount that cannot be made or found."""
+
+
+@dataclass
+class MountState:
+    directory: Path  # <root>/mounts/<key>
+
+    @classmethod
+    def of(cls, root: Path, mountpoint: Path) -> MountState:
+        key = hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+        return cls(root / "mounts" / key)
+
+    @property
+    def info(self) -> dict[str, Any] | None:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            data: dict[str, Any] = json.loads((self.directory / "mount.json").read_text())
+            return data
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        """The daemon's statistics, as of now if it runs (else as it last wrote them)."""
+        self._snapshot()
+        try:
+            data: dict[str, Any] = json.loads((self.directory / "stats.json").read_text())
+        except (FileNotFoundError, ValueError):
+            raise MountError(f"no statistics in {self.directory}") from None
+        return data
+
+    def accesses(self) -> list[dict[str, Any]]:
+        """The pieces read so far, in first-read order."""
+        self._snapshot()
+        try:
+            data: list[dict[str, Any]] = json.loads((self.directory / "accesses.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return data
+
+    def _snapshot(self) -> None:
+        """Have a running daemon write its stats and accesses now (SIGUSR1), and wait until it did."""
+        info = self.info
+        done = self.directory / "accesses.json"  # written last
+        if info is None or not _alive(int(info["pid"])):
+            return
+        before = done.stat().st_mtime_ns if done.exists() else 0
+        os.kill(int(info["pid"]), signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (not done.exists() or done.stat().st_mtime_ns == before):
+            time.sleep(0.005)
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    target = str(mountpoint.resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def mount(
+    store: Store,
+    image: Image,
+    mountpoint: Path,
+    timeout: float = 30.0,
+    prefetch: Sequence[dict[str, Any]] = (),
+    fill: bool = False,
+) -> MountState:
+    """Mount `image` read-only at `mountpoint`; returns once the mount is up."""
+    if not mountpoint.is_dir():
+        raise MountError(f"{mountpoint}: not a directory")
+    if is_mounted(mountpoint):
+        raise MountError(f"{mountpoint}: something is already mounted there")
+    mountable = MountableImage.load(store, image)
+    state = MountState.of(store.root, mountpoint)
+    state.directory.mkdir(parents=True, exist_ok=True)
+    for stale in ("stats.json", "accesses.json"):
+        (state.directory / stale).unlink(missing_ok=True)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        status = 1
+        try:
+            status = _daemon(store, mountable, mountpoint, state, timeout, prefetch, fill, write_end)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        answer = _read_with_timeout(ready, READY_TIMEOUT)
+    if answer != b"ok":
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        why = _tail(state.directory / "log") or "the daemon ended"
+        raise MountError(f"{mountpoint}: the file system did not come up: {why}")
+    info = {"pid": pid, "mountpoint": str(mountpoint.resolve()), "image": image.name}
+    info["manifest"] = str(image.descriptor.digest)
+    atomic_write(state.directory / "mount.json", json.dumps(info).encode())
+    return state
+
+
+def umount(root: Path, mountpoint: Path, wait: float = 10.0) -> None:
+    """Unmount a lazyfs mount; a busy one is detached and goes away when its last user does."""
+    state = MountState.of(root, mountpoint)
+    info = state.info
+    if not is_mounted(mountpoint):
+        if info is None:
+            raise MountError(f"{mountpoint}: not mounted")
+        _forget(state)
+        return
+    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:  # busy: detach now, the kernel finishes when it is no longer used
+        result = subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise MountError(f"{mountpoint}: {result.stderr.strip() or 'cannot unmount'}")
+        return
+    if info is not None:
+        deadline = time.monotonic() + wait
+        while _alive(int(info["pid"])) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    _forget(state)
+
+
+def _forget(state: MountState) -> None:
+    (state.directory / "mount.json").unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return False
+
+
+def _read_with_timeout(f: Any, timeout: float) -> bytes:
+    import select
+
+    ready, _, _ = select.select([f], [], [], timeout)
+    return f.read(2) if ready else b""
+
+
+def _tail(path: Path) -> str:
+    with contextlib.suppress(FileNotFoundError):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+    return ""
+
+
+# -- the daemon -----------------------------------------------------------------------------------
+
+
+def _daemon(
+    store: Store,
+    mountable: MountableImage,
+    mountpoint: Path,
+    state: MountState,
+    timeout: float,
+    prefetch: Sequence[dict[str, Any]],
+    fill: bool,
+    ready_fd: int,
+) -> int:
+    os.setsid()
+    log_fd = os.open(state.directory / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal that mounted us is not for us
+
+    accesses: dict[Piece, None] = {}  # dicts keep insertion order: the first-read order
+
+    def record(piece: Piece) -> None:
+        if piece not in accesses:
+            accesses[piece] = None
+
+    fetcher = Fetcher([], ChunkCache(store.root), timeout, on_access=record)
+    fetcher.start()
+    client: RegistryClient | None = None
+    if mountable.registry is not None:
+        client = RegistryClient(mountable.registry, mountable.insecure)
+        fetcher.call(client.__aenter__())
+    fetcher.sources = mountable.sources(store, client)
+    fs = LazyFS(mountable.tree, fetcher)
+    layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
+
+    def write_stats_now() -> None:
+        stats = json.dumps(fetcher.stats.to_json(), sort_keys=True)
+        atomic_write(state.directory / "stats.json", stats.encode())
+
+    def write_accesses(*_: Any) -> None:
+        write_stats_now()
+        out = [{"layer": layers[p.layer], "digest": str(p.digest)} for p in list(accesses)]
+        atomic_write(state.directory / "accesses.json", json.dumps(out).encode())
+
+    signal.signal(signal.SIGUSR1, write_accesses)
+
+    def on_ready() -> None:
+        os.write(ready_fd, b"ok")
+        os.close(ready_fd)
+        if prefetch:
+            fetcher.prefetch(fs.pieces_for(prefetch, layers))
+        if fill:
+            fetcher.fill(fs.all_pieces())
+
+    fs.on_ready = on_ready
+
+    def serve() -> None:
+        mfusepy.FUSE(
+            fs,
+            str(mountpoint),
+            foreground=True,
+            ro=True,
+            allow_other=True,
+            default_permissions=True,
+            fsname=f"lazyctr:{mountable.image.name}",
+            subtype="lazyfs",
+        )
+
+    # FUSE runs on a thread of its own: Python runs signal handlers (SIGUSR1: write a snapshot)
+    # only on the main thread, which would otherwise sit inside libfuse's loop until unmounted.
+    fuse = threading.Thread(target=serve, name="lazyfs-fuse")
+    fuse.start()
+    try:
+        while fuse.is_alive():
+            fuse.join(STATS_INTERVAL)
+            write_stats_now()
+    finally:
+        write_accesses()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                fetcher.call(client.__aexit__(None, None, None))
+        fetcher.stop()
+        mountable.close()
+    return 0

@@ -1,0 +1,54 @@
+"""Access profiles: which pieces of an image a container read while starting, in the order it read them.
+
+Slacker's and eStargz's insight: startup reads a small, predictable set of files. A profile is
+recorded once (`lazyctr run --record-profile`) and stored as an OCI artifact whose `subject` is the
+image manifest, so adding one does not change the image's digest; `lazyctr push` pushes it along
+and registries answer for it on their referrers API. A lazy mount that finds a profile prefetches
+its pieces, in order, as soon as it is up.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from storage.digest import Digest
+from storage.errors import CorruptLayer, StorageError
+from storage.oci import MEDIA_MANIFEST, Descriptor, Manifest, canonical_json
+from storage.store import Image, Store
+
+PROFILE_TYPE = "application/vnd.lazyctr.access-profile.v1+json"
+EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY = b"{}"
+
+
+def profile_manifest(store: Store, image: Image, accesses: list[dict[str, Any]]) -> Manifest:
+    """The artifact manifest for a profile, its blobs put in the store."""
+    blob = canonical_json({"pieces": accesses})
+    empty = Descriptor(EMPTY_TYPE, store.put_blob(EMPTY), len(EMPTY))
+    layer = Descriptor(PROFILE_TYPE, store.put_blob(blob), len(blob))
+    subject = Descriptor(MEDIA_MANIFEST, image.descriptor.digest, image.descriptor.size)
+    return Manifest(empty, [layer], subject=subject, artifact_type=PROFILE_TYPE)
+
+
+def save_profile(store: Store, image: Image, accesses: list[dict[str, Any]]) -> Descriptor:
+    return store.add_referrer(image.descriptor, profile_manifest(store, image, accesses))
+
+
+def load_profile(store: Store, image: Image) -> list[dict[str, Any]]:
+    """The newest profile recorded for `image` (its pieces in read order), or [] when there is none."""
+    for descriptor in reversed(store.referrers(image.descriptor.digest, PROFILE_TYPE)):
+        try:
+            artifact = Manifest.parse(store.read_blob(descriptor.digest))
+            return parse_profile(store.read_blob(artifact.layers[0].digest))
+        except (StorageError, IndexError):
+            continue
+    return []
+
+
+def parse_profile(data: bytes) -> list[dict[str, Any]]:
+    try:
+        pieces = json.loads(data)["pieces"]
+        return [{"layer": str(Digest(p["layer"])), "digest": str(Digest(p["digest"]))} for p in pieces]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptLayer(f"access profile is malformed: {e}") from None

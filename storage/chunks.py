@@ -1,0 +1,84 @@
+"""The chunk cache: verified, uncompressed file chunks under `<root>/chunks`, keyed by their digest.
+
+Every image shares it, so a file present in two images (or two layers) is fetched and stored once.
+A chunk is written to a temporary file and renamed into place, without an fsync: a crash may leave
+a truncated or empty file under a digest name, so every chunk read back from disk is checked
+against its name before use (a mismatch is a miss, and the file is removed). That check costs a
+sha256 per chunk loaded, which is far cheaper than an fsync per chunk written on the hot path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from storage.digest import Digest
+
+
+class ChunkCache:
+    def __init__(self, root: Path, memory_limit: int = 64 << 20) -> None:
+        self.root = root / "chunks"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._memory: OrderedDict[str, bytes] = OrderedDict()  # recently used chunks, verified
+        self._memory_size = 0
+        self._memory_limit = memory_limit
+        self._lock = threading.Lock()
+
+    def path(self, digest: Digest) -> Path:
+        return self.root / digest.hex[:2] / digest.hex
+
+    def get(self, digest: Digest) -> bytes | None:
+        """The chunk, verified, or None when it is not cached (or its file was damaged)."""
+        with self._lock:
+            data = self._memory.get(digest)
+            if data is not None:
+                self._memory.move_to_end(digest)
+                return data
+        path = self.path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if Digest.of(data) != digest:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return None
+        self._remember(digest, data)
+        return data
+
+    def contains(self, digest: Digest) -> bool:
+        """Whether the chunk is cached (unverified: for counting and planning, not for serving)."""
+        return digest in self._memory or self.path(digest).exists()
+
+    def put(self, digest: Digest, data: bytes) -> None:
+        """Store a chunk the caller has verified against `digest`."""
+        self._remember(digest, data)
+        path = self.path(digest)
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _remember(self, digest: Digest, data: bytes) -> None:
+        if len(data) > self._memory_limit // 4:
+            return
+        with self._lock:
+            if digest in self._memory:
+                return
+            self._memory[digest] = data
+            self._memory_size += len(data)
+            while self._memory_size > self._memory_limit:
+                _, dropped = self._memory.popitem(last=False)
+                self._memory_size -= len(dropped)
