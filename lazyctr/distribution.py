@@ -35,6 +35,19 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, option: str) -> int:
+    """`512M` -> 536870912 (binary units, an optional trailing B or iB)."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    digits = number[: len(number) - len(unit)]
+    if not digits.isdigit():
+        raise InvalidReference(f"invalid {option} {text!r}: expected a size in bytes, or e.g. 512M, 2G")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
 @command()
 @click.option("--addr", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--storage", type=click.Path(file_okay=False, path_type=Path), help="Default: <root>/registry.")
@@ -53,6 +66,8 @@ def parse_address(text: str) -> tuple[str, int]:
     "--s3", "s3_url", metavar="URL", help="Store in S3 at this endpoint (e.g. http://127.0.0.1:8333)."
 )
 @click.option("--s3-bucket", help="With --s3: the bucket (credentials from the AWS_* environment).")
+@click.option("--s3-cache-size", default="2G", show_default=True, metavar="SIZE",
+              help="With --s3: local cache of whole blobs (e.g. 512M, 2G); 0 streams them all.")  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Serve HTTPS with this PEM certificate (chain).")  # fmt: skip
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -61,7 +76,8 @@ def parse_address(text: str) -> tuple[str, int]:
 def serve(
     ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
     anonymous_pull: tuple[str, ...], token_key: Path | None, token_realm: str | None, token_service: str,
-    s3_url: str | None, s3_bucket: str | None, tls_cert: Path | None, tls_key: Path | None,
+    s3_url: str | None, s3_bucket: str | None, s3_cache_size: str, tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access  # the server's imports only for this command
@@ -92,8 +108,9 @@ def serve(
     if s3_url and s3_bucket:
         from registry.s3 import S3BlobStore
 
-        # Blobs are served from a verified local copy: the cache lives under the storage dir.
-        backend = S3BlobStore(s3_bucket, root / "s3-cache", endpoint_url=s3_url)
+        # Whole blobs are served from a verified local copy: the cache lives under the storage dir.
+        cache_size = parse_size(s3_cache_size, "--s3-cache-size")
+        backend = S3BlobStore(s3_bucket, root / "s3-cache", cache_size=cache_size, endpoint_url=s3_url)
 
     async def run() -> None:
         click.echo(f"serving {root} on {'https' if tls else 'http'}://{host}:{port}", err=True)

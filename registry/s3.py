@@ -14,8 +14,11 @@ offset it starts at; the upload's size is the sum of its parts. A blob reaches `
 only after its parts were read back and hashed, and a PUT of an S3 object is atomic, so no reader
 ever sees a half-written blob under its digest.
 
-S3 cannot hand the server a local file, so `blob_path` downloads the blob into a local cache
-directory once (verified against its digest, written atomically) and returns that file.
+S3 cannot hand the server a local file. Byte ranges of a blob are ranged S3 GETs (a 64 KiB read
+never downloads the whole blob). A whole blob is downloaded into a local cache directory
+(verified against its digest, written atomically) and served from there with sendfile; the cache
+keeps at most `cache_size` bytes, dropping the least recently used blobs first. A blob larger
+than the cache, or any blob when `cache_size` is 0, is streamed from S3 instead.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -40,7 +45,7 @@ from registry.errors import (
     ManifestUnknown,
     NameUnknown,
 )
-from registry.storage import BlobStore, check_upload_id, is_digest
+from registry.storage import BlobLocation, BlobStore, check_upload_id, is_digest
 from storage.digest import Digest
 from storage.reference import validate_repository, validate_tag
 
@@ -51,6 +56,7 @@ if TYPE_CHECKING:
 _BUFSIZE = 1 << 20
 _SPOOL = 8 << 20  # request bodies up to this size stay in memory before their part is written
 _OFFSET_DIGITS = 20  # parts sort by name in the order of their offsets
+DEFAULT_CACHE_SIZE = 2 << 30
 
 
 def _missing(error: ClientError) -> bool:
@@ -89,11 +95,33 @@ class _UploadPart(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
 class S3BlobStore(BlobStore):
     """Blobs, links, tags and uploads as objects of one S3 bucket (see the module docstring)."""
 
-    def __init__(self, bucket: str, cache: Path, client: S3Client | None = None, **client_args: Any) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        cache: Path,
+        client: S3Client | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        **client_args: Any,
+    ) -> None:
         self.bucket = bucket
         self.client: S3Client = client or boto3.client("s3", **client_args)
         self.cache = cache
+        self.cache_size = cache_size
         cache.mkdir(parents=True, exist_ok=True)
+        # The cached blobs by hex digest, least recently used first, with their sizes. Blobs left
+        # by an earlier run count in the order they were last used (mtime); temporaries are dropped.
+        self._cached: OrderedDict[str, int] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        found = []
+        for path in cache.iterdir():
+            if path.name.startswith("."):
+                path.unlink(missing_ok=True)
+            else:
+                stat = path.stat()
+                found.append((stat.st_mtime, path.name, stat.st_size))
+        for _, hex_digest, size in sorted(found):
+            self._cached[hex_digest] = size
+        self._evict(keep=None)
 
     # Keys. Every argument has been through check_* already; these assert it again cheaply.
     def _repo(self, name: str) -> str:
@@ -175,10 +203,70 @@ class S3BlobStore(BlobStore):
         return self._held(name, digest)
 
     def blob_path(self, name: str, digest: Digest) -> Path:
-        self._held(name, digest)
-        path = self.cache / Digest(digest).hex
-        if path.exists():
+        size = self._held(name, digest)
+        return self._fetch(digest, size)
+
+    def locate_blob(self, name: str, digest: Digest, whole: bool) -> BlobLocation:
+        size = self._held(name, digest)
+        path = self._cached_path(digest)
+        if path is None and whole and 0 < size <= self.cache_size:
+            path = self._fetch(digest, size)
+        return BlobLocation(size, path)
+
+    def read_blob(self, name: str, digest: Digest, start: int, end: int) -> Iterator[bytes]:
+        # The repository's hold on the blob was checked by locate_blob, just before.
+        if end <= start:
+            return
+        reply = self.client.get_object(
+            Bucket=self.bucket, Key=self._blob(digest), Range=f"bytes={start}-{end - 1}"
+        )
+        body = reply["Body"]
+        try:
+            left = end - start
+            while left > 0:
+                piece = body.read(min(left, _BUFSIZE))
+                if not piece:
+                    raise OSError(f"blob {digest}: S3 sent {end - start - left} of {end - start} bytes")
+                left -= len(piece)
+                yield piece
+        finally:
+            body.close()
+
+    # The local cache of whole blobs.
+    def _cached_path(self, digest: Digest) -> Path | None:
+        hex_digest = Digest(digest).hex
+        with self._cache_lock:
+            if hex_digest not in self._cached:
+                return None
+            self._cached.move_to_end(hex_digest)
+        path = self.cache / hex_digest
+        try:
+            os.utime(path)  # so the order survives a restart
+        except FileNotFoundError:
+            with self._cache_lock:
+                self._cached.pop(hex_digest, None)
+            return None
+        return path
+
+    def _evict(self, keep: str | None) -> None:
+        """Drop least recently used blobs until the cache fits its size (never `keep`, just returned)."""
+        with self._cache_lock:
+            total = sum(self._cached.values())
+            for hex_digest in list(self._cached):
+                if total <= self.cache_size:
+                    break
+                if hex_digest == keep:
+                    continue
+                total -= self._cached.pop(hex_digest)
+                # A request already sending the file keeps its open descriptor: unlinking is safe.
+                (self.cache / hex_digest).unlink(missing_ok=True)
+
+    def _fetch(self, digest: Digest, size: int) -> Path:
+        """The blob in the local cache, downloaded and verified if it is not there yet."""
+        path = self._cached_path(digest)
+        if path is not None:
             return path
+        path = self.cache / Digest(digest).hex
         hasher = hashlib.sha256()
         with tempfile.NamedTemporaryFile(dir=self.cache, prefix=".", suffix=".tmp", delete=False) as f:
             try:
@@ -198,6 +286,10 @@ class S3BlobStore(BlobStore):
             finally:
                 if os.path.exists(f.name):
                     os.unlink(f.name)
+        with self._cache_lock:
+            self._cached[path.name] = size
+            self._cached.move_to_end(path.name)
+        self._evict(keep=path.name)
         return path
 
     def mount_blob(self, name: str, digest: Digest, source: str) -> bool:

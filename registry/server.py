@@ -12,7 +12,7 @@ import json
 import re
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -299,9 +299,25 @@ def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | None:
     return ranges
 
 
+async def send_pieces(response: web.StreamResponse, pieces: Iterator[bytes]) -> None:
+    """Write what a (blocking) iterator yields, pulling each piece in a thread."""
+    try:
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            await response.write(piece)
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            await asyncio.to_thread(close)  # a generator left half way lets go of its file or S3 body
+
+
 async def send_multipart(
-    request: web.Request, path: Path, ranges: list[tuple[int, int]], size: int, headers: dict[str, str]
+    request: web.Request,
+    read: Callable[[int, int], Iterator[bytes]],
+    ranges: list[tuple[int, int]],
+    size: int,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
+    """Several ranges as `multipart/byteranges`; `read(start, end)` gives the bytes [start, end)."""
     boundary = uuid.uuid4().hex
     response = web.StreamResponse(status=206, headers=headers)
     response.content_type = "multipart/byteranges"
@@ -318,19 +334,40 @@ async def send_multipart(
     await response.prepare(request)
     if request.method == "HEAD":
         return response
-    with path.open("rb") as f:
-        for head, (start, end) in zip(heads, ranges, strict=True):
-            await response.write(head)
-            f.seek(start)
-            left = end - start + 1
-            while left:
-                block = await asyncio.to_thread(f.read, min(left, CHUNK))
-                if not block:
-                    raise OSError(f"{path} shrank while being served")
-                await response.write(block)
-                left -= len(block)
-            await response.write(b"\r\n")
-        await response.write(tail)
+    for head, (start, end) in zip(heads, ranges, strict=True):
+        await response.write(head)
+        await send_pieces(response, read(start, end + 1))
+        await response.write(b"\r\n")
+    await response.write(tail)
+    await response.write_eof()
+    return response
+
+
+async def stream_blob(
+    request: web.Request, store: BlobStore, name: str, digest: Digest, size: int, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A blob the backend has no local file for (S3): whole or in ranges, read as it is sent."""
+    header = request.headers.get("Range")
+    ranges = parse_ranges(header, size) if header else None
+    headers["ETag"] = f'"{digest}"'
+    if ranges == []:
+        return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+
+    def read(start: int, end: int) -> Iterator[bytes]:
+        return store.read_blob(name, digest, start, end)
+
+    if ranges is not None and len(ranges) > 1:
+        return await send_multipart(request, read, ranges, size, headers)
+    response = web.StreamResponse(headers=headers)
+    start, end = 0, size
+    if ranges is not None:
+        start, end = ranges[0][0], ranges[0][1] + 1
+        response.set_status(206)
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response.content_length = end - start
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await send_pieces(response, read(start, end))
     await response.write_eof()
     return response
 
@@ -346,7 +383,9 @@ class WholeFileResponse(web.FileResponse):
 async def get_blob(request: web.Request) -> web.StreamResponse:
     name = name_of(request)
     digest = check_digest(request.match_info["digest"])
-    path = await asyncio.to_thread(store_of(request).blob_path, name, digest)
+    store = store_of(request)
+    header = request.headers.get("Range")
+    location = await asyncio.to_thread(store.locate_blob, name, digest, header is None)
     headers = {
         "Docker-Content-Digest": digest,
         "Content-Type": "application/octet-stream",
@@ -355,15 +394,20 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     }
     if request.if_none_match and any(tag.value == digest for tag in request.if_none_match):
         return web.Response(status=304, headers={**headers, "ETag": f'"{digest}"'})
-    header = request.headers.get("Range")
+    path = location.path
+    if path is None:
+        return await stream_blob(request, store, name, digest, location.size, headers)
     if header and "," in header:
-        size = path.stat().st_size
-        ranges = parse_ranges(header, size)
+        ranges = parse_ranges(header, location.size)
         headers["ETag"] = f'"{digest}"'
         if ranges == []:
-            return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+            return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{location.size}"})
         if ranges is not None:
-            return await send_multipart(request, path, ranges, size, headers)
+
+            def read(start: int, end: int) -> Iterator[bytes]:
+                return store.read_blob(name, digest, start, end)
+
+            return await send_multipart(request, read, ranges, location.size, headers)
         header = None
     if header is not None and parse_ranges(header, 1) is None:
         header = None  # a Range we cannot read is ignored, not refused

@@ -25,6 +25,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -86,6 +87,14 @@ def check_upload_id(upload_id: str) -> str:
     return upload_id
 
 
+@dataclass(frozen=True)
+class BlobLocation:
+    """A blob's size, and a local file holding it when the backend has one (then served with sendfile)."""
+
+    size: int
+    path: Path | None
+
+
 class BlobStore(abc.ABC):
     """What the server needs from a backend. Arguments are validated by the caller's `check_*`."""
 
@@ -99,6 +108,27 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def blob_path(self, name: str, digest: Digest) -> Path:
         """A file holding the blob (so the server can sendfile it); BlobUnknown if not in the repository."""
+
+    def locate_blob(self, name: str, digest: Digest, whole: bool) -> BlobLocation:
+        """Where to serve a blob the repository holds from; BlobUnknown if it holds none.
+
+        `whole`: the whole blob is wanted (not ranges of it), so a backend may fetch it into a
+        local cache first. Without a path, the server streams the bytes with `read_blob`.
+        """
+        path = self.blob_path(name, digest)
+        return BlobLocation(path.stat().st_size, path)
+
+    def read_blob(self, name: str, digest: Digest, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) of a blob the repository holds, in pieces."""
+        with self.blob_path(name, digest).open("rb") as f:
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                piece = f.read(min(left, _BUFSIZE))
+                if not piece:
+                    raise OSError(f"blob {digest} shrank while being read")
+                left -= len(piece)
+                yield piece
 
     @abc.abstractmethod
     def mount_blob(self, name: str, digest: Digest, source: str) -> bool:

@@ -363,3 +363,78 @@ def test_server_push_pull_over_s3(s3_registry: Registry, store: S3BlobStore) -> 
     assert registry.request("DELETE", f"/v2/team/app/blobs/{digest}").status == 202
     assert registry.request("HEAD", f"/v2/team/app/blobs/{digest}").status == 404
     assert registry.request("HEAD", f"/v2/team/copy/blobs/{digest}").status == 200
+
+
+# Byte ranges and the local cache of whole blobs.
+
+
+def s3_server(store: S3BlobStore, tmp_path: Path, cache_size: int) -> tuple[Registry, S3BlobStore]:
+    """A server on `store`'s bucket whose backend has its own cache of `cache_size` bytes."""
+    backend = S3BlobStore(
+        store.bucket, tmp_path / f"cache-{cache_size}", client=store.client, cache_size=cache_size
+    )
+    return Registry(tmp_path / "unused-root", backend=backend), backend
+
+
+def cached(backend: S3BlobStore) -> list[str]:
+    return sorted(p.name for p in backend.cache.iterdir())
+
+
+def test_ranges_are_ranged_s3_gets_and_never_fill_the_cache(store: S3BlobStore, tmp_path: Path) -> None:
+    registry, backend = s3_server(store, tmp_path, 1 << 30)
+    try:
+        digest = registry.push_blob("team/app", DATA)
+        path = f"/v2/team/app/blobs/{digest}"
+        ranged = registry.request("GET", path, headers={"Range": "bytes=1000-1099"})
+        assert (ranged.status, ranged.body) == (206, DATA[1000:1100])
+        assert ranged.headers["Content-Range"] == f"bytes 1000-1099/{len(DATA)}"
+        assert ranged.headers["Accept-Ranges"] == "bytes"
+        multi = registry.request("GET", path, headers={"Range": "bytes=0-9,-5"})
+        assert multi.status == 206 and multi.headers["Content-Type"].startswith("multipart/byteranges")
+        assert DATA[0:10] in multi.body and DATA[-5:] in multi.body
+        assert int(multi.headers["Content-Length"]) == len(multi.body)
+        beyond = registry.request("GET", path, headers={"Range": f"bytes={len(DATA)}-"})
+        assert (beyond.status, beyond.headers["Content-Range"]) == (416, f"bytes */{len(DATA)}")
+        head = registry.request("HEAD", path, headers={"Range": "bytes=0-9"})
+        assert (head.status, head.headers["Content-Length"]) == (206, "10")
+        assert cached(backend) == []  # no range fetched the whole blob
+        assert registry.request("GET", path).body == DATA
+        assert cached(backend) == [digest.split(":")[1]]
+        ranged = registry.request("GET", path, headers={"Range": "bytes=10-19"})  # now from the cache
+        assert (ranged.status, ranged.body) == (206, DATA[10:20])
+    finally:
+        registry.stop()
+
+
+def test_cache_drops_the_least_recently_used_blobs(store: S3BlobStore, tmp_path: Path) -> None:
+    blobs = [bytes([i]) * 10_000 for i in range(3)]
+    registry, backend = s3_server(store, tmp_path, 25_000)  # room for two
+    try:
+        a, b, c = (registry.push_blob("team/app", blob).split(":")[1] for blob in blobs)
+        for digest in (a, b, a, c):
+            reply = registry.request("GET", f"/v2/team/app/blobs/sha256:{digest}")
+            assert reply.status == 200 and len(reply.body) == 10_000
+        assert cached(backend) == sorted([a, c])
+        # A restart keeps the cache and its order (a was used before c).
+        again = S3BlobStore(store.bucket, backend.cache, client=store.client, cache_size=25_000)
+        again.blob_path("team/app", Digest(f"sha256:{b}"))
+        assert cached(again) == sorted([b, c])
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize("cache_size", [0, 5_000])
+def test_blobs_too_large_for_the_cache_are_streamed(
+    store: S3BlobStore, tmp_path: Path, cache_size: int
+) -> None:
+    registry, backend = s3_server(store, tmp_path, cache_size)
+    try:
+        digest = registry.push_blob("team/app", DATA)
+        reply = registry.request("GET", f"/v2/team/app/blobs/{digest}")
+        assert (reply.status, reply.body, reply.headers["Content-Length"]) == (200, DATA, str(len(DATA)))
+        assert reply.headers["Docker-Content-Digest"] == digest
+        assert cached(backend) == []
+        empty = registry.push_blob("team/app", b"")
+        assert registry.request("GET", f"/v2/team/app/blobs/{empty}").body == b""
+    finally:
+        registry.stop()
