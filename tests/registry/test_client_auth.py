@@ -156,7 +156,7 @@ class BearerRegistry:
         self.runners.append(runner)
         server = runner.server
         assert server is not None and site._server is not None
-        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     def _auth_app(self) -> web.Application:
         async def token(request: web.Request) -> web.Response:
@@ -227,7 +227,7 @@ def test_bearer_tokens_are_fetched_cached_and_kept_from_other_hosts() -> None:
             await client.login()
             for _ in range(3):
                 dest = io.BytesIO()
-                assert await client.get_blob("team/app", sha256(BLOB), dest, len(BLOB)) == len(BLOB)  # type: ignore[arg-type]
+                assert await client.get_blob("team/app", sha256(BLOB), dest, len(BLOB)) == len(BLOB)
                 assert dest.getvalue() == BLOB
         scopes = [scope for scope, _ in server.token_requests]
         assert scopes == [None, "repository:team/app:pull"]  # one token per scope, then cached
@@ -239,6 +239,6 @@ def test_bearer_tokens_are_fetched_cached_and_kept_from_other_hosts() -> None:
                 await client.login()
         async with RegistryClient(address, read_auth_file=False) as client:
             with pytest.raises(RegistryAuthRequired, match=f"lazyctr login {address}"):
-                await client.get_blob("team/app", sha256(BLOB), io.BytesIO())  # type: ignore[arg-type]
+                await client.get_blob("team/app", sha256(BLOB), io.BytesIO())
 
     run_bearer(test)
