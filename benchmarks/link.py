@@ -10,10 +10,13 @@ Where the kernel has the `netem` qdisc the link is a veth pair with netem on bot
 not (the benchmark machine loads no modules), each namespace gets a TUN device and the userspace
 forwarder benchmarks/linkfwd.py, a separate process, carries the packets between them: delayed,
 metered by a token bucket, with a drop-tail queue of about a bandwidth-delay product.
-`Link.verify()` measures what the link does (UDP echo RTT, a bulk TCP transfer from server to client)
-so a benchmark can print the figures next to its own.
+The forwarder's rate counts whole IP packets (a TUN device has no link-layer header; netem counts
+Ethernet frames), so with the 1500-byte MTU TCP's payload tops out near 96.5% of the set rate. TCP's
+congestion control is the host's (namespaces inherit it). `Link.popen`/`Link.run` start processes in
+either namespace, `Link.socket` opens sockets there from this process. `Link.verify()` measures what
+the link does (UDP echo RTT, a bulk TCP transfer from server to client) and prints set vs measured.
 
-Usage: python -m benchmarks.link [SPEC] [--emulator auto|netem|tun] [--busy]. Needs root.
+Usage: python -m benchmarks.link [SPEC] [--emulator auto|netem|tun] [--busy] [--size BYTES]. Needs root.
 """
 
 from __future__ import annotations
