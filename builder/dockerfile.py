@@ -96,7 +96,8 @@ class Instruction:
     `args` is the JSON array's items for the exec form, else the rest of the line (after the flags)
     as one string. HEALTHCHECK keeps Docker's config form instead: ["NONE"], ["CMD", argv...] or
     ["CMD-SHELL", command]. ONBUILD has its trigger's text as the only arg and the parsed trigger
-    in `trigger`.
+    in `trigger`. `expand_instruction` returns a copy with `expanded` set and `args` in the shape its
+    docstring gives.
     """
 
     keyword: str
@@ -108,6 +109,8 @@ class Instruction:
     end_line: int
     original: str
     trigger: Instruction | None = None
+    # True once builder.variables.expand_instruction has substituted the variables.
+    expanded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -292,35 +295,41 @@ class _Parser:
             raise self.error(f"{keyword} requires at least one argument", line)
         return [rest], False, None
 
-    def maybe_json(self, rest: str) -> tuple[list[str], bool]:
-        """The exec form when the text is a JSON array of strings, else the shell form."""
+    def maybe_json(self, rest: str, line: int) -> tuple[list[str], bool]:
+        """The exec form when the text is a JSON array of strings, else the shell form.
+
+        Text that is not JSON is the shell form, but a JSON array holding anything else than
+        strings is an error, as in BuildKit.
+        """
         if rest.startswith("["):
             try:
                 value = json.loads(rest)
             except ValueError:
                 value = None
-            if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            if isinstance(value, list):
+                if not all(isinstance(item, str) for item in value):
+                    raise self.error("expected a JSON array of strings only (exec form)", line)
                 return value, True
         return [rest], False
 
     def parse_run(self, rest: str, line: int) -> tuple[list[str], bool, None]:
         if not rest:
             raise self.error("RUN requires at least one argument", line)
-        return (*self.maybe_json(rest), None)
+        return (*self.maybe_json(rest, line), None)
 
     def parse_cmd(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        return (*self.maybe_json(rest), None)
+        return (*self.maybe_json(rest, line), None)
 
     parse_entrypoint = parse_cmd
 
     def parse_shell(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        args, exec_form = self.maybe_json(rest)
+        args, exec_form = self.maybe_json(rest, line)
         if not exec_form or not args:
             raise self.error('SHELL requires the arguments in JSON form, e.g. SHELL ["/bin/sh", "-c"]', line)
         return args, True, None
 
     def parse_copy(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        args, exec_form = self.maybe_json(rest)
+        args, exec_form = self.maybe_json(rest, line)
         count = len(args) if exec_form else len(rest.split())
         if count < 2:
             raise self.error(
@@ -331,7 +340,7 @@ class _Parser:
     parse_add = parse_copy
 
     def parse_volume(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        args, exec_form = self.maybe_json(rest)
+        args, exec_form = self.maybe_json(rest, line)
         if (exec_form and not args) or not rest:
             raise self.error("VOLUME requires at least one path", line)
         if exec_form and any(not item.strip() for item in args):
@@ -366,7 +375,7 @@ class _Parser:
             )
         if not command:
             raise self.error("HEALTHCHECK CMD requires a command", line)
-        args, exec_form = self.maybe_json(command)
+        args, exec_form = self.maybe_json(command, line)
         if exec_form:
             return ["CMD", *args], True, None
         return ["CMD-SHELL", command], False, None
