@@ -43,7 +43,13 @@ from builder.run import (
     parse_network,
     with_default_path,
 )
-from builder.variables import StageVariables, expand_instruction, global_args, key_value_pairs
+from builder.variables import (
+    StageVariables,
+    arg_declarations,
+    expand_instruction,
+    global_args,
+    key_value_pairs,
+)
 from builder.words import expand_word
 from storage.diff import upper_to_tar
 from storage.digest import Digest
@@ -149,7 +155,7 @@ def split_stages(dockerfile: Dockerfile, filename: str) -> tuple[list[Instructio
                 f"unknown instruction: {instruction.keyword}", instruction.line, filename
             )
         if keyword == "FROM":
-            args = instruction.args
+            args = instruction.args if instruction.exec_form else " ".join(instruction.args).split()
             name = None
             if len(args) == 3 and args[1].upper() == "AS":
                 name = args[2].lower()
@@ -218,6 +224,8 @@ class Builder:
         target = self._target_stage()
         with self.store.ingesting():  # gc must not take this build's layers before the image names them
             state = self._stage(target.index)
+            if self._context is not None:
+                self._context.save_digests()
             image = self._write_image(state)
             tags = self._tag(image)
         return BuildResult(image, tags)
@@ -269,7 +277,12 @@ class Builder:
     def context(self) -> BuildContext:
         if self._context is None:
             ignore = DockerIgnore.for_context(self.options.context, self.options.dockerfile)
-            self._context = BuildContext(self.options.context, ignore)
+            # File digests remembered between builds, by path, inode, size and times: an unchanged
+            # context is not hashed again.
+            name = cache_key(str(self.options.context.resolve()))[:32]
+            digests = self.store.root / "cache" / "context" / f"{name}.json"
+            digests.parent.mkdir(parents=True, exist_ok=True)
+            self._context = BuildContext(self.options.context, ignore, digest_cache=digests)
         return self._context
 
     def _where(self, instruction: Instruction) -> str:
@@ -487,8 +500,12 @@ class Builder:
     # -- metadata instructions ---------------------------------------------------------------------
 
     def _do_arg(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        for name, value in self._pairs(instruction, where):
-            state.variables.declare_arg(name, value if "=" in _arg_text(instruction, name) else None)
+        try:
+            declarations = arg_declarations(instruction)
+        except BuildError as e:
+            raise BuildError(f"{self._where(where)}: {e}") from None
+        for name, default in declarations:
+            state.variables.declare_arg(name, default)
         self._metadata(state, instruction, f"ARG {' '.join(instruction.args)}")
 
     def _do_env(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
@@ -568,14 +585,14 @@ class Builder:
         self, stage: Stage, state: State, instruction: Instruction, where: Instruction
     ) -> None:
         args = instruction.args
-        if args and args[0].upper() == "NONE" and not instruction.exec_form:
-            check: dict[str, Any] = {"Test": ["NONE"]}
-        else:
-            body = replace(instruction, args=args[1:]) if args and args[0].upper() == "CMD" else instruction
-            if not body.args:
-                raise BuildError(f"{self._where(where)}: HEALTHCHECK needs CMD and a command, or NONE")
-            test = ["CMD", *body.args] if body.exec_form else ["CMD-SHELL", " ".join(body.args)]
-            check = {"Test": test}
+        if (
+            not args
+            or args[0].upper() not in ("NONE", "CMD", "CMD-SHELL")
+            or (args[0] != "NONE" and len(args) < 2)
+        ):
+            raise BuildError(f"{self._where(where)}: HEALTHCHECK needs CMD and a command, or NONE")
+        check: dict[str, Any] = {"Test": list(args)}
+        if args[0].upper() != "NONE":
             for flag, key in HEALTHCHECK_DURATIONS:
                 if instruction.flags.get(flag):
                     check[key] = self._duration(instruction.flags[flag][-1], flag, where)
@@ -866,13 +883,6 @@ def _flag_true(flags: dict[str, list[str]], name: str) -> bool:
     if not values:
         return False
     return values[-1].lower() in ("", "true", "1")
-
-
-def _arg_text(instruction: Instruction, name: str) -> str:
-    for arg in instruction.args:
-        if arg == name or arg.startswith(f"{name}="):
-            return arg
-    return name
 
 
 def _pairs_text(pairs: list[tuple[str, str]]) -> str:

@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from runtime import seccomp
 from runtime.cgroups import Limits
 from runtime.container import Container, Spec, Volume
 from runtime.drivers import OverlayDriver
+from runtime.process import run_in_child, wait_status
 from runtime.layers import extract_verified
 from storage.digest import Digest
 from storage.errors import NotFound
@@ -153,30 +153,23 @@ def _image_of(layers: list[LayerRef]) -> Image:
 
 
 def _capturing_output(run: Callable[[], int], output: Callable[[str], None]) -> int:
-    """Run with our stdout and stderr (which the container inherits) going to `output`, line by line."""
+    """Run in a forked child whose stdout and stderr (which the container inherits) go to `output`,
+    line by line; our own descriptors stay as they are, so progress can keep printing."""
     sys.stdout.flush()
     sys.stderr.flush()
     read_end, write_end = os.pipe()
-    saved = os.dup(1), os.dup(2)
-
-    def pump() -> None:
-        with os.fdopen(read_end, "rb") as stream:
-            for raw in stream:
-                output(raw.decode(errors="replace").rstrip("\n"))
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    try:
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
         os.dup2(write_end, 1)
         os.dup2(write_end, 2)
         os.close(write_end)
-        return run()
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        os.close(saved[0])
-        os.close(saved[1])
-        reader.join(timeout=10)
+        run_in_child(run)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as stream:
+        for raw in stream:
+            output(raw.decode(errors="replace").rstrip("\n"))
+    return wait_status(child)
 
 
 def prune_mount_points(upper: Path, lowers: list[Path], targets: list[str]) -> None:
