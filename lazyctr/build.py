@@ -30,8 +30,8 @@ from runtime import seccomp
 from runtime.cgroups import Limits
 from runtime.container import Container, Spec, Volume
 from runtime.drivers import OverlayDriver
-from runtime.process import run_in_child, wait_status
 from runtime.layers import extract_verified
+from runtime.process import run_in_child, wait_status
 from storage.digest import Digest
 from storage.errors import NotFound
 from storage.oci import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, ImageConfig, Manifest
