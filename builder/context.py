@@ -34,10 +34,18 @@ MAX_SYMLINK_HOPS = 40
 class Ignore(Protocol):
     def excluded(self, path: str) -> bool: ...
 
+    def walk(self, context: Path) -> Iterator[str]: ...
+
 
 class _NothingIgnored:
     def excluded(self, path: str) -> bool:
         return False
+
+    def walk(self, context: Path) -> Iterator[str]:
+        for directory, dirs, files in os.walk(context):
+            base = Path(directory).relative_to(context).as_posix()
+            for name in [*dirs, *files]:
+                yield name if base == "." else f"{base}/{name}"
 
 
 class OutsideContext(BuildError):
@@ -72,18 +80,7 @@ class BuildContext:
 
     def _scan(self) -> set[str]:
         """Every path .dockerignore lets through, with the directories that lead to them."""
-        visible: set[str] = set()
-        for directory, dirs, files in os.walk(self._real_root):
-            base = Path(directory).relative_to(self._real_root).as_posix()
-            for name in [*dirs, *files]:
-                path = name if base == "." else f"{base}/{name}"
-                if not self.ignore.excluded(path):
-                    visible.add(path)
-                    parent = posixpath.dirname(path)
-                    while parent and parent not in visible:
-                        visible.add(parent)
-                        parent = posixpath.dirname(parent)
-        return visible
+        return set(self.ignore.walk(self._real_root))
 
     def lstat(self, path: str) -> os.stat_result:
         return os.lstat(self._real_root / path) if path else os.stat(self._real_root)
