@@ -262,8 +262,14 @@ class Fetcher:
         for piece in pieces:
             future = self._inflight.get(piece.digest)
             if future is None:
-                future = self._inflight[piece.digest] = self._loop.create_future()
-                self._queued.setdefault(piece.layer, []).append(piece)
+                future = self._loop.create_future()
+                # Fetched between the caller's cache miss and now? Then it is in the cache.
+                data = self.cache.get(piece.digest)
+                if data is not None:
+                    future.set_result(data)
+                else:
+                    self._inflight[piece.digest] = future
+                    self._queued.setdefault(piece.layer, []).append(piece)
             futures[piece.digest] = future
         if self._queued and not self._flush_scheduled:
             self._flush_scheduled = True

@@ -94,7 +94,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         mtime = meta.mtime_ns
         size = content.size if node.kind == "reg" else len(meta.link_name) if node.kind == "symlink" else 0
         out: dict[str, Any] = {
-            "st_mode": TYPE_BITS[node.kind] | (meta.mode & 0o7777),
+            # Linux shows every symlink as 0777, whatever the tar said.
+            "st_mode": TYPE_BITS[node.kind] | (0o777 if node.kind == "symlink" else meta.mode & 0o7777),
             "st_ino": ino,
             "st_nlink": nlink,
             "st_uid": meta.uid,
