@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +70,7 @@ def make_image(store: Store, tmp: Path, name: str = "rich:1") -> Image:
     return add_layer(store, base, upper_tar, name, "upper layer")
 
 
-def run_cli(root: Path, *args: str, ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(root: Path, *args: str, ok: bool = True, timeout: float = 99) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cli_command(root, *args), capture_output=True, text=True, timeout=timeout)
     if ok and proc.returncode != 0:
         raise AssertionError(f"lazyctr {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
@@ -102,10 +102,21 @@ def pull_lazily(root: Path, ref: str) -> Image:
     return asyncio.run(pull_lazy(Store(root), ref))
 
 
+Mounter = Callable[..., Path]
+
+
 @pytest.fixture
-def mounted(tmp_path: Path) -> Iterator[list[Path]]:
-    """Mount points made by a test; whatever is still mounted at the end is unmounted."""
+def mount(tmp_path: Path) -> Iterator[Mounter]:
+    """`mount(root, image, *options)` mounts with the CLI at a new directory; all unmounted at the end."""
     points: list[Path] = []
-    yield points
+
+    def mount_image(root: Path, image: str, *options: str) -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        points.append(point)
+        run_cli(root, "mount", *options, image, str(point))
+        return point
+
+    yield mount_image
     for point in points:
         subprocess.run(["fusermount3", "-uz", str(point)], capture_output=True)

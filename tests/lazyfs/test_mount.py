@@ -13,7 +13,7 @@ import pytest
 
 from storage.extract import extract_layer
 from storage.store import Store
-from tests.lazyfs.conftest import BIG, Published, pull_lazily, run_cli
+from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
 from tests.tarfiles import info, make_tar
 
 pytestmark = pytest.mark.privileged
@@ -39,14 +39,22 @@ def describe(top: Path) -> dict[str, tuple[Any, ...]]:
         else:
             content = None
         group = groups.setdefault(st.st_ino, rel) if stat.S_ISREG(st.st_mode) else None
-        xattrs = {} if stat.S_ISLNK(st.st_mode) else {
-            name: os.getxattr(path, name) for name in os.listxattr(path) if name.startswith("user.")
-        }
+        xattrs = (
+            {}
+            if stat.S_ISLNK(st.st_mode)
+            else {name: os.getxattr(path, name) for name in os.listxattr(path) if name.startswith("user.")}
+        )
         out[rel] = (
-            stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+            stat.S_IFMT(st.st_mode),
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
             st.st_size if not stat.S_ISDIR(st.st_mode) else None,
             st.st_mtime_ns if not stat.S_ISLNK(st.st_mode) else None,
-            st.st_rdev, content, group, sorted(xattrs.items()),
+            st.st_rdev,
+            content,
+            group,
+            sorted(xattrs.items()),
         )
     return out
 
@@ -73,13 +81,10 @@ def test_lazy_pull_fetches_metadata_only(published: Published, tmp_path: Path) -
     assert published.ref.rsplit(":", 1)[0] in run_cli(root, "images").stdout
 
 
-def test_mounted_tree_equals_extracted_tree(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
+def test_mounted_tree_equals_extracted_tree(published: Published, tmp_path: Path, mount: Mounter) -> None:
     root = tmp_path / "client"
     pull_lazily(root, published.ref)
-    point = tmp_path / "mnt"
-    point.mkdir()
-    run_cli(root, "mount", published.ref, str(point))
-    mounted.append(point)
+    point = mount(root, published.ref)
     expected = describe(extracted(Store(published.publisher_root), "rich:1", tmp_path / "eager"))
     seen = describe(point)
     assert seen.keys() == expected.keys()
@@ -96,13 +101,10 @@ def test_mounted_tree_equals_extracted_tree(published: Published, tmp_path: Path
     assert not os.path.ismount(point)
 
 
-def test_reads_fetch_only_what_is_read(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
+def test_reads_fetch_only_what_is_read(published: Published, tmp_path: Path, mount: Mounter) -> None:
     root = tmp_path / "client"
     pull_lazily(root, published.ref)
-    point = tmp_path / "mnt"
-    point.mkdir()
-    run_cli(root, "mount", published.ref, str(point))
-    mounted.append(point)
+    point = mount(root, published.ref)
     os.listdir(point / "data")  # metadata comes from the TOCs: nothing is fetched
     assert stats(root, point)["bytes_fetched"] == 0
     assert (point / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
@@ -119,13 +121,10 @@ def test_reads_fetch_only_what_is_read(published: Published, tmp_path: Path, mou
     assert hashlib.sha256(b"#!/bin/sh\necho tool\n").hexdigest() in cached
 
 
-def test_concurrent_readers_cause_one_fetch(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
+def test_concurrent_readers_cause_one_fetch(published: Published, tmp_path: Path, mount: Mounter) -> None:
     root = tmp_path / "client"
     pull_lazily(root, published.ref)
-    point = tmp_path / "mnt"
-    point.mkdir()
-    run_cli(root, "mount", published.ref, str(point))
-    mounted.append(point)
+    point = mount(root, published.ref)
     results: list[bytes] = []
     barrier = threading.Barrier(8)
 
@@ -146,46 +145,37 @@ def test_concurrent_readers_cause_one_fetch(published: Published, tmp_path: Path
     assert stats(root, point)["pieces_fetched"] == 6
 
 
-def test_a_file_in_two_images_is_fetched_once(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
-    other_tar = make_tar(tmp_path / "other.tar", [(info("shared.txt"), b"the same bytes in two images\n" * 100)])
+def test_a_file_in_two_images_is_fetched_once(published: Published, tmp_path: Path, mount: Mounter) -> None:
+    shared = b"the same bytes in two images\n" * 100
+    other_tar = make_tar(tmp_path / "other.tar", [(info("shared.txt"), shared)])
     run_cli(published.publisher_root, "import", str(other_tar), "other:1")
     other_ref = f"{published.registry.address}/test/other:1"
     run_cli(published.publisher_root, "push", "other:1", other_ref)
     root = tmp_path / "client"
     pull_lazily(root, published.ref)
     pull_lazily(root, other_ref)
-    first, second = tmp_path / "one", tmp_path / "two"
-    for point, ref in ((first, published.ref), (second, other_ref)):
-        point.mkdir()
-        run_cli(root, "mount", ref, str(point))
-        mounted.append(point)
+    first, second = mount(root, published.ref), mount(root, other_ref)
     assert (first / "shared.txt").read_bytes() == (second / "shared.txt").read_bytes()
     assert stats(root, first)["pieces_fetched"] == 1
     second_stats = stats(root, second)
     assert second_stats["bytes_fetched"] == 0 and second_stats["cache_hits"] >= 1
 
 
-def test_a_local_image_mounts_from_its_blobs(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
-    point = tmp_path / "mnt"
-    point.mkdir()
-    run_cli(published.publisher_root, "mount", "rich:1", str(point))
-    mounted.append(point)
+def test_a_local_image_mounts_from_its_blobs(published: Published, tmp_path: Path, mount: Mounter) -> None:
+    point = mount(published.publisher_root, "rich:1")
     assert (point / "data/big.bin").read_bytes() == BIG
     assert stats(published.publisher_root, point)["pieces_fetched"] == 6
 
 
-def test_umount_of_a_busy_mount_detaches_it(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
-    point = tmp_path / "mnt"
-    point.mkdir()
-    run_cli(published.publisher_root, "mount", "rich:1", str(point))
-    mounted.append(point)
+def test_umount_of_a_busy_mount_detaches_it(published: Published, tmp_path: Path, mount: Mounter) -> None:
+    point = mount(published.publisher_root, "rich:1")
     with open(point / "data/big.bin", "rb") as busy:
         run_cli(published.publisher_root, "umount", str(point))
         assert not os.path.ismount(point)
         assert busy.read() == BIG  # the open file keeps working until closed
 
 
-def test_mount_bad_input(published: Published, tmp_path: Path, mounted: list[Path]) -> None:
+def test_mount_bad_input(published: Published, tmp_path: Path, mount: Mounter) -> None:
     root = published.publisher_root
     point = tmp_path / "mnt"
     point.mkdir()
@@ -200,7 +190,6 @@ def test_mount_bad_input(published: Published, tmp_path: Path, mounted: list[Pat
         proc = run_cli(root, *args, ok=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert message in proc.stderr, (args, proc.stderr)
-    run_cli(root, "mount", "rich:1", str(point))
-    mounted.append(point)
+    point = mount(root, "rich:1")
     proc = run_cli(root, "mount", "rich:1", str(point), ok=False)
     assert proc.returncode == 1 and "already mounted" in proc.stderr
