@@ -336,13 +336,15 @@ class Builder:
 
     def _parse_trigger(self, text: str, origin: Instruction) -> list[Instruction]:
         try:
-            parsed = parse_dockerfile(text + "\n", f"ONBUILD of {origin.args[0]}")
+            # The parser wants a FROM first: the trigger is parsed as the one instruction after it.
+            parsed = parse_dockerfile(f"FROM scratch\n{text}\n", f"ONBUILD of {self.filename}")
         except BuildError as e:
             raise BuildError(f"{self._where(origin)}: the base image's ONBUILD {text!r}: {e}") from None
-        for trigger in parsed.instructions:
+        triggers = parsed.instructions[1:]
+        for trigger in triggers:
             if trigger.keyword.upper() in ("FROM", "ONBUILD", "MAINTAINER"):
                 raise BuildError(f"{self._where(origin)}: ONBUILD {trigger.keyword} is not allowed")
-        return parsed.instructions
+        return triggers
 
     def _from(self, stage: Stage, base_name: str, steps: int) -> State:
         label = f"[{stage.label} 1/{steps}] FROM {base_name}"

@@ -214,10 +214,10 @@ def _pairs(values: tuple[str, ...], option: str, from_env: bool = False) -> dict
     for text in values:
         key, eq, value = text.partition("=")
         if not key:
-            raise click.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint=option)
+            raise BuildError(f"{option} {text!r}: expected KEY=VALUE")
         if not eq:
             if not from_env:
-                raise click.BadParameter(f"{text!r}: expected KEY=VALUE", param_hint=option)
+                raise BuildError(f"{option} {text!r}: expected KEY=VALUE")
             if key not in os.environ:
                 continue  # docker: --build-arg NAME takes NAME from the environment, if set
             value = os.environ[key]
@@ -232,10 +232,10 @@ def _secrets(values: tuple[str, ...]) -> dict[str, Path]:
         identifier = fields.get("id", "")
         source = fields.get("src") or fields.get("source") or ""
         if fields.get("type", "file") != "file" or not identifier or not source:
-            raise click.BadParameter(f"{text!r}: expected id=ID,src=FILE", param_hint="--secret")
+            raise BuildError(f"--secret {text!r}: expected id=ID,src=FILE")
         path = Path(source)
         if not path.is_file():
-            raise click.BadParameter(f"{text!r}: {source} is not a file", param_hint="--secret")
+            raise BuildError(f"--secret {text!r}: {source} is not a file")
         out[identifier] = path.resolve()
     return out
 
