@@ -337,6 +337,11 @@ def copy_digest(request: CopyRequest, source: BuildContext | ImageFiles) -> str:
     contents of the matched sources after .dockerignore and --exclude (not mtimes), owners of files
     from images, heredoc bodies, and for URLs the --checksum if given else the downloaded content's
     digest. It goes into the step's cache key: file contents are hashed once while they stay unchanged."""
+    with _os_errors(request):
+        return _copy_digest(request, source)
+
+
+def _copy_digest(request: CopyRequest, source: BuildContext | ImageFiles) -> str:
     _check_sources(request)
     tree = _tree(source)
     hasher = hashlib.sha256(DIGEST_VERSION)
@@ -386,6 +391,17 @@ def copy_step(
     (the caller turns it into a layer with storage.diff.upper_to_tar). `target` is the image the
     step writes onto: it decides whether dest is an existing directory, the metadata of parents that
     exist, and user and group names."""
+    with _os_errors(request):
+        _copy_step(request, source, target, upper, clamp_mtime_ns)
+
+
+def _copy_step(
+    request: CopyRequest,
+    source: BuildContext | ImageFiles,
+    target: ImageFiles,
+    upper: Path,
+    clamp_mtime_ns: int | None,
+) -> None:
     _check_sources(request)
     tree = _tree(source)
     owner = _owner(request.chown, target)
@@ -426,6 +442,16 @@ def copy_step(
                 writer.parents(parts[:-1])
                 writer.entry(parts, tree, match.real, match.entry)
     writer.finish()
+
+
+@contextlib.contextmanager
+def _os_errors(request: CopyRequest) -> Iterator[None]:
+    """A file the step cannot read or write is the user's problem to fix: one line, no traceback."""
+    try:
+        yield
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise BuildError(f"{request.verb} failed: {where}{e.strerror or e}") from None
 
 
 def _chunks(f: IO[bytes]) -> Iterator[bytes]:
@@ -582,7 +608,7 @@ class Writer:
             return
         target = "/".join(parts)
         full = self.upper / target
-        if entry.inode is not None and entry.inode in self.inodes:
+        if entry.inode is not None and self.written.get(self.inodes.get(entry.inode, "")) == "reg":
             self._remove(target)
             os.link(self.upper / self.inodes[entry.inode], full)
             self.written[target] = entry.kind

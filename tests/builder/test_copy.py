@@ -527,3 +527,9 @@ def test_add_url_errors(tmp_path: Path, target: ImageFiles, server: Server) -> N
         copy_step(CopyRequest([missing], "/x", add=True), context, target, tmp_path)
     with pytest.raises(BuildError, match=re.escape("ADD failed: http://127.0.0.1:9/x: ")):
         copy_step(CopyRequest(["http://127.0.0.1:9/x"], "/x", add=True), context, target, tmp_path)
+
+
+def test_a_file_system_error_is_one_line(tmp_path: Path, target: ImageFiles) -> None:
+    context = ctx(write(tmp_path / "ctx", {"d/f": b"x"}))
+    with pytest.raises(BuildError, match=r"^COPY failed: .*/gone/d: No such file or directory$"):
+        copy_step(CopyRequest(["d"], "/d"), context, target, tmp_path / "gone")
