@@ -70,6 +70,8 @@ def parse_size(text: str, option: str) -> int:
               help="With --s3: local cache of whole blobs (e.g. 512M, 2G); 0 streams them all.")  # fmt: skip
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Serve HTTPS with this PEM certificate (chain).")  # fmt: skip
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Access log (standard output), a line per request; json: an object a line.")  # fmt: skip
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="With --tls-cert: its PEM private key.")  # fmt: skip
 @pass_context
@@ -77,7 +79,7 @@ def serve(
     ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
     anonymous_pull: tuple[str, ...], token_key: Path | None, token_realm: str | None, token_service: str,
     s3_url: str | None, s3_bucket: str | None, s3_cache_size: str, tls_cert: Path | None,
-    tls_key: Path | None,
+    log_format: str, tls_key: Path | None,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access  # the server's imports only for this command
@@ -114,7 +116,7 @@ def serve(
 
     async def run() -> None:
         click.echo(f"serving {root} on {'https' if tls else 'http'}://{host}:{port}", err=True)
-        await serve_registry(backend, host, port, read_only, access, tls)
+        await serve_registry(backend, host, port, read_only, access, tls, log_format)
 
     _run_until_signalled(run)
 

@@ -14,7 +14,7 @@ import fnmatch
 
 from registry.errors import Unauthorized
 from registry.htpasswd import basic_user
-from registry.tokens import InvalidToken, PublicKey, granted, verify
+from registry.tokens import InvalidToken, PublicKey, granted, subject_of, verify
 
 READ_METHODS = ("GET", "HEAD")
 
@@ -47,24 +47,36 @@ class Access:
         access.tokens = TokenConfig(realm, service, public_key, issuer)
         return access
 
-    def check(self, path: str, method: str, authorization: str | None) -> None:
-        """Return if the request may go on; raise Unauthorized otherwise."""
+    def check(self, path: str, method: str, authorization: str | None) -> str | None:
+        """The user the request comes from (None: anonymous) if it may go on; raise Unauthorized otherwise."""
         if not self.required:
-            return
+            return None
         repository = _repository(path)
-        if (
-            method in READ_METHODS
-            and repository
-            and any(fnmatch.fnmatchcase(repository, pattern) for pattern in self.anonymous_pull)
-        ):
-            return
+        if method in READ_METHODS and self._anyone_pulls(repository):
+            return None
         if self.tokens is not None:
-            self.tokens.check(repository, method, authorization)
-        elif not self._authenticated(authorization):
+            return self.tokens.check(repository, method, authorization)
+        user = basic_user(authorization, self.users)
+        if user is None:
             raise Unauthorized("authentication required")
+        return user
 
-    def _authenticated(self, authorization: str | None) -> bool:
-        return basic_user(authorization, self.users) is not None
+    def may_pull(self, repository: str, authorization: str | None) -> bool:
+        """Whether the request's credentials (already checked by `check`) may pull `repository`.
+
+        A cross-repository mount needs this for its source: in token mode a push token for one
+        repository says nothing about another. htpasswd users may pull every repository.
+        """
+        if not self.required or self._anyone_pulls(repository) or self.tokens is None:
+            return True
+        try:
+            self.tokens.check(repository, "GET", authorization)
+        except Unauthorized:
+            return False
+        return True
+
+    def _anyone_pulls(self, repository: str) -> bool:
+        return bool(repository) and any(fnmatch.fnmatchcase(repository, p) for p in self.anonymous_pull)
 
 
 class TokenConfig:
@@ -76,7 +88,8 @@ class TokenConfig:
         self.public_key = public_key
         self.issuer = issuer
 
-    def check(self, repository: str, method: str, authorization: str | None) -> None:
+    def check(self, repository: str, method: str, authorization: str | None) -> str | None:
+        """The token's subject if it grants what the request needs; raise Unauthorized otherwise."""
         needed = ("pull",) if method in READ_METHODS else ("pull", "push")
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -87,6 +100,7 @@ class TokenConfig:
             raise self._challenge(repository, needed, f"invalid token: {e}", "invalid_token") from None
         if repository and not set(needed) <= granted(access, repository):
             raise self._challenge(repository, needed, "the token does not grant this", "insufficient_scope")
+        return subject_of(token.strip())
 
     def _challenge(
         self, repository: str, needed: tuple[str, ...], message: str, error: str | None = None

@@ -9,15 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import ssl
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
+from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 
 from registry.auth import Access
 from registry.errors import (
@@ -48,6 +51,7 @@ READ_ONLY = web.AppKey("read_only", bool)
 ACCESS = web.AppKey("access", Access)
 UPLOAD_TIMEOUT = 3600.0  # an upload nobody wrote to for an hour belongs to a client that died
 UPLOAD_TIMEOUT_KEY = web.AppKey("upload_timeout", float)
+USER = web.RequestKey("user", str)  # who made the request, for the access log (unset: anonymous)
 
 
 async def _expire_uploads(app: web.Application) -> AsyncIterator[None]:
@@ -88,7 +92,9 @@ def error_response(error: RegistryError) -> web.Response:
 @web.middleware
 async def registry_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        request.app[ACCESS].check(request.path, request.method, request.headers.get("Authorization"))
+        user = request.app[ACCESS].check(request.path, request.method, request.headers.get("Authorization"))
+        if user is not None:
+            request[USER] = user
         if request.app[READ_ONLY] and request.method not in ("GET", "HEAD"):
             raise Denied("this registry is read-only")
         return await handler(request)
@@ -482,7 +488,12 @@ async def start_upload(request: web.Request) -> web.Response:
     mount, source = request.query.get("mount"), request.query.get("from")
     if mount is not None:
         digest = check_digest(mount)
-        if source is not None and await asyncio.to_thread(store.mount_blob, name, digest, check_name(source)):
+        # The pusher must be allowed to pull the source: otherwise a mount would hand out any blob
+        # whose digest is known. When not, this is an ordinary upload (202), as the spec says.
+        allowed = source is not None and request.app[ACCESS].may_pull(
+            check_name(source), request.headers.get("Authorization")
+        )
+        if allowed and source is not None and await asyncio.to_thread(store.mount_blob, name, digest, source):
             return blob_created(name, digest)
     digest_text = request.query.get("digest")
     upload_id = await asyncio.to_thread(store.start_upload, name)
@@ -590,6 +601,54 @@ async def list_referrers(request: web.Request) -> web.Response:
     return web.Response(body=json.dumps(index).encode(), headers=headers)
 
 
+# Access log
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per request: `REMOTE USER "METHOD PATH" STATUS BYTES DURATIONs` (text) or a JSON object."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        entry = access_entry(request, response, time)
+        if self.log_format == "json":
+            self.logger.info(json.dumps(entry, separators=(",", ":")))
+        else:
+            line = '{remote} {user} "{method} {path}" {status} {bytes} {duration:.6f}s'
+            self.logger.info(line.format(**{k: "-" if v is None else v for k, v in entry.items()}))
+
+
+def access_entry(request: web.BaseRequest, response: web.StreamResponse, duration: float) -> dict[str, Any]:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "remote": request.remote,
+        "user": request.get(USER),
+        "method": request.method,
+        "path": request.path_qs,
+        "status": response.status,
+        "bytes": body_bytes(request, response),
+        "duration": round(duration, 6),
+    }
+
+
+def body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """The length of the body sent. Every response we send declares it; aiohttp's own `body_length`
+    counts the headers too and misses what sendfile sent."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    return response.content_length if response.content_length is not None else response.body_length
+
+
+def access_logger(stream: Any = None) -> logging.Logger:
+    """The logger the access lines go to: standard output, the bare line, nothing else added."""
+    logger = logging.getLogger("lazyctr.registry.access")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not logger.handlers:
+        handler = logging.StreamHandler(stream or sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
 def make_app(
     root: Path | BlobStore,
     read_only: bool = False,
@@ -628,12 +687,21 @@ async def serve(
     read_only: bool = False,
     access: Access | None = None,
     tls: ssl.SSLContext | None = None,
+    log_format: str | None = None,
 ) -> None:
-    """Serve the registry until cancelled (over HTTPS when given a TLS context)."""
+    """Serve the registry until cancelled (over HTTPS when given a TLS context).
+
+    `log_format` "text" or "json" writes one access-log line per request to standard output.
+    """
     # lingering_time=0: a connection whose request body was left unread is closed at once, rather
     # than drained for up to 10 s (which also held shutdown up for as long).
     runner = web.AppRunner(
-        make_app(root, read_only, access), shutdown_timeout=SHUTDOWN_TIMEOUT, lingering_time=0
+        make_app(root, read_only, access),
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        lingering_time=0,
+        access_log=access_logger() if log_format else None,
+        access_log_class=AccessLog,
+        access_log_format=log_format or "text",
     )
     await runner.setup()
     try:

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
+import signal
 import socket
+import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
 from registry.auth import Access
 from registry.server import serve
 from registry.storage import BlobStore
+from tests.conftest import cli_command
 
 
 def free_port() -> int:
@@ -115,6 +121,29 @@ class Registry:
         if isinstance(doc, dict):
             media_type = doc.get("mediaType", media_type)
         return self.request("PUT", f"/v2/{name}/manifests/{reference}", data, {"Content-Type": media_type})
+
+
+@contextlib.contextmanager
+def lazyctr_serve(root: Path, *options: str, stdout: IO[bytes] | None = None) -> Iterator[str]:
+    """`lazyctr serve` on a free port until the block ends (then SIGTERM: it must stop cleanly)."""
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(cli_command(root, "serve", "--addr", address, *options), stdout=stdout)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
+                    break
+            except urllib.error.HTTPError:
+                break  # an answer (401 with auth): the server is up
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "lazyctr serve never answered"
+                time.sleep(0.1)
+        yield address
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
 
 
 def sha256(data: bytes) -> str:

@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import subprocess
-import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner, assert_clean_error, cli_command
+from tests.conftest import CliRunner, assert_clean_error
 from tests.lazyctr.test_cli_push_pull import push_then_pull
-from tests.registry.conftest import free_port
+from tests.registry.conftest import lazyctr_serve
 from tests.registry.test_s3 import ACCESS_KEY, SECRET_KEY, s3_client, s3_endpoint  # noqa: F401 (a fixture)
-
-
-@contextlib.contextmanager
-def lazyctr_serve(root: Path, *options: str) -> Iterator[str]:
-    """`lazyctr serve` on a free port until the block ends (then SIGTERM: it must stop cleanly)."""
-    address = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(cli_command(root, "serve", "--addr", address, *options))
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{address}/v2/", timeout=1):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "lazyctr serve never answered"
-                time.sleep(0.1)
-        yield address
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
 
 
 @pytest.fixture

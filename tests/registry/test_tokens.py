@@ -30,7 +30,7 @@ from registry.tokens import (
     verify,
 )
 from tests.conftest import CliRunner, assert_clean_error
-from tests.registry.conftest import Registry, free_port
+from tests.registry.conftest import Registry, free_port, sha256
 
 SERVICE = "test-registry"
 ISSUER = "test-issuer"
@@ -258,3 +258,30 @@ def test_serve_with_a_token_key_needs_a_realm(
     key = str(write_key(tmp_path / "key.pem", ec_key))
     result = lazyctr("serve", "--token-key", key, ok=False)
     assert result.code == 2 and "--token-key needs --token-realm" in result.stderr  # a usage error
+
+
+def test_a_mount_needs_pull_on_its_source(guarded: Registry, ec_key: ec.EllipticCurvePrivateKey) -> None:
+    data = b"a secret layer" * 100
+    digest = sha256(data)
+    secret: list[Grant] = [{"type": "repository", "name": "secret/app", "actions": ["pull", "push"]}]
+    reply = guarded.request(
+        "POST", f"/v2/secret/app/blobs/uploads/?digest={digest}", data, bearer(sign(ec_key, secret))
+    )
+    assert reply.status == 201
+    mount = f"/v2/team/app/blobs/uploads/?mount={digest}&from=secret/app"
+    # A push token for team/app alone: no mount, an ordinary upload instead (202), as the spec says.
+    reply = guarded.request("POST", mount, headers=bearer(sign(ec_key, PULL_PUSH)))
+    assert reply.status == 202 and "/blobs/uploads/" in reply.headers["Location"]
+    head = guarded.request("HEAD", f"/v2/team/app/blobs/{digest}", headers=bearer(sign(ec_key, PULL_PUSH)))
+    assert head.status == 404
+    # With pull on the source as well, the blob is mounted.
+    both: list[Grant] = [*PULL_PUSH, {"type": "repository", "name": "secret/app", "actions": ["pull"]}]
+    reply = guarded.request("POST", mount, headers=bearer(sign(ec_key, both)))
+    assert reply.status == 201 and reply.headers["Location"] == f"/v2/team/app/blobs/{digest}"
+    head = guarded.request("HEAD", f"/v2/team/app/blobs/{digest}", headers=bearer(sign(ec_key, PULL_PUSH)))
+    assert head.status == 200
+    # A source the token names but that is malformed is refused as the name it is.
+    reply = guarded.request(
+        "POST", f"/v2/team/app/blobs/uploads/?mount={digest}&from=../x", headers=bearer(sign(ec_key, both))
+    )
+    assert (reply.status, reply.error_code) == (400, "NAME_INVALID")
