@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import tarfile
@@ -95,7 +96,8 @@ def published(tmp_path: Path) -> Iterator[Published]:
     ref = f"{registry.address}/test/rich:1"
     run_cli(publisher_root, "push", "rich:1", ref)
     yield Published(registry, publisher_root, ref, image)
-    registry.stop()
+    with contextlib.suppress(RuntimeError):  # a test may have stopped it already
+        registry.stop()
 
 
 def pull_lazily(root: Path, ref: str) -> Image:

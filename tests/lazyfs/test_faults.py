@@ -1,0 +1,227 @@
+"""Faults: a registry that is down, slow or lies, and TOCs that lie. Reads fail with EIO in bounded
+time, never with wrong bytes; cached data keeps being served; unmount always works."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import zstandard
+from aiohttp import web
+
+from storage.digest import Digest
+from storage.errors import StorageError
+from storage.oci import MEDIA_CONFIG, MEDIA_LAYER_ZSTD, MEDIA_MANIFEST
+from storage.store import Store
+from storage.zstd_chunked import (
+    LEGACY_CHECKSUM_KEY,
+    LEGACY_POSITION_KEY,
+    TocPosition,
+    legacy_footer,
+    skippable_frame,
+)
+from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
+from tests.registry.conftest import free_port
+
+pytestmark = pytest.mark.privileged
+
+
+class Proxy:
+    """An HTTP proxy in front of a registry that the test can slow down or make corrupt blob ranges."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.delay = 0.0
+        self.corrupt = False
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(self.delay)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        url = f"http://{self.upstream}{request.path_qs}"
+        data = await request.read()
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(request.method, url, headers=headers, data=data, allow_redirects=False) as up,
+        ):
+            body = bytearray(await up.read())
+            if self.corrupt and up.status == 206 and body:
+                body[len(body) // 2] ^= 0xFF
+            drop = ("content-length", "transfer-encoding", "content-encoding")
+            kept = {k: v for k, v in up.headers.items() if k.lower() not in drop}
+            return web.Response(status=up.status, headers=kept, body=bytes(body))
+
+    def _run(self) -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._started.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def proxy(published: Published) -> Iterator[Proxy]:
+    server = Proxy(published.registry.address)
+    yield server
+    server.stop()
+
+
+def stats(root: Path, point: Path) -> dict[str, int]:
+    return dict(json.loads(run_cli(root, "mount", "--stats", str(point)).stdout))
+
+
+def read_errno(path: Path) -> tuple[int, float]:
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        path.read_bytes()
+    return caught.value.errno or 0, time.monotonic() - started
+
+
+def test_registry_down_cached_data_served_uncached_fails_in_time(
+    published: Published, tmp_path: Path, mount: Mounter
+) -> None:
+    root = tmp_path / "client"
+    pull_lazily(root, published.ref)
+    first = mount(root, published.ref, "--timeout", "3")
+    assert (first / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+    published.registry.stop()
+    again = mount(root, published.ref, "--timeout", "3")  # a new mount: no kernel page cache
+    assert (again / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"  # from the chunk cache
+    code, elapsed = read_errno(again / "data/big.bin")
+    assert code == errno.EIO
+    assert elapsed < 3 + 10, elapsed  # bounded by the timeout, not hanging
+    assert stats(root, again)["fetch_errors"] >= 1
+    for point in (first, again):
+        run_cli(root, "umount", str(point))
+        assert not os.path.ismount(point)
+
+
+def test_corrupted_bytes_are_never_returned(
+    published: Published, proxy: Proxy, tmp_path: Path, mount: Mounter
+) -> None:
+    root = tmp_path / "client"
+    ref = published.ref.replace(published.registry.address, proxy.address)
+    pull_lazily(root, ref)
+    point = mount(root, ref, "--timeout", "5")
+    proxy.corrupt = True
+    code, _ = read_errno(point / "data/big.bin")
+    assert code == errno.EIO
+    assert stats(root, point)["verification_failures"] >= 1
+    for cached in (p for p in (root / "chunks").rglob("*") if p.is_file()):  # only verified chunks
+        assert Digest.of(cached.read_bytes()).hex == cached.name
+    proxy.corrupt = False
+    assert (point / "data/big.bin").read_bytes() == BIG  # a later read fetches again, and succeeds
+
+
+def test_a_slow_registry_fails_reads_after_the_timeout_only(
+    published: Published, proxy: Proxy, tmp_path: Path, mount: Mounter
+) -> None:
+    root = tmp_path / "client"
+    ref = published.ref.replace(published.registry.address, proxy.address)
+    pull_lazily(root, ref)
+    impatient = mount(root, ref, "--timeout", "0.5")
+    patient = mount(root, ref, "--timeout", "20")
+    proxy.delay = 2.0
+    code, elapsed = read_errno(impatient / "etc/small.txt")
+    assert code == errno.EIO and elapsed < 2.0
+    assert (patient / "data/big.bin").read_bytes() == BIG
+    run_cli(root, "umount", str(impatient))
+
+
+def _layer_with_toc(entries: list[dict[str, object]]) -> tuple[bytes, dict[str, str]]:
+    """A zstd:chunked-shaped blob: one frame of `payload`, then a TOC of our choosing and the footer."""
+    frames = zstandard.ZstdCompressor().compress(b"hello\n")
+    toc = json.dumps({"version": 1, "entries": entries}).encode()
+    compressed = zstandard.ZstdCompressor().compress(toc)
+    position = TocPosition(len(frames) + 8, len(compressed), len(toc))
+    blob = frames + skippable_frame(compressed) + legacy_footer(position)
+    return blob, {LEGACY_CHECKSUM_KEY: str(Digest.of(compressed)), LEGACY_POSITION_KEY: position.annotation()}
+
+
+BAD_TOCS = {
+    "escaping path": [
+        {
+            "type": "reg",
+            "name": "../../etc/evil",
+            "size": 6,
+            "offset": 0,
+            "endOffset": 15,
+            "digest": str(Digest.of(b"hello\n")),
+        }
+    ],
+    "duplicate entry": [{"type": "dir", "name": "./a"}, {"type": "dir", "name": "./a"}],
+    "chunk outside the blob": [
+        {
+            "type": "reg",
+            "name": "./f",
+            "size": 6,
+            "offset": 1 << 30,
+            "endOffset": (1 << 30) + 15,
+            "digest": str(Digest.of(b"hello\n")),
+        }
+    ],
+    "absurd size": [
+        {
+            "type": "reg",
+            "name": "./f",
+            "size": 1 << 50,
+            "offset": 0,
+            "endOffset": 15,
+            "digest": str(Digest.of(b"hello\n")),
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize("case", BAD_TOCS)
+def test_a_lying_toc_is_rejected_at_pull_time(case: str, published: Published, tmp_path: Path) -> None:
+    registry = published.registry
+    blob, annotations = _layer_with_toc(BAD_TOCS[case])
+    layer_digest = registry.push_blob("bad/toc", blob)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [str(Digest.of(b"x"))]},
+        }
+    ).encode()
+    config_digest = registry.push_blob("bad/toc", config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [
+            {
+                "mediaType": MEDIA_LAYER_ZSTD,
+                "digest": layer_digest,
+                "size": len(blob),
+                "annotations": annotations,
+            }
+        ],
+    }
+    assert registry.push_manifest("bad/toc", "1", manifest).status == 201
+    root = tmp_path / "client"
+    with pytest.raises(StorageError) as caught:
+        pull_lazily(root, f"{registry.address}/bad/toc:1")
+    assert "TOC" in str(caught.value) or "escapes" in str(caught.value), caught.value
+    assert Store(root).names() == []
