@@ -158,7 +158,7 @@ def _layer_with_toc(entries: list[dict[str, object]]) -> tuple[bytes, dict[str, 
     return blob, {LEGACY_CHECKSUM_KEY: str(Digest.of(compressed)), LEGACY_POSITION_KEY: position.annotation()}
 
 
-BAD_TOCS = {
+BAD_TOCS: dict[str, list[dict[str, object]]] = {
     "escaping path": [
         {
             "type": "reg",
