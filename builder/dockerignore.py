@@ -40,11 +40,15 @@ def _clean(pattern: str) -> str:
 
 def _compile(pattern: str) -> re.Pattern[str]:
     out: list[str] = []
+    in_class = False
     i = 0
     while i < len(pattern):
         ch = pattern[i]
         i += 1
-        if ch == "*":
+        if in_class and ch not in "\\]":
+            # Inside [...] ranges and negation pass through; only "[" needs escaping for Python.
+            out.append("\\[" if ch == "[" else ch)
+        elif ch == "*":
             if i < len(pattern) and pattern[i] == "*":
                 i += 1
                 if i < len(pattern) and pattern[i] == "/":
@@ -62,7 +66,8 @@ def _compile(pattern: str) -> re.Pattern[str]:
             else:
                 out.append(re.escape("\\"))
         elif ch in "[]":
-            out.append(ch)  # a character class, as in Go's filepath.Match (negated with ^)
+            in_class = ch == "["  # a character class, as in Go's filepath.Match (negated with ^)
+            out.append(ch)
         else:
             out.append(re.escape(ch))
     try:
