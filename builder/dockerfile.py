@@ -76,7 +76,36 @@ _DIRECTIVE_RE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.+?)[ \
 _HEREDOC_RE = re.compile(r"^(\d*)<<(-?)([^<]*)$", re.DOTALL)
 _STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*$")
 # Go's time.ParseDuration, which BuildKit uses for HEALTHCHECK's durations.
-_DURATION_RE = re.compile(r"^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$|^0$")
+_DURATION_PART_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "μs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+
+
+def parse_duration_ns(text: str) -> int:
+    """A Go duration ("1m30s", "1.5h", "300ms", "0") in nanoseconds; ValueError if it is not one."""
+    body = text[1:] if text[:1] in "+-" else text
+    sign = -1 if text.startswith("-") else 1
+    if body == "0":
+        return 0
+    total = 0.0
+    pos = 0
+    while pos < len(body):
+        match = _DURATION_PART_RE.match(body, pos)
+        if not match:
+            raise ValueError(f"invalid duration {text!r}: expected a number and a unit (ns, us, ms, s, m, h)")
+        total += float(match.group(1)) * _DURATION_UNITS_NS[match.group(2)]
+        pos = match.end()
+    if not body:
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * round(total)
 
 
 @dataclass(frozen=True)
@@ -231,6 +260,8 @@ class _Parser:
             raise self.error(f"unknown instruction: {word}{suffix}", line)
         flag_words, rest = self.split_flags(rest, line)
         flags = self.parse_flags(keyword, flag_words, line)
+        if keyword == "HEALTHCHECK":
+            self.check_healthcheck_flags(flags, line)
         parse = getattr(self, f"parse_{keyword.lower()}", None)
         args, exec_form, trigger = parse(rest, line) if parse else self.parse_default(keyword, rest, line)
         return Instruction(keyword, args, exec_form, flags, (), line, line, text, trigger)
@@ -379,6 +410,25 @@ class _Parser:
         if exec_form:
             return ["CMD", *args], True, None
         return ["CMD-SHELL", command], False, None
+
+    def check_healthcheck_flags(self, flags: dict[str, list[str]], line: int) -> None:
+        for name in ("interval", "timeout", "start-period", "start-interval"):
+            for value in flags.get(name, []):
+                try:
+                    nanoseconds = parse_duration_ns(value)
+                except ValueError as exc:
+                    raise self.error(f"HEALTHCHECK --{name}: {exc}", line) from None
+                if nanoseconds < 0:
+                    raise self.error(f"HEALTHCHECK --{name}={value} cannot be negative", line)
+                if 0 < nanoseconds < 1_000_000:
+                    raise self.error(f"HEALTHCHECK --{name}={value} cannot be less than 1ms", line)
+        for value in flags.get("retries", []):
+            try:
+                retries = int(value)
+            except ValueError:
+                raise self.error(f"HEALTHCHECK --retries={value}: expected a whole number", line) from None
+            if retries < 0:
+                raise self.error(f"HEALTHCHECK --retries={value} cannot be negative", line)
 
     def parse_env(self, rest: str, line: int) -> tuple[list[str], bool, None]:
         self.check_pairs("ENV", rest, line)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from builder import Dockerfile, Instruction, parse_dockerfile
-from builder.dockerfile import KEYWORDS, Heredoc
+from builder.dockerfile import KEYWORDS, Heredoc, parse_duration_ns
 from builder.errors import BuildError, DockerfileSyntaxError
 
 
@@ -319,6 +319,50 @@ def test_bad_flags(line: str, message: str) -> None:
     error = syntax_error(f"FROM scratch\n{line}\n")
     assert error.line == 2
     assert message in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "nanoseconds"),
+    [
+        ("0", 0),
+        ("30s", 30_000_000_000),
+        ("1m30s", 90_000_000_000),
+        ("1.5h", 5_400_000_000_000),
+        ("300ms", 300_000_000),
+        ("2us", 2_000),
+        (".5s", 500_000_000),
+        ("1h2m3s4ms", 3_723_004_000_000),
+    ],
+)
+def test_parse_duration(text: str, nanoseconds: int) -> None:
+    assert parse_duration_ns(text) == nanoseconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "s", "1x", "1s2", "ten seconds", "1 s"])
+def test_parse_bad_duration(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration_ns(text)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ("--interval=10", "HEALTHCHECK --interval: invalid duration '10'"),
+        ("--timeout=-1s", "cannot be negative"),
+        ("--start-period=10us", "cannot be less than 1ms"),
+        ("--retries=x", "expected a whole number"),
+        ("--retries=-1", "cannot be negative"),
+    ],
+)
+def test_bad_healthcheck_flags(flags: str, message: str) -> None:
+    assert message in str(syntax_error(f"FROM scratch\nHEALTHCHECK {flags} CMD true\n"))
+
+
+def test_healthcheck_zero_means_default() -> None:
+    assert only("HEALTHCHECK --interval=0 --retries=0 CMD true").flags == {
+        "interval": ["0"],
+        "retries": ["0"],
+    }
 
 
 # --- heredocs -------------------------------------------------------------------------------
