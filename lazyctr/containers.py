@@ -18,13 +18,14 @@ from lazyctr.context import Context, command, pass_context
 from runtime import seccomp
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container, Volume, spec_for
-from runtime.drivers import DRIVERS
+from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, Driver, LazyDriver
 from runtime.enter import exec_in
 from runtime.process import ContainerError
 from runtime.state import LOG_FILE, ContainerState, all_states, find
 from storage.diff import upper_to_tar
 from storage.errors import NotFound, StorageError
 from storage.importer import add_layer
+from storage.store import Image
 
 
 @command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -49,8 +50,15 @@ from storage.importer import add_layer
 @click.option("-m", "--memory", help="Memory limit (e.g. 256m), swap included.")
 @click.option("--cpus", help="CPU limit (e.g. 0.5).")
 @click.option("--pids-limit", type=int, help="Most processes the container may have.")
-@click.option("--driver", type=click.Choice(sorted(DRIVERS)), default="overlay", show_default=True,
-              help="How the root file system is made from the image.")  # fmt: skip
+@click.option("--driver", type=click.Choice(sorted(DRIVERS)),
+              help="How the root file system is made from the image (default: overlay for an image whose"
+              " layers are all here, lazy for a lazily pulled one).")  # fmt: skip
+@click.option("--record-profile", is_flag=True,
+              help="Record what the container reads while it starts as the image's access profile (lazy"
+              " driver, through a lazyfs mount of its own); later lazy runs prefetch it.")  # fmt: skip
+@click.option("--profile-seconds", type=float,
+              help=f"With --record-profile: record for this many seconds at most, or until the container"
+              f" ends  [default: {DEFAULT_PROFILE_SECONDS:g}].")  # fmt: skip
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
@@ -74,7 +82,9 @@ def run(
     memory: str | None,
     cpus: str | None,
     pids_limit: int | None,
-    driver: str,
+    driver: str | None,
+    record_profile: bool,
+    profile_seconds: float | None,
     image: str,
     command: tuple[str, ...],
 ) -> None:
@@ -105,7 +115,8 @@ def run(
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
         )
-    container = Container(ctx.store, found, spec, DRIVERS[driver](ctx.store), limits)
+    storage = _driver(ctx, found, driver, record_profile, profile_seconds)
+    container = Container(ctx.store, found, spec, storage, limits)
     container.create()
     if detach:
         _run_detached(container, remove)
@@ -120,9 +131,45 @@ def run(
     finally:
         if remove:
             container.remove()
+    _say_recorded(container)
     if container.oom_killed:
         click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
     sys.exit(status)
+
+
+def _driver(
+    ctx: Context, image: Image, name: str | None, record_profile: bool, seconds: float | None
+) -> Driver:
+    """The storage driver asked for, or the default: lazy for an image whose layers are not all here."""
+    complete = ctx.store.is_complete(image)
+    if name is None:
+        name = "lazy" if record_profile or not complete else "overlay"
+    if record_profile and name != "lazy":
+        raise ContainerError(
+            f"--record-profile records reads through lazyfs: it needs --driver lazy, not {name}"
+        )
+    if seconds is not None and not record_profile:
+        raise ContainerError("--profile-seconds only goes with --record-profile")
+    if seconds is not None and not seconds > 0:
+        raise ContainerError(f"--profile-seconds must be more than 0, not {seconds:g}")
+    if name != "lazy" and not complete:
+        raise ContainerError(
+            f"{image.name} was pulled lazily (its layers are not all here): the {name} driver needs them,"
+            " use --driver lazy"
+        )
+    if name == "lazy":
+        return LazyDriver(ctx.store, (seconds or DEFAULT_PROFILE_SECONDS) if record_profile else None)
+    return DRIVERS[name](ctx.store)
+
+
+def _say_recorded(container: Container) -> None:
+    driver = container.driver
+    if isinstance(driver, LazyDriver) and driver.recorded is not None:
+        pieces, size = driver.recorded
+        click.echo(
+            f"lazyctr: access profile of {container.image.name} recorded: {pieces} pieces, {size} bytes",
+            err=True,
+        )
 
 
 def _run_detached(container: Container, remove: bool) -> None:
@@ -137,6 +184,7 @@ def _run_detached(container: Container, remove: bool) -> None:
         status = 125
         try:
             status = container.run()
+            _say_recorded(container)
         except BaseException as e:
             print(f"lazyctr: error: {e}", file=sys.stderr)
             container.state.status, container.state.exit_code = "exited", status
@@ -253,6 +301,10 @@ def rm_container(ctx: Context, force: bool, containers: tuple[str, ...]) -> None
             _wait_exited(ctx, state, 10)
         shutil.rmtree(_containers(ctx) / state.id, ignore_errors=True)
         click.echo(text)
+    if (ctx.root / "lazy").is_dir():  # a container whose supervisor was killed left its lazy mount
+        from runtime.lazy import prune
+
+        prune(ctx.root)
 
 
 @command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

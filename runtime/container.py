@@ -128,6 +128,7 @@ class Container:
         self.terminal: socket.socket | None = None  # PID 1's end of the terminal hand-over, with -t
         self.state = ContainerState(spec.id, spec.name or spec.id[:12], image.name, spec.argv)
         self.state.layers = [str(diff_id) for diff_id in image.config.diff_ids]
+        self.state.driver = driver.name
 
     def create(self) -> None:
         """Claim the container's directory and name; a name already in use is refused."""
@@ -145,6 +146,17 @@ class Container:
         The state file says `running` (with PID 1's host PID) while it runs and `exited` after.
         """
         self.driver.prepare(self.image, self.dir)
+        try:
+            status = self._start_and_wait()
+        finally:
+            # Before the state says `exited`: whoever waits for that (stop, rm -f) finds the
+            # driver's resources (a shared lazy mount) already let go.
+            self.driver.release(self.dir)
+        self.state.status, self.state.exit_code, self.state.oom_killed = "exited", status, self.oom_killed
+        self.state.save(self.dir)
+        return status
+
+    def _start_and_wait(self) -> int:
         try:
             cgroup = Cgroup.create(self.spec.id, self.limits)
         except (CgroupError, OSError) as e:
@@ -187,8 +199,6 @@ class Container:
             os.close(report_read)
             self.oom_killed = cgroup.oom_killed()
             cgroup.remove()
-        self.state.status, self.state.exit_code, self.state.oom_killed = "exited", status, self.oom_killed
-        self.state.save(self.dir)
         return status
 
     def remove(self) -> None:

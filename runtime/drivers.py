@@ -1,18 +1,25 @@
 """Storage drivers: how a container gets its root file system from an image.
 
-One interface: `prepare` (in the lazyctr process: make the layers available) and `mount` (inside
-the container's mount namespace: make `<container>/rootfs` the root to pivot into). The lazy
-driver will implement the same two steps over a lazyfs mount.
+One interface: `prepare` (in the lazyctr process: make the layers available), `mount` (inside
+the container's mount namespace: make `<container>/rootfs` the root to pivot into) and `release`
+(in the lazyctr process, once the container has ended: let go of what `prepare` took).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runtime import syscalls as sc
 from runtime.layers import LayerCache, extract_verified
+from storage.errors import StorageError
 from storage.store import Image, Store
+
+if TYPE_CHECKING:
+    from runtime.lazy import ProfileRecorder, Slot
+
+DEFAULT_PROFILE_SECONDS = 10.0
 
 
 class Driver(Protocol):
@@ -21,6 +28,8 @@ class Driver(Protocol):
     def prepare(self, image: Image, container_dir: Path) -> None: ...
 
     def mount(self, container_dir: Path) -> Path: ...
+
+    def release(self, container_dir: Path) -> None: ...
 
 
 class OverlayDriver:
@@ -45,6 +54,9 @@ class OverlayDriver:
         sc.mount("overlay", rootfs, "overlay", 0, options)
         return rootfs
 
+    def release(self, container_dir: Path) -> None:
+        pass  # extracted layers stay for the next container; gc removes unused ones
+
 
 class CopyDriver:
     """The vfs-style baseline: every layer extracted into one private directory per container."""
@@ -66,5 +78,72 @@ class CopyDriver:
         sc.mount(str(rootfs), rootfs, None, sc.MS_BIND | sc.MS_REC)  # pivot_root needs a mount point
         return rootfs
 
+    def release(self, container_dir: Path) -> None:
+        pass  # the private copy goes with the container's directory
 
-DRIVERS: dict[str, type[OverlayDriver] | type[CopyDriver]] = {"overlay": OverlayDriver, "copy": CopyDriver}
+
+class LazyDriver:
+    """overlayfs over the image's lazyfs mount: the container starts before the image is downloaded.
+
+    The lazyfs mount (one per image, shared by its containers, see runtime/lazy.py) is made in the
+    host's mount namespace by `prepare`, so the container's namespace inherits it as the lower dir.
+    With `record_seconds`, the container gets a private mount of its own and what it reads in its
+    first `record_seconds` (or until it ends) is stored as the image's access profile.
+    """
+
+    name = "lazy"
+
+    def __init__(self, store: Store, record_seconds: float | None = None) -> None:
+        self.store = store
+        self.record_seconds = record_seconds
+        self.image: Image | None = None
+        self.slot: Slot | None = None
+        self.recorder: ProfileRecorder | None = None
+        self.recorded: tuple[int, int] | None = None  # (pieces, bytes) of the profile stored at release
+
+    def prepare(self, image: Image, container_dir: Path) -> None:
+        from runtime import lazy  # imports FUSE: only containers that use it pay for it
+
+        self.image = image
+        for part in ("upper", "work", "rootfs"):
+            (container_dir / part).mkdir(parents=True, exist_ok=True)
+        recording = self.record_seconds is not None
+        self.slot = lazy.acquire(self.store, image, container_dir.name, private=recording)
+        if self.record_seconds is not None:
+            self.recorder = lazy.ProfileRecorder(self.slot, self.record_seconds)
+
+    def mount(self, container_dir: Path) -> Path:
+        assert self.slot is not None, "prepare first"
+        rootfs = container_dir / "rootfs"
+        upper, work = container_dir / "upper", container_dir / "work"
+        sc.mount(
+            "overlay",
+            rootfs,
+            "overlay",
+            0,
+            f"lowerdir={self.slot.mountpoint},upperdir={upper},workdir={work}",
+        )
+        return rootfs
+
+    def release(self, container_dir: Path) -> None:
+        from runtime import lazy
+
+        if self.slot is None:
+            return
+        slot, self.slot = self.slot, None
+        try:
+            if self.recorder is not None and self.image is not None:
+                accesses = self.recorder.finish()  # before the mount, and what it served, goes
+                self.recorded = lazy.store_profile(self.store, self.image, accesses)
+        finally:
+            try:
+                lazy.release(slot, container_dir.name)
+            except (StorageError, OSError) as e:  # the container's own status matters more
+                print(f"lazyctr: warning: lazy mount {slot.mountpoint}: {e}", file=sys.stderr)
+
+
+DRIVERS: dict[str, type[OverlayDriver] | type[CopyDriver] | type[LazyDriver]] = {
+    "overlay": OverlayDriver,
+    "copy": CopyDriver,
+    "lazy": LazyDriver,
+}

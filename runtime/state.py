@@ -31,6 +31,7 @@ class ContainerState:
     oom_killed: bool = False
     detached: bool = False
     layers: list[str] = field(default_factory=list)  # diff_ids of its image: gc keeps them extracted
+    driver: str = ""  # the storage driver of its root file system
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())
