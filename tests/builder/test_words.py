@@ -39,6 +39,8 @@ def lookup(name: str) -> str | None:
         ("$1", ""),  # positional parameters are never set
         ("$12x", "x"),
         ("$@", ""),
+        ("$$", ""),  # `$` is a special parameter, never set: no PID here
+        ("a$$b", "ab"),
         ("a#b # c", "a#b # c"),  # not a comment inside a word
         # quotes
         ("'$name'", "$name"),
