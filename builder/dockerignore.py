@@ -120,15 +120,14 @@ class DockerIgnore:
         path = _clean(path)
         if path in (".", "/"):
             return False
-        parents = path.split("/")[:-1]
+        parts = path.split("/")
+        parents = ["/".join(parts[: i + 1]) for i in range(len(parts) - 1)]
         excluded = False
         for pattern in self.patterns:
             # Only a pattern that could change the answer needs to be tried.
             if pattern.exception != excluded:
                 continue
-            match = pattern.matches(path) or any(
-                pattern.matches("/".join(parents[: i + 1])) for i in range(len(parents))
-            )
+            match = pattern.matches(path) or any(pattern.matches(parent) for parent in parents)
             if match:
                 excluded = not pattern.exception
         return excluded
