@@ -451,3 +451,28 @@ def test_missing_dockerfile_and_bad_options(based: CliRunner, tmp_path: Path) ->
     write(context, {"Dockerfile": "FROM busybox\n"})
     assert_clean_error(build(based, context, "--secret", "id=x,src=/no/such/file", ok=False), "--secret")
     assert_clean_error(build(based, context, "-t", "Bad Name!", ok=False), "Bad Name!")
+
+
+def test_from_a_registry_reference_pulls_the_base(
+    lazyctr: CliRunner, busybox_tar: Path, root: Path, tmp_path: Path
+) -> None:
+    from tests.registry.conftest import Registry
+
+    registry = Registry(tmp_path / "registry")
+    try:
+        publisher = tmp_path / "publisher"
+        for argv in (
+            ["import", str(busybox_tar), "busybox"],
+            ["push", "busybox", f"{registry.address}/lib/busybox:1"],
+        ):
+            proc = subprocess.run([sys.executable, "-m", "lazyctr.cli", "--root", str(publisher), *argv],
+                                  capture_output=True, timeout=300)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr.decode()
+        context = write(
+            tmp_path / "ctx", {"Dockerfile": f"FROM {registry.address}/lib/busybox:1\nRUN echo pulled > /p\n"}
+        )
+        build(lazyctr, context, "-t", "from-registry")
+        assert lazyctr("run", "--rm", "from-registry", "cat", "/p").out == "pulled\n"
+        assert f"{registry.address}/lib/busybox:1" in dict(Store(root).names())
+    finally:
+        registry.stop()
