@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -166,9 +167,15 @@ def _capturing_output(run: Callable[[], int], output: Callable[[str], None]) -> 
         os.close(write_end)
         run_in_child(run)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as stream:
-        for raw in stream:
-            output(raw.decode(errors="replace").rstrip("\n"))
+    try:
+        with os.fdopen(read_end, "rb") as stream:
+            for raw in stream:
+                output(raw.decode(errors="replace").rstrip("\n"))
+    except BaseException:  # Ctrl-C: the container is stopped and waited for before its files go
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+        wait_status(child)
+        raise
     return wait_status(child)
 
 
