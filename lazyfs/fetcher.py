@@ -17,6 +17,7 @@ TOC's digest, and a mismatch fails the read (EIO) and is counted, never returned
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import threading
@@ -41,6 +42,8 @@ COALESCE_GAP = 64 << 10  # fetch a gap this small rather than pay a second range
 MAX_RANGE = 8 << 20  # one range no longer than this, so big reads go out in parallel
 RANGES_PER_REQUEST = 32
 READ_AHEAD = 1 << 20  # on a miss, also fetch this much more of the same file
+MAX_WINDOW = 32 << 20  # read-ahead along a layer grows up to this
+SEQUENTIAL_SLACK = 256 << 10  # a miss this close to where the last fetch ended counts as sequential
 FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
 
 
@@ -164,6 +167,9 @@ class Fetcher:
         self._flush_scheduled = False
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
+        self._layout: dict[int, tuple[list[Piece], list[int]]] = {}
+        # Per layer: the range the last read-ahead asked for, and its window.
+        self._frontier: dict[int, tuple[int, int, int]] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -200,6 +206,7 @@ class Fetcher:
             return out  # type: ignore[return-value]
         with self._lock:
             self.stats.cache_misses += len(missing)
+        ahead = [*ahead, *self._along_layer(missing[-1], ahead[-1] if ahead else missing[-1])]
         wanted = missing + [p for p in ahead if not self.cache.contains(p.digest)]
         future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
             self._wait(missing, wanted), self._loop
@@ -212,6 +219,37 @@ class Fetcher:
         except (StorageError, OSError) as e:
             raise FetchError(5, str(e)) from None
         return [data if data is not None else next(fetched) for data in out]
+
+    def know_layout(self, pieces: Sequence[Piece]) -> None:
+        """Every piece of the image, for read-ahead along a layer (see `_along_layer`)."""
+        by_layer: dict[int, list[Piece]] = {}
+        for piece in sorted(pieces, key=lambda p: (p.layer, p.start)):
+            by_layer.setdefault(piece.layer, []).append(piece)
+        self._layout = {layer: (ps, [p.start for p in ps]) for layer, ps in by_layer.items()}
+
+    def _along_layer(self, miss: Piece, last: Piece) -> list[Piece]:
+        """Read-ahead along the layer blob, for readers that go through it in order (a whole-tree
+        copy, a scan of every file): a miss that starts where the previous fetch of that layer ended
+        doubles the window of following pieces fetched with it, up to streaming the layer in
+        MAX_WINDOW steps; any other miss resets it. Startup reads, which jump around, get none."""
+        if miss.file_offset:  # within a file: the file's own read-ahead covers it
+            return []
+        layout = self._layout.get(miss.layer)
+        if layout is None:
+            return []
+        pieces, starts = layout
+        with self._lock:
+            low, high, window = self._frontier.get(miss.layer, (-1, -(1 << 62), 0))
+            if low <= miss.start < high:
+                return []  # inside what the last read-ahead asked for: it is on its way
+            # A file opened just where the last fetch ended: files are being read in blob order.
+            sequential = high - SEQUENTIAL_SLACK <= miss.start <= high + SEQUENTIAL_SLACK
+            window = min(max(window * 2, READ_AHEAD), MAX_WINDOW) if sequential else 0
+            first = bisect.bisect_right(starts, last.start)
+            stop = bisect.bisect_left(starts, last.end + window, first)
+            high = max(last.end, pieces[stop - 1].end if stop > first else 0)
+            self._frontier[miss.layer] = (miss.start, high, window)
+        return pieces[first:stop]
 
     def prefetch(self, pieces: Sequence[Piece]) -> None:
         """Start fetching `pieces` (an access profile) without waiting; they go in the given order."""

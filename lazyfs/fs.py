@@ -59,6 +59,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         self.files: dict[int, OpenFile] = {}  # by inode, built on first open
         self.total_size = 0
         self.on_ready: Callable[[], None] | None = None  # called once the kernel has mounted us
+        self._all_pieces: list[Piece] | None = None
         self._index(tree)
 
     def _index(self, tree: ImageTree) -> None:
@@ -210,13 +211,16 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
     def all_pieces(self) -> list[Piece]:
         """Every piece of every file, once each, in layer order and blob order."""
+        if self._all_pieces is not None:
+            return self._all_pieces
         seen: dict[tuple[int, str], Piece] = {}
         for node in self.nodes.values():
             if node.kind == "reg" and node.content.size:
                 for p in file_pieces(node.content, node.layer):
                     if isinstance(p, Piece):
                         seen.setdefault((p.layer, p.digest), p)
-        return sorted(seen.values(), key=lambda p: (p.layer, p.start))
+        self._all_pieces = sorted(seen.values(), key=lambda p: (p.layer, p.start))
+        return self._all_pieces
 
     def pieces_for(self, profile: Iterable[dict[str, Any]], layers: list[str]) -> list[Piece]:
         """The pieces an access profile names (by layer digest and piece digest), in its order."""

@@ -249,10 +249,15 @@ def _daemon(
     def on_ready() -> None:
         os.write(ready_fd, b"ok")
         os.close(ready_fd)
+        threading.Thread(target=plan, name="lazyfs-plan", daemon=True).start()
+
+    def plan() -> None:  # off the FUSE thread: a big image has many pieces to list
+        pieces = fs.all_pieces()
+        fetcher.know_layout(pieces)
         if prefetch:
             fetcher.prefetch(fs.pieces_for(prefetch, layers))
         if fill:
-            fetcher.fill(fs.all_pieces())
+            fetcher.fill(pieces)
 
     fs.on_ready = on_ready
 
