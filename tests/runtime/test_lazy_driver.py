@@ -1,0 +1,266 @@
+"""`lazyctr run` with the lazy driver: overlayfs over a shared lazyfs mount of a lazily pulled image.
+
+The image is pushed from another root to a real registry on 127.0.0.1 and pulled lazily (manifest,
+config and TOCs only) into the test's root, so every file a container reads comes through lazyfs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazyfs.fetcher import Piece, file_pieces
+from lazyfs.mount import MountState
+from lazyfs.profile import load_profile
+from lazyfs.pull import pull_lazy
+from runtime.cgroups import Cgroup
+from storage.store import Image, Store
+from tests.conftest import CliRunner, assert_clean_error, cli_command
+from tests.registry.conftest import Registry
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    server = Registry(tmp_path / "registry")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def image(registry: Registry, busybox_tar: Path, tmp_path: Path, root: Path) -> str:
+    """busybox, pushed from another root and pulled lazily into the test's root."""
+    origin = tmp_path / "origin"
+    ref = f"{registry.address}/test/busybox:latest"
+    for args in (("import", str(busybox_tar), "busybox"), ("push", "busybox", ref)):
+        subprocess.run(cli_command(origin, *args), check=True, capture_output=True, timeout=120)
+    store = Store(root)
+    pulled = asyncio.run(pull_lazy(store, ref, insecure=True))
+    assert not store.is_complete(pulled)
+    return ref
+
+
+@pytest.fixture(autouse=True)
+def no_mount_left(root: Path) -> Iterator[None]:
+    yield
+    for mountpoint in lazy_mounts(root):  # a failed test must not leave a FUSE mount behind
+        subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+
+
+def lazy_mounts(root: Path) -> list[Path]:
+    with open("/proc/self/mountinfo") as f:
+        rows = [line.split() for line in f]
+    return [
+        Path(row[4])
+        for row in rows
+        if row[row.index("-") + 1] == "fuse.lazyfs" and row[4].startswith(str(root))
+    ]
+
+
+def stored(root: Path, ref: str) -> Image:
+    return Store(root).image(ref)
+
+
+def shared_mountpoint(root: Path, ref: str) -> Path:
+    return root / "lazy" / stored(root, ref).descriptor.digest.hex / "root"
+
+
+def busybox_file(busybox_tar: Path, name: str) -> bytes:
+    with tarfile.open(busybox_tar) as tar:
+        member = tar.extractfile(name)
+        assert member is not None
+        return member.read()
+
+
+def states(lazyctr: CliRunner) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in json.loads(lazyctr("ps", "-a", "--json").out)}
+
+
+def wait_for(predicate: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def piece_of(root: Path, ref: str, path: str) -> str:
+    """The digest of the (first) piece of `path` in the image, as profiles name it."""
+    store = Store(root)
+    for index, layer in enumerate(stored(root, ref).manifest.layers):
+        for entry in store.layer_toc(layer).entries:
+            if entry.path.strip("/") == path.strip("/") and entry.type == "reg":
+                piece = file_pieces(entry, index)[0]
+                assert isinstance(piece, Piece)
+                return str(piece.digest)
+    raise AssertionError(f"{path} is not in {ref}")
+
+
+def test_a_lazily_pulled_image_runs_with_the_lazy_driver_by_default(
+    lazyctr: CliRunner, image: str, root: Path, busybox_tar: Path
+) -> None:
+    out = lazyctr("run", "--name", "first", image, "cat", "/etc/passwd").stdout
+    assert out == busybox_file(busybox_tar, "etc/passwd")
+    assert states(lazyctr)["first"]["driver"] == "lazy"
+    stats = MountState.of(root, shared_mountpoint(root, image)).stats()  # as the daemon left them
+    assert stats["pieces_fetched"] > 0 and stats["requests"] > 0 and stats["verification_failures"] == 0
+    assert lazy_mounts(root) == [] and list((root / "lazy").iterdir()) == []  # the last one out unmounted
+    assert lazyctr("run", "--rm", image, "cat", "/etc/passwd").stdout == out
+    assert [s["name"] for s in states(lazyctr).values()] == ["first"]
+
+
+def test_writes_go_to_the_upper_dir_and_the_lazy_mount_is_unchanged(
+    lazyctr: CliRunner, image: str, root: Path, busybox_tar: Path
+) -> None:
+    script = "echo changed > /etc/hostname && rm /etc/group && touch /new && sleep 60"
+    container_id = lazyctr("run", "-d", "--name", "w", image, "sh", "-c", script).out.strip()
+    upper = root / "containers" / container_id / "upper"
+    wait_for(lambda: (upper / "new").exists())
+    lower = shared_mountpoint(root, image)
+    assert (upper / "etc/hostname").read_text() == "changed\n"
+    assert os.major((upper / "etc/group").lstat().st_rdev) == 0  # overlayfs's whiteout
+    assert (lower / "etc/hostname").read_bytes() == busybox_file(busybox_tar, "etc/hostname")
+    assert (lower / "etc/group").exists() and not (lower / "new").exists()
+    with pytest.raises(OSError) as raised:
+        (lower / "etc/hostname").write_text("host writes too\n")
+    assert raised.value.errno == errno.EROFS
+    lazyctr("rm", "-f", "w")
+    assert lazy_mounts(root) == []
+    assert lazyctr("run", "--rm", image, "cat", "/etc/hostname").stdout == busybox_file(
+        busybox_tar, "etc/hostname"
+    )
+
+
+def test_two_containers_share_one_mount_until_the_last_one_goes(
+    lazyctr: CliRunner, image: str, root: Path
+) -> None:
+    a = lazyctr("run", "-d", "--name", "a", image, "sleep", "60").out.strip()
+    b = lazyctr("run", "-d", "--name", "b", image, "sleep", "60").out.strip()
+    mountpoint = shared_mountpoint(root, image)
+    assert lazy_mounts(root) == [mountpoint]
+    assert sorted(p.name for p in (mountpoint.parent / "users").iterdir()) == sorted([a, b])
+    assert lazyctr("run", "--rm", image, "cat", "/etc/hostname").out == "lazyctr\n"  # a third joins and goes
+    lazyctr("rm", "-f", "a")
+    assert lazy_mounts(root) == [mountpoint]  # b still runs on it
+    assert lazyctr("exec", "b", "cat", "/etc/hostname").out == "lazyctr\n"
+    lazyctr("stop", "-t", "1", "b")
+    assert lazy_mounts(root) == []
+    assert not mountpoint.parent.exists()
+    lazyctr("rm", "b")
+
+
+def test_a_killed_supervisor_does_not_keep_the_mount(lazyctr: CliRunner, image: str, root: Path) -> None:
+    supervisor = subprocess.Popen(cli_command(root, "run", "--name", "k", image, "sleep", "60"))
+    container_id = ""
+    try:
+        wait_for(lambda: states(lazyctr).get("k", {}).get("status") == "running")
+        container_id, pid = states(lazyctr)["k"]["id"], states(lazyctr)["k"]["pid"]
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(timeout=10)
+        assert lazy_mounts(root) == [shared_mountpoint(root, image)]
+        lazyctr("rm", "k")  # its state says it is gone: nobody uses the mount any more
+        assert lazy_mounts(root) == []
+        with open(f"/proc/{pid}/root/etc/hostname") as f:  # the orphan still reads its root
+            assert f.read() == "lazyctr\n"
+    finally:
+        supervisor.kill()
+        if container_id:
+            Cgroup.open(container_id).remove()  # the orphaned container, which nobody supervises
+
+
+def test_the_next_run_prunes_a_dead_supervisors_user(lazyctr: CliRunner, image: str, root: Path) -> None:
+    supervisor = subprocess.Popen(cli_command(root, "run", "--name", "k", image, "sleep", "60"))
+    container_id = ""
+    try:
+        wait_for(lambda: states(lazyctr).get("k", {}).get("status") == "running")
+        container_id = states(lazyctr)["k"]["id"]
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(timeout=10)
+        lazyctr("run", "--rm", image, "true")  # joins the mount, drops the stale user, last one out
+        assert lazy_mounts(root) == []
+    finally:
+        supervisor.kill()
+        if container_id:
+            Cgroup.open(container_id).remove()
+
+
+def test_a_recorded_profile_is_prefetched_by_the_next_lazy_run(
+    lazyctr: CliRunner, image: str, root: Path
+) -> None:
+    recorded = lazyctr("run", "--rm", "--record-profile", image, "cat", "/etc/passwd")
+    line = recorded.stderr.strip()
+    assert "access profile of" in line and "recorded" in line and len(line.splitlines()) == 1
+    pieces = int(line.split("recorded: ")[1].split()[0])
+    profile = load_profile(Store(root), stored(root, image))
+    assert len(profile) == pieces > 0
+    assert piece_of(root, image, "etc/passwd") in [p["digest"] for p in profile]
+    assert piece_of(root, image, "bin/busybox") == profile[0]["digest"]  # exec reads the binary first
+
+    shutil.rmtree(root / "chunks")  # a machine that has the profile but none of the image's data
+    assert lazyctr("run", "--rm", image, "cat", "/etc/passwd").out.startswith("root:")
+    stats = MountState.of(root, shared_mountpoint(root, image)).stats()
+    assert stats["prefetched"] == pieces and stats["prefetch_hits"] > 0
+
+
+def test_profile_seconds_bounds_the_recording(lazyctr: CliRunner, image: str, root: Path) -> None:
+    script = "sleep 2; cat /etc/passwd"
+    lazyctr("run", "--rm", "--record-profile", "--profile-seconds", "0.5", image, "sh", "-c", script)
+    digests = [p["digest"] for p in load_profile(Store(root), stored(root, image))]
+    assert piece_of(root, image, "bin/busybox") in digests
+    assert piece_of(root, image, "etc/passwd") not in digests  # read after the half second
+
+
+def test_recording_uses_a_mount_of_its_own(lazyctr: CliRunner, image: str, root: Path) -> None:
+    lazyctr("run", "-d", "--name", "reader", image, "sh", "-c", "cat /etc/group; sleep 60")
+    lazyctr("run", "--rm", "--record-profile", image, "cat", "/etc/passwd")
+    digests = [p["digest"] for p in load_profile(Store(root), stored(root, image))]
+    assert piece_of(root, image, "etc/passwd") in digests
+    assert piece_of(root, image, "etc/group") not in digests  # the other container's read
+    assert lazy_mounts(root) == [shared_mountpoint(root, image)]  # the private one is gone
+    lazyctr("rm", "-f", "reader")
+    assert lazy_mounts(root) == [] and list((root / "lazy").iterdir()) == []
+
+
+def test_lazy_driver_on_a_complete_local_image(lazyctr: CliRunner, busybox_tar: Path, root: Path) -> None:
+    lazyctr("import", str(busybox_tar), "busybox")
+    lazyctr("run", "--name", "default", "busybox", "true")
+    assert states(lazyctr)["default"]["driver"] == "overlay"  # complete: the default stays overlay
+    out = lazyctr("run", "--name", "lazy", "--driver", "lazy", "busybox", "cat", "/etc/passwd").stdout
+    assert out == busybox_file(busybox_tar, "etc/passwd")
+    assert states(lazyctr)["lazy"]["driver"] == "lazy"
+    stats = MountState.of(root, shared_mountpoint(root, "busybox")).stats()
+    assert stats["pieces_fetched"] > 0  # read from the local blob, verified like any other
+    assert lazy_mounts(root) == []
+    lazyctr("run", "--rm", "--record-profile", "busybox", "true")  # --record-profile picks lazy
+    assert load_profile(Store(root), stored(root, "busybox"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--record-profile", "--driver", "overlay"], "--record-profile records reads through lazyfs"),
+        (["--record-profile", "--driver", "copy"], "it needs --driver lazy, not copy"),
+        (["--driver", "overlay"], "was pulled lazily (its layers are not all here)"),
+        (["--driver", "copy"], "the copy driver needs them"),
+        (["--profile-seconds", "3"], "--profile-seconds only goes with --record-profile"),
+        (["--record-profile", "--profile-seconds", "0"], "--profile-seconds must be more than 0"),
+    ],
+)
+def test_bad_input(lazyctr: CliRunner, image: str, root: Path, args: list[str], message: str) -> None:
+    result = lazyctr("run", "--rm", *args, image, "true", ok=False)
+    assert result.code == 125
+    assert_clean_error(result, message)
+    assert not any((root / "containers").iterdir()) if (root / "containers").exists() else True
+    assert lazy_mounts(root) == [] and load_profile(Store(root), stored(root, image)) == []
