@@ -476,3 +476,37 @@ def test_from_a_registry_reference_pulls_the_base(
         assert f"{registry.address}/lib/busybox:1" in dict(Store(root).names())
     finally:
         registry.stop()
+
+
+def test_heredocs_users_workdirs_and_per_step_network(based: CliRunner, root: Path, tmp_path: Path) -> None:
+    dockerfile = """\
+FROM busybox
+RUN <<EOF
+#!/bin/sh
+echo "script as $(id -u)" > /script
+EOF
+RUN cat <<A > /a && cat <<-B > /b
+first
+A
+	second
+	B
+COPY <<EOF /etc/app.conf
+mode=$MODE
+EOF
+WORKDIR /srv/app/data
+USER nobody
+RUN id -u > /tmp/uid
+USER root
+RUN --network=none ls /sys/class/net > /nets
+RUN --mount=type=bind,source=.,target=/ctx,rw echo scribble > /ctx/new && cat /ctx/f > /f
+"""
+    context = write(tmp_path / "ctx", {"Dockerfile": dockerfile, "f": "from context\n"})
+    build(based, context, "-t", "misc", "--network", "host")
+    out = based(
+        "run", "--rm", "misc", "cat", "/script", "/a", "/b", "/etc/app.conf", "/tmp/uid", "/nets", "/f"
+    ).out
+    assert out == "script as 0\nfirst\nsecond\nmode=\n65534\nlo\nfrom context\n"
+    assert not (context / "new").exists()  # a rw bind's writes are thrown away
+    assert based("run", "--rm", "misc", "pwd").out == "/srv/app/data\n"
+    listing = based("run", "--rm", "misc", "ls", "-ld", "/srv", "/tmp").out.split("\n")
+    assert listing[0].startswith("drwxr-xr-x") and listing[1].startswith("drwxrwxrwt")  # /tmp kept its mode
