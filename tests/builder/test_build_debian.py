@@ -44,11 +44,10 @@ def test_apt_get_install_python3_on_a_debian_base(
     assert lazyctr("run", "--rm", "py:1").out == "python 3 42\n"
     built = Store(root).image("py:1")
     assert len(built.manifest.layers) == 3  # debian, the apt-get RUN, the COPY
-    # The apt cache mount kept the downloaded packages out of the layer, and kept them for next time.
-    assert list((root / "cache" / "mounts").rglob("*.deb"))
-    listing = lazyctr(
-        "run", "--rm", "py:1", "sh", "-c", "ls /var/cache/apt/archives/*.deb 2>/dev/null | wc -l"
-    ).out
-    assert listing.strip() == "0"
+    # The apt cache mount kept the downloaded packages out of the layer (the base's own debs, left
+    # by debootstrap, stay), and keeps them for the next build.
+    assert list((root / "cache" / "mounts").rglob("python3*.deb"))
+    listing = lazyctr("run", "--rm", "py:1", "ls", "/var/cache/apt/archives").out
+    assert "python3" not in listing
     rebuilt = lazyctr("build", "--progress", "plain", "-t", "py:1", str(context)).out
     assert "Setting up python3" not in rebuilt and rebuilt.count("CACHED") == 2
