@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 
@@ -17,6 +17,7 @@ from storage.errors import BadArchive, InvalidReference
 if TYPE_CHECKING:
     import ssl
 
+    from registry.progress import TransferProgress
     from registry.storage import BlobStore
     from registry.tokens import PrivateKey
 
@@ -188,34 +189,71 @@ def serve_token(
     _run_until_signalled(run)
 
 
+_PROGRESS = click.option(
+    "--progress", "progress_mode", type=click.Choice(["auto", "plain", "tty"]), default="auto",
+    show_default=True, help="tty: bars on stderr; plain: a line per layer done; auto: tty on a terminal.",
+)  # fmt: skip
+
+
+def _transfer_progress(mode: str, plain_out: TextIO) -> TransferProgress:
+    from registry.progress import PlainProgress, TerminalProgress
+
+    if mode == "tty" or (mode == "auto" and sys.stderr.isatty()):
+        return TerminalProgress(sys.stderr)
+    return PlainProgress(plain_out)
+
+
 @command()
 @click.argument("image")
 @click.argument("ref", required=False)
 @click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+@_PROGRESS
 @pass_context
-def push(ctx: Context, image: str, ref: str | None, insecure: bool) -> None:
-    """Push IMAGE to REF (default: IMAGE's own name, which must then name a registry host)."""
+def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mode: str) -> None:
+    """Push IMAGE to REF (default: IMAGE's own name, which must then name a registry host).
+
+    Prints a line per blob (pushed, exists or mounted; size; time), then the manifest's digest.
+    """
     from registry.client import BlobResult, push_image, registry_ref
+    from registry.progress import TerminalProgress
 
     found = ctx.store.image(image)
     target = registry_ref(ref or found.name)
+    progress = _transfer_progress(progress_mode, sys.stdout)
+    lines = isinstance(progress, TerminalProgress) and not sys.stdout.isatty()
 
     def report(result: BlobResult) -> None:
-        click.echo(result.line())
+        if lines:  # bars on the terminal, and the lines still for whoever reads stdout
+            click.echo(progress.transfers[result.digest].line())
 
-    digest = _run(push_image(ctx.store, found, target, insecure, report))
+    try:
+        digest = _run(push_image(ctx.store, found, target, insecure, report, progress))
+    finally:
+        progress.close()
     click.echo(f"manifest {digest}")
 
 
 @command()
 @click.argument("ref")
 @click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+@_PROGRESS
 @pass_context
-def pull(ctx: Context, ref: str, insecure: bool) -> None:
-    """Pull the image REF (HOST[:PORT]/NAME[:TAG|@DIGEST]) whole and name it REF; prints its ID."""
-    from registry.client import pull_image
+def pull(ctx: Context, ref: str, insecure: bool, progress_mode: str) -> None:
+    """Pull the image REF (HOST[:PORT]/NAME[:TAG|@DIGEST]) whole and name it REF; prints its ID.
 
-    image = _run(pull_image(ctx.store, ref, insecure))
+    Progress goes to stderr (stdout is the image ID alone): bars on a terminal, a line per blob
+    with --progress plain. Off a terminal `auto` shows none, so that a failed pull still ends in
+    its one error line.
+    """
+    from registry.client import pull_image
+    from registry.progress import TransferProgress
+
+    quiet = progress_mode == "auto" and not sys.stderr.isatty()
+    progress = TransferProgress() if quiet else _transfer_progress(progress_mode, sys.stderr)
+    try:
+        image = _run(pull_image(ctx.store, ref, insecure, progress))
+    finally:
+        progress.close()
     click.echo(image.id)
 
 

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import aiohttp
+from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from registry.credentials import Credentials, lookup
+from registry.progress import TransferProgress
 from storage.digest import Digest
 from storage.errors import DigestMismatch, InvalidReference, NotFound, StorageError
 from storage.importer import OciSource, host_architecture, import_oci
@@ -63,6 +65,23 @@ SINGLE_RANGES_IN_FLIGHT = 64  # single-range requests at once per client when mu
 SINGLE_RANGES_PER_CALL = 8  # ... and per read_ranges call, so one large call cannot take them all
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')
+
+
+class _CountedBytes(aiohttp.BytesPayload):
+    """A request body sent in 1 MiB pieces, telling `sent` how far it got (for progress bars)."""
+
+    def __init__(self, value: bytes, sent: Callable[[int], None]) -> None:
+        super().__init__(value)
+        self._sent = sent
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(self, writer: AbstractStreamWriter, content_length: int | None) -> None:
+        view = memoryview(self._value)[:content_length]
+        for start in range(0, len(view), _READ_SIZE):
+            await writer.write(view[start : start + _READ_SIZE])  # waits while the socket is full
+            self._sent(min(start + _READ_SIZE, len(view)))
 
 
 class RegistryClientError(StorageError):
@@ -192,7 +211,7 @@ class RegistryClient:
         url: URL,
         what: str,
         headers: dict[str, str] | None = None,
-        data: bytes | None = None,
+        data: bytes | aiohttp.BytesPayload | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response of the last try; 429, 5xx and connection errors are tried again.
 
@@ -234,7 +253,7 @@ class RegistryClient:
             return
 
     async def _request(
-        self, method: str, url: URL, headers: dict[str, str], data: bytes | None
+        self, method: str, url: URL, headers: dict[str, str], data: bytes | aiohttp.BytesPayload | None
     ) -> aiohttp.ClientResponse:
         """One request, redirects followed by hand: `Authorization` only ever goes to the registry."""
         assert self._session is not None
@@ -401,8 +420,17 @@ class RegistryClient:
                 raise await self._error(response, f"blob {what}")
             return response.content_length or 0
 
-    async def get_blob(self, repo: str, digest: str, dest: BinaryIO, size: int | None = None) -> int:
+    async def get_blob(
+        self,
+        repo: str,
+        digest: str,
+        dest: BinaryIO,
+        size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Stream blob `digest` into `dest` (from its start), checking it; returns its size.
+
+        `progress` is told the bytes received so far, as they arrive.
 
         On a mismatch `dest` holds unverified bytes: the caller's temporary file must be dropped.
         """
@@ -425,6 +453,8 @@ class RegistryClient:
                             )
                         hasher.update(piece)
                         dest.write(piece)
+                        if progress is not None:
+                            progress(written)
                 break
             except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
                 if attempt == TRIES - 1:
@@ -523,8 +553,18 @@ class RegistryClient:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    async def push_blob(self, repo: str, digest: str, path: Path, mount_from: str | None = None) -> str:
-        """Upload the blob at `path`; returns "exists", "mounted" or "pushed"."""
+    async def push_blob(
+        self,
+        repo: str,
+        digest: str,
+        path: Path,
+        mount_from: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> str:
+        """Upload the blob at `path`; returns "exists", "mounted" or "pushed".
+
+        `progress` is told the bytes sent so far, as they go.
+        """
         digest = Digest(digest)
         if await self.head_blob(repo, digest) is not None:
             return "exists"
@@ -540,6 +580,12 @@ class RegistryClient:
                 raise await self._error(response, what)
             location = self._resolve(response.headers.get("Location"))
         size = path.stat().st_size
+
+        def counted(piece: bytes, offset: int) -> bytes | aiohttp.BytesPayload:
+            if progress is None:
+                return piece
+            return _CountedBytes(piece, lambda sent: progress(offset + sent))
+
         with open(path, "rb") as f:
             if size <= CHUNK_SIZE:
                 body = f.read()
@@ -553,14 +599,16 @@ class RegistryClient:
                         "Content-Type": "application/octet-stream",
                         "Content-Range": f"{offset}-{offset + len(piece) - 1}",
                     }
-                    async with self._send("PATCH", location, what, headers, piece) as response:
+                    async with self._send(
+                        "PATCH", location, what, headers, counted(piece, offset)
+                    ) as response:
                         if response.status != 202:
                             raise await self._error(response, what)
                         location = self._resolve(response.headers.get("Location"))
                     offset += len(piece)
         headers = {"Content-Type": "application/octet-stream"}
         final = location.update_query({"digest": digest})
-        async with self._send("PUT", final, what, headers, body) as response:
+        async with self._send("PUT", final, what, headers, counted(body, size - len(body))) as response:
             if response.status != 201:
                 raise await self._error(response, what)
         return "pushed"
@@ -743,8 +791,10 @@ async def push_image(
     ref: ImageRef,
     insecure: bool = False,
     report: Callable[[BlobResult], None] = lambda _: None,
+    progress: TransferProgress | None = None,
 ) -> Digest:
     """Push config, layers (in parallel) and manifest of `image` to `ref`; the manifest digest."""
+    progress = progress or TransferProgress()
     assert ref.domain is not None
     if ref.digest is not None:
         raise InvalidReference(f"cannot push to a digest: {ref}")
@@ -756,7 +806,11 @@ async def push_image(
             path = store.blob_path(descriptor.digest)
             if not path.exists():
                 raise NotFound(f"blob {descriptor.digest} of {image.name} is not in the store")
-            outcome = await client.push_blob(repo, descriptor.digest, path)
+            progress.start(descriptor.digest, descriptor.size)
+            outcome = await client.push_blob(
+                repo, descriptor.digest, path, progress=lambda n: progress.advance(descriptor.digest, n)
+            )
+            progress.done(descriptor.digest, outcome)
             report(BlobResult(descriptor.digest, descriptor.size, outcome))
 
         async with RegistryClient(ref.domain, insecure) as client:
@@ -790,7 +844,9 @@ async def fetch_manifest(client: RegistryClient, ref: ImageRef) -> tuple[bytes, 
     return data, media_type, digest
 
 
-async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
+async def pull_image(
+    store: Store, text: str, insecure: bool = False, progress: TransferProgress | None = None
+) -> Image:
     """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`.
 
     The blobs land, verified, in a temporary OCI layout next to the store, which the importer
@@ -799,6 +855,7 @@ async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
     """
     ref = registry_ref(text)
     assert ref.domain is not None
+    shown = progress or TransferProgress()
     # The store names images `repository:tag`; one pulled by digest alone is tagged with it.
     tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
     name = f"{ref.name}:{tag}"
@@ -819,9 +876,18 @@ async def pull_image(store: Store, text: str, insecure: bool = False) -> Image:
                 if store.has_blob(descriptor.digest):  # already here: no need to fetch it again
                     with contextlib.suppress(OSError):
                         os.link(store.blob_path(descriptor.digest), target)
+                        shown.done(descriptor.digest, "exists")
                         return
+                shown.start(descriptor.digest, descriptor.size)
                 with open(target, "w+b") as f:
-                    await client.get_blob(repo, descriptor.digest, f, descriptor.size)
+                    await client.get_blob(
+                        repo,
+                        descriptor.digest,
+                        f,
+                        descriptor.size,
+                        lambda n: shown.advance(descriptor.digest, n),
+                    )
+                shown.done(descriptor.digest, "pulled")
 
             await asyncio.gather(*(fetch(d) for d in [manifest.config, *manifest.layers]))
         (layout / "oci-layout").write_bytes(OCI_LAYOUT)
