@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from builder.cache import BuildCache, CacheEntry, LayerRef, cache_key
 from builder.context import BuildContext
 from builder.copy import CopyRequest, copy_digest, copy_step
-from builder.dockerfile import Dockerfile, Instruction, parse_dockerfile
+from builder.dockerfile import Dockerfile, Instruction, parse_dockerfile, parse_duration_ns
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError, DockerfileSyntaxError
 from builder.image_files import ImageFiles
@@ -66,7 +66,6 @@ KNOWN = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HE
          "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR")  # fmt: skip
 HEALTHCHECK_DURATIONS = (("interval", "Interval"), ("timeout", "Timeout"),
                          ("start-period", "StartPeriod"), ("start-interval", "StartInterval"))  # fmt: skip
-DURATION_UNITS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10**6, "s": NS, "m": 60 * NS, "h": 3600 * NS}
 
 
 class ImageResolver(Protocol):
@@ -347,7 +346,7 @@ class Builder:
         return triggers
 
     def _from(self, stage: Stage, base_name: str, steps: int) -> State:
-        label = f"[{stage.label} 1/{steps}] FROM {base_name}"
+        label = f"[{self._prefix(stage)}1/{steps}] FROM {base_name}"
         number = self.progress.start(label)
         try:
             base: Image | None = None
@@ -426,7 +425,11 @@ class Builder:
         steps, counter = self.step_numbers[stage.index]
         number = next(counter, steps)
         text = " ".join(instruction.original.split()) if instruction.original else instruction.keyword
-        return f"[{stage.label} {number}/{steps}] {text[:200]}"
+        return f"[{self._prefix(stage)}{number}/{steps}] {text[:200]}"
+
+    def _prefix(self, stage: Stage) -> str:
+        """BuildKit names the stage in a step's label unless the Dockerfile has one unnamed stage."""
+        return "" if len(self.stages) == 1 and stage.name is None else f"{stage.label} "
 
     def _record(self, state: State, created_by: str, created: str, empty: bool) -> None:
         entry: dict[str, Any] = {"created": created, "created_by": created_by, "comment": HISTORY_COMMENT}
@@ -823,24 +826,10 @@ class Builder:
         return [*state.shell, " ".join(instruction.args)]
 
     def _duration(self, text: str, flag: str, where: Instruction) -> int:
-        total, number = 0, ""
-        rest = text
         try:
-            while rest:
-                i = 0
-                while i < len(rest) and (rest[i].isdigit() or rest[i] == "."):
-                    i += 1
-                number, rest = rest[:i], rest[i:]
-                j = 0
-                while j < len(rest) and not (rest[j].isdigit() or rest[j] == "."):
-                    j += 1
-                unit, rest = rest[:j], rest[j:]
-                total += int(float(number) * DURATION_UNITS[unit])
-        except (KeyError, ValueError):
-            raise BuildError(
-                f"{self._where(where)}: --{flag}={text}: expected a duration like 30s or 1m30s"
-            ) from None
-        return total
+            return parse_duration_ns(text)
+        except ValueError as e:
+            raise BuildError(f"{self._where(where)}: HEALTHCHECK --{flag}: {e}") from None
 
 
 def make_dirs(files: ImageFiles, upper: Path, path: str, clamp_ns: int | None) -> None:

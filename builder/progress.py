@@ -91,10 +91,23 @@ class TerminalProgress(PlainProgress):
         self.tail: list[str] = []
         self.drawn = 0  # lines of the live area currently on screen
         self.last_draw = 0.0
+        self.running: int | None = None  # the step whose live area is on screen
+        self.ticker = threading.Thread(target=self._tick, daemon=True)
+        self.ticker.start()
+
+    def _tick(self) -> None:
+        """Redraw the running step now and then, so its clock moves while it prints nothing."""
+        while True:
+            time.sleep(0.25)
+            with self.lock:
+                if self.running is not None and time.monotonic() - self.last_draw >= 0.2:
+                    self._clear()
+                    self._draw(self.running)
 
     def _started(self, number: int, name: str) -> None:
         self._clear()
         self.tail = []
+        self.running = number
         self._draw(number)
 
     def _output(self, number: int, line: str, elapsed: float) -> None:
@@ -106,6 +119,7 @@ class TerminalProgress(PlainProgress):
 
     def _ended(self, number: int, line: str) -> None:
         self._clear()
+        self.running = None
         elapsed = time.monotonic() - self.started.get(number, time.monotonic())
         status = line.split(" ", 1)[1]
         shown = f" {status}" if not status.startswith("DONE") else f" {elapsed:.1f}s"
