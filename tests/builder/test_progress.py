@@ -36,10 +36,12 @@ def test_output_from_another_thread_keeps_lines_whole() -> None:
     out = io.StringIO()
     progress = PlainProgress(out)
     step = progress.start("[1/1] RUN seq 1000")
-    threads = [
-        threading.Thread(target=lambda n=n: [progress.output(step, f"line {n} {i}") for i in range(200)])
-        for n in range(4)
-    ]
+
+    def chatter(n: int) -> None:
+        for i in range(200):
+            progress.output(step, f"line {n} {i}")
+
+    threads = [threading.Thread(target=chatter, args=(n,)) for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
