@@ -88,11 +88,12 @@ def run(
     image: str,
     command: tuple[str, ...],
 ) -> None:
-    """Run COMMAND in a new container of IMAGE (overlay root, own namespaces); exits with its status."""
-    try:
-        found = ctx.store.image(image)
-    except StorageError as e:
-        raise ContainerError(str(e)) from None
+    """Run COMMAND in a new container of IMAGE (its own root and namespaces); exits with its status.
+
+    An IMAGE that is not here but names a registry (HOST[:PORT]/NAME[:TAG]) is pulled lazily first:
+    the container starts once the image's tables of contents are here, and reads the rest on demand.
+    """
+    found = _image(ctx, image)
     try:
         limits = Limits(
             memory=parse_memory(memory) if memory else None,
@@ -135,6 +136,26 @@ def run(
     if container.oom_killed:
         click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
     sys.exit(status)
+
+
+def _image(ctx: Context, text: str) -> Image:
+    """The image named `text`, pulled lazily from its registry if it is not here (as docker run pulls)."""
+    try:
+        return ctx.store.image(text)
+    except NotFound as e:
+        first, slash, _ = text.partition("/")
+        if not (slash and ("." in first or ":" in first or first == "localhost")):
+            raise ContainerError(str(e)) from None
+    except StorageError as e:
+        raise ContainerError(str(e)) from None
+    import asyncio
+
+    from lazyfs.pull import pull_lazy
+
+    try:
+        return asyncio.run(pull_lazy(ctx.store, text))
+    except StorageError as e:
+        raise ContainerError(f"pulling {text}: {e}") from None
 
 
 def _driver(

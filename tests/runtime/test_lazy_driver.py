@@ -41,16 +41,22 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 
 @pytest.fixture
-def image(registry: Registry, busybox_tar: Path, tmp_path: Path, root: Path) -> str:
-    """busybox, pushed from another root and pulled lazily into the test's root."""
+def pushed(registry: Registry, busybox_tar: Path, tmp_path: Path) -> str:
+    """busybox in the registry, pushed from another root."""
     origin = tmp_path / "origin"
     ref = f"{registry.address}/test/busybox:latest"
     for args in (("import", str(busybox_tar), "busybox"), ("push", "busybox", ref)):
         subprocess.run(cli_command(origin, *args), check=True, capture_output=True, timeout=120)
-    store = Store(root)
-    pulled = asyncio.run(pull_lazy(store, ref, insecure=True))
-    assert not store.is_complete(pulled)
     return ref
+
+
+@pytest.fixture
+def image(pushed: str, root: Path) -> str:
+    """busybox pulled lazily into the test's root: its manifest, config and TOCs, no file contents."""
+    store = Store(root)
+    pulled = asyncio.run(pull_lazy(store, pushed, insecure=True))
+    assert not store.is_complete(pulled)
+    return pushed
 
 
 @pytest.fixture(autouse=True)
@@ -119,6 +125,39 @@ def test_a_lazily_pulled_image_runs_with_the_lazy_driver_by_default(
     assert lazy_mounts(root) == [] and list((root / "lazy").iterdir()) == []  # the last one out unmounted
     assert lazyctr("run", "--rm", image, "cat", "/etc/passwd").stdout == out
     assert [s["name"] for s in states(lazyctr).values()] == ["first"]
+
+
+def test_run_pulls_an_image_it_has_never_seen_lazily_and_fetches_only_what_is_read(
+    lazyctr: CliRunner, pushed: str, root: Path, busybox_tar: Path
+) -> None:
+    result = lazyctr("run", "--rm", pushed, "cat", "/etc/passwd")
+    assert result.stdout == busybox_file(busybox_tar, "etc/passwd") and result.stderr == ""
+    assert not Store(root).is_complete(stored(root, pushed))  # no layer blob came
+    cached = {path.name for path in (root / "chunks").rglob("*") if path.is_file()}
+    assert piece_of(root, pushed, "etc/passwd").removeprefix("sha256:") in cached
+    for unread in ("etc/group", "etc/hostname"):
+        assert piece_of(root, pushed, unread).removeprefix("sha256:") not in cached
+
+
+def test_run_of_an_image_its_registry_does_not_have(lazyctr: CliRunner, pushed: str, root: Path) -> None:
+    missing = pushed.replace(":latest", ":nope")
+    assert_clean_error(lazyctr("run", "--rm", missing, "true", ok=False), f"pulling {missing}: ")
+    unreachable = lazyctr("run", "--rm", "127.0.0.1:1/test/busybox", "true", ok=False)
+    assert unreachable.code == 125
+    assert_clean_error(unreachable, "cannot reach registry 127.0.0.1:1")
+    assert Store(root).names() == []
+
+
+def test_containers_started_at_once_mount_the_image_once(image: str, root: Path) -> None:
+    command = cli_command(root, "run", "--rm", image, "sh", "-c", "cat /etc/passwd; sleep 3")
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE) for _ in range(4)]
+    users = shared_mountpoint(root, image).parent / "users"
+    wait_for(lambda: users.is_dir() and len(list(users.iterdir())) == 4)
+    assert lazy_mounts(root) == [shared_mountpoint(root, image)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in runs]
+    assert [proc.returncode for proc in runs] == [0] * 4
+    assert len(set(outputs)) == 1 and outputs[0].startswith(b"root:")
+    assert lazy_mounts(root) == [] and list((root / "lazy").iterdir()) == []
 
 
 def test_writes_go_to_the_upper_dir_and_the_lazy_mount_is_unchanged(
