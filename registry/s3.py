@@ -57,6 +57,8 @@ _BUFSIZE = 1 << 20
 _SPOOL = 8 << 20  # request bodies up to this size stay in memory before their part is written
 _OFFSET_DIGITS = 20  # parts sort by name in the order of their offsets
 DEFAULT_CACHE_SIZE = 2 << 30
+HELD_TTL = 5.0  # seconds a repository's hold on a blob is taken as known (see _held)
+HELD_MEMO_MAX = 100_000
 
 
 def _missing(error: ClientError) -> bool:
@@ -110,6 +112,7 @@ class S3BlobStore(BlobStore):
         cache.mkdir(parents=True, exist_ok=True)
         # The cached blobs by hex digest, least recently used first, with their sizes. Blobs left
         # by an earlier run count in the order they were last used (mtime); temporaries are dropped.
+        self._held_memo: dict[tuple[str, Digest], tuple[int, float]] = {}  # -> (size, valid until)
         self._cached: OrderedDict[str, int] = OrderedDict()
         self._cache_lock = threading.Lock()
         found = []
@@ -191,12 +194,26 @@ class S3BlobStore(BlobStore):
         return self._any(self._repo(name))
 
     def _held(self, name: str, digest: Digest) -> int:
+        """The size of a blob the repository holds (BlobUnknown otherwise).
+
+        A yes is remembered for HELD_TTL seconds: asking S3 costs two or three round trips, more
+        than serving a 64 KiB range. A delete through this server forgets it at once; one through
+        another replica is seen within HELD_TTL.
+        """
+        key = (name, Digest(digest))
+        known = self._held_memo.get(key)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
         linked = self._exists(self._layer_link(name, digest)) or self._exists(
             self._manifest_link(name, digest)
         )
         size = self._size(self._blob(digest)) if linked else None
         if size is None:
+            self._held_memo.pop(key, None)
             raise BlobUnknown(f"blob {digest} not found in {name}", {"digest": digest})
+        if len(self._held_memo) >= HELD_MEMO_MAX:
+            self._held_memo.clear()
+        self._held_memo[key] = (size, time.monotonic() + HELD_TTL)
         return size
 
     def blob_size(self, name: str, digest: Digest) -> int:
@@ -303,6 +320,7 @@ class S3BlobStore(BlobStore):
     def delete_blob(self, name: str, digest: Digest) -> None:
         # The blob object stays: other repositories may hold it. Garbage collection is a separate job.
         link = self._layer_link(name, digest)
+        self._held_memo.pop((name, Digest(digest)), None)
         if not self._exists(link):
             raise BlobUnknown(f"blob {digest} not found in {name}", {"digest": digest})
         self._delete(link)
@@ -425,6 +443,7 @@ class S3BlobStore(BlobStore):
             self._delete(self._tag(name, reference))
             return
         pointing = [key for key in self._tag_keys(name) if self._read(key) == digest.encode()]
+        self._held_memo.pop((name, digest), None)
         self._delete(*pointing, self._manifest_link(name, digest))
 
     def _tag_keys(self, name: str) -> list[str]:
