@@ -193,16 +193,22 @@ class Fetcher:
         """The verified bytes of `pieces`, fetching what the cache lacks (and `ahead`, unawaited)."""
         out: list[bytes | None] = []
         missing: list[Piece] = []
+        from_disk = False
         for piece in pieces:
             if self._on_access is not None:
                 self._on_access(piece)
-            data = self.cache.get(piece.digest)
+            data = self.cache.get_from_memory(piece.digest)
+            if data is None:
+                data = self.cache.get(piece.digest)
+                from_disk = data is not None
             out.append(data)
             if data is None:
                 missing.append(piece)
             else:
                 self._count_hit(piece)
         if not missing:
+            if from_disk and ahead:  # a reader going through cached chunks: have the disk read on
+                self.cache.advise([p.digest for p in ahead])
             return out  # type: ignore[return-value]
         with self._lock:
             self.stats.cache_misses += len(missing)

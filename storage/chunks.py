@@ -33,11 +33,9 @@ class ChunkCache:
 
     def get(self, digest: Digest) -> bytes | None:
         """The chunk, verified, or None when it is not cached (or its file was damaged)."""
-        with self._lock:
-            data = self._memory.get(digest)
-            if data is not None:
-                self._memory.move_to_end(digest)
-                return data
+        data = self.get_from_memory(digest)
+        if data is not None:
+            return data
         path = self.path(digest)
         try:
             data = path.read_bytes()
@@ -49,6 +47,27 @@ class ChunkCache:
             return None
         self._remember(digest, data)
         return data
+
+    def advise(self, digests: list[Digest]) -> None:
+        """Start reading these chunks from disk into the page cache (a sequential reader's next ones)."""
+        for digest in digests:
+            if digest in self._memory:
+                continue
+            try:
+                fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
+    def get_from_memory(self, digest: Digest) -> bytes | None:
+        with self._lock:
+            data = self._memory.get(digest)
+            if data is not None:
+                self._memory.move_to_end(digest)
+            return data
 
     def contains(self, digest: Digest) -> bool:
         """Whether the chunk is cached (unverified: for counting and planning, not for serving)."""
