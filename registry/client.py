@@ -512,9 +512,9 @@ class RegistryClient:
             return []
         if len(ranges) == 1:
             return [await self.read_range(repo, digest, *ranges[0])]
-        if not self._multi_range and not self._ranges_ignored:
-            return await self._read_single_ranges(repo, digest, ranges)
         spans = _merge(ranges)
+        if len(spans) == 1 or (not self._multi_range and not self._ranges_ignored):
+            return await self._read_spans_one_by_one(repo, digest, spans, ranges)
         what = f"blob {repo}@{Digest(digest)} ({len(ranges)} ranges)"
         where = f"{self.registry}: {what}"
         header = "bytes=" + ",".join(f"{start}-{end - 1}" for start, end in spans)
@@ -536,20 +536,29 @@ class RegistryClient:
                 if attempt == TRIES - 1:
                     raise self._unreachable(e) from None
                 await asyncio.sleep(BACKOFF * 2**attempt)
-        return await self._read_single_ranges(repo, digest, ranges)
+        return await self._read_spans_one_by_one(repo, digest, spans, ranges)
 
-    async def _read_single_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    async def _read_spans_one_by_one(
+        self, repo: str, digest: str, spans: list[tuple[int, int]], ranges: list[tuple[int, int]]
+    ) -> list[bytes]:
+        """`ranges` cut out of the merged `spans`, read with one Range GET each, a few at a time."""
         assert self._single_ranges is not None
         per_call = asyncio.Semaphore(SINGLE_RANGES_PER_CALL)
 
-        async def one(offset: int, length: int) -> bytes:
+        async def one(start: int, end: int) -> tuple[int, bytes]:
             assert self._single_ranges is not None
             async with per_call, self._single_ranges:
-                return await self.read_range(repo, digest, offset, length)
+                return start, await self.read_range(repo, digest, start, end - start)
 
-        async with asyncio.TaskGroup() as group:  # the first failure cancels the others
-            tasks = [group.create_task(one(offset, length)) for offset, length in ranges]
-        return [task.result() for task in tasks]
+        tasks = [asyncio.ensure_future(one(start, end)) for start, end in spans]
+        try:
+            parts = list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # the first failure is the answer: the others are not waited for
+                task.cancel()
+            raise
+        what = f"{self.registry}: blob {repo}@{Digest(digest)} ({len(ranges)} ranges)"
+        return [_cut(parts, offset, length, what) for offset, length in ranges]
 
     # -- writing ---------------------------------------------------------------------------------
 
