@@ -208,14 +208,14 @@ class Builder:
     # -- the whole build -------------------------------------------------------------------------
 
     def build(self) -> BuildResult:
+        if not self.options.context.is_dir():
+            raise BuildError(f"the build context {self.options.context} is not a directory")
         try:
             text = self.options.dockerfile.read_text()
         except FileNotFoundError:
             raise BuildError(f"cannot read the Dockerfile: {self.options.dockerfile}: no such file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise BuildError(f"cannot read the Dockerfile {self.options.dockerfile}: {e}") from None
-        if not self.options.context.is_dir():
-            raise BuildError(f"the build context {self.options.context} is not a directory")
         dockerfile = parse_dockerfile(text, self.filename)
         self.dockerfile = dockerfile
         self.prelude, self.stages = split_stages(dockerfile, self.filename)
@@ -453,30 +453,39 @@ class Builder:
         state: State,
         instruction: Instruction,
         where: Instruction,
-        key_parts: list[Any],
+        key_parts: list[Any] | Callable[[], list[Any]],
         created_by: str,
         work: Callable[[Path, int], None],
     ) -> None:
-        """Run a file-changing step, or take it from the cache; its layer (if any) joins the state."""
-        key = cache_key(state.key, *key_parts, self.options.platform)
+        """Run a file-changing step, or take it from the cache; its layer (if any) joins the state.
+
+        `key_parts` may be a function: what reads the step's sources (a COPY's digest) then fails
+        under the step's own progress line.
+        """
         number = self.progress.start(self._step_label(stage, instruction))
-        entry = self.cache.get(key)
-        if entry is not None:
-            self.progress.cached(number)
-        else:
-            try:
+        cached = False
+        try:
+            parts = key_parts() if callable(key_parts) else key_parts
+            key = cache_key(state.key, *parts, self.options.platform)
+            found = self.cache.get(key)
+            if found is not None:
+                entry, cached = found, True
+            else:
                 with self._scratch_dir() as scratch:
                     upper = scratch / "upper"
                     work(upper, number)
                     layer = self._store_upper(upper)
-            except BuildError as e:
-                self.progress.error(number, str(e))
-                raise BuildError(f"{self._where(where)}: {e}") from None
-            except BaseException as e:
-                self.progress.error(number, str(e))
-                raise
-            entry = CacheEntry(self._now(), layer)
-            self.cache.put(key, entry)
+                entry = CacheEntry(self._now(), layer)
+                self.cache.put(key, entry)
+        except BuildError as e:
+            self.progress.error(number, str(e))
+            raise BuildError(f"{self._where(where)}: {e}") from None
+        except BaseException as e:
+            self.progress.error(number, str(e) or type(e).__name__)
+            raise
+        if cached:
+            self.progress.cached(number)
+        else:
             self.progress.done(number)
         state.key = key
         if entry.layer is not None:
@@ -675,15 +684,14 @@ class Builder:
             else:
                 image, source_key = self._from_ref(source_ref, where, keyword)
                 source = stack.enter_context(ImageFiles.open(self.store, image))
-            try:
-                digest = copy_digest(request, source)
-            except BuildError as e:
-                raise BuildError(f"{self._where(where)}: {e}") from None
             text = " ".join(instruction.original.split()) if instruction.original else keyword
             heredocs = [(h.name, h.content, h.expand, h.chomp) for h in request.heredocs]
-            key_parts = [keyword, request.sources, request.dest, request.workdir, request.chown,
-                         request.chmod, request.link, list(request.excludes), request.checksum,
-                         source_key, digest, heredocs]  # fmt: skip
+
+            def key_parts() -> list[Any]:
+                digest = copy_digest(request, source)  # reads the sources: their errors are the step's
+                return [keyword, request.sources, request.dest, request.workdir, request.chown,
+                        request.chmod, request.link, list(request.excludes), request.checksum,
+                        source_key, digest, heredocs]  # fmt: skip
 
             def work(upper: Path, number: int) -> None:
                 upper.mkdir()
