@@ -511,3 +511,29 @@ RUN --mount=type=bind,source=.,target=/ctx,rw echo scribble > /ctx/new && cat /c
     assert based("run", "--rm", "misc", "pwd").out == "/srv/app/data\n"
     listing = based("run", "--rm", "misc", "ls", "-ld", "/srv", "/tmp").out.split("\n")
     assert listing[0].startswith("drwxr-xr-x") and listing[1].startswith("drwxrwxrwt")  # /tmp kept its mode
+
+
+def test_add_extracts_local_archives_copy_chown_chmod_and_another_dockerfile(
+    based: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    import tarfile
+
+    context = write(tmp_path / "ctx", {"src/tool.sh": "echo tool\n", "notes.txt": "notes\n"})
+    with tarfile.open(context / "bundle.tar.gz", "w:gz") as tar:
+        tar.add(context / "src" / "tool.sh", arcname="bundle/tool.sh")
+    dockerfile = """\
+FROM busybox
+ADD bundle.tar.gz /opt/
+COPY --chown=nobody:nogroup --chmod=0750 src/tool.sh /usr/local/bin/tool
+COPY --exclude=**/*.sh . /all/
+"""
+    write(
+        context,
+        {"build/Custom.Dockerfile": dockerfile, "build/Custom.Dockerfile.dockerignore": "notes.txt\n"},
+    )
+    build(based, context, "-f", str(context / "build" / "Custom.Dockerfile"), "-t", "custom")
+    script = "cat /opt/bundle/tool.sh; stat -c '%U:%G %a' /usr/local/bin/tool; ls /all /all/src"
+    out = based("run", "--rm", "custom", "sh", "-c", script).out
+    lines = out.split("\n")
+    assert lines[0] == "echo tool" and lines[1] == "nobody:nogroup 750"
+    assert "notes.txt" not in out and "tool.sh" not in "\n".join(lines[2:]) and "bundle.tar.gz" in out
