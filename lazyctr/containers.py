@@ -185,10 +185,17 @@ def _driver(
 
 def _say_recorded(container: Container) -> None:
     driver = container.driver
-    if isinstance(driver, LazyDriver) and driver.recorded is not None:
-        pieces, size = driver.recorded
+    if not isinstance(driver, LazyDriver) or driver.recorded is None:
+        return
+    pieces, size = driver.recorded
+    if pieces:
         click.echo(
             f"lazyctr: access profile of {container.image.name} recorded: {pieces} pieces, {size} bytes",
+            err=True,
+        )
+    else:
+        click.echo(
+            f"lazyctr: no access profile recorded: the container read nothing from {container.image.name}",
             err=True,
         )
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from runtime import syscalls as sc
 from runtime.layers import LayerCache, extract_verified
+from runtime.process import ContainerError
 from storage.errors import StorageError
 from storage.store import Image, Store
 
@@ -99,7 +100,7 @@ class LazyDriver:
         self.image: Image | None = None
         self.slot: Slot | None = None
         self.recorder: ProfileRecorder | None = None
-        self.recorded: tuple[int, int] | None = None  # (pieces, bytes) of the profile stored at release
+        self.recorded: tuple[int, int] | None = None  # (pieces, bytes) of the profile stored, (0, 0): none
 
     def prepare(self, image: Image, container_dir: Path) -> None:
         from runtime import lazy  # imports FUSE: only containers that use it pay for it
@@ -108,7 +109,10 @@ class LazyDriver:
         for part in ("upper", "work", "rootfs"):
             (container_dir / part).mkdir(parents=True, exist_ok=True)
         recording = self.record_seconds is not None
-        self.slot = lazy.acquire(self.store, image, container_dir.name, private=recording)
+        try:
+            self.slot = lazy.acquire(self.store, image, container_dir.name, private=recording)
+        except StorageError as e:  # no FUSE, a corrupt TOC, an image without a source...
+            raise ContainerError(f"lazy mount of {image.name}: {e}") from None
         if self.record_seconds is not None:
             self.recorder = lazy.ProfileRecorder(self.slot, self.record_seconds)
 
@@ -134,7 +138,8 @@ class LazyDriver:
         try:
             if self.recorder is not None and self.image is not None:
                 accesses = self.recorder.finish()  # before the mount, and what it served, goes
-                self.recorded = lazy.store_profile(self.store, self.image, accesses)
+                # Nothing read (the command failed at once): an empty profile would only hide an older one.
+                self.recorded = lazy.store_profile(self.store, self.image, accesses) if accesses else (0, 0)
         finally:
             try:
                 lazy.release(slot, container_dir.name)

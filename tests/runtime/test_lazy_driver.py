@@ -261,6 +261,14 @@ def test_profile_seconds_bounds_the_recording(lazyctr: CliRunner, image: str, ro
     assert piece_of(root, image, "etc/passwd") not in digests  # read after the half second
 
 
+def test_a_recording_that_read_nothing_stores_no_profile(lazyctr: CliRunner, image: str, root: Path) -> None:
+    result = lazyctr("run", "--rm", "--record-profile", image, "/nosuchcmd", ok=False)
+    assert result.code == 127
+    assert "no access profile recorded: the container read nothing" in result.stderr.splitlines()[-1]
+    assert load_profile(Store(root), stored(root, image)) == []
+    assert lazy_mounts(root) == [] and list((root / "lazy").iterdir()) == []
+
+
 def test_recording_uses_a_mount_of_its_own(lazyctr: CliRunner, image: str, root: Path) -> None:
     lazyctr("run", "-d", "--name", "reader", image, "sh", "-c", "cat /etc/group; sleep 60")
     lazyctr("run", "--rm", "--record-profile", image, "cat", "/etc/passwd")
