@@ -163,13 +163,19 @@ def _stale(container_dir: Path, user_file: Path) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (a daemon that died, not yet reaped by its parent) does not."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return pid > 0
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _daemon_alive(slot: Slot) -> bool:

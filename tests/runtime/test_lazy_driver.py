@@ -235,6 +235,23 @@ def test_the_next_run_prunes_a_dead_supervisors_user(lazyctr: CliRunner, image: 
             Cgroup.open(container_id).remove()
 
 
+def test_a_mount_whose_daemon_died_is_replaced(lazyctr: CliRunner, image: str, root: Path) -> None:
+    lazyctr("run", "-d", "--name", "old", image, "sleep", "60")
+    mountpoint = shared_mountpoint(root, image)
+    info = MountState.of(root, mountpoint).info
+    assert info is not None
+    os.kill(int(info["pid"]), signal.SIGKILL)
+    stat = Path(f"/proc/{info['pid']}/stat")
+    wait_for(lambda: not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z")
+    failed = lazyctr("exec", "old", "cat", "/etc/hostname", ok=False)
+    assert failed.code != 0 and "Transport endpoint is not connected" in failed.stderr
+    assert lazyctr("run", "--rm", image, "cat", "/etc/hostname").out == "lazyctr\n"  # a new daemon
+    new = MountState.of(root, mountpoint).info
+    assert new is not None and new["pid"] != info["pid"] and lazy_mounts(root) == [mountpoint]  # for "old"
+    lazyctr("rm", "-f", "old")
+    assert lazy_mounts(root) == []
+
+
 def test_a_recorded_profile_is_prefetched_by_the_next_lazy_run(
     lazyctr: CliRunner, image: str, root: Path
 ) -> None:
