@@ -7,6 +7,9 @@ is the concurrency) then measures, for a fixed time per server:
   (a) whole GETs of the big blob, 1 and 8 concurrent clients: MB/s;
   (b) 64 KiB Range GETs at random offsets of the big blob, 1 and 64 concurrent clients: requests/s, MB/s;
   (c) whole GETs of the small blobs, 64 concurrent clients: requests/s.
+Then lazy reads as lazyfs does them, through our RegistryClient: 64 concurrent callers, each call
+16 ranges of 4 KiB at random offsets of the big blob, with read_ranges (one multi-range request)
+and with one read_range per range (16 requests); calls/s.
 Each case runs in two halves in the order A B B A, so that drift in the machine's load falls on both.
 A sample of responses is checked byte for byte against what was pushed; a mismatch fails the run.
 docker-registry (the Debian package) is skipped with the reason when it is missing or does not start.
@@ -41,6 +44,10 @@ from types import FrameType
 import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0]).resolve() == REPO / "benchmarks":
+    # Run as a script, this file's directory comes first on the path, and `import registry`
+    # would find this file instead of the registry room the lazy-read case uses.
+    sys.path[0] = str(REPO)
 NAME = "bench/blobs"
 MiB = 1 << 20
 RANGE = 64 * 1024
@@ -387,12 +394,62 @@ def print_case(case: Case, results: dict[str, Measure]) -> None:
         for name, ours in results.items():
             if name != "docker-registry":
                 ratios = "".join(f"{f(ours) / f(theirs):>13.2f}x" for _, f in columns)
-                label = (
-                    "ours/docker-reg."
-                    if name == "lazyctr"
-                    else f"{name.removeprefix('lazyctr-')}/docker-reg."
-                )
+                label = "ours/docker-reg." if name == "lazyctr" else f"{name.removeprefix('lazyctr-')}/d-reg."
                 print(f"  {label:<18}{ratios}   (>1 = ours faster)")
+
+
+LAZY_RANGES, LAZY_RANGE, LAZY_CALLERS = 16, 4096, 64
+
+
+async def lazy_reads(server: Server, blobs: Blobs, multi: bool, seconds: float) -> Measure:
+    """LAZY_CALLERS tasks calling read_ranges (or read_range per range) for `seconds`."""
+    from registry.client import RegistryClient
+
+    limit = len(blobs.big) - LAZY_RANGE
+    async with RegistryClient(server.url.removeprefix("http://")) as client:
+
+        async def call(verify: bool) -> int:
+            ranges = [(random.randrange(limit), LAZY_RANGE) for _ in range(LAZY_RANGES)]
+            if multi:
+                got = await client.read_ranges(NAME, blobs.big_digest, ranges)
+            else:
+                got = list(
+                    await asyncio.gather(*(client.read_range(NAME, blobs.big_digest, *r) for r in ranges))
+                )
+            if verify and got != [blobs.big[o : o + n] for o, n in ranges]:
+                raise RuntimeError(f"{server.name}: lazy read: wrong content")
+            return sum(len(g) for g in got)
+
+        await asyncio.gather(*(call(True) for _ in range(LAZY_CALLERS)))
+        start = time.perf_counter()
+        deadline = start + seconds
+        counts = [0] * LAZY_CALLERS
+        sizes = [0] * LAZY_CALLERS
+
+        async def worker(k: int) -> None:
+            while time.perf_counter() < deadline:
+                sizes[k] += await call(counts[k] % VERIFY_EVERY == 0)
+                counts[k] += 1
+
+        await asyncio.gather(*(worker(k) for k in range(LAZY_CALLERS)))
+        if multi and not client.multi_range:
+            print(f"  note: {server.name} refused multi-range requests; read_ranges fell back")
+        return Measure(sum(counts), sum(sizes), time.perf_counter() - start)
+
+
+async def run_lazy_reads(servers: list[Server], blobs: Blobs, seconds: float) -> None:
+    print(f"\n(d) lazy reads: {LAZY_CALLERS} callers, {LAZY_RANGES} x {LAZY_RANGE // 1024} KiB ranges a call")
+    print(f"  {'server':<18}{'read_ranges':>14}{'read_range x16':>16}{'ratio':>8}   (calls/s)")
+    for s in servers:
+        multi = single = Measure(0, 0, 0.0)
+        for first in (True, False):  # A B B A
+            for use_multi in (first, not first):
+                m = await lazy_reads(s, blobs, use_multi, seconds / 4)
+                if use_multi:
+                    multi += m
+                else:
+                    single += m
+        print(f"  {s.name:<18}{multi.rps:>14.1f}{single.rps:>16.1f}{multi.rps / single.rps:>7.2f}x")
 
 
 async def run_cases(servers: list[Server], blobs: Blobs, seconds: float) -> None:
@@ -406,6 +463,7 @@ async def run_cases(servers: list[Server], blobs: Blobs, seconds: float) -> None
         for s in [*servers, *reversed(servers)]:  # A B B A
             results[s.name] += await measure(s.url, request, case.concurrency, seconds / 2)
         print_case(case, results)
+    await run_lazy_reads(servers, blobs, seconds)
 
 
 def main() -> int:

@@ -74,6 +74,7 @@ MANIFEST_MAX = 4 << 20
 DRAIN_MAX = 16 << 20
 SHUTDOWN_TIMEOUT = 5.0
 CHUNK = 1 << 20
+MULTIPART_IN_MEMORY = 4 << 20  # multi-range answers up to this size are read at once
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")
 IMMUTABLE = "max-age=31536000, immutable"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -339,6 +340,14 @@ async def send_multipart(
     ) + len(tail)
     await response.prepare(request)
     if request.method == "HEAD":
+        return response
+    if sum(end - start + 1 for start, end in ranges) <= MULTIPART_IN_MEMORY:
+        # The usual lazy read: many small ranges. One trip to a thread for all of them, not two a range.
+        bodies = await asyncio.to_thread(lambda: [b"".join(read(start, end + 1)) for start, end in ranges])
+        await response.write(
+            b"".join(head + body + b"\r\n" for head, body in zip(heads, bodies, strict=True)) + tail
+        )
+        await response.write_eof()
         return response
     for head, (start, end) in zip(heads, ranges, strict=True):
         await response.write(head)
