@@ -237,6 +237,8 @@ def test_the_next_run_prunes_a_dead_supervisors_user(lazyctr: CliRunner, image: 
 
 def test_a_mount_whose_daemon_died_is_replaced(lazyctr: CliRunner, image: str, root: Path) -> None:
     lazyctr("run", "-d", "--name", "old", image, "sleep", "60")
+    comm = Path(f"/proc/{states(lazyctr)['old']['pid']}/comm")
+    wait_for(lambda: comm.read_text().strip() == "sleep")  # its binary is read: it runs without the mount
     mountpoint = shared_mountpoint(root, image)
     info = MountState.of(root, mountpoint).info
     assert info is not None
