@@ -9,6 +9,10 @@ with the stored credentials (registry/credentials.py), `Bearer` by asking the na
 for a token (with the credentials when there are any, anonymously otherwise), kept per scope for
 the client's life. Redirects are followed by hand so that `Authorization` never goes to another
 host: registries redirect blob GETs to their storage.
+
+Byte ranges are what lazyfs reads with: `read_ranges` asks for many ranges in one request
+(`multipart/byteranges`) and falls back, once and for the client's life, to one range a request
+when a registry will not. One client serves many concurrent callers on pooled connections.
 """
 
 from __future__ import annotations
