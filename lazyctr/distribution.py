@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from registry.progress import TransferProgress
     from registry.storage import BlobStore
     from registry.tokens import PrivateKey
+    from storage.reference import ImageRef
+    from storage.store import Image
 
 # asyncio, ssl and the registry room are imported inside the commands that use them: every
 # `lazyctr run` imports this module, and they would add ~25 ms to each container's start.
@@ -231,15 +233,34 @@ def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mod
     finally:
         progress.close()
     click.echo(f"manifest {digest}")
+    referrers = _run(_push_referrers(ctx, found, target, insecure))
+    if referrers:
+        click.echo(f"referrers {referrers} (access profiles and other artifacts of the image)")
+
+
+async def _push_referrers(ctx: Context, image: Image, target: ImageRef, insecure: bool) -> int:
+    from registry.client import RegistryClient
+    from registry.referrers import push_referrers
+
+    if not ctx.store.referrers(image.descriptor.digest):
+        return 0
+    assert target.domain is not None
+    async with RegistryClient(target.domain, insecure) as client:
+        return await push_referrers(client, ctx.store, target.repository, image.descriptor.digest)
 
 
 @command()
 @click.argument("ref")
 @click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+@click.option("--eager", is_flag=True, help="Fetch every layer now, not only the TOCs.")
 @_PROGRESS
 @pass_context
-def pull(ctx: Context, ref: str, insecure: bool, progress_mode: str) -> None:
-    """Pull the image REF (HOST[:PORT]/NAME[:TAG|@DIGEST]) whole and name it REF; prints its ID.
+def pull(ctx: Context, ref: str, insecure: bool, eager: bool, progress_mode: str) -> None:
+    """Pull the image REF (HOST[:PORT]/NAME[:TAG|@DIGEST]) and name it REF; prints its ID.
+
+    By default the pull is lazy: the manifest, the config, each layer's table of contents and the
+    image's access profile, if the registry has one; file contents are fetched when a container
+    (or `lazyctr mount`) reads them. Layers without a TOC make the pull eager.
 
     Progress goes to stderr (stdout is the image ID alone): bars on a terminal, a line per blob
     with --progress plain. Off a terminal `auto` shows none, so that a failed pull still ends in
@@ -248,6 +269,11 @@ def pull(ctx: Context, ref: str, insecure: bool, progress_mode: str) -> None:
     from registry.client import pull_image
     from registry.progress import TransferProgress
 
+    if not eager:
+        from lazyfs.pull import pull_lazy
+
+        click.echo(_run(pull_lazy(ctx.store, ref, insecure)).id)
+        return
     quiet = progress_mode == "auto" and not sys.stderr.isatty()
     progress = TransferProgress() if quiet else _transfer_progress(progress_mode, sys.stderr)
     try:

@@ -27,6 +27,7 @@ from storage.importer import (
 )
 from storage.store import Image, Store
 from storage.tree import ImageTree
+from storage.zstd_chunked import position_from_annotations
 
 
 @command("import")
@@ -91,19 +92,20 @@ def images(ctx: Context, as_json: bool) -> None:
 def _inspect(store: Store, image: Image) -> dict[str, Any]:
     layers = []
     for layer, diff_id in zip(image.manifest.layers, image.config.diff_ids, strict=False):
-        with store.open_layer(layer) as reader:
-            entries = reader.toc.entries
-            layers.append(
-                {
-                    "Digest": layer.digest,
-                    "MediaType": layer.media_type,
-                    "Size": layer.size,
-                    "DiffID": diff_id,
-                    "TOCDigest": reader.toc_digest,
-                    "TOCEntries": len(entries),
-                    "UncompressedFileSize": sum(e.size for e in entries if e.type == "reg"),
-                }
-            )
+        entries = store.layer_toc(layer).entries  # a lazily pulled layer has only its TOC here
+        promised = position_from_annotations(layer.annotations, layer.size)
+        layers.append(
+            {
+                "Digest": layer.digest,
+                "MediaType": layer.media_type,
+                "Size": layer.size,
+                "DiffID": diff_id,
+                "TOCDigest": promised[0] if promised else None,
+                "TOCEntries": len(entries),
+                "UncompressedFileSize": sum(e.size for e in entries if e.type == "reg"),
+                "Local": store.has_blob(layer.digest),
+            }
+        )
     return {
         "Id": image.id,
         "Digest": image.descriptor.digest,
@@ -209,8 +211,8 @@ def export(ctx: Context, image: str, destination: str, compression: str) -> None
 @pass_context
 def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
     """List files of an image, read from its layers' tables of contents."""
-    with ctx.store.open_layers(ctx.store.image(image)) as layers:
-        tree = ImageTree.from_tocs([layer.toc for layer in layers])
+    found = ctx.store.image(image)
+    tree = ImageTree.from_tocs([ctx.store.layer_toc(layer) for layer in found.manifest.layers])
     node = tree.lookup(path, follow_last=False)  # a dangling or looping symlink still lists
     if node.kind == "symlink":
         with contextlib.suppress(NotFound, UnsafePath):
@@ -234,12 +236,15 @@ def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
 @pass_context
 def cat(ctx: Context, image: str, path: str) -> None:
     """Print a file of an image, reading only the byte ranges that hold it."""
+    from lazyfs.image import MountableImage, read_file
+
     found = ctx.store.image(image)
-    with ctx.store.open_layers(found) as layers:
-        node = ImageTree.from_tocs([layer.toc for layer in layers]).lookup(path)
-        if node.kind != "reg":
-            raise NotFound(f"{path} is not a regular file in {found.name}")
-        for data in layers[node.layer].iter_file(node.content):
+    mountable = MountableImage.load(ctx.store, found)  # a lazily pulled layer is read from its registry
+    node = mountable.tree.lookup(path)
+    if node.kind != "reg":
+        raise NotFound(f"{path} is not a regular file in {found.name}")
+    with mountable.fetching(ctx.store) as fetcher:
+        for data in read_file(fetcher, node.content, node.layer):
             sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

@@ -37,6 +37,7 @@ from storage.toc import TocEntry
 from storage.zstd_chunked import compressed_bound, decompress_frames
 
 log = logging.getLogger("lazyfs")
+log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; a CLI command stays quiet
 
 COALESCE_GAP = 64 << 10  # fetch a gap this small rather than pay a second range
 MAX_RANGE = 8 << 20  # one range no longer than this, so big reads go out in parallel
@@ -175,9 +176,19 @@ class Fetcher:
         self._thread.start()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        """Cancel what is still being fetched and end the loop."""
+        if not self._thread.is_alive():
+            return
+
+        async def wind_down() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(wind_down(), self._loop)
+        self._thread.join(timeout=5)
 
     def call(self, coroutine: Awaitable[Any]) -> Any:
         """Run a coroutine on the engine's loop (e.g. closing a registry client)."""
@@ -222,6 +233,8 @@ class Fetcher:
         except FutureTimeout:
             future.cancel()
             raise FetchError(5, f"no answer from the registry within {self.timeout:g} s") from None
+        except FetchError:
+            raise
         except (StorageError, OSError) as e:
             raise FetchError(5, str(e)) from None
         return [data if data is not None else next(fetched) for data in out]

@@ -6,13 +6,16 @@ TOC is here) from the registry the image came from (`Image.source`), with Range 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from lazyfs.fetcher import FileLayerSource, LayerSource
+from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource, Piece, file_pieces
 from registry.client import RegistryClient, registry_ref
+from storage.chunks import ChunkCache
 from storage.errors import NotFound
 from storage.store import Image, Store
-from storage.toc import LayerToc
+from storage.toc import LayerToc, TocEntry
 from storage.tree import ImageTree
 
 INSECURE_PREFIX = "http://"  # on a source: pulled with --insecure, so fetched over plain HTTP too
@@ -72,3 +75,34 @@ class MountableImage:
         for source in self._files:
             source.close()
         self._files.clear()
+
+    @contextlib.contextmanager
+    def fetching(
+        self, store: Store, timeout: float = 30.0, on_access: Callable[[Piece], None] | None = None
+    ) -> Iterator[Fetcher]:
+        """A running fetch engine for this image's layers (a registry client on its loop if needed)."""
+        fetcher = Fetcher([], ChunkCache(store.root), timeout, on_access)
+        fetcher.start()
+        client: RegistryClient | None = None
+        try:
+            if self.registry is not None:
+                client = RegistryClient(self.registry, self.insecure)
+                fetcher.call(client.__aenter__())
+            fetcher.sources = self.sources(store, client)
+            yield fetcher
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    fetcher.call(client.__aexit__(None, None, None))
+            fetcher.stop()
+            self.close()
+
+
+def read_file(fetcher: Fetcher, entry: TocEntry, layer: int) -> Iterator[bytes]:
+    """A regular file's contents, piece by piece, through the fetch engine (verified, cached)."""
+    for piece in file_pieces(entry, layer) if entry.size else []:
+        if isinstance(piece, Piece):
+            yield fetcher.get([piece])[0]
+        else:  # a hole, made up in pieces: it may be huge
+            for start in range(0, piece, 1 << 20):
+                yield bytes(min(1 << 20, piece - start))

@@ -33,8 +33,6 @@ import mfusepy
 from lazyfs.fetcher import Fetcher, Piece
 from lazyfs.fs import LazyFS
 from lazyfs.image import MountableImage
-from registry.client import RegistryClient
-from storage.chunks import ChunkCache
 from storage.errors import StorageError
 from storage.files import atomic_write
 from storage.store import Image, Store
@@ -225,13 +223,20 @@ def _daemon(
         if piece not in accesses:
             accesses[piece] = None
 
-    fetcher = Fetcher([], ChunkCache(store.root), timeout, on_access=record)
-    fetcher.start()
-    client: RegistryClient | None = None
-    if mountable.registry is not None:
-        client = RegistryClient(mountable.registry, mountable.insecure)
-        fetcher.call(client.__aenter__())
-    fetcher.sources = mountable.sources(store, client)
+    with mountable.fetching(store, timeout, record) as fetcher:
+        return _serve(fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, accesses)
+
+
+def _serve(
+    fetcher: Fetcher,
+    mountable: MountableImage,
+    mountpoint: Path,
+    state: MountState,
+    prefetch: Sequence[dict[str, Any]],
+    fill: bool,
+    ready_fd: int,
+    accesses: dict[Piece, None],
+) -> int:
     fs = LazyFS(mountable.tree, fetcher)
     layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
 
@@ -283,9 +288,4 @@ def _daemon(
             write_stats_now()
     finally:
         write_accesses()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                fetcher.call(client.__aexit__(None, None, None))
-        fetcher.stop()
-        mountable.close()
     return 0

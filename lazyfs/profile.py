@@ -32,7 +32,7 @@ def profile_manifest(store: Store, image: Image, accesses: list[dict[str, Any]])
 
 
 def save_profile(store: Store, image: Image, accesses: list[dict[str, Any]]) -> Descriptor:
-    return store.add_referrer(image.descriptor, profile_manifest(store, image, accesses))
+    return store.add_referrer(profile_manifest(store, image, accesses).to_bytes())
 
 
 def load_profile(store: Store, image: Image) -> list[dict[str, Any]]:

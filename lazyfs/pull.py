@@ -4,7 +4,8 @@ A TOC is fetched by byte range at the position the layer descriptor's annotation
 only if it hashes to the digest the annotation promises (the manifest digest vouches for the
 annotation); it is then parsed and validated (no path escaping the root, no duplicate entries,
 no chunk outside the blob, no absurd sizes) before anything is stored. The image is named in
-the store with its source, so lazyfs knows where to fetch contents later.
+the store with its source, so lazyfs knows where to fetch contents later; an access profile the
+registry holds for it (a referrer) comes along.
 
 An image with a layer that has no TOC (plain tar, gzip, zstd without the chunked annotations)
 is pulled eagerly, as a whole: its layers must be converted, which changes the manifest anyway.
@@ -13,9 +14,12 @@ is pulled eagerly, as a whole: its layers must be converted, which changes the m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from lazyfs.image import INSECURE_PREFIX
-from registry.client import RegistryClient, fetch_manifest, pull_image, registry_ref
+from lazyfs.profile import PROFILE_TYPE
+from registry.client import RegistryClient, RegistryClientError, fetch_manifest, pull_image, registry_ref
+from registry.referrers import pull_referrers
 from storage.digest import verify
 from storage.oci import MEDIA_LAYER_ZSTD, REF_NAME, Descriptor, Manifest
 from storage.store import SOURCE, Image, Store
@@ -50,6 +54,9 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
             store.put_blob(data)
             source = f"{INSECURE_PREFIX if insecure else ''}{ref.domain}/{repo}"
             store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: source}))
+            # An access profile is a bonus: a registry without one (or without the API) is fine.
+            with contextlib.suppress(RegistryClientError):
+                await pull_referrers(client, store, repo, digest, PROFILE_TYPE)
     return store.image(name)
 
 

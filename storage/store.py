@@ -159,16 +159,21 @@ class Store:
             index.manifests = [d for d in index.manifests if d.annotations.get(REF_NAME) not in names]
             self._write_index(index)
 
-    def add_referrer(self, subject: Descriptor, artifact: Manifest) -> Descriptor:
-        """Store an artifact that refers to the manifest `subject` (the OCI referrers model); it
-        lives as long as an image name points at its subject."""
-        data = artifact.to_bytes()
-        entry = Descriptor(MEDIA_MANIFEST, self.put_blob(data), len(data), {SUBJECT: str(subject.digest)})
-        entry.artifact_type = artifact.artifact_type
+    def add_referrer(self, data: bytes) -> Descriptor:
+        """Store the artifact manifest `data` that refers to an image manifest (its `subject`, the
+        OCI referrers model); it lives as long as an image name points at its subject. Its blobs
+        must be in the store already."""
+        artifact = Manifest.parse(data)
+        if artifact.subject is None:
+            raise CorruptLayer("an artifact manifest without a subject")
+        annotations = {SUBJECT: str(artifact.subject.digest)}
+        entry = Descriptor(MEDIA_MANIFEST, self.put_blob(data), len(data), annotations)
+        entry.artifact_type = artifact.artifact_type or artifact.config.media_type
         with self.ingesting(), file_lock(self.locks / "index.lock"):
             index = self._index()
-            index.manifests.append(entry)
-            self._write_index(index)
+            if all(d.digest != entry.digest for d in index.manifests):
+                index.manifests.append(entry)
+                self._write_index(index)
         return entry
 
     def referrers(self, subject: Digest, artifact_type: str | None = None) -> list[Descriptor]:
@@ -272,7 +277,7 @@ class Store:
             live: set[str] = set()
             index = self._index()
             named = {d.digest for d in index.manifests if REF_NAME in d.annotations}
-            orphans = [d for d in index.manifests if d.annotations.get(SUBJECT, named) not in named]
+            orphans = [d for d in index.manifests if d.annotations.get(SUBJECT, "") not in ("", *named)]
             if orphans:  # artifacts of images no longer named go with them
                 with file_lock(self.locks / "index.lock"):
                     index = self._index()

@@ -82,7 +82,8 @@ def test_pull_errors_are_one_line_and_name_nothing(
         if len(data) > 100_000:  # the layer
             data[len(data) // 2] ^= 0xFF
             blob.write_bytes(bytes(data))
-    tampered = lazyctr("pull", f"{server.address}/test/busybox:latest", ok=False)
+    # An eager pull checks the whole blob (a lazy one checks each chunk as it is read: tests/lazyfs).
+    tampered = lazyctr("pull", "--eager", f"{server.address}/test/busybox:latest", ok=False)
     assert_clean_error(tampered, "does not match its digest")
     assert json.loads(lazyctr("images", "--json").out) == []
 
