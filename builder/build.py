@@ -312,14 +312,25 @@ class Builder:
         return state
 
     def _build_stage(self, stage: Stage) -> State:
-        steps = 1 + sum(1 for i in stage.instructions if i.keyword.upper() in FILE_STEPS)
-        self.step_numbers[stage.index] = (steps, iter(range(2, steps + 1)))
         base_name = self._expand_global(stage.base, stage.origin)
-        state = self._from(stage, base_name, steps)
-        triggers = state.config.pop("OnBuild", None) or []
-        for text in triggers:
-            for trigger in self._parse_trigger(str(text), stage.origin):
-                self._dispatch(stage, state, trigger, trigger_of=stage.origin)
+        try:
+            state = self._from(stage, base_name)
+        except BaseException as e:
+            steps = 1 + sum(1 for i in stage.instructions if i.keyword.upper() in FILE_STEPS)
+            number = self.progress.start(f"[{self._prefix(stage)}1/{steps}] FROM {base_name}")
+            self.progress.error(number, str(e) or type(e).__name__)
+            raise
+        triggers = [
+            trigger
+            for text in state.config.pop("OnBuild", None) or []
+            for trigger in self._parse_trigger(str(text), stage.origin)
+        ]
+        steps = 1 + sum(1 for i in [*triggers, *stage.instructions] if i.keyword.upper() in FILE_STEPS)
+        self.step_numbers[stage.index] = (steps, iter(range(2, steps + 1)))
+        # Printed once the base is there: a base stage's own steps come first.
+        self.progress.done(self.progress.start(f"[{self._prefix(stage)}1/{steps}] FROM {base_name}"))
+        for trigger in triggers:
+            self._dispatch(stage, state, trigger, trigger_of=stage.origin)
         for instruction in stage.instructions:
             self._dispatch(stage, state, instruction)
         return state
@@ -345,32 +356,24 @@ class Builder:
                 raise BuildError(f"{self._where(origin)}: ONBUILD {trigger.keyword} is not allowed")
         return triggers
 
-    def _from(self, stage: Stage, base_name: str, steps: int) -> State:
-        label = f"[{self._prefix(stage)}1/{steps}] FROM {base_name}"
-        number = self.progress.start(label)
-        try:
-            base: Image | None = None
-            base_stage = self._stage_by_ref(base_name) if base_name.lower() != "scratch" else None
-            if base_stage is not None and base_stage.index < stage.index:
-                built = self._stage(base_stage.index)
-                state = replace(
-                    built,
-                    layers=list(built.layers),
-                    config=json.loads(json.dumps(built.config)),
-                    history=list(built.history),
-                    cmd_set=False,
-                    variables=StageVariables.for_stage(
-                        self.globals, self.options.build_args, list(built.config.get("Env") or [])
-                    ),
-                )
-                self.progress.done(number)
-                return state
-            if base_name.lower() != "scratch":
-                base = self._image(base_name, stage.origin)
-        except BaseException as e:
-            self.progress.error(number, str(e))
-            raise
-        self.progress.done(number)
+    def _from(self, stage: Stage, base_name: str) -> State:
+        """The state a stage starts from: an earlier stage's, an image's, or scratch."""
+        base: Image | None = None
+        base_stage = self._stage_by_ref(base_name) if base_name.lower() != "scratch" else None
+        if base_stage is not None and base_stage.index < stage.index:
+            built = self._stage(base_stage.index)
+            return replace(
+                built,
+                layers=list(built.layers),
+                config=json.loads(json.dumps(built.config)),
+                history=list(built.history),
+                cmd_set=False,
+                variables=StageVariables.for_stage(
+                    self.globals, self.options.build_args, list(built.config.get("Env") or [])
+                ),
+            )
+        if base_name.lower() != "scratch":
+            base = self._image(base_name, stage.origin)
         config = json.loads(json.dumps(base.config.config)) if base else {}
         env = list(config.get("Env") or [])
         state = State(
