@@ -539,3 +539,11 @@ COPY --exclude=**/*.sh . /all/
     lines = out.split("\n")
     assert lines[0] == "echo tool" and lines[1] == "nobody:nogroup 750"
     assert "notes.txt" not in out and "tool.sh" not in "\n".join(lines[2:]) and "bundle.tar.gz" in out
+
+
+def test_a_run_that_replaces_a_directory_gives_an_opaque_whiteout(based: CliRunner, tmp_path: Path) -> None:
+    # Not /etc: RUN sees the host's /etc/hosts and /etc/resolv.conf bound there, as with BuildKit.
+    dockerfile = "FROM busybox\nRUN rm -rf /usr && mkdir /usr && echo only > /usr/only && rm /bin/vi\n"
+    build(based, write(tmp_path / "ctx", {"Dockerfile": dockerfile}), "-t", "opaque")
+    assert based("run", "--rm", "opaque", "ls", "/usr").out == "only\n"
+    assert based("run", "--rm", "opaque", "sh", "-c", "test -e /bin/vi || echo gone").out == "gone\n"
