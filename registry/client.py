@@ -817,12 +817,13 @@ async def push_image(
 
         async def push_one(descriptor: Descriptor) -> None:
             path = store.blob_path(descriptor.digest)
-            if not path.exists():
-                raise NotFound(f"blob {descriptor.digest} of {image.name} is not in the store")
             progress.start(descriptor.digest, descriptor.size)
-            outcome = await client.push_blob(
-                repo, descriptor.digest, path, progress=lambda n: progress.advance(descriptor.digest, n)
-            )
+            if not path.exists():  # a lazily pulled layer: fine where the registry has it already
+                outcome = await _push_absent_blob(client, repo, descriptor, image)
+            else:
+                outcome = await client.push_blob(
+                    repo, descriptor.digest, path, progress=lambda n: progress.advance(descriptor.digest, n)
+                )
             progress.done(descriptor.digest, outcome)
             report(BlobResult(descriptor.digest, descriptor.size, outcome))
 
@@ -830,6 +831,25 @@ async def push_image(
             await client.ping()
             await asyncio.gather(*(push_one(d) for d in [image.manifest.config, *image.manifest.layers]))
             return await client.put_manifest(repo, tag, manifest_bytes, image.descriptor.media_type)
+
+
+async def _push_absent_blob(client: RegistryClient, repo: str, blob: Descriptor, image: Image) -> str:
+    """A blob of `image` that is not in the store (lazily pulled): "exists" if the target has it,
+    "mounted" if it comes from another repository of the same registry, else an error."""
+    if await client.head_blob(repo, blob.digest) is not None:
+        return "exists"
+    source = (image.source or "").removeprefix("http://")
+    domain, _, source_repo = source.partition("/")
+    if domain == client.registry and source_repo and source_repo != repo:
+        uploads = client._url(repo, "blobs/uploads/").with_query({"mount": blob.digest, "from": source_repo})
+        what = f"mount of {repo}@{blob.digest}"
+        async with client._send("POST", uploads, what, {"Content-Length": "0"}) as response:
+            if response.status == 201:
+                return "mounted"
+    raise NotFound(
+        f"blob {blob.digest} of {image.name} is not in the store (the image was pulled lazily): "
+        "pull it with --eager to push it to another registry"
+    )
 
 
 def _pick_platform(index: Index, what: str) -> Descriptor:

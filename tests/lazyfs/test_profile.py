@@ -75,3 +75,16 @@ def test_fill_fetches_the_whole_image_so_it_survives_the_registry(
     ):
         assert (point / path).read_bytes()
     assert stats(root, point)["fetch_errors"] == 0
+
+
+def test_a_lazily_pulled_image_pushes_back_with_its_new_profile(published: Published, tmp_path: Path) -> None:
+    root = tmp_path / "client"
+    store = Store(root)
+    image = pull_lazily(root, published.ref)
+    save_profile(store, image, [{"layer": str(image.manifest.layers[0].digest), "digest": str(image.id)}])
+    again = run_cli(root, "push", published.ref).stdout
+    assert "referrers 1" in again and "manifest " in again
+    other_repo = published.ref.replace("/test/rich", "/test/copy")
+    assert "mounted" in run_cli(root, "push", published.ref, other_repo).stdout  # cross-repo, no bytes
+    elsewhere = run_cli(root, "push", published.ref, "127.0.0.1:1/test/rich:1", ok=False)
+    assert elsewhere.returncode != 0 and "Traceback" not in elsewhere.stderr
