@@ -234,6 +234,20 @@ class S3BlobStore(BlobStore):
         # The repository's hold on the blob was checked by locate_blob, just before.
         if end <= start:
             return
+        cached = self._cached_path(digest)
+        if cached is not None:
+            try:
+                with cached.open("rb") as f:  # open: eviction cannot take it away any more
+                    f.seek(start)
+                    left = end - start
+                    while left > 0 and (piece := f.read(min(left, _BUFSIZE))):
+                        left -= len(piece)
+                        yield piece
+                    if left == 0:
+                        return
+                raise OSError(f"cached blob {digest} is shorter than {end} bytes")
+            except FileNotFoundError:
+                pass  # evicted meanwhile: read it from S3
         reply = self.client.get_object(
             Bucket=self.bucket, Key=self._blob(digest), Range=f"bytes={start}-{end - 1}"
         )

@@ -402,6 +402,8 @@ def test_ranges_are_ranged_s3_gets_and_never_fill_the_cache(store: S3BlobStore, 
         assert cached(backend) == [digest.split(":")[1]]
         ranged = registry.request("GET", path, headers={"Range": "bytes=10-19"})  # now from the cache
         assert (ranged.status, ranged.body) == (206, DATA[10:20])
+        multi = registry.request("GET", path, headers={"Range": "bytes=0-9,-5"})
+        assert multi.status == 206 and DATA[0:10] in multi.body and DATA[-5:] in multi.body
     finally:
         registry.stop()
 
