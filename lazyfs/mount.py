@@ -119,21 +119,32 @@ def mount(
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        os.close(read_end)
+    # Forked twice: the daemon is init's child, never a zombie of a long-lived caller (a
+    # container's supervisor), and keeps none of the caller's descriptors (its locks, say).
+    child = os.fork()
+    if child == 0:
         status = 1
         try:
-            status = _daemon(store, mountable, mountpoint, state, timeout, prefetch, fill, write_end)
+            os.setsid()
+            if os.fork() == 0:
+                _close_descriptors_but(write_end)
+                status = _daemon(store, mountable, mountpoint, state, timeout, prefetch, fill, write_end)
+            else:
+                status = 0
         finally:
             os._exit(status)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as ready:
-        answer = _read_with_timeout(ready, READY_TIMEOUT)
-    if answer != b"ok":
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    os.waitpid(child, 0)
+    try:
+        answer = _read_with_timeout(read_end, READY_TIMEOUT)
+    finally:
+        os.close(read_end)
+    words = answer.split()  # the daemon's pid as soon as it runs, then "ok" once mounted
+    pid = int(words[0]) if words and words[0].isdigit() else 0
+    if words[1:] != [b"ok"]:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         why = _tail(state.directory / "log") or "the daemon ended"
         raise MountError(f"{mountpoint}: the file system did not come up: {why}")
     info = {"pid": pid, "mountpoint": str(mountpoint.resolve()), "image": image.name}
@@ -181,11 +192,26 @@ def _alive(pid: int) -> bool:
     return False
 
 
-def _read_with_timeout(f: Any, timeout: float) -> bytes:
+def _read_with_timeout(fd: int, timeout: float) -> bytes:
+    """What the daemon writes to its end of the pipe until it closes it (or the time is up)."""
     import select
 
-    ready, _, _ = select.select([f], [], [], timeout)
-    return f.read(2) if ready else b""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+        piece = os.read(fd, 64)
+        if not piece:
+            break
+        out += piece
+    return out
+
+
+def _close_descriptors_but(keep: int) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _tail(path: Path) -> str:
@@ -208,7 +234,7 @@ def _daemon(
     fill: bool,
     ready_fd: int,
 ) -> int:
-    os.setsid()
+    os.write(ready_fd, f"{os.getpid()} ".encode())
     log_fd = os.open(state.directory / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
