@@ -69,6 +69,7 @@ class Piece:
     file_offset: int
     size: int
     frames: tuple[Frame, ...]  # one, unless the piece is a whole file of digest-less chunks
+    file_end: int = 0  # where the frames of the piece's file end in the blob
 
     @property
     def start(self) -> int:
@@ -88,21 +89,22 @@ def file_pieces(entry: TocEntry, layer: int) -> list[Piece | int]:
         return Frame(c.frame_start, end, c.inner_offset, c.size)
 
     chunks = entry.chunks
+    end = max((frame(c).end for c in chunks if not c.zeros), default=0)
     if len(chunks) == 1 and not chunks[0].zeros:
         digest = chunks[0].digest or entry.digest
         if digest is None:
             raise CorruptLayer(f"{entry.name}: no digest to verify")
-        return [Piece(layer, digest, 0, entry.size, (frame(chunks[0]),))]
+        return [Piece(layer, digest, 0, entry.size, (frame(chunks[0]),), end)]
     if all(c.digest or c.zeros for c in chunks):
         return [
-            c.size if c.zeros else Piece(layer, c.digest, c.file_offset, c.size, (frame(c),))  # type: ignore[arg-type]
+            c.size if c.zeros else Piece(layer, c.digest, c.file_offset, c.size, (frame(c),), end)  # type: ignore[arg-type]
             for c in chunks
         ]
     if entry.digest is None:  # chunks without digests: only the whole file can be checked
         raise CorruptLayer(f"{entry.name}: no digest to verify")
     if any(c.zeros for c in chunks):
         raise CorruptLayer(f"{entry.name}: holes in a file whose chunks have no digests")
-    return [Piece(layer, entry.digest, 0, entry.size, tuple(frame(c) for c in chunks))]
+    return [Piece(layer, entry.digest, 0, entry.size, tuple(frame(c) for c in chunks), end)]
 
 
 class LayerSource(Protocol):
@@ -169,8 +171,9 @@ class Fetcher:
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
         self._layout: dict[int, tuple[list[Piece], list[int]]] = {}
-        # Per layer: the range the last read-ahead asked for, and its window.
-        self._frontier: dict[int, tuple[int, int, int]] = {}
+        # Per layer: the blob range the last read-ahead asked for, its window, where a reader must
+        # get to for the next window to be asked for (0: not streaming), and where it must stop.
+        self._frontier: dict[int, tuple[int, int, int, int, int]] = {}
 
     def start(self) -> None:
         self._thread.start()
@@ -217,6 +220,7 @@ class Fetcher:
                 missing.append(piece)
             else:
                 self._count_hit(piece)
+                self._read_on(piece)
         if not missing:
             if from_disk and ahead:  # a reader going through cached chunks: have the disk read on
                 self.cache.advise([p.digest for p in ahead])
@@ -247,28 +251,52 @@ class Fetcher:
         self._layout = {layer: (ps, [p.start for p in ps]) for layer, ps in by_layer.items()}
 
     def _along_layer(self, miss: Piece, last: Piece) -> list[Piece]:
-        """Read-ahead along the layer blob, for readers that go through it in order (a whole-tree
-        copy, a scan of every file): a miss that starts where the previous fetch of that layer ended
-        doubles the window of following pieces fetched with it, up to streaming the layer in
-        MAX_WINDOW steps; any other miss resets it. Startup reads, which jump around, get none."""
-        if miss.file_offset:  # within a file: the file's own read-ahead covers it
-            return []
+        """Read-ahead along the layer blob, for readers that go through it in order (a big file, a
+        copy of the whole tree, a scan of every file), as the kernel does for a disk: a miss where
+        the previous fetch of that layer ended doubles the window of following pieces fetched with
+        it, up to streaming the layer MAX_WINDOW at a time; any other miss closes the window.
+        Startup reads, which jump around, get none. `_read_on` keeps a stream going."""
         layout = self._layout.get(miss.layer)
         if layout is None:
             return []
         pieces, starts = layout
         with self._lock:
-            low, high, window = self._frontier.get(miss.layer, (-1, -(1 << 62), 0))
+            low, high, window, _, _ = self._frontier.get(miss.layer, (-1, -(1 << 62), 0, 0, 0))
             if low <= miss.start < high:
                 return []  # inside what the last read-ahead asked for: it is on its way
-            # A file opened just where the last fetch ended: files are being read in blob order.
             sequential = high - SEQUENTIAL_SLACK <= miss.start <= high + SEQUENTIAL_SLACK
             window = min(max(window * 2, READ_AHEAD), MAX_WINDOW) if sequential else 0
+            # Reading on inside one file streams that file; opening the next file where the
+            # last one ended streams the layer.
+            limit = miss.file_end if miss.file_offset else 1 << 62
             first = bisect.bisect_right(starts, last.start)
-            stop = bisect.bisect_left(starts, last.end + window, first)
+            stop = bisect.bisect_left(starts, min(last.end + window, limit), first)
             high = max(last.end, pieces[stop - 1].end if stop > first else 0)
-            self._frontier[miss.layer] = (miss.start, high, window)
+            trigger = (miss.start + high) // 2 if window else 0
+            self._frontier[miss.layer] = (miss.start, high, window, trigger, limit)
         return pieces[first:stop]
+
+    def _read_on(self, hit: Piece) -> None:
+        """A reader streaming through a read-ahead window has passed its middle: ask for the next
+        (twice as large) before it gets there, so the link never idles between windows."""
+        layout = self._layout.get(hit.layer)
+        if layout is None:
+            return
+        with self._lock:
+            low, high, window, trigger, limit = self._frontier.get(hit.layer, (0, 0, 0, 0, 0))
+            if not trigger or not trigger <= hit.start < high:
+                return
+            pieces, starts = layout
+            first = bisect.bisect_left(starts, high)
+            window = min(window * 2, MAX_WINDOW)
+            stop = bisect.bisect_left(starts, min(high + window, limit), first)
+            if stop <= first:
+                self._frontier[hit.layer] = (low, high, window, 0, limit)
+                return
+            new_high = max(high, pieces[stop - 1].end)
+            self._frontier[hit.layer] = (high, new_high, window, (high + new_high) // 2, limit)
+        todo = [p for p in pieces[first:stop] if not self.cache.contains(p.digest)]
+        asyncio.run_coroutine_threadsafe(self._want(todo), self._loop)
 
     def prefetch(self, pieces: Sequence[Piece]) -> None:
         """Start fetching `pieces` (an access profile) without waiting; they go in the given order."""
