@@ -1,0 +1,285 @@
+"""The whole tree of an image seen through `lazyctr mount` after a lazy pull equals the eagerly
+extracted tree (contents, modes, owners, times, links, xattrs), for images from every producer:
+`lazyctr import`, podman's zstd:chunked, ctr-remote's zstd:chunked and a Debian image `lazyctr
+build` made (slow).
+
+Each image goes the way a user's does: into a registry we serve, then `lazyctr pull --eager` in one
+fresh root (the reference, extracted layer by layer) and `lazyctr pull` (lazy) plus `lazyctr mount`
+in another. The lazy root must hold no layer blob before or after, and reading the tree must have
+fetched exactly the pieces its tables of contents name: the bytes came through lazyfs. The pieces
+are counted from the TOCs as the producers wrote them, parsed here without our TOC code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lazyctr.rootfs import debian_tarball
+from storage.store import Store
+from tests.conftest import require_tools
+from tests.e2e.conftest import Containerd, ContainerTools
+from tests.e2e.test_interop import ctr_export, legacy_toc
+from tests.lazyfs.conftest import run_cli
+from tests.lazyfs.test_mount import describe, extracted
+from tests.registry.conftest import Registry
+
+pytestmark = pytest.mark.privileged
+
+REPO = Path(__file__).resolve().parents[2]
+DEBIAN_BASE = REPO / ".cache" / "debian-minbase.tar"  # the benchmarks' cached debootstrap, made once
+
+PYTHON_DOCKERFILE = """\
+FROM debian:minbase
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get install -y --no-install-recommends python3
+"""
+
+
+@dataclass
+class Publisher:
+    """A root holding the images to publish, and the registry they are pushed to."""
+
+    root: Path
+    registry: Registry
+
+
+@pytest.fixture
+def publisher(tmp_path: Path) -> Iterator[Publisher]:
+    registry = Registry(tmp_path / "registry")
+    try:
+        yield Publisher(tmp_path / "publisher", registry)
+    finally:
+        registry.stop()
+
+
+# -- the pieces an image's TOCs name, read as the producers wrote them -----------------------------
+
+
+def toc_pieces(blob: bytes) -> dict[str, list[str]]:
+    """Per path in one layer (hard links too), the digests of the pieces its file is read in.
+
+    A piece is a chunk with a digest of its own, or the whole file when its chunks have none;
+    holes (`zeros` chunks) are never fetched.
+    """
+    files: dict[str, list[dict[str, Any]]] = {}
+    links: dict[str, str] = {}
+    last: list[dict[str, Any]] = []
+    for entry in legacy_toc(blob)["entries"]:
+        name = entry["name"].removeprefix("./").strip("/")
+        if entry["type"] == "reg":
+            last = files[name] = [entry]
+        elif entry["type"] == "chunk":
+            last.append(entry)
+        elif entry["type"] == "hardlink":
+            links[name] = entry["linkName"].removeprefix("/").removeprefix("./")
+    out: dict[str, list[str]] = {}
+    for name, chunks in files.items():
+        if not chunks[0].get("size"):
+            out[name] = []
+        elif all(c.get("chunkDigest") or c.get("chunkType") == "zeros" for c in chunks):
+            out[name] = [c["chunkDigest"] for c in chunks if c.get("chunkType") != "zeros"]
+        else:
+            out[name] = [chunks[0]["digest"]]
+    for name, target in links.items():
+        out[name] = out.get(target, [])
+    return out
+
+
+def visible_pieces(store: Store, ref: str, tree: dict[str, tuple[Any, ...]]) -> set[str]:
+    """The digests of every piece of the non-empty regular files in `tree` (a `describe`), each
+    path's file taken from the topmost layer that has it."""
+    image = store.image(ref)
+    by_path: dict[str, list[str]] = {}
+    for layer in image.manifest.layers:  # bottom first: an upper layer's file replaces a lower one's
+        by_path.update(toc_pieces(store.blob_path(layer.digest).read_bytes()))
+    wanted: set[str] = set()
+    for path, described in tree.items():
+        kind, size = described[0], described[4]
+        if kind == stat.S_IFREG and size:
+            assert by_path.get(path), f"{path}: in the tree but no layer's TOC has its pieces"
+            wanted.update(by_path[path])
+    return wanted
+
+
+# -- the flow under test ---------------------------------------------------------------------------
+
+
+def layer_blobs(store: Store, ref: str) -> list[str]:
+    return [str(layer.digest) for layer in store.image(ref).manifest.layers if store.has_blob(layer.digest)]
+
+
+def stats(root: Path, point: Path) -> dict[str, Any]:
+    return dict(json.loads(run_cli(root, "mount", "--stats", str(point)).stdout))
+
+
+@contextlib.contextmanager
+def mounted(root: Path, ref: str, point: Path) -> Iterator[Path]:
+    point.mkdir()
+    run_cli(root, "mount", ref, str(point))
+    try:
+        yield point
+    finally:
+        if os.path.ismount(point):
+            subprocess.run(["fusermount3", "-uz", str(point)], capture_output=True)
+
+
+def stat_everything(top: Path) -> int:
+    """lstat, readlink and list the xattrs of every path, reading no file: metadata only."""
+    count = 0
+    for path in top.rglob("*"):
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            os.readlink(path)
+        else:
+            os.listxattr(path)
+        count += 1
+    return count
+
+
+def assert_same_tree(expected: dict[str, tuple[Any, ...]], seen: dict[str, tuple[Any, ...]]) -> None:
+    assert seen.keys() == expected.keys(), (
+        f"only eager: {sorted(expected.keys() - seen.keys())[:20]}; "
+        f"only lazy: {sorted(seen.keys() - expected.keys())[:20]}"
+    )
+    fields = ("type", "mode", "uid", "gid", "size", "mtime_ns", "rdev", "content", "link group", "xattrs")
+    differences = [
+        f"{path}: {name} eager {want!r} lazy {got!r}"
+        for path in sorted(expected)
+        for name, want, got in zip(fields, expected[path], seen[path], strict=True)
+        if want != got
+    ]
+    assert not differences, "\n".join(differences[:40])
+
+
+def assert_mount_equals_eager(
+    publisher: Publisher, name: str, repository: str, tmp_path: Path
+) -> dict[str, Any]:
+    """Push `name`, pull it eagerly and lazily into fresh roots, compare the extracted tree with the
+    mounted one; the mount's statistics once every file was read."""
+    ref = f"{publisher.registry.address}/{repository}:1"
+    run_cli(publisher.root, "push", name, ref, timeout=600)
+
+    eager_root = tmp_path / "eager"
+    run_cli(eager_root, "pull", "--eager", ref, timeout=600)
+    eager = Store(eager_root)
+    expected = describe(extracted(eager, ref, tmp_path / "extracted"))
+
+    lazy_root = tmp_path / "lazy"
+    run_cli(lazy_root, "pull", ref)
+    lazy = Store(lazy_root)
+    assert not lazy.is_complete(lazy.image(ref))
+    assert layer_blobs(lazy, ref) == [], "a lazy pull fetched layer blobs"
+    with mounted(lazy_root, ref, tmp_path / "mnt") as point:
+        assert stat_everything(point) == len(expected)
+        assert stats(lazy_root, point)["bytes_fetched"] == 0, "metadata alone fetched file contents"
+        seen = describe(point)  # reads every regular file through lazyfs
+        assert_same_tree(expected, seen)
+        after = stats(lazy_root, point)
+        run_cli(lazy_root, "umount", str(point))
+        assert not os.path.ismount(point)
+    wanted = visible_pieces(eager, ref, expected)
+    cached = {p.name for p in (lazy_root / "chunks").rglob("*") if p.is_file()}
+    assert after["verification_failures"] == 0 and after["fetch_errors"] == 0
+    assert after["pieces_fetched"] == len(wanted), (after, len(wanted))
+    assert cached == {digest.removeprefix("sha256:") for digest in wanted}
+    assert 0 < after["bytes_fetched"] <= sum(layer.size for layer in eager.image(ref).manifest.layers)
+    assert layer_blobs(lazy, ref) == [], "reading the tree put layer blobs in the store"
+    return after
+
+
+# -- 1. busybox, imported by lazyctr ---------------------------------------------------------------
+
+
+def test_busybox_imported_by_lazyctr(publisher: Publisher, busybox_tar: Path, tmp_path: Path) -> None:
+    run_cli(publisher.root, "import", str(busybox_tar), "busybox:1")
+    after = assert_mount_equals_eager(publisher, "busybox:1", "interop/busybox", tmp_path)
+    assert after["pieces_fetched"] > 1
+
+
+# -- 2. podman's zstd:chunked ----------------------------------------------------------------------
+
+
+def test_podman_zstd_chunked(
+    container_tools: ContainerTools, publisher: Publisher, busybox_tar: Path, tmp_path: Path
+) -> None:
+    require_tools("podman", "unshare")
+    container_tools.podman("import", "--quiet", str(busybox_tar), "localhost/lazy-probe:latest")
+    layout = tmp_path / "podman-oci"
+    container_tools.podman(
+        "push", "--compression-format", "zstd:chunked", "localhost/lazy-probe:latest", f"oci:{layout}:probe"
+    )
+    run_cli(publisher.root, "import", f"oci:{layout}:probe", "podman:1")
+    (layer,) = Store(publisher.root).image("podman:1").manifest.layers
+    toc = legacy_toc(Store(publisher.root).blob_path(layer.digest).read_bytes())
+    assert any(entry["type"] == "chunk" for entry in toc["entries"]), "podman's rolling chunks are gone"
+    assert_mount_equals_eager(publisher, "podman:1", "interop/podman", tmp_path)
+
+
+# -- 3. ctr-remote's zstd:chunked ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [None, 65536], ids=["whole-files", "64k-chunks"])
+def test_ctr_remote_zstd_chunked(
+    containerd: Containerd,
+    container_tools: ContainerTools,
+    publisher: Publisher,
+    busybox_tar: Path,
+    tmp_path: Path,
+    chunk_size: int | None,
+) -> None:
+    require_tools("containerd", "ctr", "ctr-remote", "skopeo", "unshare")
+    run_cli(publisher.root, "import", str(busybox_tar), "busybox:1")
+    gzip_archive = tmp_path / "busybox-gzip.tar"
+    container_tools.skopeo(
+        "copy", "--dest-compress-format", "gzip",
+        f"oci:{publisher.root}/store:busybox:1", f"oci-archive:{gzip_archive}:latest",
+    )  # fmt: skip
+    base = f"localhost/lazy-busybox-{chunk_size or 'default'}"
+    containerd.ctr("image", "import", "--no-unpack", "--base-name", base, str(gzip_archive))
+    chunking = ["--estargz-chunk-size", str(chunk_size)] if chunk_size else []
+    containerd.ctr_remote(
+        "image", "convert", "--oci", "--zstdchunked", *chunking, f"{base}:latest", f"{base}:zstdchunked"
+    )
+    layout = ctr_export(containerd, f"{base}:zstdchunked", tmp_path / "ctr-oci")
+    run_cli(publisher.root, "import", f"oci:{layout}:zstdchunked", "ctr:1")
+    (layer,) = Store(publisher.root).image("ctr:1").manifest.layers
+    entries = legacy_toc(Store(publisher.root).blob_path(layer.digest).read_bytes())["entries"]
+    assert entries[0]["name"] == ".no.prefetch.landmark", "not ctr-remote's layer"
+    assert any(e["type"] == "chunk" for e in entries) == bool(chunk_size)
+    assert_mount_equals_eager(publisher, "ctr:1", "interop/ctr-remote", tmp_path)
+
+
+# -- 4. slow: Debian + python3, built by lazyctr ---------------------------------------------------
+
+
+def debian_base() -> Path:
+    """The benchmarks' cached debootstrap minbase tarball, made (once) if it is missing."""
+    if not DEBIAN_BASE.exists():
+        require_tools("debootstrap", "tar")
+        DEBIAN_BASE.parent.mkdir(parents=True, exist_ok=True)
+        partial = DEBIAN_BASE.with_suffix(".partial")
+        debian_tarball(partial)  # the mirror comes from this machine's apt configuration
+        partial.rename(DEBIAN_BASE)  # only a whole tarball ever gets the cached name
+    return DEBIAN_BASE
+
+
+@pytest.mark.slow
+def test_debian_python3_built_by_lazyctr(publisher: Publisher, tmp_path: Path) -> None:
+    run_cli(publisher.root, "import", str(debian_base()), "debian:minbase", timeout=600)
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(PYTHON_DOCKERFILE)
+    out = run_cli(publisher.root, "build", "--progress", "plain", "-t", "py:1", str(context), timeout=1200)
+    assert "Setting up python3" in out.stdout + out.stderr
+    assert len(Store(publisher.root).image("py:1").manifest.layers) == 2
+    assert_mount_equals_eager(publisher, "py:1", "interop/debian-python", tmp_path)
