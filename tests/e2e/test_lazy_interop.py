@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -267,6 +268,47 @@ def test_podman_zstd_chunked(
     assert any(entry["type"] == "chunk" for entry in toc["entries"]), "podman's rolling chunks are gone"
     _, tree = assert_mount_equals_eager(publisher, "podman:1", "interop/podman", tmp_path)
     assert_has_what_matters(tree, source)
+
+
+def test_buildah_layers_with_whiteouts_zstd_chunked(
+    container_tools: ContainerTools, publisher: Publisher, tmp_path: Path
+) -> None:
+    """Two layers as buildah commits them: the upper one replaces a file, deletes a directory and
+    refills another (whiteouts, an opaque directory or per-file whiteouts: buildah's choice)."""
+    require_tools("buildah", "unshare")
+
+    def buildah(*args: str) -> str:
+        return container_tools.run("buildah", *args).decode().strip()
+
+    base = buildah("from", "--quiet", "scratch")
+    try:
+        buildah("add", "--quiet", base, str(rich_tar(tmp_path)), "/")  # ADD unpacks a local tarball
+        buildah("commit", "--quiet", base, "localhost/lazy-layered:base")
+    finally:
+        buildah("rm", base)
+    top = buildah("from", "--quiet", "localhost/lazy-layered:base")
+    try:
+        rootfs = Path(buildah("mount", top))  # vfs: a plain directory, changed from out here
+        (rootfs / "etc/small.txt").write_bytes(b"second version\n")
+        shutil.rmtree(rootfs / "gone")
+        shutil.rmtree(rootfs / "opaque")
+        (rootfs / "opaque").mkdir()
+        (rootfs / "opaque/new").write_bytes(b"only this one\n")
+        (rootfs / "shared.txt").write_bytes(b"the same bytes in two images\n" * 100)
+        buildah("commit", "--quiet", top, "localhost/lazy-layered:top")
+    finally:
+        buildah("rm", top)
+    layout = tmp_path / "layered-oci"
+    buildah("push", "--compression-format", "zstd:chunked", "localhost/lazy-layered:top", f"oci:{layout}:top")
+    run_cli(publisher.root, "import", f"oci:{layout}:top", "layered:1")
+    _, upper = Store(publisher.root).image("layered:1").manifest.layers
+    upper_names = [
+        e["name"] for e in legacy_toc(Store(publisher.root).blob_path(upper.digest).read_bytes())["entries"]
+    ]
+    assert any(".wh.gone" in name for name in upper_names), upper_names
+    _, tree = assert_mount_equals_eager(publisher, "layered:1", "interop/buildah", tmp_path)
+    assert "gone" not in tree and [p for p in tree if p.startswith("opaque/")] == ["opaque/new"]
+    assert tree["etc/small.txt"][4] == len(b"second version\n") and "shared.txt" in tree
 
 
 # -- 3. ctr-remote's zstd:chunked ------------------------------------------------------------------
