@@ -34,7 +34,7 @@ from tests.e2e.test_interop import ctr_export, legacy_toc
 from tests.lazyfs.conftest import base_members, run_cli
 from tests.lazyfs.test_mount import describe
 from tests.registry.conftest import Registry
-from tests.tarfiles import make_tar
+from tests.tarfiles import info, make_tar
 
 pytestmark = pytest.mark.privileged
 
@@ -67,13 +67,24 @@ def publisher(tmp_path: Path) -> Iterator[Publisher]:
         registry.stop()
 
 
+# A file capability (vfs_cap_data revision 2: cap_net_raw permitted and effective), as ping has.
+CAP_NET_RAW = bytes.fromhex("0100000200200000000000000000000000000000")
+
+
 def rich_tar(tmp_path: Path) -> Path:
-    """One layer with what busybox lacks: xattrs, hard links, devices, a fifo, setuid, owners, a hole."""
-    return make_tar(tmp_path / "rich.tar", base_members())
+    """One layer with what busybox lacks: xattrs (a file capability too), hard links, devices, a fifo,
+    setuid, owners, a hole."""
+    ping = info(
+        "bin/ping",
+        mode=0o755,
+        pax_headers={"SCHILY.xattr.security.capability": CAP_NET_RAW.decode("latin-1")},
+    )
+    return make_tar(tmp_path / "rich.tar", [*base_members(), (ping, b"#!/bin/sh\necho pong\n")])
 
 
-def assert_has_what_matters(tree: Tree, source: str) -> None:
-    """The producer kept what the comparison is about, so equal trees are not equal by omission."""
+def assert_has_what_matters(tree: Tree, top: Path, source: str) -> None:
+    """The producer kept what the comparison is about (`tree` describes `top`), so equal trees are
+    not equal by omission."""
     if source == "busybox":
         assert tree["bin/sh"][7] == "/bin/busybox" and tree["tmp"][1] == 0o1777
         return
@@ -84,6 +95,7 @@ def assert_has_what_matters(tree: Tree, source: str) -> None:
     assert tree["dev/pipe"][0] == stat.S_IFIFO
     assert tree["bin/tool"][1] == 0o4755 and tree["data"][1:4] == (0o750, 1000, 1000)
     assert tree["etc/link"][7] == "small.txt" and tree["data/sparse.bin"][4] == (1 << 20) + 4
+    assert os.getxattr(top / "bin/ping", "security.capability") == CAP_NET_RAW
 
 
 # -- the pieces an image's TOCs name, read as the producers wrote them -----------------------------
@@ -184,6 +196,16 @@ def stat_everything(top: Path) -> int:
     return count
 
 
+def links_and_xattrs(top: Path) -> dict[str, tuple[int, dict[str, bytes]]]:
+    """What `describe` leaves out: link counts, and xattrs of every namespace (file capabilities)."""
+    out = {}
+    for path in sorted(top.rglob("*")):
+        st = path.lstat()
+        xattrs = {} if stat.S_ISLNK(st.st_mode) else {n: os.getxattr(path, n) for n in os.listxattr(path)}
+        out[str(path.relative_to(top))] = (st.st_nlink, xattrs)
+    return out
+
+
 def assert_same_tree(expected: Tree, seen: Tree) -> None:
     assert seen.keys() == expected.keys(), (
         f"only eager: {sorted(expected.keys() - seen.keys())[:20]}; "
@@ -222,6 +244,7 @@ def assert_mount_equals_eager(
         assert stats(lazy_root, point)["bytes_fetched"] == 0, "metadata alone fetched file contents"
         seen = describe(point)  # reads every regular file through lazyfs
         assert_same_tree(expected, seen)
+        assert links_and_xattrs(point) == links_and_xattrs(tmp_path / "extracted")
         after = stats(lazy_root, point)
         run_cli(lazy_root, "umount", str(point))
         assert not os.path.ismount(point)
@@ -267,7 +290,7 @@ def test_podman_zstd_chunked(
     toc = legacy_toc(Store(publisher.root).blob_path(layer.digest).read_bytes())
     assert any(entry["type"] == "chunk" for entry in toc["entries"]), "podman's rolling chunks are gone"
     _, tree = assert_mount_equals_eager(publisher, "podman:1", "interop/podman", tmp_path)
-    assert_has_what_matters(tree, source)
+    assert_has_what_matters(tree, tmp_path / "extracted", source)
 
 
 def test_buildah_layers_with_whiteouts_zstd_chunked(
@@ -346,7 +369,7 @@ def test_ctr_remote_zstd_chunked(
     assert entries[0]["name"] == ".no.prefetch.landmark", "not ctr-remote's layer"
     assert any(e["type"] == "chunk" for e in entries) == bool(chunk_size)
     _, tree = assert_mount_equals_eager(publisher, "ctr:1", "interop/ctr-remote", tmp_path)
-    assert_has_what_matters(tree, source)
+    assert_has_what_matters(tree, tmp_path / "extracted", source)
 
 
 # -- 4. slow: Debian + python3, built by lazyctr ---------------------------------------------------
