@@ -1,7 +1,7 @@
 """The whole tree of an image seen through `lazyctr mount` after a lazy pull equals the eagerly
-extracted tree (contents, modes, owners, times, links, xattrs), for images from every producer:
-`lazyctr import`, podman's zstd:chunked, ctr-remote's zstd:chunked and a Debian image `lazyctr
-build` made (slow).
+extracted tree (contents, modes, owners, times, links, xattrs, devices), for images from every
+producer: `lazyctr import`, podman's and buildah's zstd:chunked (rolling chunks, their own TOCs,
+whiteouts), ctr-remote's zstd:chunked, and a Debian image `lazyctr build` made (slow).
 
 Each image goes the way a user's does: into a registry we serve, then `lazyctr pull --eager` in one
 fresh root (the reference, extracted layer by layer) and `lazyctr pull` (lazy) plus `lazyctr mount`
@@ -19,7 +19,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,15 +343,12 @@ def test_podman_zstd_chunked(
     assert_has_what_matters(tree, tmp_path / "extracted", source)
 
 
-def test_buildah_layers_with_whiteouts_zstd_chunked(
-    container_tools: ContainerTools, publisher: Publisher, tmp_path: Path
-) -> None:
-    """Two layers as buildah commits them: the upper one replaces a file, deletes a directory and
-    refills another (whiteouts, an opaque directory or per-file whiteouts: buildah's choice)."""
-    require_tools("buildah", "unshare")
+def buildah_two_layers(tools: ContainerTools, tmp_path: Path, change: Callable[[Path], None]) -> Path:
+    """An OCI layout of two layers as buildah commits them in zstd:chunked: the rich tree, and what
+    `change` does to a copy of it (buildah diffs the directory: whiteouts, opaque dirs, copy-ups)."""
 
     def buildah(*args: str) -> str:
-        return container_tools.run("buildah", *args).decode().strip()
+        return tools.run("buildah", *args).decode().strip()
 
     base = buildah("from", "--quiet", "scratch")
     try:
@@ -361,27 +358,65 @@ def test_buildah_layers_with_whiteouts_zstd_chunked(
         buildah("rm", base)
     top = buildah("from", "--quiet", "localhost/lazy-layered:base")
     try:
-        rootfs = Path(buildah("mount", top))  # vfs: a plain directory, changed from out here
-        (rootfs / "etc/small.txt").write_bytes(b"second version\n")
-        shutil.rmtree(rootfs / "gone")
-        shutil.rmtree(rootfs / "opaque")
-        (rootfs / "opaque").mkdir()
-        (rootfs / "opaque/new").write_bytes(b"only this one\n")
-        (rootfs / "shared.txt").write_bytes(b"the same bytes in two images\n" * 100)
+        change(Path(buildah("mount", top)))  # vfs: a plain directory, changed from out here
         buildah("commit", "--quiet", top, "localhost/lazy-layered:top")
     finally:
         buildah("rm", top)
     layout = tmp_path / "layered-oci"
     buildah("push", "--compression-format", "zstd:chunked", "localhost/lazy-layered:top", f"oci:{layout}:top")
+    return layout
+
+
+def delete_and_refill(rootfs: Path) -> None:
+    (rootfs / "etc/small.txt").write_bytes(b"second version\n")
+    shutil.rmtree(rootfs / "gone")
+    shutil.rmtree(rootfs / "opaque")
+    (rootfs / "opaque").mkdir()
+    (rootfs / "opaque/new").write_bytes(b"only this one\n")
+    (rootfs / "shared.txt").write_bytes(b"the same bytes in two images\n" * 100)
+
+
+def replace_kinds(rootfs: Path) -> None:
+    """Each kind replaced by another, hard links cut and made across layers, metadata-only changes."""
+    (rootfs / "etc/small.txt").unlink()  # etc/hard, its hard link, stays with the old bytes
+    (rootfs / "data/empty").unlink()
+    (rootfs / "data/empty").mkdir()  # a file becomes a directory
+    (rootfs / "data/empty/inside").write_bytes(b"was a file\n")
+    shutil.rmtree(rootfs / "gone")
+    (rootfs / "gone").symlink_to("opaque")  # a directory becomes a symlink
+    (rootfs / "etc/link").unlink()
+    (rootfs / "etc/link").write_bytes(b"was a symlink\n")  # a symlink becomes a file
+    os.link(rootfs / "bin/tool", rootfs / "bin/tool-again")  # a hard link to a lower layer's file
+    os.chmod(rootfs / "data", 0o700)  # metadata only
+    os.chown(rootfs / "opaque/old", 2000, 3000)
+    os.setxattr(rootfs / "data/tagged", "user.origin", b"changed upstairs")
+
+
+@pytest.mark.parametrize("change", [delete_and_refill, replace_kinds], ids=lambda f: f.__name__)
+def test_buildah_two_layers_zstd_chunked(
+    container_tools: ContainerTools, publisher: Publisher, tmp_path: Path, change: Callable[[Path], None]
+) -> None:
+    require_tools("buildah", "unshare")
+    layout = buildah_two_layers(container_tools, tmp_path, change)
     run_cli(publisher.root, "import", f"oci:{layout}:top", "layered:1")
     _, upper = Store(publisher.root).image("layered:1").manifest.layers
     upper_names = [
         e["name"] for e in legacy_toc(Store(publisher.root).blob_path(upper.digest).read_bytes())["entries"]
     ]
-    assert any(".wh.gone" in name for name in upper_names), upper_names
     _, tree = assert_mount_equals_eager(publisher, "layered:1", "interop/buildah", tmp_path)
-    assert "gone" not in tree and [p for p in tree if p.startswith("opaque/")] == ["opaque/new"]
-    assert tree["etc/small.txt"][4] == len(b"second version\n") and "shared.txt" in tree
+    if change is delete_and_refill:
+        assert any(".wh.gone" in name for name in upper_names), upper_names
+        assert "gone" not in tree and [p for p in tree if p.startswith("opaque/")] == ["opaque/new"]
+        assert tree["etc/small.txt"][4] == len(b"second version\n") and "shared.txt" in tree
+    else:
+        assert any(".wh.small.txt" in name for name in upper_names), upper_names
+        assert "etc/small.txt" not in tree and tree["etc/hard"][4] == len(b"first version\n")
+        assert tree["data/empty"][0] == stat.S_IFDIR and tree["gone"][7] == "opaque"
+        assert tree["etc/link"][0] == stat.S_IFREG
+        # A layer cannot link to a lower layer's file: buildah stores a copy.
+        assert tree["bin/tool-again"][7] == tree["bin/tool"][7]
+        assert tree["data"][1] == 0o700 and tree["opaque/old"][2:4] == (2000, 3000)
+        assert tree["data/tagged"][9] == [("user.origin", b"changed upstairs")]
 
 
 # -- 3. ctr-remote's zstd:chunked ------------------------------------------------------------------
