@@ -317,6 +317,33 @@ def test_imported_by_lazyctr(publisher: Publisher, busybox_tar: Path, tmp_path: 
     assert_has_what_matters(tree, tmp_path / "extracted", source)
 
 
+BUSYBOX_CHANGES = """\
+FROM busybox
+RUN rm /etc/hostname && rm /bin/ls && mkdir /bin/ls && echo inside > /bin/ls/inside \\
+ && rm -r /usr/sbin && ln -s /bin /usr/sbin && chmod 700 /root && chown 1000:1000 /etc/passwd \\
+ && echo data > /etc/new && ln /etc/new /etc/new-link && mkfifo /etc/fifo
+RUN rm /etc/new && echo changed >> /etc/group && rm -r /tmp && mkdir -m 1777 /tmp && touch /tmp/x
+"""
+
+
+def test_built_by_lazyctr_with_whiteouts(publisher: Publisher, busybox_tar: Path, tmp_path: Path) -> None:
+    """Three layers from `lazyctr build`: files deleted, replaced by directories and symlinks, a hard
+    link whose first name goes in the next layer, metadata-only changes."""
+    run_cli(publisher.root, "import", str(busybox_tar), "busybox")
+    context = tmp_path / "ctx"
+    context.mkdir()
+    (context / "Dockerfile").write_text(BUSYBOX_CHANGES)
+    run_cli(publisher.root, "build", "--progress", "plain", "-t", "changed:1", str(context), timeout=300)
+    assert len(Store(publisher.root).image("changed:1").manifest.layers) == 3
+    _, tree = assert_mount_equals_eager(publisher, "changed:1", "interop/built", tmp_path)
+    assert "etc/hostname" not in tree and "etc/new" not in tree and tree["etc/new-link"][4] == 5
+    assert tree["bin/ls"][0] == stat.S_IFDIR and tree["usr/sbin"][7] == "/bin"
+    assert tree["root"][1] == 0o700 and tree["etc/passwd"][2:4] == (1000, 1000)
+    assert tree["etc/fifo"][0] == stat.S_IFIFO and sorted(p for p in tree if p.startswith("tmp/")) == [
+        "tmp/x"
+    ]
+
+
 # -- 2. podman's zstd:chunked ----------------------------------------------------------------------
 
 
