@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -240,6 +241,25 @@ def links_and_xattrs(top: Path) -> dict[str, tuple[int, dict[str, bytes]]]:
     return out
 
 
+def assert_random_reads(tree: Tree, extracted: Path, point: Path, count: int = 64) -> None:
+    """Reads of the biggest file at odd offsets and sizes (across chunk boundaries and holes) give
+    the extracted bytes; with O_DIRECT they reach lazyfs as they are, not as page-cache pages."""
+    path = max((p for p in tree if tree[p][0] == stat.S_IFREG), key=lambda p: tree[p][4])
+    truth = (extracted / path).read_bytes()
+    rng = random.Random(path)
+    try:
+        fd = os.open(point / path, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        fd = os.open(point / path, os.O_RDONLY)
+    try:
+        for _ in range(count):
+            offset = rng.randrange(len(truth) + 100)
+            size = rng.choice([1, 7, 4095, 4097, 65539, 1 << 20, 3 << 20])
+            assert os.pread(fd, size, offset) == truth[offset : offset + size], (path, offset, size)
+    finally:
+        os.close(fd)
+
+
 def in_seconds(tree: Tree) -> Tree:
     """`tree` with its mtimes cut to the whole second below."""
     cut = {}
@@ -290,6 +310,7 @@ def assert_mount_equals_eager(
     with mounted(lazy_root, ref, tmp_path / "mnt") as point:
         assert stat_everything(point) == len(expected)
         assert stats(lazy_root, point)["bytes_fetched"] == 0, "metadata alone fetched file contents"
+        assert_random_reads(expected, tmp_path / "extracted", point)
         seen = describe(point)  # reads every regular file through lazyfs
         assert_same_tree(in_seconds(expected) if toc_seconds else expected, seen)
         assert links_and_xattrs(point) == links_and_xattrs(tmp_path / "extracted")
