@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +40,10 @@ log = logging.getLogger("lazyfs")
 log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; a CLI command stays quiet
 
 COALESCE_GAP = 64 << 10  # fetch a gap this small rather than pay a second range
-MAX_RANGE = 8 << 20  # one range no longer than this, so big reads go out in parallel
+MAX_RANGE = 2 << 20  # one range no longer than this: a reader waits for the whole range it needs
 RANGES_PER_REQUEST = 32
+WORKERS = 4  # requests in flight: enough to fill a long fat link, few enough that each is quick
+DEMAND, AHEAD, FILL = 0, 1, 2  # priorities: what a reader waits for, read-ahead and profiles, fill
 READ_AHEAD = 1 << 20  # on a miss, also fetch this much more of the same file
 MAX_WINDOW = 32 << 20  # read-ahead along a layer grows up to this
 SEQUENTIAL_SLACK = 256 << 10  # a miss this close to where the last fetch ended counts as sequential
@@ -166,8 +168,11 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lazyfs-fetch", daemon=True)
         self._inflight: dict[Digest, asyncio.Future[bytes]] = {}
-        self._queued: dict[int, list[Piece]] = {}
+        self._queued: dict[tuple[int, int], list[Piece]] = {}  # (layer, priority): not yet batched
         self._flush_scheduled = False
+        self._pending: list[Batch] = []  # batches waiting for a worker
+        self._batch_of: dict[Digest, Batch] = {}
+        self._work = asyncio.Event()
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
         self._layout: dict[int, tuple[list[Piece], list[int]]] = {}
@@ -177,6 +182,8 @@ class Fetcher:
 
     def start(self) -> None:
         self._thread.start()
+        for _ in range(WORKERS):
+            asyncio.run_coroutine_threadsafe(self._worker(), self._loop)
 
     def stop(self) -> None:
         """Cancel what is still being fetched and end the loop."""
@@ -234,7 +241,7 @@ class Fetcher:
         )
         try:
             fetched = iter(future.result(self.timeout))
-        except FutureTimeout:
+        except (FutureTimeout, CancelledError):
             future.cancel()
             raise FetchError(5, f"no answer from the registry within {self.timeout:g} s") from None
         except FetchError:
@@ -264,7 +271,8 @@ class Fetcher:
             low, high, window, _, _ = self._frontier.get(miss.layer, (-1, -(1 << 62), 0, 0, 0))
             if low <= miss.start < high:
                 return []  # inside what the last read-ahead asked for: it is on its way
-            sequential = high - SEQUENTIAL_SLACK <= miss.start <= high + SEQUENTIAL_SLACK
+            # A reader skipping a little (a file hidden by an upper layer, say) is still streaming.
+            sequential = high - SEQUENTIAL_SLACK <= miss.start <= high + max(SEQUENTIAL_SLACK, window)
             window = min(max(window * 2, READ_AHEAD), MAX_WINDOW) if sequential else 0
             # Reading on inside one file streams that file; opening the next file where the
             # last one ended streams the layer.
@@ -296,7 +304,7 @@ class Fetcher:
             new_high = max(high, pieces[stop - 1].end)
             self._frontier[hit.layer] = (high, new_high, window, (high + new_high) // 2, limit)
         todo = [p for p in pieces[first:stop] if not self.cache.contains(p.digest)]
-        asyncio.run_coroutine_threadsafe(self._want(todo), self._loop)
+        asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
 
     def prefetch(self, pieces: Sequence[Piece]) -> None:
         """Start fetching `pieces` (an access profile) without waiting; they go in the given order."""
@@ -304,7 +312,7 @@ class Fetcher:
         with self._lock:
             self._prefetched.update(p.digest for p in todo)
             self.stats.prefetched += len(todo)
-        asyncio.run_coroutine_threadsafe(self._want(todo), self._loop)
+        asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
 
     def fill(self, pieces: Sequence[Piece]) -> None:
         """Fetch `pieces` in the background, a few MiB at a time, so reads keep the link first."""
@@ -318,7 +326,7 @@ class Fetcher:
                 batch.append(piece)
                 size += piece.end - piece.start
             if batch and (piece is None or size >= FILL_BATCH):
-                futures = await self._want(batch)
+                futures = await self._want(batch, FILL)
                 await asyncio.gather(*futures.values(), return_exceptions=True)
                 with self._lock:
                     self.stats.filled += len(batch)
@@ -334,7 +342,8 @@ class Fetcher:
     # -- the loop's side ----------------------------------------------------------------------------
 
     async def _wait(self, missing: list[Piece], wanted: list[Piece]) -> list[bytes]:
-        futures = await self._want(wanted)
+        futures = await self._want(missing, DEMAND)
+        futures.update(await self._want(wanted[len(missing) :], AHEAD))
         with self._lock:
             for piece in missing:
                 if piece.digest in self._prefetched:
@@ -342,11 +351,15 @@ class Fetcher:
                     self.stats.prefetch_hits += 1
         return list(await asyncio.gather(*(futures[p.digest] for p in missing)))
 
-    async def _want(self, pieces: list[Piece]) -> dict[Digest, asyncio.Future[bytes]]:
+    async def _want(self, pieces: list[Piece], priority: int) -> dict[Digest, asyncio.Future[bytes]]:
         futures: dict[Digest, asyncio.Future[bytes]] = {}
         for piece in pieces:
             future = self._inflight.get(piece.digest)
-            if future is None:
+            if future is not None:  # asked for already: a reader waiting for it moves it up
+                batch = self._batch_of.get(piece.digest)
+                if batch is not None and priority < batch.priority:
+                    batch.priority = priority
+            else:
                 future = self._loop.create_future()
                 # Fetched between the caller's cache miss and now? Then it is in the cache.
                 data = self.cache.get(piece.digest)
@@ -354,7 +367,7 @@ class Fetcher:
                     future.set_result(data)
                 else:
                     self._inflight[piece.digest] = future
-                    self._queued.setdefault(piece.layer, []).append(piece)
+                    self._queued.setdefault((piece.layer, priority), []).append(piece)
             futures[piece.digest] = future
         if self._queued and not self._flush_scheduled:
             self._flush_scheduled = True
@@ -362,15 +375,36 @@ class Fetcher:
         return futures
 
     def _flush(self) -> None:
+        """Turn what was asked for in this tick into batches: neighbours coalesced into ranges,
+        small ranges several to a (multi-range) request, large ones a request each."""
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
-        for layer, pieces in queued.items():
+        for (layer, priority), pieces in queued.items():
             ranges = coalesce(pieces)
             small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
             large = [r for r in ranges if r.end - r.start >= MAX_RANGE // 4]
-            batches = [small[i : i + RANGES_PER_REQUEST] for i in range(0, len(small), RANGES_PER_REQUEST)]
-            for batch in batches + [[r] for r in large]:
-                self._loop.create_task(self._fetch(layer, batch))
+            groups = [small[i : i + RANGES_PER_REQUEST] for i in range(0, len(small), RANGES_PER_REQUEST)]
+            for group in groups + [[r] for r in large]:
+                batch = Batch(layer, group, priority)
+                self._pending.append(batch)
+                for r in group:
+                    for piece in r.pieces:
+                        self._batch_of[piece.digest] = batch
+        self._work.set()
+
+    async def _worker(self) -> None:
+        """Fetch the most urgent batch, in blob order within a priority, one at a time."""
+        while True:
+            await self._work.wait()
+            if not self._pending:
+                self._work.clear()
+                continue
+            batch = min(self._pending, key=lambda b: (b.priority, b.layer, b.ranges[0].start))
+            self._pending.remove(batch)
+            for r in batch.ranges:
+                for piece in r.pieces:
+                    self._batch_of.pop(piece.digest, None)
+            await self._fetch(batch.layer, batch.ranges)
 
     async def _fetch(self, layer: int, ranges: list[Range]) -> None:
         started = time.monotonic()
@@ -378,7 +412,13 @@ class Fetcher:
             blobs = await asyncio.wait_for(
                 self.sources[layer].read_ranges([(r.start, r.end - r.start) for r in ranges]), self.timeout
             )
-        except (TimeoutError, StorageError, OSError) as e:
+            with self._lock:
+                self.stats.requests += 1
+                self.stats.bytes_fetched += sum(len(b) for b in blobs)
+                self.stats.latencies.append(time.monotonic() - started)
+            unpacking = (asyncio.to_thread(self._unpack, r, b) for r, b in zip(ranges, blobs, strict=True))
+            await asyncio.gather(*unpacking)
+        except Exception as e:  # whatever went wrong, every waiting reader gets EIO, none hangs
             message = str(e) or "timed out"
             log.warning("fetching %d ranges of layer %d failed: %s", len(ranges), layer, message)
             with self._lock:
@@ -386,13 +426,6 @@ class Fetcher:
             for r in ranges:
                 for piece in r.pieces:
                     self._settle(piece, error=FetchError(5, message))
-            return
-        with self._lock:
-            self.stats.requests += 1
-            self.stats.bytes_fetched += sum(len(b) for b in blobs)
-            self.stats.latencies.append(time.monotonic() - started)
-        unpacking = (asyncio.to_thread(self._unpack, r, blob) for r, blob in zip(ranges, blobs, strict=True))
-        await asyncio.gather(*unpacking)
 
     def _unpack(self, r: Range, blob: bytes) -> None:
         """Decompress and verify each piece of a fetched range (on a worker thread), then hand it over."""
@@ -424,6 +457,15 @@ class Fetcher:
             future.exception()  # a prefetch nobody waits for must not log "never retrieved"
         else:
             future.set_result(data)  # type: ignore[arg-type]
+
+
+@dataclass(eq=False)
+class Batch:
+    """Ranges of one layer fetched in one request, and how urgently."""
+
+    layer: int
+    ranges: list[Range]
+    priority: int
 
 
 @dataclass

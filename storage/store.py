@@ -64,11 +64,11 @@ class Image:
 
 class Store:
     def __init__(self, root: Path) -> None:
-        self.root = root
-        self.layout = root / "store"
+        self.root = root.absolute()  # a daemon (lazyfs) may run from another directory
+        self.layout = self.root / "store"
         self.blobs = self.layout / "blobs" / "sha256"
-        self.tmp = root / "tmp"
-        self.locks = root / "locks"
+        self.tmp = self.root / "tmp"
+        self.locks = self.root / "locks"
         for directory in (self.blobs, self.tmp, self.locks):
             directory.mkdir(parents=True, exist_ok=True)
         if not (self.layout / "index.json").exists():
