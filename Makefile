@@ -8,9 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Runtime: fuse3/libfuse3 (lazyfs), busybox-static (base image), zstd/tar (layers by hand).
 # Interop peers in tests: podman, skopeo, umoci, buildah, runc, containerd, stargz-snapshotter (ctr-remote),
 # docker-registry (the CNCF distribution registry).
-# debootstrap makes a Debian base; python3-venv for the virtualenv.
+# debootstrap makes a Debian base; python3-venv for the virtualenv; iproute2 and util-linux (nsenter)
+# for the shaped link of the demo and the benchmarks.
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
-	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry
+	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
+	iproute2 util-linux
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 
@@ -37,11 +39,7 @@ deps: apt $(VENV)/.installed
 
 demo: deps
 	@mkdir -p $(DEMO_ROOT) .cache
-	$(VENV)/bin/lazyctr rootfs busybox .cache/busybox.tar
-	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) import .cache/busybox.tar busybox:latest
-	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) images
-	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) inspect busybox
-	$(VENV)/bin/lazyctr --root $(DEMO_ROOT) cat busybox /etc/passwd
+	$(PY) -m benchmarks.demo --root $(DEMO_ROOT)
 
 test: deps
 	$(VENV)/bin/ruff check .
@@ -56,6 +54,8 @@ bench: deps
 	$(PY) benchmarks/codec.py
 	$(PY) benchmarks/startup.py --runs 10
 	$(PY) benchmarks/registry.py --quick
+	$(PY) benchmarks/build.py --runs 3
+	$(PY) -m benchmarks.lazy --runs 1
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info
