@@ -21,20 +21,16 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.link import IFNAME, Link, parse_link_spec, shaped_link_of
+from benchmarks.common import REPO, drop_caches, free_port, lazyctr, received, serving
+from benchmarks.link import Link, parse_link_spec, shaped_link_of
 
-REPO = Path(__file__).resolve().parent.parent
 PORT = 5000
 PYTHON_IMAGE = "bench/python:1"
 NO_PROFILE = "bench/python-without-profile:1"  # the same image in a repository with no profile
@@ -47,51 +43,6 @@ CMD ["python3"]
 """
 READY = ["python3", "-c", "print(1)"]
 READ_ALL = ["sh", "-c", "tar cf - --one-file-system / 2>/dev/null | wc -c"]
-
-
-def lazyctr(root: Path, *args: str, netns: str | None = None, timeout: float = 1800) -> str:
-    """Run the CLI (in the client's network namespace if `netns`; mounts stay visible to the host)."""
-    argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), *args]
-    if netns is not None:
-        argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    if proc.returncode != 0:
-        raise RuntimeError(f"lazyctr {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serving(storage: Path, address: str, link: Link | None = None) -> Iterator[None]:
-    argv = [sys.executable, "-m", "lazyctr.cli", "serve", "--storage", str(storage), "--addr", address]
-    server = link.popen("server", argv, cwd=REPO) if link else subprocess.Popen(argv, cwd=REPO)
-    try:
-        host, port = address.rsplit(":", 1)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if link is None:
-                    socket.create_connection((host, int(port)), timeout=1).close()
-                else:
-                    sock = link.socket("client")
-                    sock.settimeout(2)
-                    sock.connect((host, int(port)))
-                    sock.close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the registry did not come up") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 # -- set-up (cached) ----------------------------------------------------------------------------
@@ -145,26 +96,6 @@ def _tar_of_random_file(name: str, size: int) -> bytes:
 
 
 # -- measuring ----------------------------------------------------------------------------------
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def received(link: Link) -> int:
-    """Bytes the client's end of the link has received so far."""
-    out = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{link.client_ns}", "cat", "/proc/net/dev"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        name, _, counters = line.partition(":")
-        if name.strip() == IFNAME:
-            return int(counters.split()[0])
-    return 0
 
 
 @dataclass
