@@ -273,12 +273,13 @@ def assert_random_reads(tree: Tree, extracted: Path, point: Path, count: int = 6
 
 
 def in_seconds(tree: Tree) -> Tree:
-    """`tree` with its mtimes cut to the whole second below."""
-    cut = {}
+    """`tree` with its mtimes rounded to the nearest second, halves up, as Go's Time.Round does."""
+    rounded = {}
     for path, described in tree.items():
         mtime = described[5]
-        cut[path] = (*described[:5], mtime if mtime is None else mtime - mtime % 10**9, *described[6:])
-    return cut
+        second = mtime if mtime is None else (mtime + 10**9 // 2) // 10**9 * 10**9
+        rounded[path] = (*described[:5], second, *described[6:])
+    return rounded
 
 
 def assert_same_tree(expected: Tree, seen: Tree) -> None:
@@ -302,9 +303,9 @@ def assert_mount_equals_eager(
     """Push `name`, pull it eagerly and lazily into fresh roots, compare the extracted tree with the
     mounted one; the mount's statistics once every file was read, and the tree.
 
-    `toc_seconds`: the producer's TOC gives times in whole seconds (ctr-remote writes RFC 3339
-    without a fraction, as every eStargz TOC does) while its tar headers keep nanoseconds; a lazy
-    mount knows only the TOC, so there the mount must show the extracted time cut to the second.
+    `toc_seconds`: the producer's TOC gives times in whole seconds (ctr-remote's writer, estargz,
+    rounds them to the nearest second for RFC 3339) while its tar headers keep nanoseconds; a lazy
+    mount knows only the TOC, so there it must show the extracted time rounded to the second.
     """
     ref = f"{publisher.registry.address}/{repository}:1"
     run_cli(publisher.root, "push", name, ref, timeout=600)
@@ -482,6 +483,32 @@ def test_buildah_two_layers_zstd_chunked(
 # -- 3. ctr-remote's zstd:chunked ------------------------------------------------------------------
 
 
+def ctr_remote_convert(
+    containerd: Containerd,
+    tools: ContainerTools,
+    root: Path,
+    image: str,
+    base: str,
+    tmp_path: Path,
+    chunk_size: int | None = None,
+) -> Path:
+    """`image` of our store as ctr-remote converts it to zstd:chunked: an OCI layout, ref zstdchunked."""
+    gzip_archive = tmp_path / "gzip-archive.tar"  # what containerd imports: a plain gzip image
+    tools.skopeo(
+        "copy",
+        "--dest-compress-format",
+        "gzip",
+        f"oci:{root}/store:{image}",
+        f"oci-archive:{gzip_archive}:latest",
+    )
+    containerd.ctr("image", "import", "--no-unpack", "--base-name", base, str(gzip_archive))
+    chunking = ["--estargz-chunk-size", str(chunk_size)] if chunk_size else []
+    containerd.ctr_remote(
+        "image", "convert", "--oci", "--zstdchunked", *chunking, f"{base}:latest", f"{base}:zstdchunked"
+    )
+    return ctr_export(containerd, f"{base}:zstdchunked", tmp_path / "ctr-oci")
+
+
 @pytest.mark.parametrize("chunk_size", [None, 65536], ids=["whole-files", "64k-chunks"])
 @pytest.mark.parametrize("source", ["busybox", "rich", "edge"])
 def test_ctr_remote_zstd_chunked(
@@ -494,20 +521,11 @@ def test_ctr_remote_zstd_chunked(
     source: str,
 ) -> None:
     require_tools("containerd", "ctr", "ctr-remote", "skopeo", "unshare")
-    tar = source_tar(source, busybox_tar, tmp_path)
-    run_cli(publisher.root, "import", str(tar), "busybox:1")
-    gzip_archive = tmp_path / "busybox-gzip.tar"
-    container_tools.skopeo(
-        "copy", "--dest-compress-format", "gzip",
-        f"oci:{publisher.root}/store:busybox:1", f"oci-archive:{gzip_archive}:latest",
-    )  # fmt: skip
+    run_cli(publisher.root, "import", str(source_tar(source, busybox_tar, tmp_path)), "busybox:1")
     base = f"localhost/lazy-{source}-{chunk_size or 'default'}"
-    containerd.ctr("image", "import", "--no-unpack", "--base-name", base, str(gzip_archive))
-    chunking = ["--estargz-chunk-size", str(chunk_size)] if chunk_size else []
-    containerd.ctr_remote(
-        "image", "convert", "--oci", "--zstdchunked", *chunking, f"{base}:latest", f"{base}:zstdchunked"
+    layout = ctr_remote_convert(
+        containerd, container_tools, publisher.root, "busybox:1", base, tmp_path, chunk_size
     )
-    layout = ctr_export(containerd, f"{base}:zstdchunked", tmp_path / "ctr-oci")
     run_cli(publisher.root, "import", f"oci:{layout}:zstdchunked", "ctr:1")
     (layer,) = Store(publisher.root).image("ctr:1").manifest.layers
     entries = producer_toc(Store(publisher.root).blob_path(layer.digest).read_bytes())["entries"]
@@ -569,4 +587,25 @@ def test_debian_python3_rewritten_by_podman(
         "podman kept our layers instead of writing its own"
     )
     _, tree = assert_mount_equals_eager(publisher, "py:1", "interop/debian-podman", tmp_path)
+    assert "usr/bin/python3" in tree
+
+
+@pytest.mark.slow
+def test_debian_python3_converted_by_ctr_remote(
+    debian_python: Path,
+    containerd: Containerd,
+    container_tools: ContainerTools,
+    publisher: Publisher,
+    tmp_path: Path,
+) -> None:
+    require_tools("containerd", "ctr", "ctr-remote", "skopeo", "unshare")
+    layout = ctr_remote_convert(
+        containerd, container_tools, debian_python, "py:1", "localhost/lazy-py", tmp_path
+    )
+    run_cli(publisher.root, "import", f"oci:{layout}:zstdchunked", "py:1", timeout=600)
+    layers = Store(publisher.root).image("py:1").manifest.layers
+    assert len(layers) == 2
+    entries = producer_toc(Store(publisher.root).blob_path(layers[1].digest).read_bytes())["entries"]
+    assert entries[0]["name"] == ".no.prefetch.landmark", "not ctr-remote's layer"
+    _, tree = assert_mount_equals_eager(publisher, "py:1", "interop/debian-ctr", tmp_path, toc_seconds=True)
     assert "usr/bin/python3" in tree
