@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lazyctr import build, containers, distribution, images, mounts  # noqa: F401 (importing registers their commands)
+from lazyctr import bench, build, containers, distribution, images, mounts  # noqa: F401 (importing registers their commands)
 from lazyctr.context import COMMANDS, Context, default_root
 from lazyctr.errors import run_with_error_mapping
 

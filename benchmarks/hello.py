@@ -1,0 +1,880 @@
+"""HelloBench-style suite (`lazyctr bench hello`): real images from `pull` to ready, per storage driver.
+
+Images are built by `lazyctr build` from benchmarks/images/<name>/Dockerfile, all FROM debian:minbase
+(a debootstrap base), covering HelloBench's groups; each image's CMD is its readiness probe, run in
+the container: it exits 0 once the program answered (servers are started in the background by a
+script in the image that then polls them: redis-cli, psql, an HTTP GET through bash's /dev/tcp).
+Built images are cached in --cache (a publisher store, rebuilt when its context changes).
+
+A fresh registry (`lazyctr serve`) runs in the server namespace of a shaped link (benchmarks/link.py,
+verified before measuring); the client works in the client namespace. Per image, once: the push over
+the link (timed), a second repository with an access profile recorded by one lazy run. Then, per run,
+image and driver (in a rotating order), from a cold client (a fresh --root, dropped page caches):
+  - copy / overlay: `pull --eager` then `run --rm --driver copy|overlay` (overlay: the eager baseline);
+  - lazy: `pull` (lazy) then `run --rm --driver lazy`, from a repository without a profile;
+  - lazy+profile: the same from the repository whose profile the lazy mount prefetches;
+  - peers: podman (pull from the same registry over the link, `podman run`, runc, private storage)
+    and stargz-snapshotter through benchmarks/peers/stargz.py when it is there; skipped with the
+    reason where they cannot run.
+Measured: pull time, create+run to ready, bytes the client received over the link, the fraction of the
+image that is (bytes / the image's compressed size) and the memory of our processes: the peak of the
+summed RSS of every process in a cgroup (v1 memory) holding the lazyctr CLI processes and the lazyfs
+daemon they start (containers are moved to cgroups of their own by `lazyctr run`), sampled every 50 ms,
+and the cgroup's max_usage_in_bytes (that RSS plus the page cache they charge).
+Also the development cycle for one image: one edit of a source file, then build, push, pull, run.
+
+Output in --out: results.json (every measurement), report.md (per image and group medians, ratios
+to the eager baseline and to each peer) and PNG plots. Needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO, drop_caches, lazyctr, received, serving
+from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
+from benchmarks.startup import unmount_under
+
+IMAGES_DIR = REPO / "benchmarks" / "images"
+GROUPS: dict[str, str] = {
+    "distro": "distro",
+    "python": "language",
+    "perl": "language",
+    "ruby": "language",
+    "node": "language",
+    "gcc": "language",
+    "openjdk": "language",
+    "redis": "database",
+    "postgresql": "database",
+    "sqlite": "database",
+    "nginx": "web server",
+    "apache2": "web server",
+    "flask": "web framework",
+    "large": "other",
+}
+DRIVERS = ("copy", "overlay", "lazy", "lazy+profile")
+EAGER = "overlay"  # the eager baseline: overlay driver after `pull --eager`
+PEERS = ("podman", "stargz")
+QUICK_IMAGES = ("distro", "python", "redis", "flask")
+# The image whose development cycle is measured (first of these in the suite) and the file edited.
+DEV_SOURCES = {"flask": "app.py", "gcc": "hello.c", "openjdk": "Hello.java", "python": "Dockerfile"}
+PORT = 5000
+RUN_TIMEOUT = 600
+MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
+MEMORY_NOTE = (
+    "rss_peak: peak of the summed VmRSS of the lazyctr CLI processes and the lazyfs daemon they start "
+    "(one cgroup v1 memory group per deployment, sampled every 50 ms; containers run in cgroups of "
+    "their own); cgroup_peak: that group's memory.max_usage_in_bytes (RSS plus the page cache charged "
+    "to it, e.g. extracted layers)"
+)
+
+
+class BenchError(Exception):
+    """Bad input or a machine that cannot run the suite; the message is one line."""
+
+
+@dataclass
+class Config:
+    images: list[str]
+    drivers: list[str]
+    link: LinkSpec
+    runs: int
+    out: Path
+    cache: Path
+    peers: list[str]
+
+
+def available_images() -> list[str]:
+    return sorted(p.parent.name for p in IMAGES_DIR.glob("*/Dockerfile"))
+
+
+def parse_list(text: str, known: Sequence[str], what: str) -> list[str]:
+    """`a,b` -> ["a", "b"]: each must be one of `known`; order kept, duplicates dropped."""
+    chosen: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if item not in known:
+            raise BenchError(f"unknown {what} {item!r} (known: {', '.join(known)})")
+        if item not in chosen:
+            chosen.append(item)
+    if not chosen:
+        raise BenchError(f"no {what} given")
+    return chosen
+
+
+def make_config(
+    images: str, drivers: str, link: str, runs: int, out: Path, cache: Path, peers: str
+) -> Config:
+    """Check every option before anything is made."""
+    known = available_images()
+    selected = list(QUICK_IMAGES) if images == "quick" else parse_list(images, [*known, "all"], "image")
+    if "all" in selected:
+        selected = known
+    try:
+        spec = parse_link_spec(link)
+    except LinkSpecError as e:
+        raise BenchError(f"bad --link {link!r}: {e}") from None
+    if runs < 1:
+        raise BenchError("--runs must be at least 1")
+    chosen_peers = [] if peers.strip() in ("", "none") else parse_list(peers, PEERS, "peer")
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out}: exists and is not a directory")
+    return Config(selected, parse_list(drivers, DRIVERS, "driver"), spec, runs, out, cache, chosen_peers)
+
+
+# -- images (cached builds) ---------------------------------------------------------------------
+
+
+def context_digest(name: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted((IMAGES_DIR / name).rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(IMAGES_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def prepare_images(cache: Path, names: list[str]) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """The publisher store holding every image built (cached); per image its sizes and probe."""
+    publisher = cache / "hello-publisher"
+    stamps = cache / "hello-stamps"
+    stamps.mkdir(parents=True, exist_ok=True)
+    base = REPO / ".cache" / "debian-minbase.tar"
+    if not base.exists():
+        print("making a debootstrap minbase (once)...", flush=True)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        lazyctr(publisher, "rootfs", "debian", str(base))
+    base_stamp = stamps / "debian-minbase"
+    base_key = f"{base.stat().st_size} {base.stat().st_mtime_ns}"
+    if not base_stamp.exists() or base_stamp.read_text() != base_key:
+        lazyctr(publisher, "import", str(base), "debian:minbase")
+        for old in stamps.glob("*.digest"):  # every image is built on the base
+            old.unlink()
+        base_stamp.write_text(base_key)
+    infos: dict[str, dict[str, Any]] = {}
+    for name in names:
+        stamp = stamps / f"{name}.digest"
+        digest = context_digest(name)
+        built_s: float | None = None
+        if not stamp.exists() or stamp.read_text() != digest:
+            print(f"building {name}...", flush=True)
+            started = time.monotonic()
+            lazyctr(
+                publisher, "build", "--progress", "plain", "-t", f"bench/{name}:1", str(IMAGES_DIR / name)
+            )
+            built_s = time.monotonic() - started
+            stamp.write_text(digest)
+        data = json.loads(lazyctr(publisher, "inspect", "--json", f"bench/{name}:1"))
+        config = data.get("Config") or {}
+        infos[name] = {
+            "group": GROUPS.get(name, "other"),
+            "size": int(data["Size"]),  # compressed layers: what an eager pull fetches
+            "files_size": sum(int(layer.get("UncompressedFileSize") or 0) for layer in data["Layers"]),
+            "layers": len(data["Layers"]),
+            "probe": [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])],
+            "build_s": built_s,
+        }
+    return publisher, infos
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+class MemoryMeter:
+    """A cgroup v1 memory group for our processes of one deployment: peak summed RSS and max usage."""
+
+    _count = 0
+
+    def __init__(self) -> None:
+        MemoryMeter._count += 1
+        self.path: Path | None = MEMORY_CGROUPS / f"lazybench-{os.getpid()}-{MemoryMeter._count}"
+        try:
+            self.path.mkdir()
+        except OSError:
+            self.path = None  # no cgroup v1 memory controller here: no figures
+        self.rss_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def enter(self) -> None:
+        """preexec_fn of a child: join the group (its descendants, the lazyfs daemon too, inherit it)."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def _pids(self) -> list[int]:
+        if self.path is None:
+            return []
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            total = 0
+            for pid in self._pids():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+            self.rss_peak = max(self.rss_peak, total)
+
+    def close(self) -> dict[str, int | None]:
+        self._stop.set()
+        self._thread.join()
+        if self.path is None:
+            return {"rss_peak": None, "cgroup_peak": None}
+        peak = int((self.path / "memory.max_usage_in_bytes").read_text())
+        for pid in self._pids():  # a daemon still alive goes back to the root group, so the group can go
+            with contextlib.suppress(OSError):
+                (MEMORY_CGROUPS / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+        return {"rss_peak": self.rss_peak, "cgroup_peak": peak}
+
+
+@contextlib.contextmanager
+def cold_root(work: Path) -> Iterator[Path]:
+    """An empty store root; whatever a failed run left mounted below it is detached on the way out."""
+    tmp = Path(tempfile.mkdtemp(prefix="root-", dir=work))
+    try:
+        yield tmp / "root"
+    finally:
+        unmount_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def repository(name: str, driver: str) -> str:
+    """The profile is only in bench/NAME:1; the other drivers pull bench/NAME-np:1 (no profile)."""
+    return f"bench/{name}:1" if driver == "lazy+profile" else f"bench/{name}-np:1"
+
+
+def deploy(link: Link, address: str, work: Path, name: str, driver: str) -> dict[str, Any]:
+    """Pull and run the image's probe with `driver` on a cold client."""
+    ref = f"{address}/{repository(name, driver)}"
+    eager = ["--eager"] if driver in ("copy", "overlay") else []
+    run_driver = "lazy" if driver.startswith("lazy") else driver
+    sample: dict[str, Any] = {"image": name, "driver": driver}
+    with cold_root(work) as root:
+        drop_caches()
+        meter = MemoryMeter()
+        before = received(link)
+        started = time.monotonic()
+        try:
+            ns = link.client_ns
+            lazyctr(root, "pull", "--insecure", *eager, ref, netns=ns, preexec_fn=meter.enter)
+            pulled = time.monotonic()
+            lazyctr(root, "run", "--rm", "--driver", run_driver, ref, netns=ns, preexec_fn=meter.enter)
+            done = time.monotonic()
+            sample.update(ok=True, pull_s=pulled - started, run_s=done - pulled, ready_s=done - started)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            sample.update(
+                ok=False, error=str(e).strip().splitlines()[-1][:300] if str(e).strip() else repr(e)
+            )
+        finally:
+            sample["bytes"] = received(link) - before
+            sample.update(meter.close())
+    return sample
+
+
+def publish(
+    link: Link, address: str, publisher: Path, work: Path, name: str, profile: bool
+) -> dict[str, Any]:
+    """Push the image over the link (timed), again to the profile's repository, and record its profile."""
+    ns = link.client_ns
+    started = time.monotonic()
+    lazyctr(
+        publisher,
+        "push",
+        "--insecure",
+        "--progress",
+        "plain",
+        f"bench/{name}:1",
+        f"{address}/bench/{name}-np:1",
+        netns=ns,
+    )
+    push_s = time.monotonic() - started
+    ref = f"{address}/bench/{name}:1"
+    lazyctr(publisher, "push", "--insecure", "--progress", "plain", f"bench/{name}:1", ref, netns=ns)
+    if profile:  # one lazy run recorded, pushed with the image (as a referrer)
+        with cold_root(work) as recorder:
+            lazyctr(recorder, "pull", "--insecure", ref, netns=ns)
+            lazyctr(recorder, "run", "--rm", "--record-profile", ref, netns=ns, timeout=RUN_TIMEOUT)
+            lazyctr(recorder, "push", "--insecure", "--progress", "plain", ref, ref, netns=ns)
+    return {"push_s": push_s}
+
+
+_ISOLATE = 'mount --bind "$0" /var/lib && mount --bind "$1" /var/tmp && shift && exec "$@"'
+
+
+class Podman:
+    """podman against the suite's registry: private storage per run, runc, cgroupfs, in the client's netns.
+
+    Each podman runs in a private mount namespace where /var/lib and /var/tmp are empty directories of
+    its own (containers/image writes there whatever the configuration says), as tests/e2e does.
+    """
+
+    def __init__(self, work: Path) -> None:
+        if shutil.which("podman") is None:
+            raise BenchError("podman is not installed")
+        if shutil.which("runc") is None:
+            raise BenchError("runc is not installed")
+        self.work = work
+
+    def deploy(self, link: Link, address: str, name: str) -> dict[str, Any]:
+        ref = f"{address}/bench/{name}-np:1"
+        sample: dict[str, Any] = {"image": name, "driver": "podman"}
+        base = Path(tempfile.mkdtemp(prefix="podman-", dir=self.work))
+        try:
+            env = self._environment(base)
+            prefix = [
+                "nsenter", f"--net=/run/netns/{link.client_ns}",
+                "unshare", "--mount", "--propagation", "private", "--",
+                "sh", "-c", _ISOLATE, str(base / "var-lib"), str(base / "var-tmp"),
+            ]  # fmt: skip
+
+            def podman(*args: str) -> None:
+                proc = subprocess.run(
+                    [*prefix, "podman", *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
+                )
+                if proc.returncode != 0:
+                    raise RuntimeError(f"podman {args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
+
+            drop_caches()
+            before = received(link)
+            started = time.monotonic()
+            try:
+                podman("pull", "--quiet", "--tls-verify=false", ref)
+                pulled = time.monotonic()
+                podman("run", "--rm", "--network", "host", ref)
+                done = time.monotonic()
+                sample.update(ok=True, pull_s=pulled - started, run_s=done - pulled, ready_s=done - started)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                sample.update(ok=False, error=str(e).strip().splitlines()[-1][:300])
+            sample["bytes"] = received(link) - before
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                podman("rmi", "--all", "--force")
+        finally:
+            unmount_under(base)
+            shutil.rmtree(base, ignore_errors=True)
+        return sample
+
+    @staticmethod
+    def _environment(base: Path) -> dict[str, str]:
+        for part in ("var-lib", "var-tmp", "tmp"):
+            (base / part).mkdir()
+        storage_conf = base / "storage.conf"
+        storage_conf.write_text(
+            f'[storage]\ndriver = "overlay"\nrunroot = "{base}/run"\ngraphroot = "{base}/storage"\n'
+        )
+        containers_conf = base / "containers.conf"
+        containers_conf.write_text(
+            "[engine]\n"
+            'runtime = "runc"\n'  # crun refuses a cgroup v1 host with an empty v2 hierarchy
+            'cgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
+            f'events_logfile_path = "{base}/events.log"\n'
+            f'tmp_dir = "{base}/tmp"\n'
+            f'image_copy_tmp_dir = "{base}/tmp"\n'
+        )
+        return dict(
+            os.environ,
+            CONTAINERS_STORAGE_CONF=str(storage_conf),
+            CONTAINERS_CONF=str(containers_conf),
+            TMPDIR=str(base / "tmp"),
+        )
+
+
+def stargz_peer(
+    link: Link, address: str, name: str, probe: list[str], runs: int
+) -> list[dict[str, Any]] | str:
+    """Samples of benchmarks.peers.stargz.measure (eStargz, zstd:chunked), or why it is skipped."""
+    try:
+        module = importlib.import_module("benchmarks.peers.stargz")
+    except ImportError as e:
+        return f"benchmarks/peers/stargz.py cannot be imported ({e})"
+    measure = getattr(module, "measure", None)
+    if measure is None:
+        return "benchmarks/peers/stargz.py has no measure()"
+    try:
+        result = measure(link, address, f"{address}/bench/{name}-np:1", probe, runs=runs)
+    except Exception as e:  # a peer's failure must not end the suite
+        return f"measure() failed: {type(e).__name__}: {e}".splitlines()[0]
+    if isinstance(result, str):
+        return result
+    samples = []
+    for form, figures in sorted(result.items()):
+        if not isinstance(figures, dict):
+            continue
+        values = {key: figures.get(key) for key in ("pull_s", "run_s", "total_s")}
+        lists = [v for v in values.values() if isinstance(v, list)]
+        count = len(lists[0]) if lists else 1
+        for i in range(count):
+            one = {k: (v[i] if isinstance(v, list) else v) for k, v in values.items()}
+            if one["total_s"] is None or one["pull_s"] is None or one["run_s"] is None:
+                continue
+            samples.append(
+                {
+                    "image": name,
+                    "driver": f"stargz-{form}",
+                    "ok": True,
+                    "pull_s": float(one["pull_s"]),
+                    "run_s": float(one["run_s"]),
+                    "ready_s": float(one["total_s"]),
+                    "bytes": figures.get("bytes"),
+                }
+            )
+    return samples or f"measure() returned no timings: {str(result)[:200]}"
+
+
+def development_cycle(link: Link, address: str, publisher: Path, work: Path, name: str) -> dict[str, Any]:
+    """One edit of a source file, then build (cached steps stay cached), push, pull and run (lazy, eager)."""
+    source = DEV_SOURCES[name]
+    context = Path(tempfile.mkdtemp(prefix="dev-", dir=work))
+    try:
+        shutil.copytree(IMAGES_DIR / name, context, dirs_exist_ok=True)
+        comment = "//" if source.endswith((".c", ".java")) else "#"
+        with open(context / source, "a") as f:
+            f.write(f"\n{comment} edited at {datetime.now(UTC).isoformat()}\n")
+        tag = f"bench/{name}-dev:1"
+        started = time.monotonic()
+        lazyctr(publisher, "build", "--progress", "plain", "-t", tag, str(context))
+        built = time.monotonic()
+        lazyctr(
+            publisher,
+            "push",
+            "--insecure",
+            "--progress",
+            "plain",
+            tag,
+            f"{address}/{tag}",
+            netns=link.client_ns,
+        )
+        pushed = time.monotonic()
+        cycle: dict[str, Any] = {
+            "image": name,
+            "edited": source,
+            "build_s": built - started,
+            "push_s": pushed - built,
+        }
+        for label, eager, driver in (("lazy", [], "lazy"), ("eager", ["--eager"], "overlay")):
+            with cold_root(work) as root:
+                drop_caches()
+                t0 = time.monotonic()
+                ref = f"{address}/{tag}"
+                lazyctr(root, "pull", "--insecure", *eager, ref, netns=link.client_ns)
+                t1 = time.monotonic()
+                lazyctr(
+                    root, "run", "--rm", "--driver", driver, ref, netns=link.client_ns, timeout=RUN_TIMEOUT
+                )
+                t2 = time.monotonic()
+            cycle[label] = {
+                "pull_s": t1 - t0,
+                "run_s": t2 - t1,
+                "total_s": cycle["build_s"] + cycle["push_s"] + t2 - t0,
+            }
+        return cycle
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+
+
+def run_suite(config: Config) -> Path:
+    """Run everything; write results.json, report.md and the plots into config.out."""
+    if os.geteuid() != 0:
+        raise BenchError("the hello suite needs root (namespaces, mounts, drop_caches)")
+    publisher, infos = prepare_images(config.cache, config.images)
+    results: dict[str, Any] = {
+        "version": 1,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            "images": config.images,
+            "drivers": config.drivers,
+            "link": str(config.link),
+            "runs": config.runs,
+            "peers": config.peers,
+        },
+        "memory_note": MEMORY_NOTE,
+        "images": infos,
+        "samples": [],
+        "skipped": {},
+        "dev_cycle": None,
+    }
+    samples: list[dict[str, Any]] = results["samples"]
+    work = config.cache / "hello-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    podman: Podman | None = None
+    if "podman" in config.peers:
+        try:
+            podman = Podman(work)
+        except BenchError as e:
+            results["skipped"]["podman"] = str(e)
+            print(f"podman: skipped: {e}", flush=True)
+    try:
+        with shaped_link_of(config.link) as link:
+            figures = link.verify()
+            results["link"] = {
+                "spec": str(config.link),
+                "emulator": figures.emulator,
+                "rtt_median_ms": figures.rtt_median * 1000,
+                "rtt_min_ms": figures.rtt_min * 1000,
+                "rate_mbit": figures.rate / 1e6,
+            }
+            address = f"{link.server_ip}:{PORT}"
+            registry = work / "registry"
+            with serving(registry, address, link):
+                for name in config.images:
+                    print(f"pushing {name}...", flush=True)
+                    pushed = publish(link, address, publisher, work, name, "lazy+profile" in config.drivers)
+                    infos[name].update(pushed)
+                    print(f"  push {pushed['push_s']:.2f} s", flush=True)
+                for run in range(config.runs):
+                    for name in config.images:
+                        turn = run % len(config.drivers)  # rotating order: drift hits every driver alike
+                        for driver in config.drivers[turn:] + config.drivers[:turn]:
+                            sample = deploy(link, address, work, name, driver)
+                            sample["run"] = run
+                            samples.append(sample)
+                            print(_line(sample), flush=True)
+                        if podman is not None:
+                            sample = podman.deploy(link, address, name)
+                            sample["run"] = run
+                            samples.append(sample)
+                            print(_line(sample), flush=True)
+                if "stargz" in config.peers:
+                    for name in config.images:
+                        got = stargz_peer(link, address, name, infos[name]["probe"], config.runs)
+                        if isinstance(got, str):
+                            results["skipped"].setdefault("stargz", {})[name] = got
+                            print(f"stargz {name}: skipped: {got}", flush=True)
+                        else:
+                            for i, sample in enumerate(got):
+                                sample.setdefault("run", i)
+                                samples.append(sample)
+                                print(_line(sample), flush=True)
+                dev = next((n for n in DEV_SOURCES if n in config.images), None)
+                if dev is not None:
+                    print(f"development cycle of {dev}...", flush=True)
+                    try:
+                        results["dev_cycle"] = development_cycle(link, address, publisher, work, dev)
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        results["dev_cycle"] = {"image": dev, "error": str(e).splitlines()[-1][:300]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return write_outputs(results, config.out)
+
+
+def _line(sample: dict[str, Any]) -> str:
+    head = f"  {sample['image']:11} {sample['driver']:19}"
+    if not sample.get("ok"):
+        return f"{head} FAILED: {sample.get('error')}"
+    mb = (sample.get("bytes") or 0) / 1e6
+    times = f"pull {sample['pull_s']:7.2f} s  run {sample['run_s']:6.2f} s  ready {sample['ready_s']:7.2f} s"
+    return f"{head} {times}  {mb:8.1f} MB"
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> Path:
+    """results.json, report.md and the plots in `out` (each written whole, then renamed into place)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "results.json", json.dumps(results, indent=2) + "\n")
+    plots = draw_plots(results, out)
+    _write(out / "report.md", render_report(results, [p.name for p in plots]))
+    return out / "report.md"
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _median(values: Sequence[float | int | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, float | None]]:
+    """Per (image, driver): medians of the successful samples' figures, and the deployment cycle."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for sample in results["samples"]:
+        if sample.get("ok"):
+            grouped.setdefault((sample["image"], sample["driver"]), []).append(sample)
+    table: dict[tuple[str, str], dict[str, float | None]] = {}
+    for (image, driver), group in grouped.items():
+        info = results["images"].get(image, {})
+        row = {
+            key: _median([s.get(key) for s in group])
+            for key in ("pull_s", "run_s", "ready_s", "bytes", "rss_peak", "cgroup_peak")
+        }
+        push = info.get("push_s")
+        ready = row["ready_s"]
+        row["deploy_s"] = ready + push if ready is not None and push is not None else None
+        size = info.get("size")
+        row["fraction"] = row["bytes"] / size if row["bytes"] is not None and size else None
+        row["n"] = len(group)
+        table[(image, driver)] = row
+    return table
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.1f}%"
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _ratio(base: float | None, value: float | None) -> str:
+    return "-" if base is None or not value else f"{base / value:.2f}x"
+
+
+def _columns(results: dict[str, Any]) -> list[str]:
+    """Drivers in their order, then the peers that produced samples."""
+    order = [d for d in DRIVERS if d in results["config"]["drivers"]]
+    peers = sorted({s["driver"] for s in results["samples"]} - set(DRIVERS))
+    return order + peers
+
+
+def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    table = medians(results)
+    columns = _columns(results)
+    images = [i for i in results["config"]["images"] if i in results["images"]]
+    drivers = [c for c in columns if c in DRIVERS]
+    peers = [c for c in columns if c not in DRIVERS]
+    link = results.get("link") or {}
+    lines = ["# HelloBench-style suite: pull to ready", ""]
+    lines.append(
+        f"Link {results['config']['link']}"
+        + (
+            f" ({link.get('emulator')}; measured RTT {link['rtt_median_ms']:.1f} ms, "
+            f"rate {link['rate_mbit']:.1f} Mbit/s)"
+            if "rtt_median_ms" in link
+            else ""
+        )
+        + f"; {results['config']['runs']} cold run(s) per image and driver, medians; started "
+        f"{results.get('started', '?')}."
+    )
+    lines.append(
+        f"Eager baseline: `{EAGER}` driver after `pull --eager`. ready = pull + create/run to ready; "
+        "deploy = push + ready (Slacker's deployment cycle; the push is the same for every driver). "
+        "fraction = bytes received / the image's compressed size."
+    )
+    lines += ["", "## Headline: time to ready (s) and data fetched", ""]
+    head = ["image", "group", "size MB"]
+    for d in columns:
+        head.append(f"{d} s")
+    versus_eager = [d for d in drivers if d != EAGER] if EAGER in drivers else []
+    head += [f"eager/{d}" for d in versus_eager]
+    head += [f"{d} MB" for d in drivers]
+    if "lazy+profile" in drivers:
+        head.append("lazy+profile read")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for image in images:
+        info = results["images"][image]
+        eager = table.get((image, EAGER), {}).get("ready_s")
+        row = [image, info.get("group", ""), _fmt(info.get("size"), 1e6, 1)]
+        row += [_fmt(table.get((image, d), {}).get("ready_s")) for d in columns]
+        row += [_ratio(eager, table.get((image, d), {}).get("ready_s")) for d in versus_eager]
+        row += [_fmt(table.get((image, d), {}).get("bytes"), 1e6, 1) for d in drivers]
+        if "lazy+profile" in drivers:
+            fraction = table.get((image, "lazy+profile"), {}).get("fraction")
+            row.append(_pct(fraction))
+        lines.append("| " + " | ".join(row) + " |")
+
+    lines += ["", "## Medians over the images", ""]
+    lines += [
+        _row(
+            [
+                "driver",
+                "ready s",
+                "deploy s",
+                "vs eager (ready)",
+                "vs eager (deploy)",
+                "fraction read",
+                "rss MB",
+            ]
+        ),
+        _row(["---"] * 7),
+    ]
+    overall: dict[str, dict[str, float | None]] = {}
+    for d in columns:
+        rows = [table[(i, d)] for i in images if (i, d) in table]
+        overall[d] = {
+            k: _median([r.get(k) for r in rows]) for k in ("ready_s", "deploy_s", "fraction", "rss_peak")
+        }
+    for d in columns:
+        o, e = overall[d], overall.get(EAGER, {})
+        fraction = o["fraction"]
+        cells = [d, _fmt(o["ready_s"]), _fmt(o["deploy_s"]), _ratio(e.get("ready_s"), o["ready_s"])]
+        cells += [_ratio(e.get("deploy_s"), o["deploy_s"]), _pct(fraction), _fmt(o["rss_peak"], 1e6, 0)]
+        lines.append(_row(cells))
+    if "lazy+profile" in overall and EAGER in overall:
+        o, e = overall["lazy+profile"], overall[EAGER]
+        fraction = o["fraction"]
+        lines += [
+            "",
+            "Targets (reported, not asserted): lazy+profile deployment cycle "
+            f"{_ratio(e['deploy_s'], o['deploy_s'])} faster than eager (Slacker: 5x); time to ready "
+            f"{_ratio(e['ready_s'], o['ready_s'])}; median bytes fetched {_pct(fraction)} of the image "
+            "(target < 10%; Slacker saw 6.4% read).",
+        ]
+
+    lines += ["", "## Per group (median over the group's images of the per-image medians, ready s)", ""]
+    lines += ["| group | images | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
+    groups: dict[str, list[str]] = {}
+    for image in images:
+        groups.setdefault(results["images"][image].get("group", "other"), []).append(image)
+    for group, members in groups.items():
+        cells = []
+        for d in columns:
+            value = _median([table[(i, d)]["ready_s"] for i in members if (i, d) in table])
+            eager = _median([table[(i, EAGER)]["ready_s"] for i in members if (i, EAGER) in table])
+            cells.append(_fmt(value) + (f" ({_ratio(eager, value)})" if d != EAGER and eager else ""))
+        lines.append(f"| {group} | {', '.join(members)} | " + " | ".join(cells) + " |")
+
+    lines += ["", "## Every image and driver", ""]
+    head = ["image", "driver", "n", "push s", "pull s", "run s", "ready s", "deploy s", "MB recv", "fraction"]
+    head += ["rss peak MB", "cgroup peak MB", "vs eager", *(f"vs {p}" for p in peers)]
+    lines += [_row(head), _row(["---"] * len(head))]
+    for image in images:
+        info = results["images"][image]
+        for d in columns:
+            r = table.get((image, d))
+            if r is None:
+                continue
+            fraction = r["fraction"]
+            eager = table.get((image, EAGER), {}).get("ready_s")
+            versus = [_ratio(table.get((image, p), {}).get("ready_s"), r["ready_s"]) for p in peers]
+            cells = [image, d, f"{r['n']:.0f}", _fmt(info.get("push_s")), _fmt(r["pull_s"]), _fmt(r["run_s"])]
+            cells += [_fmt(r["ready_s"]), _fmt(r["deploy_s"]), _fmt(r["bytes"], 1e6, 1), _pct(fraction)]
+            cells += [
+                _fmt(r["rss_peak"], 1e6, 0),
+                _fmt(r["cgroup_peak"], 1e6, 0),
+                _ratio(eager, r["ready_s"]),
+            ]
+            lines.append(_row(cells + versus))
+    lines += ["", "Ratios are the other's time over this one's (above 1: this one is faster).", ""]
+    lines += [f"Memory: {results.get('memory_note', MEMORY_NOTE)}.", ""]
+
+    dev = results.get("dev_cycle")
+    if dev:
+        lines += ["## Development cycle", ""]
+        if "error" in dev:
+            lines.append(f"{dev['image']}: failed: {dev['error']}")
+        else:
+            lazy, eager = dev["lazy"], dev["eager"]
+            lines.append(
+                f"{dev['image']}, one edit of {dev['edited']}: build {dev['build_s']:.2f} s, "
+                f"push {dev['push_s']:.2f} s; then pull + run to ready lazily "
+                f"{lazy['pull_s'] + lazy['run_s']:.2f} s (cycle {lazy['total_s']:.2f} s), eagerly "
+                f"{eager['pull_s'] + eager['run_s']:.2f} s (cycle {eager['total_s']:.2f} s)."
+            )
+        lines.append("")
+
+    failures = [s for s in results["samples"] if not s.get("ok")]
+    skipped = results.get("skipped") or {}
+    if failures or skipped:
+        lines += ["## Failures and skipped peers", ""]
+        for s in failures:
+            lines.append(f"- {s['image']} {s['driver']} run {s.get('run', '?')}: {s.get('error')}")
+        for peer, reason in skipped.items():
+            if isinstance(reason, dict):
+                for image, why in reason.items():
+                    lines.append(f"- {peer} skipped for {image}: {why}")
+            else:
+                lines.append(f"- {peer} skipped: {reason}")
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """Time to ready per image and driver, bytes fetched vs image size, CDF of startup times."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    table = medians(results)
+    columns = _columns(results)
+    images = [i for i in results["config"]["images"] if i in results["images"]]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(images) + 2), 4.5))
+    width = 0.8 / max(1, len(columns))
+    for k, d in enumerate(columns):
+        xs = [i + k * width for i in range(len(images))]
+        ys = [table.get((image, d), {}).get("ready_s") or 0.0 for image in images]
+        ax.bar(xs, ys, width, label=d)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(images))], images, rotation=30, ha="right")
+    ax.set_ylabel("pull + run to ready (s, median)")
+    ax.set_title(f"Time to ready, link {results['config']['link']}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(out / "ready_by_image.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sizes = [results["images"][i]["size"] / 1e6 for i in images]
+    for d in columns:
+        points = [
+            (results["images"][i]["size"] / 1e6, (table[(i, d)]["bytes"] or 0) / 1e6)
+            for i in images
+            if (i, d) in table and table[(i, d)]["bytes"] is not None
+        ]
+        if points:
+            ax.scatter([p[0] for p in points], [max(p[1], 0.01) for p in points], label=d)
+    if sizes:
+        ax.plot([min(sizes), max(sizes)], [min(sizes), max(sizes)], "k--", linewidth=0.8, label="whole image")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("image size (MB, compressed)")
+    ax.set_ylabel("bytes received to ready (MB, median)")
+    ax.set_title("Bytes fetched vs image size")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(out / "bytes_vs_size.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for d in columns:
+        times = sorted(s["ready_s"] for s in results["samples"] if s["driver"] == d and s.get("ok"))
+        if times:
+            ax.step(times, [(k + 1) / len(times) for k in range(len(times))], where="post", label=d)
+    ax.set_xscale("log")
+    ax.set_xlabel("pull + run to ready (s)")
+    ax.set_ylabel("fraction of deployments")
+    ax.set_title("CDF of startup times")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(out / "startup_cdf.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

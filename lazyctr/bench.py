@@ -1,0 +1,83 @@
+"""`lazyctr bench`: the benchmark suites; the code is in benchmarks/ (here only the command line)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lazyctr.context import COMMANDS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class BadOption(click.ClickException):
+    """A bad option value: one line on stderr, status 2 (usage)."""
+
+    exit_code = 2
+
+
+@click.group()
+def bench() -> None:
+    """Benchmark suites (need root and the repository's benchmarks/ directory)."""
+
+
+COMMANDS.append(bench)
+
+
+@bench.command()
+@click.option(
+    "--images",
+    default="all",
+    show_default=True,
+    help="Comma-separated image names from benchmarks/images, `all`, or `quick` (distro,python,redis,flask).",
+)
+@click.option(
+    "--drivers",
+    default="copy,overlay,lazy,lazy+profile",
+    show_default=True,
+    help="Comma-separated: copy, overlay (after pull --eager; overlay is the baseline), lazy, lazy+profile.",
+)
+@click.option(
+    "--link",
+    "link",
+    default="100mbit/20ms",
+    show_default=True,
+    help="RATE/RTT[/LOSS] between registry and client.",
+)
+@click.option("--runs", type=int, default=3, show_default=True, help="Cold runs per image and driver.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench-results/hello"),
+    show_default=True,
+    help="Where results.json, report.md and the plots go.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=REPO / ".cache" / "bench",
+    show_default=".cache/bench",
+    help="Built images (kept between runs) and the working files.",
+)
+@click.option("--peers", default="podman,stargz", show_default=True, help="Comma-separated peers, or `none`.")
+def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Path, peers: str) -> None:
+    """HelloBench-style suite: real images from pull to ready over a shaped link, per driver and peer."""
+    if not (REPO / "benchmarks" / "hello.py").exists():
+        raise click.ClickException(
+            f"the benchmarks are not here ({REPO / 'benchmarks'}): run from a checkout"
+        )
+    if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
+        sys.path.insert(0, str(REPO))
+    from benchmarks.hello import BenchError, make_config, run_suite
+
+    try:
+        config = make_config(images, drivers, link, runs, out, cache.resolve(), peers)
+    except BenchError as e:
+        raise BadOption(str(e)) from None
+    try:
+        report = run_suite(config)
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {report}")
