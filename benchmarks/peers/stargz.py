@@ -37,7 +37,8 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 from benchmarks.link import IFNAME, Link, LinkError, parse_link_spec, shaped_link_of
 
@@ -536,8 +537,18 @@ def publish(source: str, store: Path, storage: Path, name: str) -> None:
             _lazyctr(store, "push", image, f"{address}/{name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Bad arguments are one line on stderr (argparse would print the usage too)."""
+        self.exit(2, f"error: {message}\n")
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds the context managers: daemons, mounts and namespaces go
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("image", metavar="IMAGE_DIR_OR_REF", help="OCI layout, rootfs tarball or image")
     parser.add_argument("--link", default="100mbit/20ms", help="rate/RTT[/loss] (default 100mbit/20ms)")
     parser.add_argument("--runs", type=int, default=1, help="cold runs per format (default 1)")
@@ -547,13 +558,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = parse_link_spec(args.link)
-        probe = shlex.split(args.probe)
+        try:
+            probe = shlex.split(args.probe)
+        except ValueError as error:
+            raise PeerError(f"bad --probe {args.probe!r}: {error}") from None
         if not probe:
             raise PeerError("--probe is empty")
         if args.runs < 1:
             raise PeerError(f"--runs must be at least 1, not {args.runs}")
+        source = Path(args.image)
+        if source.is_dir() and not (source / "oci-layout").is_file():
+            raise PeerError(f"{args.image}: a directory but not an OCI layout (no oci-layout file)")
         if os.geteuid() != 0:
             raise PeerError("needs root (network namespaces, containerd, mounts)")
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
         binary = build_snapshotter(args.cache)
         if isinstance(binary, str):
             raise PeerError(binary)
@@ -568,6 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PeerError, LinkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     if isinstance(result, str):
         print(f"stargz peer skipped: {result}", file=sys.stderr)
         return 1

@@ -1,0 +1,150 @@
+"""The stargz-snapshotter peer of benchmarks/peers/stargz.py: its daemon builds here (or says why not),
+and a busybox image in our registry, converted to eStargz and zstd:chunked, is lazily pulled and run
+over a shaped link with nothing left behind. Behaviour only: no speed is asserted."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks.link import Link, shaped_link
+from benchmarks.peers.stargz import (
+    DEFAULT_CACHE,
+    FORMATS,
+    PeerError,
+    build_snapshotter,
+    measure,
+    publish,
+    serving,
+    split_ref,
+)
+from tests.conftest import Result, assert_clean_error, require_tools, unavailable
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "bench/busybox:1"
+
+
+def peer_module(*args: str, timeout: float = 120) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.peers.stargz", *args],
+        cwd=REPO,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr.decode())
+
+
+def leftovers() -> set[str]:
+    """Mounts and directories of the peer's runs, and daemons still running from them (compared before
+    and after a test: another engineer's bench may be running the peer meanwhile)."""
+    found = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    found = [point for point in found if "lazyctr-stargz-" in point]
+    found += [
+        str(path) for path in Path("/tmp").glob("lazyctr-stargz-*") if path.name != "lazyctr-stargz-logs"
+    ]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"lazyctr-stargz-" in cmdline:
+                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return set(found)
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("bench/busybox:1", ("10.77.0.1:5000/bench/busybox", "1")),
+        ("10.77.0.1:5000/bench/busybox:1", ("10.77.0.1:5000/bench/busybox", "1")),
+        ("bench/busybox", ("10.77.0.1:5000/bench/busybox", "latest")),
+    ],
+)
+def test_split_ref(ref: str, expected: tuple[str, str]) -> None:
+    assert split_ref("10.77.0.1:5000", ref) == expected
+
+
+def test_split_ref_rejects_a_digest() -> None:
+    with pytest.raises(PeerError, match="give a tag, not a digest"):
+        split_ref("10.77.0.1:5000", "bench/busybox@sha256:" + "0" * 64)
+
+
+def test_bad_command_lines_are_one_clear_line(tmp_path: Path) -> None:
+    assert_clean_error(peer_module("--link", "100mb/20ms", "busybox"), "bad rate '100mb'")
+    assert_clean_error(peer_module("--runs", "0", "busybox"), "--runs must be at least 1")
+    assert_clean_error(peer_module("--runs", "two", "busybox"), "invalid int value: 'two'")
+    assert_clean_error(peer_module("--probe", "", "busybox"), "--probe is empty")
+    assert_clean_error(peer_module("--probe", "'unclosed", "busybox"), "No closing quotation")
+    assert_clean_error(peer_module(str(tmp_path)), "not an OCI layout")
+    assert_clean_error(peer_module(), "the following arguments are required")
+
+
+@pytest.fixture(scope="module")
+def snapshotter() -> Path:
+    """The daemon, built once into the repository's cache; a reason it cannot be built is a skip."""
+    binary = build_snapshotter(DEFAULT_CACHE)
+    if isinstance(binary, str):
+        print(f"stargz snapshotter not built: {binary}")
+        pytest.skip(binary)
+    return binary
+
+
+def test_build_snapshotter_gives_a_binary_or_a_reason(snapshotter: Path) -> None:
+    assert snapshotter.is_file() and os.access(snapshotter, os.X_OK)
+    assert build_snapshotter(DEFAULT_CACHE) == snapshotter  # built once: the second call finds it
+    assert not list(DEFAULT_CACHE.glob(".*.partial"))
+
+
+@pytest.fixture
+def registry_storage(tmp_path: Path, busybox_tar: Path) -> Path:
+    """Registry storage holding busybox as IMAGE, pushed by lazyctr (zstd:chunked layers, our format)."""
+    storage = tmp_path / "registry"
+    publish(str(busybox_tar), tmp_path / "unused-store", storage, IMAGE)
+    return storage
+
+
+@pytest.fixture
+def served(registry_storage: Path) -> Iterator[tuple[Link, str]]:
+    with shaped_link("1gbit", "2ms") as link:
+        address = f"{link.server_ip}:5000"
+        with serving(registry_storage, address, link):
+            yield link, address
+
+
+@pytest.mark.privileged
+def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str]) -> None:
+    require_tools("containerd", "ctr", "ctr-remote", "runc", "nsenter")
+    link, address = served
+    before = leftovers()
+    result = measure(link, address, IMAGE, ["sh", "-c", "test -x /bin/busybox && echo ready"])
+    if isinstance(result, str):
+        unavailable(f"stargz peer cannot run here: {result}")
+    assert isinstance(result, dict)
+    assert set(result) == set(FORMATS)
+    for figures in result.values():
+        assert figures["pull_s"] > 0 and figures["run_s"] > 0
+        assert figures["total_s"] == pytest.approx(figures["pull_s"] + figures["run_s"])
+        assert figures["remote_layers"] >= 1, "no layer was mounted remotely: not a lazy pull"
+        assert figures["bytes"] > 0
+        assert len(figures["samples"]) == 1
+    assert not leftovers() - before
+
+
+@pytest.mark.privileged
+def test_measure_gives_reasons_and_cleans_up(snapshotter: Path, served: tuple[Link, str]) -> None:
+    require_tools("containerd", "ctr", "ctr-remote", "runc", "nsenter")
+    link, address = served
+    before = leftovers()
+    missing = measure(link, address, "bench/nothing:1", ["true"])
+    assert isinstance(missing, str) and "ctr-remote image pull failed" in missing, missing
+    assert "\n" not in missing
+    failing = measure(link, address, IMAGE, ["false"])
+    assert isinstance(failing, str) and "ctr run" in failing, failing
+    assert "\n" not in failing
+    assert not leftovers() - before
