@@ -373,9 +373,8 @@ def test_built_by_lazyctr_with_whiteouts(publisher: Publisher, busybox_tar: Path
     assert "etc/hostname" not in tree and "etc/new" not in tree and tree["etc/new-link"][4] == 5
     assert tree["bin/ls"][0] == stat.S_IFDIR and tree["usr/sbin"][7] == "/bin"
     assert tree["root"][1] == 0o700 and tree["etc/passwd"][2:4] == (1000, 1000)
-    assert tree["etc/fifo"][0] == stat.S_IFIFO and sorted(p for p in tree if p.startswith("tmp/")) == [
-        "tmp/x"
-    ]
+    assert tree["etc/fifo"][0] == stat.S_IFIFO
+    assert [p for p in tree if p.startswith("tmp/")] == ["tmp/x"] and tree["tmp"][1] == 0o1777
 
 
 # -- 2. podman's zstd:chunked ----------------------------------------------------------------------
@@ -536,7 +535,7 @@ def test_ctr_remote_zstd_chunked(
     assert_has_what_matters(tree, tmp_path / "extracted", source)
 
 
-# -- 4. slow: Debian + python3, built by lazyctr ---------------------------------------------------
+# -- 4. slow: Debian + python3, built by lazyctr, then as podman and ctr-remote rewrite it ---------
 
 
 def debian_base() -> Path:
@@ -544,9 +543,12 @@ def debian_base() -> Path:
     if not DEBIAN_BASE.exists():
         require_tools("debootstrap", "tar")
         DEBIAN_BASE.parent.mkdir(parents=True, exist_ok=True)
-        partial = DEBIAN_BASE.with_suffix(".partial")
-        debian_tarball(partial)  # the mirror comes from this machine's apt configuration
-        partial.rename(DEBIAN_BASE)  # only a whole tarball ever gets the cached name
+        partial = DEBIAN_BASE.with_suffix(f".{os.getpid()}.partial")
+        try:
+            debian_tarball(partial)  # the mirror comes from this machine's apt configuration
+            partial.rename(DEBIAN_BASE)  # only a whole tarball ever gets the cached name
+        finally:
+            partial.unlink(missing_ok=True)
     return DEBIAN_BASE
 
 
