@@ -8,13 +8,14 @@ golang-github-containerd-stargz-snapshotter-dev; where it cannot be built the re
 
 `measure(link, registry_address, image_ref, probe)` converts the image in the registry (`lazyctr serve`
 in the link's server namespace) with `ctr-remote image convert --oci --estargz` and `--zstdchunked`,
-pushes both under new tags (in the server namespace: the conversion is not timed and does not cross the
-link), then for each format, from a cold client (a fresh containerd and snapshotter root, dropped page
-caches): times `ctr-remote image rpull` (the lazy pull) and `ctr run --snapshotter stargz --rm IMAGE ID
-PROBE...` to the probe's exit, both in the client namespace through `nsenter --net` (so the FUSE and
-overlay mounts stay visible to containerd, which runs in the host's mount namespace). Every containerd is
-our own (root, state, sockets and opt directory in a temporary directory; the machine's instance is never
-touched) and everything is cleaned up: tasks, shims, daemons, mounts, directories.
+pushes both under new tags named after the source's digest (in the server namespace: the conversion is
+not timed and does not cross the link; a later call finds the tags and skips it), then for each format,
+from a cold client (a fresh containerd and snapshotter root, dropped page caches): times `ctr-remote
+image rpull` (the lazy pull) and `ctr run --snapshotter stargz --rm IMAGE ID PROBE...` to the probe's
+exit, both in the client namespace through `nsenter --net` (so the FUSE and overlay mounts stay visible
+to containerd, which runs in the host's mount namespace). Every containerd is our own (root, state,
+sockets and opt directory in a temporary directory; the machine's instance is never touched) and
+everything is cleaned up: tasks, shims, daemons, mounts, directories.
 
 Usage: python -m benchmarks.peers.stargz [--link 100mbit/20ms] [--runs N] [--probe CMD] IMAGE_DIR_OR_REF
 (an OCI layout or rootfs tarball to import, or an image of the lazyctr store at --root). Needs root.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import http.client
 import os
 import shlex
 import shutil
@@ -340,20 +342,76 @@ def split_ref(registry_address: str, image_ref: str) -> tuple[str, str]:
     return ref, "latest"
 
 
-def convert(containerd: Containerd, link: Link, repository: str, tag: str) -> dict[str, str]:
-    """Pulls repository:tag, converts it to each format and pushes the results; the refs by format.
+_MANIFEST_TYPES = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
 
-    The ctr-remote clients run in the server's namespace, where the registry listens: the conversion
-    does not cross the shaped link (it is set-up, not measured)."""
+
+def manifest_digest(link: Link, repository: str, tag: str) -> str | None:
+    """The digest of repository:tag's manifest in the registry (asked from the server's namespace), or
+    None when the registry does not have it."""
+    address, _, path = repository.partition("/")
+    host, _, port = address.rpartition(":")
+
+    def ask() -> tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request("GET", f"/v2/{path}/manifests/{tag}", headers={"Accept": _MANIFEST_TYPES})
+            response = connection.getresponse()
+            return response.status, response.getheader("Docker-Content-Digest") or "", response.read()
+        finally:
+            connection.close()
+
+    try:
+        status, claimed, body = link.in_namespace("server", ask)
+    except OSError as error:
+        raise PeerError(f"cannot reach the registry at {address}: {error}") from None
+    if status == 404:
+        return None
+    if status != 200:
+        raise PeerError(f"the registry answered {status} for the manifest of {repository}:{tag}")
+    return claimed or f"sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def convert(
+    containerd_base: Path, link: Link, repository: str, tag: str
+) -> dict[str, tuple[str, float | None]]:
+    """The ref of repository:tag in each format, with the seconds its conversion and push took.
+
+    A converted tag carries the source manifest's digest, so a later call (the next run of the suite)
+    finds it in the registry and reuses it (seconds None) instead of converting again. The ctr-remote
+    clients run in the server's namespace, where the registry listens: the conversion does not cross
+    the shaped link (it is set-up, not measured)."""
     source = f"{repository}:{tag}"
+    digest = manifest_digest(link, repository, tag)
+    if digest is None:
+        raise PeerError(f"{source} is not in the registry")
+    suffix = digest.partition(":")[2][:12]
+    refs: dict[str, tuple[str, float | None]] = {}
+    for name in FORMATS:
+        target_tag = f"{tag}-{name}-{suffix}"
+        if manifest_digest(link, repository, target_tag) is not None:
+            refs[name] = (f"{repository}:{target_tag}", None)
+    if len(refs) == len(FORMATS):
+        return refs
     netns = link.server_ns
-    containerd.run("ctr-remote", "image", "pull", "--plain-http", source, netns=netns)
-    refs = {}
-    for name, flag in FORMATS.items():
-        target = f"{repository}:{tag}-{name}"
-        containerd.run("ctr-remote", "image", "convert", "--oci", flag, source, target, netns=netns)
-        containerd.run("ctr-remote", "image", "push", "--plain-http", target, netns=netns)
-        refs[name] = target
+    with running_containerd(containerd_base) as containerd:
+        started = time.monotonic()
+        containerd.run("ctr-remote", "image", "pull", "--plain-http", source, netns=netns)
+        pulled = time.monotonic() - started
+        for name, flag in FORMATS.items():
+            if name in refs:
+                continue
+            target = f"{repository}:{tag}-{name}-{suffix}"
+            started = time.monotonic()
+            containerd.run("ctr-remote", "image", "convert", "--oci", flag, source, target, netns=netns)
+            containerd.run("ctr-remote", "image", "push", "--plain-http", target, netns=netns)
+            refs[name] = (target, pulled + time.monotonic() - started)
     return refs
 
 
@@ -424,8 +482,14 @@ def measure(
     *,
     cache: Path = DEFAULT_CACHE,
 ) -> dict[str, Any] | str:
-    """{"estargz": {"pull_s", "run_s", "total_s", ...}, "zstdchunked": {...}}: medians over `runs` cold
-    runs (each run's figures under "samples"); or a one-line reason when the peer cannot run here."""
+    """{"estargz": {...}, "zstdchunked": {...}}, or a one-line reason when the peer cannot run here.
+
+    Per format: "pull_s" (rpull), "run_s" (ctr run to the probe's exit), "total_s", "bytes" (received by
+    the client from the rpull to the probe's exit; the snapshotter keeps fetching whole layers in the
+    background meanwhile, as stargz does by default): medians over `runs` cold runs, each run's figures
+    under "samples"; "remote_layers" (the fewest FUSE-mounted layers after an rpull: 0 would mean the
+    snapshotter fell back to a full download), "ref" (the converted image) and "convert_s" (its pull,
+    conversion and push; None when it was already in the registry)."""
     if os.geteuid() != 0:
         return "the stargz peer needs root (containerd, mounts, namespaces)"
     missing = _missing_tools()
@@ -439,18 +503,21 @@ def measure(
     work = Path(tempfile.mkdtemp(prefix="lazyctr-stargz-"))
     try:
         repository, tag = split_ref(registry_address, image_ref)
-        with running_containerd(work / "convert") as containerd:
-            refs = convert(containerd, link, repository, tag)
+        refs = convert(work / "convert", link, repository, tag)
         samples: dict[str, list[dict[str, Any]]] = {name: [] for name in FORMATS}
         for number in range(runs):
-            for name, ref in refs.items():  # round-robin: a slow phase of the machine hits both formats
+            for name, (ref, _) in refs.items():  # round-robin: a slow phase of the machine hits both formats
                 base = work / f"{name}-{number}"
                 try:
                     samples[name].append(deploy(binary, base, link, ref, probe, f"stargz-{number}"))
                 finally:
                     _unmount_all(base)
                     shutil.rmtree(base, ignore_errors=True)
-        return {name: _summary(runs_of) for name, runs_of in samples.items()}
+        result: dict[str, Any] = {}
+        for name, runs_of in samples.items():
+            result[name] = _summary(runs_of)
+            result[name]["ref"], result[name]["convert_s"] = refs[name]
+        return result
     except PeerError as error:
         return str(error)
     finally:

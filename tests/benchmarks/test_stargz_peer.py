@@ -133,6 +133,13 @@ def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str]
         assert figures["remote_layers"] >= 1, "no layer was mounted remotely: not a lazy pull"
         assert figures["bytes"] > 0
         assert len(figures["samples"]) == 1
+        assert figures["convert_s"] > 0
+    # A second call finds the converted images in the registry (tags named after the source digest).
+    again = measure(link, address, f"{address}/{IMAGE}", ["true"])
+    assert isinstance(again, dict), again
+    for name, figures in again.items():
+        assert figures["convert_s"] is None
+        assert figures["ref"] == result[name]["ref"]
     assert not leftovers() - before
 
 
@@ -142,7 +149,7 @@ def test_measure_gives_reasons_and_cleans_up(snapshotter: Path, served: tuple[Li
     link, address = served
     before = leftovers()
     missing = measure(link, address, "bench/nothing:1", ["true"])
-    assert isinstance(missing, str) and "ctr-remote image pull failed" in missing, missing
+    assert isinstance(missing, str) and "is not in the registry" in missing, missing
     assert "\n" not in missing
     failing = measure(link, address, IMAGE, ["false"])
     assert isinstance(failing, str) and "ctr run" in failing, failing
