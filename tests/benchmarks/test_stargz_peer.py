@@ -155,3 +155,11 @@ def test_measure_gives_reasons_and_cleans_up(snapshotter: Path, served: tuple[Li
     assert isinstance(failing, str) and "ctr run" in failing, failing
     assert "\n" not in failing
     assert not leftovers() - before
+
+
+@pytest.mark.privileged
+def test_an_image_the_store_does_not_know_is_one_clear_line(snapshotter: Path, tmp_path: Path) -> None:
+    before = leftovers()
+    result = peer_module("--root", str(tmp_path / "store"), "no/such:1")
+    assert_clean_error(result, "image not known: no/such:1")
+    assert not leftovers() - before
