@@ -7,6 +7,7 @@ client's end of the link has received.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from benchmarks.link import IFNAME, Link
 
@@ -48,11 +50,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(storage: Path, address: str, link: Link | None = None) -> Iterator[None]:
-    """`lazyctr serve` on `storage` at `address` (in the link's server namespace), until the block ends."""
+def serving(storage: Path, address: str, link: Link | None = None, log: Path | None = None) -> Iterator[None]:
+    """`lazyctr serve` on `storage` at `address` (in the link's server namespace), until the block ends.
+
+    Its access log goes to `log` if given (else to our stdout and stderr).
+    """
     argv = [sys.executable, "-m", "lazyctr.cli", "serve", "--storage", str(storage), "--addr", address]
-    server = link.popen("server", argv, cwd=REPO) if link else subprocess.Popen(argv, cwd=REPO)
-    try:
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(open(log, "ab")) if log is not None else None
+        kw: dict[str, Any] = {"cwd": REPO, "stdout": output, "stderr": output}
+        server = link.popen("server", argv, **kw) if link else subprocess.Popen(argv, **kw)
+    try:  # the server holds its own descriptor of the log
         host, port = address.rsplit(":", 1)
         deadline = time.monotonic() + 30
         while True:

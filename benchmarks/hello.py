@@ -34,6 +34,7 @@ import hashlib
 import importlib
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,7 +49,7 @@ from typing import Any
 
 from benchmarks.common import REPO, drop_caches, lazyctr, received, serving
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
-from benchmarks.startup import unmount_under
+from benchmarks.startup import _ulimit, unmount_under
 
 IMAGES_DIR = REPO / "benchmarks" / "images"
 GROUPS: dict[str, str] = {
@@ -384,7 +385,10 @@ class Podman:
             f'[storage]\ndriver = "overlay"\nrunroot = "{base}/run"\ngraphroot = "{base}/storage"\n'
         )
         containers_conf = base / "containers.conf"
+        # Root may lower rlimits here but not raise them, and podman's defaults for root are higher.
+        ulimits = [f"nofile={_ulimit(resource.RLIMIT_NOFILE)}", f"nproc={_ulimit(resource.RLIMIT_NPROC)}"]
         containers_conf.write_text(
+            f"[containers]\ndefault_ulimits = {json.dumps(ulimits)}\n"
             "[engine]\n"
             'runtime = "runc"\n'  # crun refuses a cgroup v1 host with an empty v2 hierarchy
             'cgroup_manager = "cgroupfs"\n'
@@ -422,24 +426,15 @@ def stargz_peer(
     for form, figures in sorted(result.items()):
         if not isinstance(figures, dict):
             continue
-        values = {key: figures.get(key) for key in ("pull_s", "run_s", "total_s")}
-        lists = [v for v in values.values() if isinstance(v, list)]
-        count = len(lists[0]) if lists else 1
-        for i in range(count):
-            one = {k: (v[i] if isinstance(v, list) else v) for k, v in values.items()}
-            if one["total_s"] is None or one["pull_s"] is None or one["run_s"] is None:
+        runs_of = figures.get("samples")  # each run's figures; else only the medians are there
+        for one in runs_of if isinstance(runs_of, list) and runs_of else [figures]:
+            if not all(isinstance(one.get(k), int | float) for k in ("pull_s", "run_s", "total_s")):
                 continue
-            samples.append(
-                {
-                    "image": name,
-                    "driver": f"stargz-{form}",
-                    "ok": True,
-                    "pull_s": float(one["pull_s"]),
-                    "run_s": float(one["run_s"]),
-                    "ready_s": float(one["total_s"]),
-                    "bytes": figures.get("bytes"),
-                }
+            sample = {"image": name, "driver": f"stargz-{form}", "ok": True, "bytes": one.get("bytes")}
+            sample.update(
+                pull_s=float(one["pull_s"]), run_s=float(one["run_s"]), ready_s=float(one["total_s"])
             )
+            samples.append(sample)
     return samples or f"measure() returned no timings: {str(result)[:200]}"
 
 
@@ -538,7 +533,7 @@ def run_suite(config: Config) -> Path:
             }
             address = f"{link.server_ip}:{PORT}"
             registry = work / "registry"
-            with serving(registry, address, link):
+            with serving(registry, address, link, log=config.cache / "hello-registry.log"):
                 for name in config.images:
                     print(f"pushing {name}...", flush=True)
                     pushed = publish(link, address, publisher, work, name, "lazy+profile" in config.drivers)
