@@ -168,7 +168,8 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lazyfs-fetch", daemon=True)
         self._inflight: dict[Digest, asyncio.Future[bytes]] = {}
-        self._queued: dict[tuple[int, int], list[Piece]] = {}  # (layer, priority): not yet batched
+        # Not yet batched, by (layer, priority, order): order is a profile's, else 0.
+        self._queued: dict[tuple[int, int, int], list[Piece]] = {}
         self._flush_scheduled = False
         self._pending: list[Batch] = []  # batches waiting for a worker
         self._batch_of: dict[Digest, Batch] = {}
@@ -176,9 +177,7 @@ class Fetcher:
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
         self._layout: dict[int, tuple[list[Piece], list[int]]] = {}
-        # Per layer: the blob range the last read-ahead asked for, its window, where a reader must
-        # get to for the next window to be asked for (0: not streaming), and where it must stop.
-        self._frontier: dict[int, tuple[int, int, int, int, int]] = {}
+        self._streams: dict[int, Stream] = {}  # read-ahead along each layer
 
     def start(self) -> None:
         self._thread.start()
@@ -258,30 +257,39 @@ class Fetcher:
         self._layout = {layer: (ps, [p.start for p in ps]) for layer, ps in by_layer.items()}
 
     def _along_layer(self, miss: Piece, last: Piece) -> list[Piece]:
-        """Read-ahead along the layer blob, for readers that go through it in order (a big file, a
-        copy of the whole tree, a scan of every file), as the kernel does for a disk: a miss where
-        the previous fetch of that layer ended doubles the window of following pieces fetched with
-        it, up to streaming the layer MAX_WINDOW at a time; any other miss closes the window.
-        Startup reads, which jump around, get none. `_read_on` keeps a stream going."""
+        """Read-ahead along the layer blob for readers that go through it in order, as the kernel
+        does for a disk: a miss where the previous fetch of the layer ended doubles the window of
+        following pieces fetched with it, up to streaming MAX_WINDOW at a time; any other miss
+        closes the window. Inside a file the window stops at the file's end; it crosses into the
+        next files only once a reader has opened FILES_IN_ORDER files each where the last ended
+        (a whole-tree copy, a scan), not because one file follows another (a program and its
+        config). Startup reads, which jump around, get none. `_read_on` keeps a stream going."""
         layout = self._layout.get(miss.layer)
         if layout is None:
             return []
         pieces, starts = layout
         with self._lock:
-            low, high, window, _, _ = self._frontier.get(miss.layer, (-1, -(1 << 62), 0, 0, 0))
-            if low <= miss.start < high:
+            stream = self._streams.get(miss.layer) or Stream()
+            if stream.low <= miss.start < stream.high:
                 return []  # inside what the last read-ahead asked for: it is on its way
-            # A reader skipping a little (a file hidden by an upper layer, say) is still streaming.
-            sequential = high - SEQUENTIAL_SLACK <= miss.start <= high + max(SEQUENTIAL_SLACK, window)
-            window = min(max(window * 2, READ_AHEAD), MAX_WINDOW) if sequential else 0
-            # Reading on inside one file streams that file; opening the next file where the
-            # last one ended streams the layer.
-            limit = miss.file_end if miss.file_offset else 1 << 62
+            adjacent = stream.high - SEQUENTIAL_SLACK <= miss.start <= stream.high + SEQUENTIAL_SLACK
+            if miss.file_offset:  # reading on inside a file
+                # A little skipping (pages the reader does not need) still counts.
+                sequential = adjacent or stream.high <= miss.start <= stream.high + stream.window
+                limit = miss.file_end
+            else:  # opening a file
+                crossing = stream.limit == NO_LIMIT and stream.window > 0
+                stream.files = stream.files + 1 if adjacent else 0
+                sequential = stream.files >= FILES_IN_ORDER or (
+                    crossing and stream.high <= miss.start <= stream.high + stream.window
+                )
+                limit = NO_LIMIT
+            window = min(max(stream.window * 2, READ_AHEAD), MAX_WINDOW) if sequential else 0
             first = bisect.bisect_right(starts, last.start)
             stop = bisect.bisect_left(starts, min(last.end + window, limit), first)
             high = max(last.end, pieces[stop - 1].end if stop > first else 0)
             trigger = (miss.start + high) // 2 if window else 0
-            self._frontier[miss.layer] = (miss.start, high, window, trigger, limit)
+            self._streams[miss.layer] = Stream(miss.start, high, window, trigger, limit, stream.files)
         return pieces[first:stop]
 
     def _read_on(self, hit: Piece) -> None:
@@ -291,18 +299,20 @@ class Fetcher:
         if layout is None:
             return
         with self._lock:
-            low, high, window, trigger, limit = self._frontier.get(hit.layer, (0, 0, 0, 0, 0))
-            if not trigger or not trigger <= hit.start < high:
+            stream = self._streams.get(hit.layer)
+            if stream is None or not stream.trigger or not stream.trigger <= hit.start < stream.high:
                 return
             pieces, starts = layout
-            first = bisect.bisect_left(starts, high)
-            window = min(window * 2, MAX_WINDOW)
-            stop = bisect.bisect_left(starts, min(high + window, limit), first)
-            if stop <= first:
-                self._frontier[hit.layer] = (low, high, window, 0, limit)
+            first = bisect.bisect_left(starts, stream.high)
+            window = min(stream.window * 2, MAX_WINDOW)
+            stop = bisect.bisect_left(starts, min(stream.high + window, stream.limit), first)
+            if stop <= first:  # the end of the file or the layer: nothing more to ask for
+                stream.trigger = 0
                 return
-            new_high = max(high, pieces[stop - 1].end)
-            self._frontier[hit.layer] = (high, new_high, window, (high + new_high) // 2, limit)
+            high = max(stream.high, pieces[stop - 1].end)
+            self._streams[hit.layer] = Stream(
+                stream.high, high, window, (stream.high + high) // 2, stream.limit, stream.files
+            )
         todo = [p for p in pieces[first:stop] if not self.cache.contains(p.digest)]
         asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
 
@@ -312,7 +322,21 @@ class Fetcher:
         with self._lock:
             self._prefetched.update(p.digest for p in todo)
             self.stats.prefetched += len(todo)
-        asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
+        # In groups that keep the profile's order: what startup read first is fetched first.
+        groups: list[list[Piece]] = [[]]
+        size = 0
+        for piece in todo:
+            if size >= MAX_RANGE:
+                groups.append([])
+                size = 0
+            groups[-1].append(piece)
+            size += piece.end - piece.start
+
+        async def want_all() -> None:
+            for order, group in enumerate(groups, 1):
+                await self._want(group, AHEAD, order)
+
+        asyncio.run_coroutine_threadsafe(want_all(), self._loop)
 
     def fill(self, pieces: Sequence[Piece]) -> None:
         """Fetch `pieces` in the background, a few MiB at a time, so reads keep the link first."""
@@ -351,7 +375,9 @@ class Fetcher:
                     self.stats.prefetch_hits += 1
         return list(await asyncio.gather(*(futures[p.digest] for p in missing)))
 
-    async def _want(self, pieces: list[Piece], priority: int) -> dict[Digest, asyncio.Future[bytes]]:
+    async def _want(
+        self, pieces: list[Piece], priority: int, order: int = 0
+    ) -> dict[Digest, asyncio.Future[bytes]]:
         futures: dict[Digest, asyncio.Future[bytes]] = {}
         for piece in pieces:
             future = self._inflight.get(piece.digest)
@@ -367,7 +393,7 @@ class Fetcher:
                     future.set_result(data)
                 else:
                     self._inflight[piece.digest] = future
-                    self._queued.setdefault((piece.layer, priority), []).append(piece)
+                    self._queued.setdefault((piece.layer, priority, order), []).append(piece)
             futures[piece.digest] = future
         if self._queued and not self._flush_scheduled:
             self._flush_scheduled = True
@@ -379,13 +405,13 @@ class Fetcher:
         small ranges several to a (multi-range) request, large ones a request each."""
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
-        for (layer, priority), pieces in queued.items():
+        for (layer, priority, order), pieces in queued.items():
             ranges = coalesce(pieces)
             small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
             large = [r for r in ranges if r.end - r.start >= MAX_RANGE // 4]
             groups = [small[i : i + RANGES_PER_REQUEST] for i in range(0, len(small), RANGES_PER_REQUEST)]
             for group in groups + [[r] for r in large]:
-                batch = Batch(layer, group, priority)
+                batch = Batch(layer, group, priority, order)
                 self._pending.append(batch)
                 for r in group:
                     for piece in r.pieces:
@@ -393,13 +419,13 @@ class Fetcher:
         self._work.set()
 
     async def _worker(self) -> None:
-        """Fetch the most urgent batch, in blob order within a priority, one at a time."""
+        """Fetch the most urgent batch, one at a time."""
         while True:
             await self._work.wait()
             if not self._pending:
                 self._work.clear()
                 continue
-            batch = min(self._pending, key=lambda b: (b.priority, b.layer, b.ranges[0].start))
+            batch = min(self._pending, key=lambda b: (b.priority, b.order, b.layer, b.ranges[0].start))
             self._pending.remove(batch)
             for r in batch.ranges:
                 for piece in r.pieces:
@@ -459,6 +485,24 @@ class Fetcher:
             future.set_result(data)  # type: ignore[arg-type]
 
 
+NO_LIMIT = 1 << 62
+FILES_IN_ORDER = 3
+
+
+@dataclass
+class Stream:
+    """Read-ahead along one layer: the blob range last asked for, its window, where a reader must
+    get to for the next window to be asked for (0: not streaming), where to stop (the end of the
+    file being streamed, or NO_LIMIT), and how many files in a row were opened where the last ended."""
+
+    low: int = -1
+    high: int = -NO_LIMIT
+    window: int = 0
+    trigger: int = 0
+    limit: int = NO_LIMIT
+    files: int = 0
+
+
 @dataclass(eq=False)
 class Batch:
     """Ranges of one layer fetched in one request, and how urgently."""
@@ -466,6 +510,7 @@ class Batch:
     layer: int
     ranges: list[Range]
     priority: int
+    order: int = 0  # within a priority: a profile's order first, then blob order
 
 
 @dataclass
