@@ -31,6 +31,8 @@ def require_tools(*names: str) -> None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("extended") and os.environ.get("LAZYCTR_EXTENDED") != "1":
+        pytest.skip("extended test (minutes): run with LAZYCTR_EXTENDED=1")
     if item.get_closest_marker("privileged") and os.geteuid() != 0:
         unavailable("needs root")
 

@@ -574,6 +574,7 @@ def test_debian_python3_built_by_lazyctr(debian_python: Path, publisher: Publish
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_debian_python3_rewritten_by_podman(
     debian_python: Path, container_tools: ContainerTools, publisher: Publisher, tmp_path: Path
 ) -> None:
@@ -593,6 +594,7 @@ def test_debian_python3_rewritten_by_podman(
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_debian_python3_converted_by_ctr_remote(
     debian_python: Path,
     containerd: Containerd,
