@@ -9,10 +9,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Interop peers in tests: podman, skopeo, umoci, buildah, runc, containerd, stargz-snapshotter (ctr-remote),
 # docker-registry (the CNCF distribution registry).
 # debootstrap makes a Debian base; python3-venv for the virtualenv; iproute2 and util-linux (nsenter)
-# for the shaped link of the demo and the benchmarks.
+# for the shaped link of the demo and the benchmarks; Go and the stargz library build the
+# stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz).
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
-	iproute2 util-linux
+	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 
