@@ -350,12 +350,13 @@ class Podman:
                 "sh", "-c", _ISOLATE, str(base / "var-lib"), str(base / "var-tmp"),
             ]  # fmt: skip
 
-            def podman(*args: str) -> None:
+            def podman(*args: str) -> str:
                 proc = subprocess.run(
                     [*prefix, "podman", *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
                 )
                 if proc.returncode != 0:
                     raise RuntimeError(f"podman {args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
+                return proc.stderr
 
             drop_caches()
             before = received(link)
@@ -363,7 +364,10 @@ class Podman:
             try:
                 podman("pull", "--quiet", "--tls-verify=false", ref)
                 pulled = time.monotonic()
-                podman("run", "--rm", "--network", "host", ref)
+                # Debug logging only to see podman 4's wait for conmon's exit report time out (20 s).
+                log = podman("--log-level=debug", "run", "--rm", "--network", "host", ref)
+                if "Exceeded conmon timeout" in log:
+                    sample["note"] = "podman waited 20 s for conmon's exit report after the probe had exited"
                 done = time.monotonic()
                 sample.update(ok=True, pull_s=pulled - started, run_s=done - pulled, ready_s=done - started)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
@@ -547,11 +551,13 @@ def run_suite(config: Config) -> Path:
                             sample["run"] = run
                             samples.append(sample)
                             print(_line(sample), flush=True)
+                            save_partial(results, config.out)
                         if podman is not None:
                             sample = podman.deploy(link, address, name)
                             sample["run"] = run
                             samples.append(sample)
                             print(_line(sample), flush=True)
+                            save_partial(results, config.out)
                 if "stargz" in config.peers:
                     for name in config.images:
                         got = stargz_peer(link, address, name, infos[name]["probe"], config.runs)
@@ -574,6 +580,12 @@ def run_suite(config: Config) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return write_outputs(results, config.out)
+
+
+def save_partial(results: dict[str, Any], out: Path) -> None:
+    """results.json so far: a suite stopped half-way still leaves what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "results.json", json.dumps({**results, "partial": True}, indent=2) + "\n")
 
 
 def _line(sample: dict[str, Any]) -> str:
@@ -792,10 +804,13 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
 
     failures = [s for s in results["samples"] if not s.get("ok")]
     skipped = results.get("skipped") or {}
-    if failures or skipped:
-        lines += ["## Failures and skipped peers", ""]
+    noted = [s for s in results["samples"] if s.get("ok") and s.get("note")]
+    if failures or skipped or noted:
+        lines += ["## Failures, notes and skipped peers", ""]
         for s in failures:
             lines.append(f"- {s['image']} {s['driver']} run {s.get('run', '?')}: {s.get('error')}")
+        for s in noted:
+            lines.append(f"- {s['image']} {s['driver']} run {s.get('run', '?')} (counted): {s['note']}")
         for peer, reason in skipped.items():
             if isinstance(reason, dict):
                 for image, why in reason.items():
