@@ -846,6 +846,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     table = medians(results)
     columns = _columns(results)
@@ -869,18 +870,24 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 5))
     sizes = [results["images"][i]["size"] / 1e6 for i in images]
-    for d in columns:
+    for k, d in enumerate(columns):
         points = [
             (results["images"][i]["size"] / 1e6, (table[(i, d)]["bytes"] or 0) / 1e6)
             for i in images
             if (i, d) in table and table[(i, d)]["bytes"] is not None
         ]
         if points:
-            ax.scatter([p[0] for p in points], [max(p[1], 0.01) for p in points], label=d)
+            marker = "osD^vP*X"[k % 8]  # distinct shapes: eager and podman points coincide
+            ax.scatter(
+                [p[0] for p in points], [max(p[1], 0.01) for p in points], label=d, marker=marker, alpha=0.8
+            )
     if sizes:
         ax.plot([min(sizes), max(sizes)], [min(sizes), max(sizes)], "k--", linewidth=0.8, label="whole image")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers; no crowded minor labels over a narrow range
+        axis.set_major_formatter(ticker.ScalarFormatter())
+        axis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("image size (MB, compressed)")
     ax.set_ylabel("bytes received to ready (MB, median)")
     ax.set_title("Bytes fetched vs image size")
