@@ -71,7 +71,7 @@ GROUPS: dict[str, str] = {
 DRIVERS = ("copy", "overlay", "lazy", "lazy+profile")
 EAGER = "overlay"  # the eager baseline: overlay driver after `pull --eager`
 PEERS = ("podman", "stargz")
-QUICK_IMAGES = ("distro", "python", "redis", "flask")
+QUICK_IMAGES = ("distro", "redis", "flask")  # `--images quick`: a database and the dev-cycle image
 # The image whose development cycle is measured (first of these in the suite) and the file edited.
 DEV_SOURCES = {"flask": "app.py", "gcc": "hello.c", "openjdk": "Hello.java", "python": "Dockerfile"}
 PORT = 5000

@@ -31,7 +31,7 @@ COMMANDS.append(bench)
     "--images",
     default="all",
     show_default=True,
-    help="Comma-separated image names from benchmarks/images, `all`, or `quick` (distro,python,redis,flask).",
+    help="Comma-separated image names from benchmarks/images, `all`, or `quick` (distro,redis,flask).",
 )
 @click.option(
     "--drivers",

@@ -14,7 +14,9 @@ import pytest
 
 from benchmarks.hello import (
     GROUPS,
+    QUICK_IMAGES,
     available_images,
+    make_config,
     medians,
     render_report,
     write_outputs,
@@ -151,6 +153,18 @@ def test_every_image_has_a_group_and_the_suite_covers_hellobench() -> None:
         dockerfile = (REPO / "benchmarks" / "images" / image / "Dockerfile").read_text()
         assert dockerfile.startswith("FROM debian:minbase\n")
         assert "\nCMD [" in dockerfile  # the readiness probe
+
+
+def test_config_of_good_options(tmp_path: Path) -> None:
+    config = make_config(
+        "quick", "lazy, overlay,lazy", "10mbit/50ms/1%", 2, tmp_path / "out", tmp_path, "none"
+    )
+    assert config.images == list(QUICK_IMAGES) and config.drivers == ["lazy", "overlay"]
+    assert config.peers == [] and str(config.link) and config.runs == 2
+    assert (
+        make_config("all", "lazy", "1gbit/2ms", 1, tmp_path, tmp_path, "podman").images == available_images()
+    )
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
