@@ -226,7 +226,7 @@ class Fetcher:
                 missing.append(piece)
             else:
                 self._count_hit(piece)
-                self._read_on(piece)
+            self._read_on(piece)  # a reader waiting for a stream's bytes keeps it going too
         if not missing:
             if from_disk and ahead:  # a reader going through cached chunks: have the disk read on
                 self.cache.advise([p.digest for p in ahead])
