@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ WORKERS = 4  # requests in flight: enough to fill a long fat link, few enough th
 DEMAND, AHEAD, FILL = 0, 1, 2  # priorities: what a reader waits for, read-ahead and profiles, fill
 READ_AHEAD = 1 << 20  # on a miss, also fetch this much more of the same file
 MAX_WINDOW = 32 << 20  # read-ahead along a layer grows up to this
+STREAM_AT = 8 << 20  # a window this large: the reader goes through it all; stream the rest in one GET
 SEQUENTIAL_SLACK = 256 << 10  # a miss this close to where the last fetch ended counts as sequential
 FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
 
@@ -114,6 +115,8 @@ class LayerSource(Protocol):
 
     async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]: ...
 
+    def stream(self, offset: int, length: int) -> AsyncIterator[bytes]: ...
+
 
 class FileLayerSource:
     def __init__(self, path: Path) -> None:
@@ -121,6 +124,14 @@ class FileLayerSource:
 
     async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         return await asyncio.to_thread(lambda: [os.pread(self._fd, size, offset) for offset, size in ranges])
+
+    async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        while length > 0:
+            piece = await asyncio.to_thread(os.pread, self._fd, min(length, 1 << 20), offset)
+            if not piece:
+                raise CorruptLayer(f"layer blob ends before byte {offset}")
+            yield piece
+            offset, length = offset + len(piece), length - len(piece)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -305,16 +316,20 @@ class Fetcher:
             pieces, starts = layout
             first = bisect.bisect_left(starts, stream.high)
             window = min(stream.window * 2, MAX_WINDOW)
-            stop = bisect.bisect_left(starts, min(stream.high + window, stream.limit), first)
+            streaming = window >= STREAM_AT  # the rest, to the end of the file or the layer
+            end = stream.limit if streaming else min(stream.high + window, stream.limit)
+            stop = bisect.bisect_left(starts, end, first)
             if stop <= first:  # the end of the file or the layer: nothing more to ask for
                 stream.trigger = 0
                 return
             high = max(stream.high, pieces[stop - 1].end)
-            self._streams[hit.layer] = Stream(
-                stream.high, high, window, (stream.high + high) // 2, stream.limit, stream.files
-            )
-        todo = [p for p in pieces[first:stop] if not self.cache.contains(p.digest)]
-        asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
+            trigger = 0 if streaming else (stream.high + high) // 2
+            self._streams[hit.layer] = Stream(stream.high, high, window, trigger, stream.limit, stream.files)
+        if streaming:
+            asyncio.run_coroutine_threadsafe(self._stream(hit.layer, pieces[first:stop]), self._loop)
+        else:
+            todo = [p for p in pieces[first:stop] if not self.cache.contains(p.digest)]
+            asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
 
     def prefetch(self, pieces: Sequence[Piece]) -> None:
         """Start fetching `pieces` (an access profile) without waiting; they go in the given order."""
@@ -418,6 +433,61 @@ class Fetcher:
                         self._batch_of[piece.digest] = batch
         self._work.set()
 
+    async def _stream(self, layer: int, pieces: list[Piece]) -> None:
+        """Fetch a run of pieces with one streaming GET, handing each over as soon as its bytes
+        are in: what a reader going through a whole layer (or a big file) needs, at the link's
+        full rate, without a request per window."""
+        own: list[Piece] = []
+        for piece in pieces:  # pieces cached or asked for elsewhere are skipped (their bytes pass by)
+            if piece.digest not in self._inflight and not self.cache.contains(piece.digest):
+                self._inflight[piece.digest] = self._loop.create_future()
+                own.append(piece)
+        if not own:
+            return
+        base, end = own[0].start, max(p.end for p in own)
+        buffer = bytearray()  # the stream's bytes from `base` on
+        skip = 0  # bytes still to come that lie before `base` (between pieces no one waits for)
+        done = 0
+        started = time.monotonic()
+        with self._lock:
+            self.stats.requests += 1
+        try:
+            arriving = self.sources[layer].stream(base, end - base).__aiter__()
+            while done < len(own):
+                try:
+                    data = await asyncio.wait_for(arriving.__anext__(), self.timeout)
+                except StopAsyncIteration:
+                    raise CorruptLayer(f"the stream of layer {layer} ended early") from None
+                with self._lock:
+                    self.stats.bytes_fetched += len(data)
+                if skip:
+                    cut = min(skip, len(data))
+                    data, skip = data[cut:], skip - cut
+                buffer += data
+                ready = []
+                while done < len(own) and own[done].end <= base + len(buffer):
+                    ready.append(own[done])
+                    done += 1
+                if ready:
+                    chunk = Range(base, base + len(buffer), ready)
+                    await asyncio.to_thread(self._unpack, chunk, bytes(buffer))
+                    received = base + len(buffer)
+                    keep_from = own[done].start if done < len(own) else received
+                    del buffer[: max(0, keep_from - base)]
+                    skip = max(0, keep_from - received)
+                    base = max(base, keep_from)
+            with self._lock:
+                self.stats.latencies.append(time.monotonic() - started)
+        except Exception as e:
+            log.warning("streaming layer %d failed: %s", layer, e)
+            with self._lock:
+                self.stats.fetch_errors += 1
+            for piece in own[done:]:
+                self._settle(piece, error=FetchError(5, str(e) or "timed out"))
+        finally:
+            for piece in own[done:]:  # cancelled (the mount is going away): nobody waits forever
+                self._settle(piece, error=FetchError(5, "the fetch was cancelled"))
+
     async def _worker(self) -> None:
         """Fetch the most urgent batch, one at a time."""
         while True:
@@ -469,7 +539,10 @@ class Fetcher:
                     self.stats.verification_failures += 1
                 self._loop.call_soon_threadsafe(self._settle, piece, None, FetchError(5, str(e)))
                 continue
-            self.cache.put(piece.digest, data)
+            try:
+                self.cache.put(piece.digest, data)
+            except OSError as e:  # a full disk, say: the reader still gets the (verified) bytes
+                log.warning("cannot cache chunk %s: %s", piece.digest, e)
             with self._lock:
                 self.stats.pieces_fetched += 1
             self._loop.call_soon_threadsafe(self._settle, piece, data)

@@ -7,7 +7,7 @@ TOC is here) from the registry the image came from (`Image.source`), with Range 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource, Piece, file_pieces
@@ -31,6 +31,9 @@ class RegistryLayerSource:
 
     async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
         return await self.client.read_ranges(self.repository, self.digest, ranges)
+
+    def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
+        return self.client.stream_range(self.repository, self.digest, offset, length)
 
 
 @dataclass

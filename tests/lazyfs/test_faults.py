@@ -41,6 +41,7 @@ class Proxy:
         self.upstream = upstream
         self.delay = 0.0
         self.corrupt = False
+        self.trickle = 0  # >0: answers go out in pieces of this many bytes, as a slow network has them
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -63,7 +64,16 @@ class Proxy:
                 body[len(body) // 2] ^= 0xFF
             drop = ("content-length", "transfer-encoding", "content-encoding")
             kept = {k: v for k, v in up.headers.items() if k.lower() not in drop}
-            return web.Response(status=up.status, headers=kept, body=bytes(body))
+            if not self.trickle:
+                return web.Response(status=up.status, headers=kept, body=bytes(body))
+            response = web.StreamResponse(status=up.status, headers=kept)
+            response.content_length = len(body)
+            await response.prepare(request)
+            for start in range(0, len(body), self.trickle):
+                await response.write(bytes(body[start : start + self.trickle]))
+                await asyncio.sleep(0)
+            await response.write_eof()
+            return response
 
     def _run(self) -> None:
         app = web.Application(client_max_size=1 << 30)
