@@ -23,10 +23,10 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.common import REPO, free_port, lazyctr
 from benchmarks.link import Link, parse_link_spec, shaped_link_of
 from storage.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = """\
 FROM busybox
 COPY app.sh /app/app.sh
@@ -35,23 +35,6 @@ RUN chmod +x /app/app.sh && echo built > /app/stamp
 CMD ["/app/app.sh"]
 """
 APP = '#!/bin/sh\necho "hello from a lazily started container ($(cat /app/stamp))"\n'
-
-
-def lazyctr(root: Path, *args: str, netns: str | None = None) -> str:
-    argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), *args]
-    if netns is not None:  # only the network namespace: mounts stay where the host sees them
-        argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=600)
-    if proc.returncode != 0:
-        sys.exit(f"lazyctr {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class AccessLog:
@@ -172,4 +155,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:  # a step failed: its one line, not a traceback
+        sys.exit(f"demo: {e}")
