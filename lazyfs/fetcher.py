@@ -8,8 +8,13 @@ verified (or the deadline passes: then the read fails with EIO, nothing ever han
 What makes it fast over a slow link:
 - one fetch per piece however many readers want it (in-flight futures by digest);
 - pieces asked for in the same loop tick are batched per layer, neighbours in the blob coalesced
-  into one range, and several ranges sent in one multi-range request;
-- a read miss also asks for the next pieces of the same file (read-ahead), in the same request.
+  into ranges, several small ranges to one multi-range request;
+- a few workers take the batches by priority: what a reader waits for first, then read-ahead and
+  access profiles (in the profile's order), then background fill;
+- read-ahead: a miss also asks for the rest of its file's next MiB; a reader going on in blob
+  order (through a big file, or file after file) gets a window that doubles and is renewed before
+  it runs out (`Stream`), and past STREAM_AT the rest comes in one streaming GET (`_stream`),
+  each piece handed over as soon as its bytes are in.
 Nothing leaves the engine unverified: each piece's bytes are decompressed and hashed against the
 TOC's digest, and a mismatch fails the read (EIO) and is counted, never returned.
 """
