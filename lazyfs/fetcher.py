@@ -22,7 +22,6 @@ TOC's digest, and a mismatch fails the read (EIO) and is counted, never returned
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import os
 import threading
@@ -35,11 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lazyfs.pieces import Piece
+from lazyfs.readahead import ReadAhead
 from storage.chunks import ChunkCache
 from storage.digest import Digest
 from storage.errors import CorruptLayer, StorageError
-from storage.toc import TocEntry
-from storage.zstd_chunked import compressed_bound, decompress_frames
+from storage.zstd_chunked import decompress_frames
 
 log = logging.getLogger("lazyfs")
 log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; a CLI command stays quiet
@@ -49,70 +49,11 @@ MAX_RANGE = 2 << 20  # one range no longer than this: a reader waits for the who
 RANGES_PER_REQUEST = 32
 WORKERS = 4  # requests in flight: enough to fill a long fat link, few enough that each is quick
 DEMAND, AHEAD, FILL = 0, 1, 2  # priorities: what a reader waits for, read-ahead and profiles, fill
-READ_AHEAD = 1 << 20  # on a miss, also fetch this much more of the same file
-MAX_WINDOW = 32 << 20  # read-ahead along a layer grows up to this
-STREAM_AT = 8 << 20  # a window this large: the reader goes through it all; stream the rest in one GET
-SEQUENTIAL_SLACK = 256 << 10  # a miss this close to where the last fetch ended counts as sequential
 FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
 
 
 class FetchError(OSError):
     """A piece could not be fetched or verified in time; the read gets EIO."""
-
-
-@dataclass(frozen=True)
-class Frame:
-    """Where one chunk's bytes lie: the zstd frame(s) [start, end) of the blob, the chunk at `inner`."""
-
-    start: int
-    end: int
-    inner: int
-    size: int
-
-
-@dataclass(frozen=True, eq=False)
-class Piece:
-    layer: int
-    digest: Digest
-    file_offset: int
-    size: int
-    frames: tuple[Frame, ...]  # one, unless the piece is a whole file of digest-less chunks
-    file_end: int = 0  # where the frames of the piece's file end in the blob
-
-    @property
-    def start(self) -> int:
-        return self.frames[0].start
-
-    @property
-    def end(self) -> int:
-        return max(frame.end for frame in self.frames)
-
-
-def file_pieces(entry: TocEntry, layer: int) -> list[Piece | int]:
-    """A regular file's pieces in file order; a hole (`zeros` chunk) is just its size."""
-
-    def frame(c: Any) -> Frame:
-        # A frame range longer than its chunk can need (stargz TOCs give no ends) is cut short.
-        end = min(c.frame_end, c.frame_start + compressed_bound(c.inner_offset + c.size))
-        return Frame(c.frame_start, end, c.inner_offset, c.size)
-
-    chunks = entry.chunks
-    end = max((frame(c).end for c in chunks if not c.zeros), default=0)
-    if len(chunks) == 1 and not chunks[0].zeros:
-        digest = chunks[0].digest or entry.digest
-        if digest is None:
-            raise CorruptLayer(f"{entry.name}: no digest to verify")
-        return [Piece(layer, digest, 0, entry.size, (frame(chunks[0]),), end)]
-    if all(c.digest or c.zeros for c in chunks):
-        return [
-            c.size if c.zeros else Piece(layer, c.digest, c.file_offset, c.size, (frame(c),), end)  # type: ignore[arg-type]
-            for c in chunks
-        ]
-    if entry.digest is None:  # chunks without digests: only the whole file can be checked
-        raise CorruptLayer(f"{entry.name}: no digest to verify")
-    if any(c.zeros for c in chunks):
-        raise CorruptLayer(f"{entry.name}: holes in a file whose chunks have no digests")
-    return [Piece(layer, entry.digest, 0, entry.size, tuple(frame(c) for c in chunks), end)]
 
 
 class LayerSource(Protocol):
@@ -192,8 +133,7 @@ class Fetcher:
         self._work = asyncio.Event()
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
-        self._layout: dict[int, tuple[list[Piece], list[int]]] = {}
-        self._streams: dict[int, Stream] = {}  # read-ahead along each layer
+        self.read_ahead = ReadAhead()
 
     def start(self) -> None:
         self._thread.start()
@@ -249,7 +189,7 @@ class Fetcher:
             return out  # type: ignore[return-value]
         with self._lock:
             self.stats.cache_misses += len(missing)
-        ahead = [*ahead, *self._along_layer(missing[-1], ahead[-1] if ahead else missing[-1])]
+        ahead = [*ahead, *self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1])]
         wanted = missing + [p for p in ahead if not self.cache.contains(p.digest)]
         future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
             self._wait(missing, wanted), self._loop
@@ -266,74 +206,19 @@ class Fetcher:
         return [data if data is not None else next(fetched) for data in out]
 
     def know_layout(self, pieces: Sequence[Piece]) -> None:
-        """Every piece of the image, for read-ahead along a layer (see `_along_layer`)."""
-        by_layer: dict[int, list[Piece]] = {}
-        for piece in sorted(pieces, key=lambda p: (p.layer, p.start)):
-            by_layer.setdefault(piece.layer, []).append(piece)
-        self._layout = {layer: (ps, [p.start for p in ps]) for layer, ps in by_layer.items()}
+        """Every piece of the image, for read-ahead along the layers."""
+        self.read_ahead.know_layout(pieces)
 
-    def _along_layer(self, miss: Piece, last: Piece) -> list[Piece]:
-        """Read-ahead along the layer blob for readers that go through it in order, as the kernel
-        does for a disk: a miss where the previous fetch of the layer ended doubles the window of
-        following pieces fetched with it, up to streaming MAX_WINDOW at a time; any other miss
-        closes the window. Inside a file the window stops at the file's end; it crosses into the
-        next files only once a reader has opened FILES_IN_ORDER files each where the last ended
-        (a whole-tree copy, a scan), not because one file follows another (a program and its
-        config). Startup reads, which jump around, get none. `_read_on` keeps a stream going."""
-        layout = self._layout.get(miss.layer)
-        if layout is None:
-            return []
-        pieces, starts = layout
-        with self._lock:
-            stream = self._streams.get(miss.layer) or Stream()
-            if stream.low <= miss.start < stream.high:
-                return []  # inside what the last read-ahead asked for: it is on its way
-            adjacent = stream.high - SEQUENTIAL_SLACK <= miss.start <= stream.high + SEQUENTIAL_SLACK
-            if miss.file_offset:  # reading on inside a file
-                # A little skipping (pages the reader does not need) still counts.
-                sequential = adjacent or stream.high <= miss.start <= stream.high + stream.window
-                limit = miss.file_end
-            else:  # opening a file
-                crossing = stream.limit == NO_LIMIT and stream.window > 0
-                stream.files = stream.files + 1 if adjacent else 0
-                sequential = stream.files >= FILES_IN_ORDER or (
-                    crossing and stream.high <= miss.start <= stream.high + stream.window
-                )
-                limit = NO_LIMIT
-            window = min(max(stream.window * 2, READ_AHEAD), MAX_WINDOW) if sequential else 0
-            first = bisect.bisect_right(starts, last.start)
-            stop = bisect.bisect_left(starts, min(last.end + window, limit), first)
-            high = max(last.end, pieces[stop - 1].end if stop > first else 0)
-            trigger = (miss.start + high) // 2 if window else 0
-            self._streams[miss.layer] = Stream(miss.start, high, window, trigger, limit, stream.files)
-        return pieces[first:stop]
-
-    def _read_on(self, hit: Piece) -> None:
-        """A reader streaming through a read-ahead window has passed its middle: ask for the next
-        (twice as large) before it gets there, so the link never idles between windows."""
-        layout = self._layout.get(hit.layer)
-        if layout is None:
+    def _read_on(self, piece: Piece) -> None:
+        """Ask for what the read-ahead wants next, if anything, as it says: a window, or a stream."""
+        plan = self.read_ahead.on_read(piece)
+        if plan is None:
             return
-        with self._lock:
-            stream = self._streams.get(hit.layer)
-            if stream is None or not stream.trigger or not stream.trigger <= hit.start < stream.high:
-                return
-            pieces, starts = layout
-            first = bisect.bisect_left(starts, stream.high)
-            window = min(stream.window * 2, MAX_WINDOW)
-            streaming = window >= STREAM_AT  # the rest, to the end of the file or the layer
-            end = stream.limit if streaming else min(stream.high + window, stream.limit)
-            stop = bisect.bisect_left(starts, end, first)
-            if stop <= first:  # the end of the file or the layer: nothing more to ask for
-                stream.trigger = 0
-                return
-            high = max(stream.high, pieces[stop - 1].end)
-            trigger = 0 if streaming else (stream.high + high) // 2
-            self._streams[hit.layer] = Stream(stream.high, high, window, trigger, stream.limit, stream.files)
+        pieces, streaming = plan
         if streaming:
-            asyncio.run_coroutine_threadsafe(self._stream(hit.layer, pieces[first:stop]), self._loop)
+            asyncio.run_coroutine_threadsafe(self._stream(piece.layer, pieces), self._loop)
         else:
-            todo = [p for p in pieces[first:stop] if not self.cache.contains(p.digest)]
+            todo = [p for p in pieces if not self.cache.contains(p.digest)]
             asyncio.run_coroutine_threadsafe(self._want(todo, AHEAD), self._loop)
 
     def prefetch(self, pieces: Sequence[Piece]) -> None:
@@ -561,24 +446,6 @@ class Fetcher:
             future.exception()  # a prefetch nobody waits for must not log "never retrieved"
         else:
             future.set_result(data)  # type: ignore[arg-type]
-
-
-NO_LIMIT = 1 << 62
-FILES_IN_ORDER = 3
-
-
-@dataclass
-class Stream:
-    """Read-ahead along one layer: the blob range last asked for, its window, where a reader must
-    get to for the next window to be asked for (0: not streaming), where to stop (the end of the
-    file being streamed, or NO_LIMIT), and how many files in a row were opened where the last ended."""
-
-    low: int = -1
-    high: int = -NO_LIMIT
-    window: int = 0
-    trigger: int = 0
-    limit: int = NO_LIMIT
-    files: int = 0
 
 
 @dataclass(eq=False)

@@ -22,7 +22,9 @@ from typing import Any
 
 import mfusepy
 
-from lazyfs.fetcher import READ_AHEAD, Fetcher, FetchError, Piece, file_pieces
+from lazyfs.fetcher import Fetcher, FetchError
+from lazyfs.pieces import Piece, file_pieces
+from lazyfs.readahead import READ_AHEAD
 from storage.toc import TocEntry
 from storage.tree import ImageTree, Node
 

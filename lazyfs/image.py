@@ -10,7 +10,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
-from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource, Piece, file_pieces
+from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource
+from lazyfs.pieces import Piece, file_pieces
 from registry.client import RegistryClient, registry_ref
 from storage.chunks import ChunkCache
 from storage.errors import NotFound

@@ -30,9 +30,10 @@ from typing import Any
 
 import mfusepy
 
-from lazyfs.fetcher import Fetcher, Piece
+from lazyfs.fetcher import Fetcher
 from lazyfs.fs import LazyFS
 from lazyfs.image import MountableImage
+from lazyfs.pieces import Piece
 from storage.errors import StorageError
 from storage.files import atomic_write
 from storage.store import Image, Store

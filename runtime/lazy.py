@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.fetcher import Piece, file_pieces
 from lazyfs.mount import MountState, is_mounted, mount, umount
+from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile, save_profile
 from runtime.state import ContainerState
 from storage.errors import NotFound, StorageError

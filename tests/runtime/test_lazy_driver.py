@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from lazyfs.fetcher import Piece, file_pieces
 from lazyfs.mount import MountState
+from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile
 from lazyfs.pull import pull_lazy
 from runtime.cgroups import Cgroup
