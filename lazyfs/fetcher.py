@@ -154,6 +154,8 @@ class Fetcher:
 
         asyncio.run_coroutine_threadsafe(wind_down(), self._loop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():  # closed here, not by the garbage collector at exit
+            self._loop.close()
 
     def call(self, coroutine: Awaitable[Any]) -> Any:
         """Run a coroutine on the engine's loop (e.g. closing a registry client)."""
