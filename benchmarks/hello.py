@@ -589,6 +589,7 @@ def run_suite(config: Config) -> Path:
                                 sample.setdefault("run", i)
                                 samples.append(sample)
                                 print(_line(sample), flush=True)
+                            save_partial(results, config.out)
                 dev = next((n for n in DEV_SOURCES if n in published), None)
                 if dev is not None:
                     print(f"development cycle of {dev}...", flush=True)
