@@ -149,6 +149,15 @@ def _human_size(size: int) -> str:
     raise AssertionError("unreachable")
 
 
+async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A whole answer body, or its first `limit` bytes: `StreamReader.read(n)` alone returns what
+    has arrived so far, which over a slow network is a part of it."""
+    data = bytearray()
+    while len(data) < limit and (piece := await content.read(limit - len(data))):
+        data += piece
+    return bytes(data)
+
+
 class RegistryClient:
     """One registry (`host[:port]`); use as `async with RegistryClient(...) as client`."""
 
@@ -320,7 +329,7 @@ class RegistryClient:
                     raise self._auth_error(what, self.credentials is not None, "refused")
                 if response.status != 200:
                     raise RegistryClientError(f"{self.registry}: {what}: HTTP {response.status}")
-                body = await response.content.read(TOKEN_LIMIT)
+                body = await read_body(response.content, TOKEN_LIMIT)
         except (TimeoutError, aiohttp.ClientConnectionError) as e:
             raise self._unreachable(e) from None
         try:
@@ -355,7 +364,7 @@ class RegistryClient:
         """The registry's error answer as one line."""
         code, message = "", ""
         with contextlib.suppress(Exception):
-            body = json.loads(await response.content.read(64 << 10))
+            body = json.loads(await read_body(response.content, 64 << 10))
             error = body["errors"][0]
             code, message = str(error.get("code", "")), str(error.get("message", ""))
         detail = f"{message} ({code})" if code else f"HTTP {response.status} {response.reason or ''}".strip()
@@ -396,7 +405,7 @@ class RegistryClient:
         ) as response:
             if response.status != 200:
                 raise await self._error(response, what)
-            data = await response.content.read(MANIFEST_LIMIT + 1)
+            data = await read_body(response.content, MANIFEST_LIMIT + 1)
             if len(data) > MANIFEST_LIMIT:
                 raise RegistryClientError(f"{self.registry}: {what}: manifest larger than {MANIFEST_LIMIT}")
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()

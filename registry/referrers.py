@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from registry.client import RegistryClient, RegistryClientError
+from registry.client import RegistryClient, RegistryClientError, read_body
 from storage.digest import Digest
 from storage.oci import MEDIA_INDEX, Descriptor, Index, Manifest
 from storage.store import Store
@@ -28,7 +28,7 @@ async def list_referrers(
             return []
         if response.status != 200:
             raise await client._error(response, what)
-        data = await response.content.read(1 << 22)
+        data = await read_body(response.content, 1 << 22)
     try:
         manifests = Index.parse(data).manifests
     except (ValueError, json.JSONDecodeError) as e:

@@ -42,6 +42,7 @@ class Proxy:
         self.delay = 0.0
         self.corrupt = False
         self.trickle = 0  # >0: answers go out in pieces of this many bytes, as a slow network has them
+        self.pause = 0.0  # and this long between the pieces
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -71,7 +72,7 @@ class Proxy:
             await response.prepare(request)
             for start in range(0, len(body), self.trickle):
                 await response.write(bytes(body[start : start + self.trickle]))
-                await asyncio.sleep(0)
+                await asyncio.sleep(self.pause)
             await response.write_eof()
             return response
 
@@ -236,3 +237,16 @@ def test_a_lying_toc_is_rejected_at_pull_time(case: str, published: Published, t
         pull_lazily(root, f"{registry.address}/bad/toc:1")
     assert "TOC" in str(caught.value) or "escapes" in str(caught.value), caught.value
     assert Store(root).names() == []
+
+
+def test_pulls_through_a_registry_that_trickles_its_answers(
+    published: Published, proxy: Proxy, tmp_path: Path, mount: Mounter
+) -> None:
+    # Answers arrive in pieces of 100 bytes, 2 ms apart: the manifest (over 1 KB) never comes in
+    # one read, nor do the TOCs.
+    proxy.trickle, proxy.pause = 100, 0.002
+    ref = published.ref.replace(published.registry.address, proxy.address)
+    root = tmp_path / "lazy"
+    run_cli(root, "pull", ref)
+    point = mount(root, ref)
+    assert (point / "etc/small.txt").read_text() == "second version\n"
