@@ -57,6 +57,8 @@ bench: deps
 	$(PY) benchmarks/registry.py --quick
 	$(PY) benchmarks/build.py --runs 3
 	$(PY) -m benchmarks.lazy --runs 1
+	$(VENV)/bin/lazyctr bench hello --images quick --drivers overlay,lazy,lazy+profile --runs 1 --peers podman \
+		--out .cache/bench/hello-quick
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info
