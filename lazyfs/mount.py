@@ -84,7 +84,7 @@ class MountState:
         """Have a running daemon write its stats and accesses now (SIGUSR1), and wait until it did."""
         info = self.info
         done = self.directory / "accesses.json"  # written last
-        if info is None or not _alive(int(info["pid"])):
+        if info is None or not process_alive(int(info["pid"])):
             return
         before = done.stat().st_mtime_ns if done.exists() else 0
         os.kill(int(info["pid"]), signal.SIGUSR1)
@@ -171,7 +171,7 @@ def umount(root: Path, mountpoint: Path, wait: float = 10.0) -> None:
         return
     if info is not None:
         deadline = time.monotonic() + wait
-        while _alive(int(info["pid"])) and time.monotonic() < deadline:
+        while process_alive(int(info["pid"])) and time.monotonic() < deadline:
             time.sleep(0.01)
     _forget(state)
 
@@ -180,17 +180,20 @@ def _forget(state: MountState) -> None:
     (state.directory / "mount.json").unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs: a zombie (a daemon that died, not yet reaped by its parent) does not."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with contextlib.suppress(FileNotFoundError):
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _read_with_timeout(fd: int, timeout: float) -> bytes:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.mount import MountState, is_mounted, mount, umount
+from lazyfs.mount import MountState, is_mounted, mount, process_alive, umount
 from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile, save_profile
 from runtime.state import ContainerState
@@ -158,29 +158,13 @@ def _stale(container_dir: Path, user_file: Path) -> bool:
             pid = int(json.loads(user_file.read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return True
-        return not _alive(pid)
+        return not process_alive(pid)
     return False
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs: a zombie (a daemon that died, not yet reaped by its parent) does not."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _daemon_alive(slot: Slot) -> bool:
     info = slot.state.info
-    return info is not None and _alive(int(info["pid"]))
+    return info is not None and process_alive(int(info["pid"]))
 
 
 def _unmount(slot: Slot) -> None:
