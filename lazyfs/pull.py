@@ -18,7 +18,14 @@ import contextlib
 
 from lazyfs.image import INSECURE_PREFIX
 from lazyfs.profile import PROFILE_TYPE
-from registry.client import RegistryClient, RegistryClientError, fetch_manifest, pull_image, registry_ref
+from registry.client import (
+    RegistryClient,
+    RegistryClientError,
+    fetch_manifest,
+    local_name,
+    pull_image,
+    registry_ref,
+)
 from registry.referrers import pull_referrers
 from storage.digest import verify
 from storage.oci import MEDIA_LAYER_ZSTD, REF_NAME, Descriptor, Manifest
@@ -38,8 +45,7 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
     """Pull `text` lazily (see the module docstring); returns the image as named in the store."""
     ref = registry_ref(text)
     assert ref.domain is not None
-    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
-    name = f"{ref.name}:{tag}"
+    name = local_name(ref)
     repo = ref.repository
     async with RegistryClient(ref.domain, insecure) as client:
         data, media_type, digest = await fetch_manifest(client, ref)

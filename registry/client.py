@@ -817,6 +817,12 @@ async def _slice_stream(
 # -- images ------------------------------------------------------------------------------------------
 
 
+def local_name(ref: ImageRef) -> str:
+    """The store names images `repository:tag`; one pulled by digest alone is tagged with it."""
+    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
+    return f"{ref.name}:{tag}"
+
+
 def registry_ref(text: str) -> ImageRef:
     """A reference that names its registry host, as push and pull need."""
     ref = ImageRef.parse(text)
@@ -928,9 +934,7 @@ async def pull_image(
     ref = registry_ref(text)
     assert ref.domain is not None
     shown = progress or TransferProgress()
-    # The store names images `repository:tag`; one pulled by digest alone is tagged with it.
-    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
-    name = f"{ref.name}:{tag}"
+    name = local_name(ref)
     repo = ref.repository
     with store.ingesting(), tempfile.TemporaryDirectory(dir=store.tmp, prefix="pull-") as tmp:
         layout = Path(tmp)
