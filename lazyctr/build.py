@@ -32,6 +32,7 @@ from runtime.cgroups import Limits
 from runtime.container import Container, Spec, Volume
 from runtime.drivers import OverlayDriver
 from runtime.layers import extract_verified
+from runtime.mountpoints import prune_mount_points
 from runtime.process import run_in_child, wait_status
 from storage.digest import Digest
 from storage.errors import NotFound
@@ -41,7 +42,6 @@ from storage.reference import ImageRef
 from storage.store import Image, Store
 
 HOSTNAME = "buildkitsandbox"  # what BuildKit names its RUN containers
-HOST_FILES = ("/etc/resolv.conf", "/etc/hosts")  # bound into RUNs on the host network, as BuildKit does
 
 
 class StoreResolver:
@@ -100,8 +100,6 @@ class ContainerStepRunner:
             with contextlib.ExitStack() as stack:
                 spec.volumes = [self._volume(mount, stack) for mount in request.mounts]
                 spec.volumes += self._scripts(request.scripts, stack)
-                if request.network == "host":
-                    spec.volumes += [Volume(Path(p), p, True) for p in HOST_FILES if Path(p).is_file()]
                 status = _capturing_output(container.run, output)
             prune_mount_points(container.dir / "upper", driver.lowers, [v.target for v in spec.volumes])
             os.rename(container.dir / "upper", upper)
@@ -177,43 +175,6 @@ def _capturing_output(run: Callable[[], int], output: Callable[[str], None]) -> 
         wait_status(child)
         raise
     return wait_status(child)
-
-
-def prune_mount_points(upper: Path, lowers: list[Path], targets: list[str]) -> None:
-    """Remove from a step's upper directory what only the mounts made: the empty files and directories
-    created as mount points (and the copies-up of existing ones), so no mount point ends in a layer."""
-    for target in [*targets, "/proc", "/sys", "/dev"]:
-        parts = [p for p in target.split("/") if p]
-        while parts:
-            relative = "/".join(parts)
-            path = upper / relative
-            lower = next(
-                (base / relative for base in reversed(lowers) if os.path.lexists(base / relative)), None
-            )
-            if not os.path.lexists(path) or path.is_symlink():
-                parts.pop()
-                continue
-            if path.is_dir() and not any(path.iterdir()):
-                if lower is not None and not _same_metadata(path, lower):
-                    break
-                path.rmdir()
-            elif path.is_file() and (
-                (lower is None and path.stat().st_size == 0)
-                or (lower is not None and _same_file(path, lower))
-            ):
-                path.unlink()
-            else:
-                break
-            parts.pop()
-
-
-def _same_metadata(a: Path, b: Path) -> bool:
-    sa, sb = a.lstat(), b.lstat()
-    return (sa.st_mode, sa.st_uid, sa.st_gid) == (sb.st_mode, sb.st_uid, sb.st_gid)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    return b.is_file() and _same_metadata(a, b) and a.read_bytes() == b.read_bytes()
 
 
 def _pairs(values: tuple[str, ...], option: str, from_env: bool = False) -> dict[str, str]:

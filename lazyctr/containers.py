@@ -20,6 +20,7 @@ from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container, Volume, spec_for
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, Driver, LazyDriver
 from runtime.enter import exec_in
+from runtime.mountpoints import mount_points
 from runtime.process import ContainerError
 from runtime.state import LOG_FILE, ContainerState, all_states, find
 from storage.diff import upper_to_tar
@@ -367,7 +368,7 @@ def commit_container(ctx: Context, container: str, name: str) -> None:
         raise ContainerError(f"container {container} has no upper layer: commit needs the overlay driver")
     base = ctx.store.image(state.image)
     with ctx.store.temp_file() as (tar_path, _):
-        upper_to_tar(upper, tar_path)
+        upper_to_tar(upper, tar_path, exclude=mount_points(upper, [], []))
         image = add_layer(
             ctx.store, base, tar_path, name, f"lazyctr commit {state.id[:12]}: {' '.join(state.command)}"
         )

@@ -8,6 +8,7 @@ container's PID 1, which finishes the setup, one small function per step, and ex
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -25,6 +26,7 @@ from runtime import seccomp
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.drivers import Driver
+from runtime.mountpoints import NETWORK_FILES
 from runtime.process import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -47,6 +49,13 @@ FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTER
                      signal.SIGUSR2, signal.SIGWINCH)  # fmt: skip
 MASKED_PATHS = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware")
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+LOCAL_HOSTS = """127.0.0.1\tlocalhost
+::1\tlocalhost ip6-localhost ip6-loopback
+fe00::0\tip6-localnet
+ff00::0\tip6-mcastprefix
+ff02::1\tip6-allnodes
+ff02::2\tip6-allrouters
+"""
 
 
 @dataclass
@@ -146,6 +155,7 @@ class Container:
         The state file says `running` (with PID 1's host PID) while it runs and `exited` after.
         """
         self.driver.prepare(self.image, self.dir)
+        write_network_files(self.dir, self.spec.network, self.hostname)
         try:
             status = self._start_and_wait()
         finally:
@@ -236,6 +246,7 @@ class Container:
         if not self.spec.interactive and not self.spec.tty:
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         make_workdir(rootfs, self.spec.cwd)
+        bind_network_files(rootfs, self.dir)
         bind_volumes(rootfs, self.spec.volumes)
         if self.spec.read_only:
             sc.mount(str(rootfs), rootfs, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
@@ -286,6 +297,45 @@ def run_as_init(start: Callable[[], int]) -> int:
 def make_workdir(rootfs: Path, cwd: str) -> None:
     """docker creates a missing working directory."""
     resolve_in_root(rootfs, cwd, follow_last=True).mkdir(parents=True, exist_ok=True)
+
+
+def write_network_files(container_dir: Path, network: str, hostname: str) -> None:
+    """The container's /etc/hosts and /etc/resolv.conf: the host's on the host network; otherwise
+    localhost and the container's own name, and the host's resolvers minus loopback ones (unreachable)."""
+    host = network == "host"
+    try:
+        hosts = Path("/etc/hosts").read_text() if host else f"{LOCAL_HOSTS}127.0.1.1\t{hostname}\n"
+    except OSError:
+        hosts = LOCAL_HOSTS
+    try:
+        resolv = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        resolv = ""
+    if not host:
+        resolv = "".join(
+            line
+            for line in resolv.splitlines(keepends=True)
+            if not (line.split()[:1] == ["nameserver"] and line.split()[1:2] and _loopback(line.split()[1]))
+        )
+    for path, text in zip(NETWORK_FILES, (hosts, resolv), strict=True):
+        (container_dir / Path(path).name).write_text(text)
+
+
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1"
+
+
+def bind_network_files(rootfs: Path, container_dir: Path) -> None:
+    """Bind the files of write_network_files over the image's; a missing one (or its directory) is
+    created as a mount point (which prune_mount_points keeps out of layers)."""
+    for path in NETWORK_FILES:
+        target = resolve_in_root(rootfs, path, follow_last=True)
+        if target.is_dir():
+            continue  # an image with a directory there keeps it: nothing sensible to bind
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # the image's own is bound over without a copy-up
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        sc.mount(str(container_dir / target.name), target, None, sc.MS_BIND)
 
 
 def bind_volumes(rootfs: Path, volumes: list[Volume]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+from collections.abc import Collection
 from pathlib import Path
 
 from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
@@ -20,16 +21,21 @@ OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
-def upper_to_tar(upper: Path, out: Path, clamp_mtime_ns: int | None = None) -> int:
+def upper_to_tar(
+    upper: Path, out: Path, clamp_mtime_ns: int | None = None, exclude: Collection[str] = ()
+) -> int:
     """Write the changes recorded in `upper` as a layer tar at `out`; returns the entry count.
 
-    With `clamp_mtime_ns` (SOURCE_DATE_EPOCH), no time in the layer is later than it.
+    With `clamp_mtime_ns` (SOURCE_DATE_EPOCH), no time in the layer is later than it. `exclude` names
+    paths (relative to `upper`) that are no change, such as a container's mount points.
     """
     count = 0
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for path in _walk(upper):
             name = path.relative_to(upper).as_posix()
+            if name in exclude:
+                continue
             st = path.lstat()
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 tar.addfile(_whiteout(name, st, clamp_mtime_ns))

@@ -342,6 +342,25 @@ def test_network_none_leaves_only_loopback(based: CliRunner, tmp_path: Path) -> 
     assert based("run", "--rm", "net", "cat", "/nets").out.split() == ["lo"]
 
 
+def test_run_steps_resolve_localhost_and_leave_no_network_file_in_a_layer(
+    based: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    dockerfile = "FROM busybox\nRUN cat /etc/hosts > /hosts-at-build && cat /etc/resolv.conf > /dev/null\n"
+    for network in ("none", "host"):
+        context = write(tmp_path / network, {"Dockerfile": dockerfile})
+        build(based, context, "-t", network, "--network", network)
+        hosts = based("run", "--rm", network, "cat", "/hosts-at-build").out
+        assert "localhost" in hosts  # BuildKit binds a hosts file into each RUN
+        if network == "host":
+            assert hosts == Path("/etc/hosts").read_text()
+        store = Store(root)
+        names = {
+            entry.name.removeprefix("./")
+            for entry in store.layer_toc(image(root, network).manifest.layers[-1]).entries
+        }
+        assert {"etc/hosts", "etc/resolv.conf"}.isdisjoint(names) and "hosts-at-build" in names
+
+
 def test_dockerignore_hides_files_from_copy(based: CliRunner, tmp_path: Path) -> None:
     context = write(
         tmp_path / "ctx",

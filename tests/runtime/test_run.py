@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.store import Store
 from tests.conftest import CliRunner, assert_clean_error, cli_command
 from tests.tarfiles import info, make_tar
 
@@ -111,6 +112,33 @@ def test_writes_go_to_the_upper_dir_only(lazyctr: CliRunner, busybox: str, root:
     (container,) = (root / "containers").iterdir()
     assert (container / "upper/etc/hostname").read_text() == "changed\n"
     assert run(lazyctr, "cat", "/etc/hostname") == "lazyctr\n"  # the image is untouched
+
+
+def test_localhost_and_the_hostname_resolve_as_with_docker(lazyctr: CliRunner, busybox: str) -> None:
+    hosts = lazyctr("run", "--rm", "--hostname", "box", busybox, "cat", "/etc/hosts").out
+    assert "127.0.0.1\tlocalhost\n" in hosts and "127.0.1.1\tbox\n" in hosts
+    # A name lookup, not a file read: nothing listens, so the connection is refused (a bad name fails
+    # with "bad address").
+    refused = lazyctr("run", "--rm", busybox, "wget", "-q", "-O-", "http://localhost:9/", ok=False)
+    assert "refused" in refused.stderr
+    resolv = lazyctr("run", "--rm", busybox, "cat", "/etc/resolv.conf").out
+    assert "nameserver 127." not in resolv  # a loopback resolver is the host's, unreachable from here
+    host = lazyctr("run", "--rm", "--network", "host", busybox, "cat", "/etc/hosts", "/etc/resolv.conf").out
+    assert host == Path("/etc/hosts").read_text() + Path("/etc/resolv.conf").read_text()
+
+
+def test_the_network_files_are_the_containers_own(lazyctr: CliRunner, busybox: str, root: Path) -> None:
+    lazyctr("run", "--name", "edits", busybox, "sh", "-c", "echo '10.0.0.9 db' >> /etc/hosts; touch /new")
+    (container,) = (root / "containers").iterdir()
+    assert (container / "hosts").read_text().endswith("10.0.0.9 db\n")  # as docker's, writable
+    assert (container / "upper/etc/hosts").stat().st_size == 0  # only the mount point the image lacked
+    assert "db" not in run(lazyctr, "cat", "/etc/hosts")
+    lazyctr("commit", "edits", "busybox:edited")
+    store = Store(root)
+    toc = store.layer_toc(store.image("busybox:edited").manifest.layers[-1])
+    assert [entry.name.removeprefix("./") for entry in toc.entries] == [
+        "new"
+    ]  # a mount point is no change of the container
 
 
 def test_reduced_capabilities_and_no_new_privs(lazyctr: CliRunner, busybox: str) -> None:
@@ -308,7 +336,9 @@ def test_names_are_unique_and_unknown_containers_are_errors(lazyctr: CliRunner, 
     assert "Traceback" not in bad_signal.stderr
 
 
-def test_commit_makes_a_new_image_with_the_changes(lazyctr: CliRunner, busybox: str, tmp_path: Path) -> None:
+def test_commit_makes_a_new_image_with_the_changes(
+    lazyctr: CliRunner, busybox: str, root: Path, tmp_path: Path
+) -> None:
     lazyctr("run", "--name", "changer", busybox, "sh", "-c", "echo hello > /etc/motd; rm /etc/group")
     image_id = lazyctr("commit", "changer", "busybox:changed").out.strip()
     assert image_id.startswith("sha256:")
@@ -318,6 +348,9 @@ def test_commit_makes_a_new_image_with_the_changes(lazyctr: CliRunner, busybox: 
     layers = json.loads(lazyctr("inspect", "--json", "busybox:changed").out)["Layers"]
     assert len(layers) == 2 and layers[1]["MediaType"].endswith("tar+zstd") and layers[1]["TOCEntries"] >= 3
     assert lazyctr("run", "--rm", busybox, "cat", "/etc/motd", ok=False).code == 1  # the base is unchanged
+    store = Store(root)
+    toc = store.layer_toc(store.image("busybox:changed").manifest.layers[-1])
+    assert {"etc/hosts", "etc/resolv.conf"}.isdisjoint(entry.name.removeprefix("./") for entry in toc.entries)
     lazyctr("export", "busybox:changed", f"oci:{tmp_path}/out:changed")
     assert json.loads((tmp_path / "out/index.json").read_text())["manifests"]
 
