@@ -4,9 +4,13 @@ over a shaped link with nothing left behind. Behaviour only: no speed is asserte
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,6 +89,18 @@ def test_bad_command_lines_are_one_clear_line(tmp_path: Path) -> None:
     assert_clean_error(peer_module(), "the following arguments are required")
 
 
+def busybox_variant(busybox_tar: Path, tmp_path: Path) -> Path:
+    """The busybox rootfs with one more file: another image to convert."""
+    variant = tmp_path / "busybox-variant.tar"
+    shutil.copyfile(busybox_tar, variant)
+    with tarfile.open(variant, "a") as tar:
+        data = b"a changed image\n"
+        info = tarfile.TarInfo("etc/variant")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return variant
+
+
 @pytest.fixture(scope="module")
 def snapshotter() -> Path:
     """The daemon, built once into the repository's cache; a reason it cannot be built is a skip."""
@@ -118,11 +134,13 @@ def served(registry_storage: Path) -> Iterator[tuple[Link, str]]:
 
 
 @pytest.mark.privileged
-def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str]) -> None:
+def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str], tmp_path: Path) -> None:
     require_tools("containerd", "ctr", "ctr-remote", "runc", "nsenter")
     link, address = served
+    converted = tmp_path / "converted"
     before = leftovers()
-    result = measure(link, address, IMAGE, ["sh", "-c", "test -x /bin/busybox && echo ready"])
+    probe = ["sh", "-c", "test -x /bin/busybox && echo ready"]
+    result = measure(link, address, IMAGE, probe, converted=converted)
     if isinstance(result, str):
         unavailable(f"stargz peer cannot run here: {result}")
     assert isinstance(result, dict)
@@ -133,13 +151,61 @@ def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str]
         assert figures["remote_layers"] >= 1, "no layer was mounted remotely: not a lazy pull"
         assert figures["bytes"] > 0
         assert len(figures["samples"]) == 1
-        assert figures["convert_s"] > 0
+        assert figures["converted"] == "now"
+        assert figures["convert_s"] > 0 and figures["push_s"] > 0
     # A second call finds the converted images in the registry (tags named after the source digest).
-    again = measure(link, address, f"{address}/{IMAGE}", ["true"])
+    again = measure(link, address, f"{address}/{IMAGE}", ["true"], converted=converted)
     assert isinstance(again, dict), again
     for name, figures in again.items():
-        assert figures["convert_s"] is None
+        assert figures["converted"] == "registry"
+        assert figures["convert_s"] is None and figures["push_s"] is None
         assert figures["ref"] == result[name]["ref"]
+    assert not leftovers() - before
+
+
+@pytest.mark.privileged
+def test_converted_images_are_kept_for_a_fresh_registry(
+    snapshotter: Path, registry_storage: Path, busybox_tar: Path, tmp_path: Path
+) -> None:
+    """The next suite run has a fresh registry: the converted images come from the cache, not ctr-remote;
+    a changed source image (another digest) is converted again."""
+    require_tools("containerd", "ctr", "ctr-remote", "runc", "nsenter")
+    converted = tmp_path / "converted"
+    before = leftovers()
+    runs = []
+    for number in range(2):
+        storage = tmp_path / f"registry-{number}"
+        shutil.copytree(registry_storage, storage)  # each suite run starts from a fresh registry
+        with shaped_link("1gbit", "2ms") as link:
+            address = f"{link.server_ip}:5000"
+            with serving(storage, address, link):
+                runs.append(measure(link, address, IMAGE, ["true"], converted=converted))
+    first, second = runs
+    assert isinstance(first, dict) and isinstance(second, dict), runs
+    for name in FORMATS:
+        assert first[name]["converted"] == "now"
+        assert second[name]["converted"] == "cached", second[name]
+        assert second[name]["convert_s"] is None and second[name]["push_s"] > 0
+        assert second[name]["ref"] == first[name]["ref"]
+        assert second[name]["remote_layers"] >= 1
+    # The layout is an OCI image layout that names each converted image by (source, format, tool).
+    index = json.loads((converted / "index.json").read_text())
+    names = sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"])
+    assert [name.split("-")[0] for name in names] == sorted(FORMATS)
+    assert (converted / "oci-layout").is_file() and not list(converted.rglob(".*.partial"))
+    # Another source image: a new tag whose manifest differs (another config) is converted anew.
+    storage = tmp_path / "registry-changed"
+    shutil.copytree(registry_storage, storage)
+    publish(
+        str(busybox_variant(busybox_tar, tmp_path)), tmp_path / "unused-store", storage, "bench/busybox:2"
+    )
+    with shaped_link("1gbit", "2ms") as link:
+        address = f"{link.server_ip}:5000"
+        with serving(storage, address, link):
+            changed = measure(link, address, "bench/busybox:2", ["true"], converted=converted)
+    assert isinstance(changed, dict), changed
+    assert {figures["converted"] for figures in changed.values()} == {"now"}
+    assert len(json.loads((converted / "index.json").read_text())["manifests"]) == 2 * len(FORMATS)
     assert not leftovers() - before
 
 
