@@ -2,7 +2,8 @@
 
 Running the CLI on a store (in the client's network namespace of a shaped link), a registry
 (`lazyctr serve`) in the server's namespace, dropping the page cache and reading how many bytes the
-client's end of the link has received.
+client's end of the link has received. BenchError: the hello suite's one-line error (bad input, a
+machine that cannot run it), here so that its peers (benchmarks/peers/) raise it too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from typing import Any
 from benchmarks.link import IFNAME, Link
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class BenchError(Exception):
+    """Bad input or a machine that cannot run the suite; the message is one line."""
 
 
 def lazyctr(
