@@ -34,7 +34,6 @@ import hashlib
 import importlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -48,8 +47,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import REPO, drop_caches, lazyctr, received, serving
+from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
-from benchmarks.startup import _ulimit, unmount_under
+from benchmarks.peers.podman import Podman
+from benchmarks.startup import unmount_under
 
 IMAGES_DIR = REPO / "benchmarks" / "images"
 GROUPS: dict[str, str] = {
@@ -83,10 +84,6 @@ MEMORY_NOTE = (
     "their own); cgroup_peak: that group's memory.max_usage_in_bytes (RSS plus the page cache charged "
     "to it, e.g. extracted layers)"
 )
-
-
-class BenchError(Exception):
-    """Bad input or a machine that cannot run the suite; the message is one line."""
 
 
 @dataclass
@@ -319,94 +316,6 @@ def publish(
             lazyctr(recorder, "run", "--rm", "--record-profile", ref, netns=ns, timeout=RUN_TIMEOUT)
             lazyctr(recorder, "push", "--insecure", "--progress", "plain", ref, ref, netns=ns)
     return {"push_s": push_s}
-
-
-_ISOLATE = 'mount --bind "$0" /var/lib && mount --bind "$1" /var/tmp && shift && exec "$@"'
-
-
-class Podman:
-    """podman against the suite's registry: private storage per run, runc, cgroupfs, in the client's netns.
-
-    Each podman runs in a private mount namespace where /var/lib and /var/tmp are empty directories of
-    its own (containers/image writes there whatever the configuration says), as tests/e2e does.
-    """
-
-    def __init__(self, work: Path) -> None:
-        if shutil.which("podman") is None:
-            raise BenchError("podman is not installed")
-        if shutil.which("runc") is None:
-            raise BenchError("runc is not installed")
-        self.work = work
-
-    def deploy(self, link: Link, address: str, name: str) -> dict[str, Any]:
-        ref = f"{address}/bench/{name}-np:1"
-        sample: dict[str, Any] = {"image": name, "driver": "podman"}
-        base = Path(tempfile.mkdtemp(prefix="podman-", dir=self.work))
-        try:
-            env = self._environment(base)
-            prefix = [
-                "nsenter", f"--net=/run/netns/{link.client_ns}",
-                "unshare", "--mount", "--propagation", "private", "--",
-                "sh", "-c", _ISOLATE, str(base / "var-lib"), str(base / "var-tmp"),
-            ]  # fmt: skip
-
-            def podman(*args: str) -> str:
-                proc = subprocess.run(
-                    [*prefix, "podman", *args], env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT
-                )
-                if proc.returncode != 0:
-                    raise RuntimeError(f"podman {args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
-                return proc.stderr
-
-            drop_caches()
-            before = received(link)
-            started = time.monotonic()
-            try:
-                podman("pull", "--quiet", "--tls-verify=false", ref)
-                pulled = time.monotonic()
-                # Debug logging only to see podman 4's wait for conmon's exit report time out (20 s).
-                log = podman("--log-level=debug", "run", "--rm", "--network", "host", ref)
-                if "Exceeded conmon timeout" in log:
-                    sample["note"] = "podman waited 20 s for conmon's exit report after the probe had exited"
-                done = time.monotonic()
-                sample.update(ok=True, pull_s=pulled - started, run_s=done - pulled, ready_s=done - started)
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
-                sample.update(ok=False, error=str(e).strip().splitlines()[-1][:300])
-            sample["bytes"] = received(link) - before
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                podman("rmi", "--all", "--force")
-        finally:
-            unmount_under(base)
-            shutil.rmtree(base, ignore_errors=True)
-        return sample
-
-    @staticmethod
-    def _environment(base: Path) -> dict[str, str]:
-        for part in ("var-lib", "var-tmp", "tmp"):
-            (base / part).mkdir()
-        storage_conf = base / "storage.conf"
-        storage_conf.write_text(
-            f'[storage]\ndriver = "overlay"\nrunroot = "{base}/run"\ngraphroot = "{base}/storage"\n'
-        )
-        containers_conf = base / "containers.conf"
-        # Root may lower rlimits here but not raise them, and podman's defaults for root are higher.
-        ulimits = [f"nofile={_ulimit(resource.RLIMIT_NOFILE)}", f"nproc={_ulimit(resource.RLIMIT_NPROC)}"]
-        containers_conf.write_text(
-            f"[containers]\ndefault_ulimits = {json.dumps(ulimits)}\n"
-            "[engine]\n"
-            'runtime = "runc"\n'  # crun refuses a cgroup v1 host with an empty v2 hierarchy
-            'cgroup_manager = "cgroupfs"\n'
-            'events_logger = "file"\n'
-            f'events_logfile_path = "{base}/events.log"\n'
-            f'tmp_dir = "{base}/tmp"\n'
-            f'image_copy_tmp_dir = "{base}/tmp"\n'
-        )
-        return dict(
-            os.environ,
-            CONTAINERS_STORAGE_CONF=str(storage_conf),
-            CONTAINERS_CONF=str(containers_conf),
-            TMPDIR=str(base / "tmp"),
-        )
 
 
 def stargz_peer(
