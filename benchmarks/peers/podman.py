@@ -2,20 +2,23 @@
 `ADDRESS/bench/NAME-np:1` from the suite's registry over the shaped link and runs its probe with
 `podman run --rm`, timing both, and returns the sample (the same keys as lazyctr's samples).
 
-Each deployment gets storage of its own (overlay graphroot and runroot, tmp_dir, events file) under a
-temporary directory of `work`, removed afterwards; runc and cgroupfs; the client's network namespace of
-the link (`nsenter --net`) and a private mount namespace where /var/lib and /var/tmp are empty
-directories of its own (containers/image writes there whatever the configuration says), as tests/e2e do.
+Each deployment gets storage of its own (overlay graphroot, tmp_dir, events file) under a temporary
+directory of `work` and a runroot in /run, both removed afterwards; runc and cgroupfs; the client's
+network namespace of the link (`nsenter --net`) and a private mount namespace where /var/lib and /var/tmp
+are empty directories of its own (containers/image writes there whatever the configuration says), as
+tests/e2e do.
 
-podman runs at its default log level, never at debug: podman 4.3 (Debian 12) hands conmon's exit command
-(`podman container cleanup`, which moves the container from "stopped" to "exited" and removes it for
---rm) the flag `--syslog` whenever it runs at debug level, and that cleanup exits 1 at once where no
-syslog listens (no /dev/log on the benchmark machine). The container then stays "stopped" and the
-attached `podman run` waits out its 20 s conmon timer before cleaning up itself: 20 s added to every
-run (podman issue 19075; podman 4.6 made --syslog errors non-fatal). So that a regression shows, the
-sample records the time podman's events file puts between the container's `died` and `remove` events
-(`exit_to_removal_s`: about 0.2 s when the cleanup runs, 20 s when podman times out) and gets a `note`
-when it is over EXIT_TO_REMOVAL_LIMIT.
+The attached `podman run` returns once conmon's exit command, `podman container cleanup` (which moves
+the container from "stopped" to "exited" and removes it for --rm), has run; when that cleanup fails,
+podman waits out a 20 s conmon timer and cleans up itself: 20 s added to every run. Two ways it fails
+with podman 4.3 (Debian 12), both avoided here: (1) at debug level podman gives the cleanup `--syslog`,
+and the cleanup exits 1 at once where no syslog listens (no /dev/log on the benchmark machine; podman
+issue 19075, made non-fatal in podman 4.6), so podman runs at its default log level; (2) the cleanup
+gets the runroot as `--runroot` and refuses one longer than 50 characters, which a runroot under the
+suite's work directory (.cache/bench/hello-work/podman-XXXXXXXX/run) is, so the runroot is a short
+directory in /run. So that a regression shows, the sample records the time podman's events file puts
+between the container's `died` and `remove` events (`exit_to_removal_s`: about 0.2 s when the cleanup
+runs, 20 s when podman times out) and gets a `note` when it is over EXIT_TO_REMOVAL_LIMIT.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from benchmarks.startup import _ulimit, unmount_under
 RUN_TIMEOUT = 600
 # Well above the fraction of a second a working cleanup takes, well below podman's 20 s conmon timer.
 EXIT_TO_REMOVAL_LIMIT = 10.0
+# The runroot's parent: podman's cleanup gets the runroot as --runroot, which it refuses when longer than 50
+# characters (its sockets live below it); the suite's work directory is longer than that.
+RUNROOT_PARENT = "/run"
 # $0 and $1 are the stand-ins for /var/lib and /var/tmp; the rest is the command.
 _ISOLATE = 'mount --bind "$0" /var/lib && mount --bind "$1" /var/tmp && shift && exec "$@"'
 
@@ -57,8 +63,9 @@ class Podman:
         ref = f"{address}/bench/{name}-np:1"
         sample: dict[str, Any] = {"image": name, "driver": "podman"}
         base = Path(tempfile.mkdtemp(prefix="podman-", dir=self.work))
+        runroot = Path(tempfile.mkdtemp(prefix="lazyctr-podman-", dir=RUNROOT_PARENT))
         try:
-            env = _environment(base)
+            env = _environment(base, runroot)
             prefix = [
                 "nsenter", f"--net=/run/netns/{link.client_ns}",
                 "unshare", "--mount", "--propagation", "private", "--",
@@ -94,8 +101,9 @@ class Podman:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 podman("rmi", "--all", "--force")
         finally:
-            unmount_under(base)
-            shutil.rmtree(base, ignore_errors=True)
+            for directory in (base, runroot):
+                unmount_under(directory)
+                shutil.rmtree(directory, ignore_errors=True)
         return sample
 
 
@@ -131,12 +139,12 @@ def _timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _environment(base: Path) -> dict[str, str]:
+def _environment(base: Path, runroot: Path) -> dict[str, str]:
     for part in ("var-lib", "var-tmp", "tmp"):
         (base / part).mkdir()
     storage_conf = base / "storage.conf"
     storage_conf.write_text(
-        f'[storage]\ndriver = "overlay"\nrunroot = "{base}/run"\ngraphroot = "{base}/storage"\n'
+        f'[storage]\ndriver = "overlay"\nrunroot = "{runroot}"\ngraphroot = "{base}/storage"\n'
     )
     containers_conf = base / "containers.conf"
     # Root may lower rlimits here but not raise them, and podman's defaults for root are higher.
