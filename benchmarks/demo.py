@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, free_port, lazyctr
+from benchmarks.common import REPO, compile_sources, free_port, lazyctr
 from benchmarks.link import Link, parse_link_spec, shaped_link_of
 from storage.store import Store
 
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--link", default="100mbit/20ms", help="the shaped link to the registry, or 'none'")
     args = parser.parse_args()
     publisher: Path = args.root.absolute()
+    compile_sources()
     with tempfile.TemporaryDirectory(prefix="lazyctr-demo-") as name, contextlib.ExitStack() as stack:
         tmp = Path(name)
         build_example(publisher, tmp)

@@ -46,7 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, drop_caches, lazyctr, received, serving
+from benchmarks.common import REPO, compile_sources, drop_caches, lazyctr, received, serving
 from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
 from benchmarks.peers.podman import Podman
@@ -419,6 +419,7 @@ def run_suite(config: Config) -> Path:
     """Run everything; write results.json, report.md and the plots into config.out."""
     if os.geteuid() != 0:
         raise BenchError("the hello suite needs root (namespaces, mounts, drop_caches)")
+    compile_sources()
     publisher, infos = prepare_images(config.cache, config.images)
     results: dict[str, Any] = {
         "version": 1,

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import REPO, drop_caches, free_port, lazyctr, received, serving
+from benchmarks.common import REPO, compile_sources, drop_caches, free_port, lazyctr, received, serving
 from benchmarks.link import Link, parse_link_spec, shaped_link_of
 
 PORT = 5000
@@ -175,6 +175,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
     parser.add_argument("--json", type=Path, help="also write every sample here")
     args = parser.parse_args()
+    compile_sources()
     if os.geteuid() != 0:
         sys.exit("benchmarks/lazy.py needs root (namespaces, mounts)")
     registry = prepare(args.cache)

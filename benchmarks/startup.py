@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from benchmarks.common import compile_sources
 from runtime import syscalls as sc
 
 IMAGE = "busybox"
@@ -416,6 +417,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
+    compile_sources()
     if os.geteuid() != 0:
         sys.exit("startup.py needs root (namespaces, mounts, runc and podman as root)")
 
