@@ -17,8 +17,9 @@ to containerd, which runs in the host's mount namespace). Every containerd is ou
 sockets and opt directory in a temporary directory; the machine's instance is never touched) and
 everything is cleaned up: tasks, shims, daemons, mounts, directories.
 
-Usage: python -m benchmarks.peers.stargz [--link 100mbit/20ms] [--runs N] [--probe CMD] IMAGE_DIR_OR_REF
-(an OCI layout or rootfs tarball to import, or an image of the lazyctr store at --root). Needs root.
+Usage: python -m benchmarks.peers.stargz [--link 100mbit/20ms] [--runs N] [--probe CMD | --image-command]
+IMAGE_DIR_OR_REF... (OCI layouts or rootfs tarballs to import, or images of the lazyctr store at --root),
+measured one after the other on one registry and link, as the suite does. Needs root.
 """
 
 from __future__ import annotations
@@ -901,10 +902,15 @@ def _seconds(value: float | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("image", metavar="IMAGE_DIR_OR_REF", help="OCI layout, rootfs tarball or image")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE_DIR_OR_REF", help="OCI layouts, rootfs tarballs or images"
+    )
     parser.add_argument("--link", default="100mbit/20ms", help="rate/RTT[/loss] (default 100mbit/20ms)")
     parser.add_argument("--runs", type=int, default=1, help="cold runs per format (default 1)")
     parser.add_argument("--probe", default="echo hello", help="command that exits 0 when ready")
+    parser.add_argument(
+        "--image-command", action="store_true", help="run each image's own command instead of --probe"
+    )
     parser.add_argument("--root", type=Path, default=Path("/var/lib/lazyctr"), help="lazyctr store of IMAGE")
     parser.add_argument(
         "--cache",
@@ -913,6 +919,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the daemon is built and converted images kept",
     )
     args = parser.parse_args(argv)
+    results: dict[str, dict[str, Any] | str] = {}
+    measure_s: dict[str, float] = {}
     try:
         spec = parse_link_spec(args.link)
         try:
@@ -921,46 +929,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PeerError(f"bad --probe {args.probe!r}: {error}") from None
         if not probe:
             raise PeerError("--probe is empty")
+        if args.image_command:
+            probe = []  # `ctr run` without a command runs the image's Entrypoint and Cmd
         if args.runs < 1:
             raise PeerError(f"--runs must be at least 1, not {args.runs}")
-        source = Path(args.image)
-        if source.is_dir() and not (source / "oci-layout").is_file():
-            raise PeerError(f"{args.image}: a directory but not an OCI layout (no oci-layout file)")
+        for image in args.images:
+            source = Path(image)
+            if source.is_dir() and not (source / "oci-layout").is_file():
+                raise PeerError(f"{image}: a directory but not an OCI layout (no oci-layout file)")
         if os.geteuid() != 0:
             raise PeerError("needs root (network namespaces, containerd, mounts)")
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
         binary = build_snapshotter(args.cache)
         if isinstance(binary, str):
             raise PeerError(binary)
-        name = "bench/stargz-peer:1"
         with tempfile.TemporaryDirectory(prefix="lazyctr-stargz-registry-") as storage:
-            publish(args.image, args.root, Path(storage), name)
+            names = {image: f"bench/stargz-peer-{number}:1" for number, image in enumerate(args.images)}
+            for image, name in names.items():
+                publish(image, args.root, Path(storage), name)
             with shaped_link_of(spec) as link:
                 link.verify()
                 address = f"{link.server_ip}:5000"
                 with serving(Path(storage), address, link):
-                    result = measure(link, address, name, probe, args.runs, cache=args.cache)
+                    for image, name in names.items():  # one registry and link, as in the suite
+                        started = time.monotonic()
+                        results[image] = measure(link, address, name, probe, args.runs, cache=args.cache)
+                        measure_s[image] = time.monotonic() - started
+                        _print_result(image, results[image], measure_s[image], first=len(results) == 1)
     except (PeerError, LinkError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    if len(args.images) > 1:
+        print(f"{len(args.images)} images, measure() took {sum(measure_s.values()):.1f} s in all")
+    return 1 if any(isinstance(result, str) for result in results.values()) else 0
+
+
+def _print_result(image: str, result: dict[str, Any] | str, measure_s: float, *, first: bool) -> None:
     if isinstance(result, str):
-        print(f"stargz peer skipped: {result}", file=sys.stderr)
-        return 1
-    print(
-        f"{'format':<12} {'pull s':>8} {'run s':>8} {'total s':>8} {'MB recv':>8} {'lazy layers':>11}"
-        f"  {'converted':<9} {'convert s':>9} {'push s':>7}"
-    )
-    for fmt, figures in result.items():
-        convert_s, push_s = figures["convert_s"], figures["push_s"]
+        print(f"stargz peer skipped {image}: {result}", file=sys.stderr, flush=True)
+        return
+    if first:
         print(
-            f"{fmt:<12} {figures['pull_s']:8.2f} {figures['run_s']:8.2f} {figures['total_s']:8.2f}"
-            f" {figures['bytes'] / 1e6:8.2f} {figures['remote_layers']:>11}  {figures['converted']:<9}"
-            f" {_seconds(convert_s):>9} {_seconds(push_s):>7}"
+            f"{'image':<20} {'format':<12} {'pull s':>7} {'run s':>7} {'total s':>7} {'MB recv':>8}"
+            f" {'lazy layers':>11}  {'converted':<9} {'convert s':>9} {'push s':>7} {'measure s':>9}"
         )
-    return 0
+    for fmt, figures in result.items():
+        print(
+            f"{image[-20:]:<20} {fmt:<12} {figures['pull_s']:7.2f} {figures['run_s']:7.2f}"
+            f" {figures['total_s']:7.2f} {figures['bytes'] / 1e6:8.2f} {figures['remote_layers']:>11}"
+            f"  {figures['converted']:<9} {_seconds(figures['convert_s']):>9}"
+            f" {_seconds(figures['push_s']):>7} {measure_s:9.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
