@@ -6,16 +6,24 @@ snapshot packages on containerd's snapshots gRPC API) with Debian's Go, offline 
 GO111MODULE=off), once per source version. It needs the Debian packages golang-go and
 golang-github-containerd-stargz-snapshotter-dev; where it cannot be built the reason is returned.
 
-`measure(link, registry_address, image_ref, probe)` converts the image in the registry (`lazyctr serve`
-in the link's server namespace) with `ctr-remote image convert --oci --estargz` and `--zstdchunked`,
-pushes both under new tags named after the source's digest (in the server namespace: the conversion is
-not timed and does not cross the link; a later call finds the tags and skips it), then for each format,
-from a cold client (a fresh containerd and snapshotter root, dropped page caches): times `ctr-remote
-image rpull` (the lazy pull) and `ctr run --snapshotter stargz --rm IMAGE ID PROBE...` to the probe's
-exit, both in the client namespace through `nsenter --net` (so the FUSE and overlay mounts stay visible
-to containerd, which runs in the host's mount namespace). Every containerd is our own (root, state,
-sockets and opt directory in a temporary directory; the machine's instance is never touched) and
-everything is cleaned up: tasks, shims, daemons, mounts, directories.
+`measure(link, registry_address, image_ref, probe)` puts the image in the registry (`lazyctr serve` in
+the link's server namespace) into each format under a tag named after the source's digest, then for
+each format, from a cold client (a fresh containerd and snapshotter root, dropped page caches): times
+`ctr-remote image rpull` (the lazy pull) and `ctr run --snapshotter stargz --rm IMAGE ID PROBE...` to the
+probe's exit, both in the client namespace through `nsenter --net` (so the FUSE and overlay mounts stay
+visible to containerd, which runs in the host's mount namespace). Every containerd is our own (root,
+state, sockets and opt directory in a temporary directory; the machine's instance is never touched; the
+e2e tests run theirs with running_containerd too) and everything is cleaned up: tasks, shims, daemons,
+mounts, directories, also when an image fails (measure() then returns the reason in one line).
+
+Converting is what takes time (the measurement of a 160 MB image takes seconds, its conversion a minute
+or more, both cores busy), so converted images are kept across suite runs, whose registries are fresh:
+in an OCI image layout (`cache`/converted, see ConvertedImages) named by the source manifest's digest,
+the format and the ctr-remote binary. Cheapest first: the tag is in the registry already; the image is
+in the layout and is pushed from it; otherwise one `ctr content fetch` (no unpacking) into a containerd
+of our own, `ctr-remote image convert --oci --estargz` and `--zstdchunked` at once, the results copied
+(hard links) from containerd's content store into the layout and pushed from there. All of it in the
+server namespace, where the registry listens: set-up, not timed, not over the link.
 
 Usage: python -m benchmarks.peers.stargz [--link 100mbit/20ms] [--runs N] [--probe CMD | --image-command]
 IMAGE_DIR_OR_REF... (OCI layouts or rootfs tarballs to import, or images of the lazyctr store at --root),
@@ -65,6 +73,7 @@ TOOL_TIMEOUT = 1800
 RUN_TIMEOUT = 600  # an rpull or a run to the probe's exit: a hung one must not hold up the suite for long
 START_TIMEOUT = 30.0
 REF_NAME = "org.opencontainers.image.ref.name"
+HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -148,7 +157,8 @@ def _run(
         raise PeerError(f"{what} took more than {timeout:g} s") from None
     if proc.returncode != 0:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
-        detail = lines[-1] if lines else f"exit status {proc.returncode}"
+        # The last lines, not only the last: a program's "see the log" needs the line before it.
+        detail = " / ".join(lines[-3:])[-400:] if lines else f"exit status {proc.returncode}"
         raise PeerError(f"{what} failed: {detail}")
     return proc.stdout
 
@@ -491,10 +501,14 @@ class ConvertedImages:
                 continue
             partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
             try:
-                os.link(_blob(content, blob["digest"]), partial)
-            except OSError:  # another file system: copy
-                shutil.copyfile(_blob(content, blob["digest"]), partial)
-            partial.rename(target)
+                try:
+                    os.link(_blob(content, blob["digest"]), partial)
+                except OSError:  # another file system: copy
+                    shutil.copyfile(_blob(content, blob["digest"]), partial)
+                partial.rename(target)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
         named = dict(descriptor, annotations={REF_NAME: key})
         with open(self.path / "index.json.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -676,7 +690,7 @@ def deploy(
         return _deploy(binary, base, netns, ref, probe, run_id)
     except PeerError as error:
         # The daemons' logs outlive the run's directory, for a look at what went wrong.
-        kept = LOGS / base.name
+        kept = LOGS / f"{ref.rpartition('/')[2].replace(':', '_')}-{base.name}"
         kept.mkdir(parents=True, exist_ok=True)
         for log in (base / "snapshotter" / "snapshotter.log", base / "containerd" / "containerd.log"):
             if log.exists():
@@ -698,6 +712,10 @@ def _deploy(
         running_snapshotter(binary, base / "snapshotter", netns=netns) as sock,
         running_containerd(base / "containerd", netns=netns, snapshotter_socket=sock) as containerd,
     ):
+        # `ctr run` gives no /etc/hosts (docker, podman, nerdctl and CRI do): without one, "localhost"
+        # does not resolve and servers that listen on it (postgresql) do not start.
+        hosts = base / "hosts"
+        hosts.write_text(HOSTS)
         _drop_caches()
         before = _received(netns)
         started = time.monotonic()
@@ -721,6 +739,8 @@ def _deploy(
             "--snapshotter",
             "stargz",
             "--rm",
+            "--mount",
+            f"type=bind,src={hosts},dst=/etc/hosts,options=rbind:ro",
             ref,
             run_id,
             *probe,
