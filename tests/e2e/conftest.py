@@ -4,23 +4,25 @@ podman and skopeo get their own storage.conf (vfs under a temporary directory) a
 mount namespace where /var/lib and /var/tmp are temporary directories: as root, containers/image
 writes its blob-info cache to /var/lib/containers/cache and big temporary files to /var/tmp whatever
 the configuration says. containerd runs as a daemon of our own, with its root, state, sockets and
-opt directory under a temporary directory, and is stopped when the module's tests are done.
+opt directory under a temporary directory, and is stopped when the module's tests are done (started
+and stopped by benchmarks/peers/stargz.py's running_containerd, which the stargz peer runs too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from benchmarks.peers.stargz import Containerd as PrivateContainerd
+from benchmarks.peers.stargz import PeerError, running_containerd
 from tests.conftest import require_tools
 
 TOOL_TIMEOUT = 120
-DAEMON_START_TIMEOUT = 30.0
 # $0 and $1 are the stand-ins for /var/lib and /var/tmp; the rest is the command.
 _ISOLATE = 'mount --bind "$0" /var/lib && mount --bind "$1" /var/tmp && shift && exec "$@"'
 
@@ -87,24 +89,10 @@ class Containerd:
 
     NAMESPACE = "lazyctr-test"
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.socket = base / "containerd.sock"
-        self.env = dict(os.environ, TMPDIR=str(base / "tmp"))
-
-    def config(self) -> str:
-        b = self.base
-        return (
-            "version = 2\n"
-            f'root = "{b}/root"\n'
-            f'state = "{b}/state"\n'
-            'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.socket}"\n'
-            f'[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
-            f'[debug]\n  address = "{b}/debug.sock"\n'
-            # Otherwise containerd creates /opt/containerd.
-            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{b}/opt"\n'
-        )
+    def __init__(self, daemon: PrivateContainerd) -> None:
+        self.base = daemon.base
+        self.socket = daemon.socket
+        self.env = daemon.env
 
     def client(self, tool: str, *args: str, namespace: str = NAMESPACE) -> bytes:
         return run_tool([tool, "--address", str(self.socket), "--namespace", namespace, *args], self.env)
@@ -115,44 +103,17 @@ class Containerd:
     def ctr_remote(self, *args: str, namespace: str = NAMESPACE) -> bytes:
         return self.client("ctr-remote", *args, namespace=namespace)
 
-    def answers(self) -> bool:
-        argv = ["ctr", "--address", str(self.socket), "version"]
-        try:
-            return subprocess.run(argv, capture_output=True, timeout=5).returncode == 0
-        except subprocess.TimeoutExpired:
-            return False
-
 
 @pytest.fixture(scope="module")
 def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Containerd]:
-    """A containerd of our own, started for the module and stopped after it, even on failure."""
+    """A containerd of our own, started for the module and stopped after it, even on failure: the one
+    the stargz peer of the benchmarks runs (benchmarks/peers/stargz.py), so both start it alike."""
     require_tools("containerd", "ctr")
-    daemon = Containerd(tmp_path_factory.mktemp("containerd"))
-    (daemon.base / "tmp").mkdir()
-    config = daemon.base / "config.toml"
-    config.write_text(daemon.config())
-    log_path = daemon.base / "containerd.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            ["containerd", "--config", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=daemon.env,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + DAEMON_START_TIMEOUT
-        while not daemon.answers():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"containerd did not come up (exit status {proc.poll()}):\n{tail}")
-            time.sleep(0.1)
-        yield daemon
-    finally:
-        proc.terminate()
+    base = tmp_path_factory.mktemp("containerd")
+    with contextlib.ExitStack() as stack:
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            daemon = stack.enter_context(running_containerd(base))
+        except PeerError as error:
+            tail = (base / "containerd.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"{error}:\n{tail}")
+        yield Containerd(daemon)
