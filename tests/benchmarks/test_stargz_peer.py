@@ -139,7 +139,8 @@ def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str]
     link, address = served
     converted = tmp_path / "converted"
     before = leftovers()
-    probe = ["sh", "-c", "test -x /bin/busybox && echo ready"]
+    # busybox has no /etc/hosts: the peer gives one, as docker and podman do (servers listen on localhost)
+    probe = ["sh", "-c", "test -x /bin/busybox && grep -q localhost /etc/hosts && echo ready"]
     result = measure(link, address, IMAGE, probe, converted=converted)
     if isinstance(result, str):
         unavailable(f"stargz peer cannot run here: {result}")
@@ -210,14 +211,17 @@ def test_converted_images_are_kept_for_a_fresh_registry(
 
 
 @pytest.mark.privileged
-def test_measure_gives_reasons_and_cleans_up(snapshotter: Path, served: tuple[Link, str]) -> None:
+def test_measure_gives_reasons_and_cleans_up(
+    snapshotter: Path, served: tuple[Link, str], tmp_path: Path
+) -> None:
     require_tools("containerd", "ctr", "ctr-remote", "runc", "nsenter")
     link, address = served
+    converted = tmp_path / "converted"
     before = leftovers()
-    missing = measure(link, address, "bench/nothing:1", ["true"])
+    missing = measure(link, address, "bench/nothing:1", ["true"], converted=converted)
     assert isinstance(missing, str) and "is not in the registry" in missing, missing
     assert "\n" not in missing
-    failing = measure(link, address, IMAGE, ["false"])
+    failing = measure(link, address, IMAGE, ["false"], converted=converted)
     assert isinstance(failing, str) and "ctr run" in failing, failing
     assert "\n" not in failing
     assert not leftovers() - before
