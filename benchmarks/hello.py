@@ -46,7 +46,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, compile_sources, drop_caches, lazyctr, received, serving
+from benchmarks.common import (
+    REPO,
+    compile_sources,
+    drop_caches,
+    lazyctr,
+    received,
+    serving,
+    unwind_on_sigterm,
+)
 from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
 from benchmarks.peers.podman import Podman
@@ -349,6 +357,8 @@ def stargz_peer(
             sample.update(
                 pull_s=float(one["pull_s"]), run_s=float(one["run_s"]), ready_s=float(one["total_s"])
             )
+            # How its converted image got into the registry (untimed): converted now or cached.
+            sample.update({k: figures.get(k) for k in ("converted", "convert_s", "push_s")})
             samples.append(sample)
     return samples or f"measure() returned no timings: {str(result)[:200]}"
 
@@ -419,6 +429,7 @@ def run_suite(config: Config) -> Path:
     """Run everything; write results.json, report.md and the plots into config.out."""
     if os.geteuid() != 0:
         raise BenchError("the hello suite needs root (namespaces, mounts, drop_caches)")
+    unwind_on_sigterm()
     compile_sources()
     publisher, infos = prepare_images(config.cache, config.images)
     results: dict[str, Any] = {

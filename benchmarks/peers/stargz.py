@@ -53,9 +53,9 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
+from benchmarks.common import unwind_on_sigterm
 from benchmarks.link import IFNAME, Link, LinkError, parse_link_spec, shaped_link_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -912,10 +912,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n")
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # unwinds the context managers: daemons, mounts and namespaces go
-
-
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -959,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise PeerError(f"{image}: a directory but not an OCI layout (no oci-layout file)")
         if os.geteuid() != 0:
             raise PeerError("needs root (network namespaces, containerd, mounts)")
-        signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        unwind_on_sigterm()
         binary = build_snapshotter(args.cache)
         if isinstance(binary, str):
             raise PeerError(binary)
