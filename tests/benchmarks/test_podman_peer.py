@@ -16,6 +16,7 @@ import pytest
 from benchmarks.common import BenchError, lazyctr, serving
 from benchmarks.link import Link, shaped_link
 from benchmarks.peers.podman import EXIT_TO_REMOVAL_LIMIT, RUNROOT_PARENT, Podman, exit_to_removal
+from tests.benchmarks.leftovers import traces
 from tests.conftest import require_tools
 
 PROBE = '["sh", "-c", "test -x /bin/busybox && echo ready"]'
@@ -27,17 +28,7 @@ def leftovers(work: Path) -> set[str]:
     places = [str(work), f"{RUNROOT_PARENT}/lazyctr-podman-"]
     found = [str(path) for path in work.iterdir()]
     found += [str(path) for path in Path(RUNROOT_PARENT).glob("lazyctr-podman-*")]
-    points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    found += [point for point in points if point.startswith(tuple(places))]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if any(place.encode() in cmdline for place in places):
-                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return set(found)
+    return set(found) | traces(places)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from benchmarks.link import Link, shaped_link
 from benchmarks.peers.stargz import (
     DEFAULT_CACHE,
     FORMATS,
+    LOGS,
     PeerError,
     build_snapshotter,
     measure,
@@ -27,6 +28,7 @@ from benchmarks.peers.stargz import (
     serving,
     split_ref,
 )
+from tests.benchmarks.leftovers import traces
 from tests.conftest import Result, assert_clean_error, require_tools, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,20 +48,8 @@ def peer_module(*args: str, timeout: float = 120) -> Result:
 def leftovers() -> set[str]:
     """Mounts and directories of the peer's runs, and daemons still running from them (compared before
     and after a test: another engineer's bench may be running the peer meanwhile)."""
-    found = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
-    found = [point for point in found if "lazyctr-stargz-" in point]
-    found += [
-        str(path) for path in Path("/tmp").glob("lazyctr-stargz-*") if path.name != "lazyctr-stargz-logs"
-    ]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"lazyctr-stargz-" in cmdline:
-                found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return set(found)
+    found = {str(path) for path in Path("/tmp").glob("lazyctr-stargz-*") if path.name != LOGS.name}
+    return found | traces(["lazyctr-stargz-"])
 
 
 @pytest.mark.parametrize(
