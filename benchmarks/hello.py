@@ -372,7 +372,10 @@ def development_cycle(link: Link, address: str, publisher: Path, work: Path, nam
         comment = "//" if source.endswith((".c", ".java")) else "#"
         with open(context / source, "a") as f:
             f.write(f"\n{comment} edited at {datetime.now(UTC).isoformat()}\n")
-        tag = f"bench/{name}-dev:1"
+        tag = f"bench/{name}:dev"
+        # A new version in the repository the image was pushed to, as a developer's next push: the
+        # layers the edit left alone are there already.
+        target = f"{address}/bench/{name}-np:dev"
         started = time.monotonic()
         lazyctr(publisher, "build", "--progress", "plain", "-t", tag, str(context))
         built = time.monotonic()
@@ -383,7 +386,7 @@ def development_cycle(link: Link, address: str, publisher: Path, work: Path, nam
             "--progress",
             "plain",
             tag,
-            f"{address}/{tag}",
+            target,
             netns=link.client_ns,
         )
         pushed = time.monotonic()
@@ -397,7 +400,7 @@ def development_cycle(link: Link, address: str, publisher: Path, work: Path, nam
             with cold_root(work) as root:
                 drop_caches()
                 t0 = time.monotonic()
-                ref = f"{address}/{tag}"
+                ref = target
                 try:  # one failing half still leaves the other's figures
                     lazyctr(root, "pull", "--insecure", *eager, ref, netns=link.client_ns)
                     t1 = time.monotonic()
