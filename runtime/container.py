@@ -444,6 +444,20 @@ def loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def reset_signals() -> None:
+    """The command starts with every signal at its default and none blocked, as under docker.
+
+    Python ignores SIGPIPE and SIGXFSZ, and a lazyctr started in the background by a shell inherits
+    an ignored SIGINT and SIGQUIT; ignored signals survive exec, so without this `yes | head` in a
+    container would see EPIPE instead of dying, and Ctrl-C would not stop it.
+    """
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):  # the C library's own realtime signals
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def exec_command(argv: list[str], env_list: list[str], cwd: str) -> int:
     env = dict(item.split("=", 1) for item in env_list if "=" in item)
     try:
@@ -451,6 +465,7 @@ def exec_command(argv: list[str], env_list: list[str], cwd: str) -> int:
     except OSError as e:
         print(f"lazyctr: error: working directory {cwd}: {e.strerror}", file=sys.stderr)
         return EXIT_SETUP_FAILED
+    reset_signals()
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:

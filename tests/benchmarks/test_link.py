@@ -135,6 +135,8 @@ def test_namespaces_are_removed_after_ctrl_c() -> None:
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # As from a terminal, even where pytest runs as a background job (SIGINT ignored, inherited).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     prefix = f"lzlink-{proc.pid}-"
     deadline = time.monotonic() + 30

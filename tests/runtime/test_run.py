@@ -141,6 +141,19 @@ def test_the_network_files_are_the_containers_own(lazyctr: CliRunner, busybox: s
     ]  # a mount point is no change of the container
 
 
+def test_the_command_starts_with_no_signal_ignored_or_blocked(busybox: str, root: Path) -> None:
+    # Started as a shell starts a background job (SIGINT and SIGQUIT ignored); Python itself ignores
+    # SIGPIPE and SIGXFSZ. Under docker the command has every signal at its default.
+    def as_background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    command = cli_command(root, "run", "--rm", busybox, "grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status")
+    out = subprocess.run(command, capture_output=True, text=True, preexec_fn=as_background_job, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
+
+
 def test_reduced_capabilities_and_no_new_privs(lazyctr: CliRunner, busybox: str) -> None:
     status = dict(
         line.split(":\t") for line in run(lazyctr, "cat", "/proc/self/status").splitlines() if ":\t" in line
