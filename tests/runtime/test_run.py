@@ -151,7 +151,11 @@ def test_the_command_starts_with_no_signal_ignored_or_blocked(busybox: str, root
     command = cli_command(root, "run", "--rm", busybox, "grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status")
     out = subprocess.run(command, capture_output=True, text=True, preexec_fn=as_background_job, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["SigBlk:", "0" * 16, "SigIgn:", "0" * 16]
+    masks = dict(zip(out.stdout.split()[::2], out.stdout.split()[1::2], strict=True))
+    # Signals 1-31; not glibc's own 32 and 33 (thread cancellation, setxid), which its sigaction
+    # refuses to touch: a caller may hand them down ignored, and runc leaves them as they come too.
+    standard = (1 << 31) - 1
+    assert int(masks["SigBlk:"], 16) & standard == 0 and int(masks["SigIgn:"], 16) & standard == 0
 
 
 def test_reduced_capabilities_and_no_new_privs(lazyctr: CliRunner, busybox: str) -> None:
