@@ -312,17 +312,19 @@ def write_network_files(container_dir: Path, network: str, hostname: str) -> Non
     except OSError:
         resolv = ""
     if not host:
-        resolv = "".join(
-            line
-            for line in resolv.splitlines(keepends=True)
-            if not (line.split()[:1] == ["nameserver"] and line.split()[1:2] and _loopback(line.split()[1]))
-        )
+        resolv = "".join(line for line in resolv.splitlines(keepends=True) if not _loopback_nameserver(line))
     for path, text in zip(NETWORK_FILES, (hosts, resolv), strict=True):
-        (container_dir / Path(path).name).write_text(text)
+        _network_file(container_dir, path).write_text(text)
 
 
-def _loopback(address: str) -> bool:
-    return address.startswith("127.") or address == "::1"
+def _network_file(container_dir: Path, path: str) -> Path:
+    """Where the container's own copy of the network file `path` is kept."""
+    return container_dir / Path(path).name
+
+
+def _loopback_nameserver(line: str) -> bool:
+    words = line.split()
+    return len(words) >= 2 and words[0] == "nameserver" and (words[1].startswith("127.") or words[1] == "::1")
 
 
 def bind_network_files(rootfs: Path, container_dir: Path) -> None:
@@ -335,7 +337,8 @@ def bind_network_files(rootfs: Path, container_dir: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):  # the image's own is bound over without a copy-up
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-        sc.mount(str(container_dir / target.name), target, None, sc.MS_BIND)
+        # Named after `path`, not `target`: the image's file may be a link (to systemd's stub-resolv.conf).
+        sc.mount(str(_network_file(container_dir, path)), target, None, sc.MS_BIND)
 
 
 def bind_volumes(rootfs: Path, volumes: list[Volume]) -> None:

@@ -254,6 +254,17 @@ def test_a_volume_target_symlink_cannot_reach_the_host(
     assert not (outside / "mnt").exists()  # the link was followed inside the container's root
 
 
+def test_a_network_file_that_is_a_link_in_the_image_is_bound_at_its_target(
+    lazyctr: CliRunner, busybox_tar: Path, tmp_path: Path
+) -> None:
+    with tarfile.open(busybox_tar) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isreg() else None) for m in tar]  # type: ignore[union-attr]
+    link = info("etc/resolv.conf", tarfile.SYMTYPE, linkname="/run/systemd/resolve/stub-resolv.conf")
+    lazyctr("import", str(make_tar(tmp_path / "linked.tar", [*members, (link, None)])), "linked")
+    resolv = lazyctr("run", "--rm", "linked", "cat", "/etc/resolv.conf").out
+    assert "nameserver 127." not in resolv  # the container's own copy, bound where the link points
+
+
 def test_bad_volumes_exit_125(lazyctr: CliRunner, busybox: str) -> None:
     for volume, message in (("/nonexistent:/x", "does not exist"), ("relative", "invalid volume")):
         result = lazyctr("run", "--rm", "-v", volume, busybox, "true", ok=False)
