@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, TextIO, TypeVar
 
+from lazyfs.host import process_alive
 from runtime import syscalls as sc
 
 Side = Literal["server", "client"]
@@ -225,16 +226,6 @@ def _run_quietly(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         raise LinkError(f"{argv[0]}: {e}") from None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_namespaces() -> list[str]:
     """Delete the namespaces of links whose process died without cleaning up (SIGKILL); return their names."""
     removed: list[str] = []
@@ -242,7 +233,7 @@ def remove_stale_namespaces() -> list[str]:
         return removed
     for entry in NETNS_DIR.iterdir():
         match = re.fullmatch(re.escape(NAME_PREFIX) + r"(\d+)-[0-9a-f]+-(server|client)", entry.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             _run_quietly(["ip", "netns", "delete", entry.name])
             removed.append(entry.name)
     return removed

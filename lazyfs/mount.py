@@ -32,6 +32,7 @@ import mfusepy
 
 from lazyfs.fetcher import Fetcher
 from lazyfs.fs import LazyFS
+from lazyfs.host import is_mounted, process_alive
 from lazyfs.image import MountableImage
 from lazyfs.pieces import Piece
 from storage.errors import StorageError
@@ -91,12 +92,6 @@ class MountState:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and (not done.exists() or done.stat().st_mtime_ns == before):
             time.sleep(0.005)
-
-
-def is_mounted(mountpoint: Path) -> bool:
-    target = str(mountpoint.resolve())
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
 
 
 def mount(
@@ -178,22 +173,6 @@ def umount(root: Path, mountpoint: Path, wait: float = 10.0) -> None:
 
 def _forget(state: MountState) -> None:
     (state.directory / "mount.json").unlink(missing_ok=True)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether `pid` runs: a zombie (a daemon that died, not yet reaped by its parent) does not."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _read_with_timeout(fd: int, timeout: float) -> bytes:

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyfs.mount import MountState, is_mounted, mount, process_alive, umount
+from lazyfs.host import is_mounted, process_alive
+from lazyfs.mount import MountState, mount, umount
 from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile, save_profile
 from runtime.state import ContainerState

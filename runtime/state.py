@@ -4,12 +4,12 @@ work from any shell. Written atomically by the process that supervises the conta
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lazyfs.host import process_alive
 from storage.errors import NotFound
 from storage.files import atomic_write
 
@@ -43,23 +43,13 @@ class ContainerState:
             state = cls(**data)
         except (OSError, ValueError, TypeError):
             raise NotFound(f"no container state in {directory}") from None
-        if state.status == "running" and not _alive(state.supervisor):
+        if state.status == "running" and not process_alive(state.supervisor):
             state.status = "exited"  # its supervisor died without saying how it ended
         return state
 
     @property
     def running(self) -> bool:
         return self.status == "running"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def all_states(containers: Path) -> list[ContainerState]:
