@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from storage.errors import LazyctrError
 
-class BuildError(Exception):
+
+class BuildError(LazyctrError):
     """Any error a user's build input causes (one line)."""
 
 

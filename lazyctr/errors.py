@@ -1,4 +1,4 @@
-"""How errors reach the user: one line on stderr and an exit status; a traceback only with --debug."""
+"""How errors reach the user: one line on stderr and the status the error carries (traceback: --debug)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,9 @@ from collections.abc import Callable
 
 import click
 
-from builder.errors import BuildError
-from runtime.process import ContainerError
-from storage.errors import InvalidReference, StorageError
+from storage.errors import EXIT_ERROR, LazyctrError
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-# Most specific class first.
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (BuildError, EXIT_ERROR),  # a Dockerfile, context or step that fails: its one-line message
-    (ContainerError, 125),  # docker's status for a container that could not be created
-    (InvalidReference, EXIT_USAGE),
-    (StorageError, EXIT_ERROR),
-]
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug of ours, not the user's input
 
 
 def debug_enabled() -> bool:
@@ -48,10 +37,9 @@ def run_with_error_mapping(command: Callable[[], object]) -> None:
     except Exception as e:
         if debug_enabled():
             raise
-        for error_class, code in EXIT_CODES:
-            if isinstance(e, error_class):
-                fail(str(e), code)
+        if isinstance(e, LazyctrError):
+            fail(str(e), e.exit_code)
         if isinstance(e, OSError):
             where = f": {e.filename}" if e.filename else ""
             fail(f"{e.strerror or e}{where}")
-        fail(f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", 70)
+        fail(f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", EXIT_INTERNAL)

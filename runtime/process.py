@@ -7,11 +7,15 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from storage.errors import LazyctrError
+
 EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
 
 
-class ContainerError(Exception):
+class ContainerError(LazyctrError):
     """A container that cannot be created or entered: exits 125, as docker does."""
+
+    exit_code = EXIT_SETUP_FAILED
 
 
 def exit_status(status: int) -> int:

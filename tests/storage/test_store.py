@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import time
+import threading
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -100,21 +101,36 @@ def test_gc_removes_only_unreferenced_blobs(tmp_path: Path) -> None:
         assert store.has_blob(descriptor.digest)
 
 
-def _hold_ingest_lock(root: str, seconds: float) -> None:
+def _hold_ingest_lock(root: str, locked: Connection, release: Connection) -> None:
+    """A writer in another process: hold the shared lock until told, and mark that it let go."""
     with file_lock(Path(root) / "locks" / "gc.lock", shared=True):
-        time.sleep(seconds)
+        locked.send(True)
+        release.recv()
+        (Path(root) / "released").touch()
 
 
 def test_gc_waits_for_writers_in_other_processes(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    writer = multiprocessing.get_context("fork").Process(target=_hold_ingest_lock, args=(str(tmp_path), 0.5))
+    locked_recv, locked_send = multiprocessing.Pipe(duplex=False)
+    release_recv, release_send = multiprocessing.Pipe(duplex=False)
+    writer = multiprocessing.get_context("fork").Process(
+        target=_hold_ingest_lock, args=(str(tmp_path), locked_send, release_recv)
+    )
     writer.start()
-    time.sleep(0.2)
-    started = time.monotonic()
-    store.gc()
-    waited = time.monotonic() - started
-    writer.join()
-    assert waited >= 0.2  # gc could not start while the writer held its shared lock
+    assert locked_recv.poll(30), "the writer never took its lock"
+    gc_saw_release: list[bool] = []
+
+    def collect() -> None:
+        store.gc()
+        gc_saw_release.append((tmp_path / "released").exists())
+
+    gc = threading.Thread(target=collect)
+    gc.start()
+    gc.join(0.2)  # a gc that does not wait would be done by now; one that waits is still blocked
+    release_send.send(True)
+    gc.join(30)
+    writer.join(30)
+    assert gc_saw_release == [True]  # gc finished only after the writer let go of its shared lock
 
 
 def test_digest_grammar(tmp_path: Path) -> None:
