@@ -173,9 +173,11 @@ def serve_token(
     from aiohttp import web
 
     from registry.htpasswd import load_htpasswd
-    from registry.tokens import token_app
+    from registry.tokens import TokenEndpoint
 
-    app = token_app(load_htpasswd(htpasswd), _private_key(token_key), service, issuer, anonymous_pull)
+    app = TokenEndpoint(
+        load_htpasswd(htpasswd), _private_key(token_key), service, issuer, anonymous_pull
+    ).app()
     host, port = parse_address(addr)
 
     async def run() -> None:
