@@ -87,7 +87,7 @@ def serve(
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access  # the server's imports only for this command
     from registry.htpasswd import load_htpasswd
-    from registry.server import serve as serve_registry
+    from registry.server.app import serve as serve_registry
 
     access = None
     if token_key:
@@ -111,11 +111,13 @@ def serve(
     root.mkdir(parents=True, exist_ok=True)
     backend: Path | BlobStore = root
     if s3_url and s3_bucket:
-        from registry.s3 import S3BlobStore
+        from registry.blobcache import BlobCache
+        from registry.s3 import S3Driver
+        from registry.storage import BlobStore
 
         # Whole blobs are served from a verified local copy: the cache lives under the storage dir.
-        cache_size = parse_size(s3_cache_size, "--s3-cache-size")
-        backend = S3BlobStore(s3_bucket, root / "s3-cache", cache_size=cache_size, endpoint_url=s3_url)
+        cache = BlobCache(root / "s3-cache", parse_size(s3_cache_size, "--s3-cache-size"))
+        backend = BlobStore(S3Driver(s3_bucket, endpoint_url=s3_url), cache)
 
     async def run() -> None:
         click.echo(f"serving {root} on {'https' if tls else 'http'}://{host}:{port}", err=True)
@@ -173,9 +175,11 @@ def serve_token(
     from aiohttp import web
 
     from registry.htpasswd import load_htpasswd
-    from registry.tokens import token_app
+    from registry.tokens import TokenEndpoint
 
-    app = token_app(load_htpasswd(htpasswd), _private_key(token_key), service, issuer, anonymous_pull)
+    app = TokenEndpoint(
+        load_htpasswd(htpasswd), _private_key(token_key), service, issuer, anonymous_pull
+    ).app()
     host, port = parse_address(addr)
 
     async def run() -> None:

@@ -1,13 +1,11 @@
-"""registry: the OCI distribution server (aiohttp) and its storage backends.
+"""registry: the OCI distribution server (aiohttp), its storage, auth, and the client.
 
-- `registry.server`: `make_app(root, read_only)` and `serve(root, host, port, read_only)`, the OCI
-  distribution spec v1.1 API: ping, manifests (GET/HEAD/PUT/DELETE by tag and digest, byte-exact,
-  4 MiB limit, `OCI-Subject`), blobs (GET/HEAD with single and multipart ranges, DELETE), uploads
-  (monolithic, POST+PUT, chunked PATCH, status, cancel, cross-repository mount), tag listing with
-  `n`/`last` paging, the referrers API with `artifactType` filtering, spec error bodies, read-only mode.
-- `registry.storage`: the `BlobStore` interface and `FilesystemBlobStore`.
+- `registry.server`: the server, one module per resource (see its package docstring);
+  `registry.server.app.make_app` and `serve` assemble it.
+- `registry.storage`: `BlobStore`, the repository logic (blobs, links, tags, manifests, referrers,
+  upload sessions) written once above a storage driver (`registry.driver`): `registry.filesystem`
+  or `registry.s3`; `registry.blobcache` keeps whole blobs locally for S3.
+- `registry.auth`, `registry.htpasswd`, `registry.tokens`: who may do what (Basic, bearer tokens).
+- `registry.client` and its peers: pushing, pulling and reading ranges from any OCI registry.
 - `registry.errors`: one `RegistryError` subclass per spec error code.
-
-Not built yet: the S3 backend, auth (htpasswd, tokens), TLS, cleanup of abandoned uploads, and the
-client that pushes, pulls and reads ranges.
 """

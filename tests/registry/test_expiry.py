@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from registry.storage import FilesystemBlobStore
+from registry.filesystem import FilesystemDriver
+from registry.storage import BlobStore
 from tests.registry.conftest import Registry
 
 
@@ -20,7 +21,7 @@ def test_an_abandoned_upload_expires_and_never_becomes_a_blob(registry: Registry
     old = time.time() - 7200
     os.utime(uploads / upload_id / "data", (old, old))  # the client died two hours ago
 
-    assert FilesystemBlobStore(registry.root).expire_uploads(3600) == 1
+    assert BlobStore(FilesystemDriver(registry.root)).expire_uploads(3600) == 1
     assert registry.request("GET", location).error_code == "BLOB_UPLOAD_UNKNOWN"
     assert registry.request("GET", fresh).status == 204  # a live upload stays
     assert not list((registry.root / "blobs").rglob("*")) or all(
@@ -29,7 +30,7 @@ def test_an_abandoned_upload_expires_and_never_becomes_a_blob(registry: Registry
 
 
 def test_expiry_copes_with_a_half_created_upload(tmp_path: Path) -> None:
-    store = FilesystemBlobStore(tmp_path)
+    store = BlobStore(FilesystemDriver(tmp_path))
     (tmp_path / "uploads" / "0").mkdir()  # a crash between mkdir and writing its files
     old = time.time() - 7200
     os.utime(tmp_path / "uploads" / "0", (old, old))

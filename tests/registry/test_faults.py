@@ -88,20 +88,30 @@ def test_cut_off_monolithic_post_leaves_no_blob(registry: Registry) -> None:
     assert registry.push_blob(NAME, DATA) == sha256(DATA)
 
 
-def test_cut_off_patch_is_not_applied(registry: Registry) -> None:
+def cut_off_the_rest(registry: Registry, method: str, query: str = "") -> str:
+    """Start an upload with DATA's first 1000 bytes, then cut off a `method` request sending the rest.
+
+    Returns the upload's location, once the server took the cut-off body back.
+    """
     location = start(registry)
     assert registry.request("PATCH", location, DATA[:1000], {"Content-Range": "0-999"}).status == 202
-    chunk = DATA[1000:]
+    rest = DATA[1000:]
     send_cut_off(
         registry,
-        "PATCH",
-        location,
-        chunk,
+        method,
+        location + query,
+        rest,
         {"Content-Range": f"1000-{len(DATA) - 1}"},
-        arrived=lambda: upload_sizes(registry) == [1000 + len(chunk) // 2],
+        arrived=lambda: upload_sizes(registry) == [1000 + len(rest) // 2],
     )
     # A request takes effect whole or not at all: the upload stands where it stood before it.
-    wait_for(lambda: upload_sizes(registry) == [1000], "the cut-off chunk to be undone")
+    wait_for(lambda: upload_sizes(registry) == [1000], f"the cut-off {method} body to be undone")
+    return location
+
+
+def test_cut_off_patch_is_not_applied(registry: Registry) -> None:
+    location = cut_off_the_rest(registry, "PATCH")
+    chunk = DATA[1000:]
     assert registry.request("GET", location).headers["Range"] == "0-999"
     assert registry.request("HEAD", f"/v2/{NAME}/blobs/{sha256(DATA)}").status == 404
     assert_serving(registry)
@@ -112,18 +122,8 @@ def test_cut_off_patch_is_not_applied(registry: Registry) -> None:
 
 
 def test_cut_off_final_put_does_not_finish_the_upload(registry: Registry) -> None:
-    location = start(registry)
-    assert registry.request("PATCH", location, DATA[:1000], {"Content-Range": "0-999"}).status == 202
+    location = cut_off_the_rest(registry, "PUT", f"?digest={sha256(DATA)}")
     rest = DATA[1000:]
-    send_cut_off(
-        registry,
-        "PUT",
-        f"{location}?digest={sha256(DATA)}",
-        rest,
-        {"Content-Range": f"1000-{len(DATA) - 1}"},
-        arrived=lambda: upload_sizes(registry) == [1000 + len(rest) // 2],
-    )
-    wait_for(lambda: upload_sizes(registry) == [1000], "the cut-off body to be undone")
     assert registry.request("HEAD", f"/v2/{NAME}/blobs/{sha256(DATA)}").status == 404
     assert blob_files(registry) == []
     assert_serving(registry)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -10,14 +9,13 @@ import pytest
 from tests.conftest import CliRunner, assert_clean_error
 from tests.lazyctr.test_cli_push_pull import push_then_pull
 from tests.registry.conftest import lazyctr_serve
-from tests.registry.test_s3 import ACCESS_KEY, SECRET_KEY, s3_client, s3_endpoint  # noqa: F401 (a fixture)
+from tests.registry.seaweedfs import ACCESS_KEY, SECRET_KEY, new_bucket, s3_client
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: F811
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh bucket; `lazyctr serve` finds the credentials in the AWS_* environment, as boto3 does."""
-    name = f"cli-{uuid.uuid4().hex[:12]}"
-    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    name = new_bucket(s3_endpoint, "cli")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -28,7 +26,7 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:  # noqa: F
 def test_push_and_pull_through_lazyctr_serve_on_s3(
     lazyctr: CliRunner,
     busybox_tar: Path,
-    s3_endpoint: str,  # noqa: F811
+    s3_endpoint: str,
     bucket: str,
     tmp_path: Path,
     cache_size: str,

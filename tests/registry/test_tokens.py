@@ -23,10 +23,10 @@ from registry.tokens import (
     Grant,
     InvalidToken,
     PrivateKey,
+    TokenEndpoint,
     issue,
     key_id,
     load_private_key,
-    token_app,
     verify,
 )
 from tests.conftest import CliRunner, assert_clean_error
@@ -106,7 +106,7 @@ def test_bad_tokens_are_refused(ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa
 
 
 class TokenServer:
-    """The token endpoint of `token_app` on 127.0.0.1 in a background thread."""
+    """The token endpoint of a `TokenEndpoint` on 127.0.0.1 in a background thread."""
 
     def __init__(self, app: web.Application) -> None:
         self.port = free_port()
@@ -145,7 +145,7 @@ def htpasswd(tmp_path: Path) -> Path:
 @pytest.fixture
 def token_server(ec_key: ec.EllipticCurvePrivateKey) -> Iterator[TokenServer]:
     users = {"alice": bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4))}
-    server = TokenServer(token_app(users, ec_key, SERVICE, ISSUER, ("public/*",)))
+    server = TokenServer(TokenEndpoint(users, ec_key, SERVICE, ISSUER, ("public/*",)).app())
     yield server
     server.stop()
 
