@@ -30,6 +30,8 @@ from benchmarks.common import (
     Unavailable,
     isolate_var,
     lazyctr_executable,
+    rotating_rounds,
+    run_main,
     run_quietly,
     stderr_tail,
     workspace,
@@ -137,16 +139,13 @@ def measure(tools: list[Tool], runs: int) -> None:
             except Unavailable as e:
                 tool.skipped = f"check build failed: {e}"
                 break
-    for n in range(runs):
-        live = [t for t in tools if not t.skipped]
-        shift = n % len(live) if live else 0
-        for tool in live[shift:] + live[:shift]:
-            for case, mode in CASES:
-                try:
-                    tool.times.setdefault((case, mode), []).append(tool.build(case, mode == "cold"))
-                except Unavailable as e:
-                    tool.skipped = f"timed build {n} failed: {e}"
-                    break
+    for n, tool in rotating_rounds(tools, runs, lambda t: not t.skipped):
+        for case, mode in CASES:
+            try:
+                tool.times.setdefault((case, mode), []).append(tool.build(case, mode == "cold"))
+            except Unavailable as e:
+                tool.skipped = f"timed build {n} failed: {e}"
+                break
 
 
 def report(tools: list[Tool], runs: int, isolation: str) -> int:
@@ -205,8 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

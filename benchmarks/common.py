@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.link import IFNAME, Link
 from lazyfs.host import mount_points
@@ -46,6 +46,8 @@ CACHE = (
 PACKAGES = ("lazyctr", "storage", "registry", "lazyfs", "runtime", "builder")
 SETUP_TIMEOUT = 300
 
+Tool = TypeVar("Tool")
+
 
 def compile_sources() -> None:
     """Write our modules' bytecode before timing the CLI (in a checkout: pip compiled an installed copy).
@@ -61,6 +63,15 @@ def compile_sources() -> None:
             check=True,
             capture_output=True,
         )
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Run a benchmark's `main`: Ctrl-C, once its clean-up has run, ends it in one line and status 130."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def unwind_on_sigterm() -> None:
@@ -189,6 +200,18 @@ def serving(storage: Path, address: str, link: Link | None = None, log: Path | N
         yield
     finally:
         stop(server)
+
+
+def rotating_rounds(
+    tools: Sequence[Tool], rounds: int, live: Callable[[Tool], bool]
+) -> Iterator[tuple[int, Tool]]:
+    """(round, tool) for each of `rounds` timed rounds over the tools still `live` at its start, each round
+    starting one tool further on, so that drift in the machine's load falls on every tool alike."""
+    for n in range(rounds):
+        alive = [tool for tool in tools if live(tool)]
+        shift = n % len(alive) if alive else 0
+        for tool in alive[shift:] + alive[:shift]:
+            yield n, tool
 
 
 # -- the machine --------------------------------------------------------------------------------

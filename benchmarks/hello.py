@@ -848,9 +848,11 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     for axis in (ax.xaxis, ax.yaxis):  # plain numbers; no crowded minor labels over a narrow range
         axis.set_major_formatter(ticker.ScalarFormatter())
         axis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("image size (MB, compressed)")
-    ax.set_ylabel("bytes received to ready (MB, median)")
-    ax.set_title("Bytes fetched vs image size")
+    ax.set(
+        xlabel="image size (MB, compressed)",
+        ylabel="bytes received to ready (MB, median)",
+        title="Bytes fetched vs image size",
+    )
     ax.legend(fontsize="small")
     paths.append(_save(fig, out / "bytes_vs_size.png"))
 
@@ -859,10 +861,12 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
         times = sorted(s["ready_s"] for s in results["samples"] if s["driver"] == d and s.get("ok"))
         if times:
             ax.step(times, [(k + 1) / len(times) for k in range(len(times))], where="post", label=d)
-    ax.set_xscale("log")
-    ax.set_xlabel("pull + run to ready (s)")
-    ax.set_ylabel("fraction of deployments")
-    ax.set_title("CDF of startup times")
+    ax.set(
+        xscale="log",
+        xlabel="pull + run to ready (s)",
+        ylabel="fraction of deployments",
+        title="CDF of startup times",
+    )
     ax.legend(fontsize="small")
     paths.append(_save(fig, out / "startup_cdf.png"))
     return paths

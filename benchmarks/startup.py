@@ -35,6 +35,8 @@ from benchmarks.common import (
     compile_sources,
     isolate_var,
     lazyctr_executable,
+    rotating_rounds,
+    run_main,
     run_quietly,
     stderr_tail,
     workspace,
@@ -244,14 +246,11 @@ def measure(contenders: list[Contender], runs: int, warmup: int) -> None:
             except Unavailable as e:
                 c.skipped = f"{'check' if i == 0 else 'warmup'} run failed: {e}"
                 break
-    for n in range(runs):
-        live = [c for c in contenders if not c.skipped]
-        shift = n % len(live) if live else 0
-        for c in live[shift:] + live[:shift]:
-            try:
-                c.times.append(c.run(n))
-            except Unavailable as e:
-                c.skipped = f"timed run {n} failed: {e}"
+    for n, c in rotating_rounds(contenders, runs, lambda c: not c.skipped):
+        try:
+            c.times.append(c.run(n))
+        except Unavailable as e:
+            c.skipped = f"timed run {n} failed: {e}"
 
 
 @dataclass(frozen=True)
@@ -354,8 +353,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
