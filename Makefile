@@ -30,7 +30,7 @@ apt:
 $(VENV)/.installed: pyproject.toml | apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,bench]'
 	@touch $@
 
 # Compiled bytecode up to date: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise
@@ -52,10 +52,10 @@ lint: deps
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy storage builder registry lazyfs runtime lazyctr benchmarks
 
 bench: deps
-	$(PY) benchmarks/codec.py
-	$(PY) benchmarks/startup.py --runs 10
-	$(PY) benchmarks/registry.py --quick
-	$(PY) benchmarks/build.py --runs 3
+	$(PY) -m benchmarks.codec
+	$(PY) -m benchmarks.startup --runs 10
+	$(PY) -m benchmarks.registry --quick
+	$(PY) -m benchmarks.build --runs 3
 	$(PY) -m benchmarks.lazy --runs 1
 	$(VENV)/bin/lazyctr bench hello --images quick --drivers overlay,lazy,lazy+profile --runs 1 --peers podman \
 		--out .cache/bench/hello-quick

@@ -8,7 +8,7 @@ Each is built `cold` (--no-cache: every step runs, the base image is already the
 (nothing changed since the last build: every step comes from the cache). One untimed check build
 per tool and case, then the timed builds go round-robin in rotating order, so that drift in the
 machine's load falls on both tools alike.
-Usage: python benchmarks/build.py [--runs N]. Needs root. Everything lives in one temporary
+Usage: python -m benchmarks.build [--runs N]. Needs root. Everything lives in one temporary
 directory (buildah's storage too), removed at the end, also after a failure.
 """
 
@@ -21,16 +21,22 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import syscalls as sc
+from benchmarks.common import (
+    Unavailable,
+    isolate_var,
+    lazyctr_executable,
+    rotating_rounds,
+    run_main,
+    run_quietly,
+    stderr_tail,
+    workspace,
+)
 
-SETUP_TIMEOUT = 300
 BUILD_TIMEOUT = 600
 
 APP = """\
@@ -52,21 +58,6 @@ STEPS = "FROM busybox\n" + "".join(
 )
 
 
-class Unavailable(Exception):
-    """A tool that cannot run here; the message says why."""
-
-
-def run_quietly(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> bytes:
-    try:
-        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=SETUP_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise Unavailable(f"{argv[0]}: {e}") from None
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.decode(errors="replace").strip().splitlines()[-3:])
-        raise Unavailable(f"`{' '.join(argv[:3])} ...` exited {proc.returncode}: {tail or '(no output)'}")
-    return proc.stdout
-
-
 @dataclass
 class Tool:
     name: str
@@ -81,17 +72,8 @@ class Tool:
         proc = subprocess.run(self.argv(case, cold), env=self.env, capture_output=True, timeout=BUILD_TIMEOUT)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
-            tail = " | ".join(proc.stderr.decode(errors="replace").strip().splitlines()[-3:])
-            raise Unavailable(f"{case} build exited {proc.returncode}: {tail}")
+            raise Unavailable(f"{case} build exited {proc.returncode}: {stderr_tail(proc.stderr)}")
         return elapsed
-
-
-def lazyctr_executable() -> str:
-    beside = Path(sys.executable).parent / "lazyctr"
-    found = str(beside) if beside.exists() else shutil.which("lazyctr")
-    if found is None:
-        sys.exit("lazyctr is not installed: run `make deps` first")
-    return found
 
 
 def make_contexts(base: Path) -> dict[str, Path]:
@@ -146,35 +128,6 @@ def setup_buildah(base: Path, contexts: dict[str, Path]) -> Tool:
     return Tool("buildah", "--isolation chroot, --layers, overlay storage, uncompressed layers", argv, env)
 
 
-def isolate_var(base: Path) -> str:
-    """Private /var/lib and /var/tmp for buildah (as root, containers/image writes there regardless)."""
-    try:
-        sc.unshare(sc.CLONE_NEWNS)
-        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-        for target in ("/var/lib", "/var/tmp"):
-            source = base / ("private" + target.replace("/", "-"))
-            source.mkdir(mode=0o700)
-            sc.mount(str(source), target, None, sc.MS_BIND)
-    except OSError as e:
-        return f"not isolated ({e})"
-    return "private mount namespace: /var/lib and /var/tmp are empty temporary directories"
-
-
-@contextmanager
-def workspace() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="lazyctr-build-bench-"))
-    try:
-        yield base
-    finally:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
-        for point in sorted(points, key=len, reverse=True):
-            if Path(point).is_relative_to(base) and Path(point) != base:
-                with suppress(OSError):
-                    sc.umount2(point, sc.MNT_DETACH)
-        shutil.rmtree(base, ignore_errors=True)
-
-
 CASES = [(case, mode) for case in ("app", "steps") for mode in ("cold", "cached")]
 
 
@@ -186,16 +139,13 @@ def measure(tools: list[Tool], runs: int) -> None:
             except Unavailable as e:
                 tool.skipped = f"check build failed: {e}"
                 break
-    for n in range(runs):
-        live = [t for t in tools if not t.skipped]
-        shift = n % len(live) if live else 0
-        for tool in live[shift:] + live[:shift]:
-            for case, mode in CASES:
-                try:
-                    tool.times.setdefault((case, mode), []).append(tool.build(case, mode == "cold"))
-                except Unavailable as e:
-                    tool.skipped = f"timed build {n} failed: {e}"
-                    break
+    for n, tool in rotating_rounds(tools, runs, lambda t: not t.skipped):
+        for case, mode in CASES:
+            try:
+                tool.times.setdefault((case, mode), []).append(tool.build(case, mode == "cold"))
+            except Unavailable as e:
+                tool.skipped = f"timed build {n} failed: {e}"
+                break
 
 
 def report(tools: list[Tool], runs: int, isolation: str) -> int:
@@ -233,8 +183,8 @@ def main() -> None:
         parser.error("--runs must be at least 1")
     if os.geteuid() != 0:
         sys.exit("build.py needs root (RUN steps in containers, buildah as root)")
-    with workspace() as base:
-        isolation = isolate_var(base)
+    with workspace("lazyctr-build-bench-") as base:
+        isolation = isolate_var(base, ("/var/lib", "/var/tmp"))
         print(f"setting up in {base} ...", flush=True)
         rootfs = base / "busybox.tar"
         contexts = make_contexts(base)
@@ -254,8 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -4,8 +4,8 @@ Prints, from one run on one root file system tarball:
   - compression ratio and MB/s (of uncompressed tar) of `write_chunked_layer` and of `zstd -3 -T1`;
   - the time to read one file: our reader (footer + TOC + the file's frames) versus
     `zstd -dc layer.tar.zst | tar -xO FILE` (a plain layer must be decompressed up to the file).
-Usage: python benchmarks/codec.py [--rootfs TAR] [--runs N]. Without --rootfs it uses a Debian minbase
-made by debootstrap (cached in .cache/), or busybox where debootstrap is not available.
+Usage: python -m benchmarks.codec [--rootfs TAR] [--runs N]. Without --rootfs it uses a Debian minbase
+made by debootstrap, or busybox where debootstrap is not available (cached: see benchmarks.common.CACHE).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.common import CACHE
 from lazyctr.rootfs import busybox_tarball, debian_tarball
 from storage.layer_reader import FileRangeSource, LayerReader
 from storage.layer_writer import write_chunked_layer
 from storage.paths import clean_name
 
-CACHE = Path(__file__).resolve().parent.parent / ".cache"
 MB = 1e6
 
 
 def default_rootfs() -> Path:
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     debian = CACHE / "debian-minbase.tar"
     if debian.exists():
         return debian

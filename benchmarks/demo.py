@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, compile_sources, free_port, lazyctr
+from benchmarks.common import CACHE, SOURCE_ROOT, base_tarball, compile_sources, free_port, lazyctr
 from benchmarks.link import Link, parse_link_spec, shaped_link_of
 from storage.store import Store
 
@@ -68,7 +68,9 @@ def serve(storage: Path, address: str, link: Link | None) -> subprocess.Popen[st
     argv += ["--log-format", "json"]
     if link is not None:
         argv = link.command("server", argv)
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        argv, cwd=SOURCE_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
 
 
 def wait_for_port(address: str, link: Link | None) -> None:
@@ -88,9 +90,7 @@ def wait_for_port(address: str, link: Link | None) -> None:
 
 
 def build_example(publisher: Path, tmp: Path) -> None:
-    busybox = REPO / ".cache" / "busybox.tar"
-    if not busybox.exists():
-        lazyctr(publisher, "rootfs", "busybox", str(busybox))
+    busybox = base_tarball("busybox", publisher)
     lazyctr(publisher, "import", str(busybox), "busybox:latest")
     context = tmp / "context"
     context.mkdir()
@@ -103,7 +103,7 @@ def build_example(publisher: Path, tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", type=Path, default=REPO / ".cache" / "demo-root")
+    parser.add_argument("--root", type=Path, default=CACHE / "demo-root")
     parser.add_argument("--link", default="100mbit/20ms", help="the shaped link to the registry, or 'none'")
     args = parser.parse_args()
     publisher: Path = args.root.absolute()

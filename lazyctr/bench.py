@@ -1,15 +1,16 @@
-"""`lazyctr bench`: the benchmark suites; the code is in benchmarks/ (here only the command line)."""
+"""`lazyctr bench`: the benchmark suites; their code is the `benchmarks` package (here only the command line).
+
+The suites are imported when one runs, not when the CLI starts: `lazyctr --help` stays fast. Their plots
+need matplotlib, the `bench` extra (`pip install 'lazyctr[bench]'`); without it they write no plots.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from lazyctr.context import COMMANDS
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class BadOption(click.ClickException):
@@ -20,7 +21,7 @@ class BadOption(click.ClickException):
 
 @click.group()
 def bench() -> None:
-    """Benchmark suites (need root and the repository's benchmarks/ directory)."""
+    """Benchmark suites (need root; plots need `pip install 'lazyctr[bench]'`)."""
 
 
 COMMANDS.append(bench)
@@ -31,7 +32,7 @@ COMMANDS.append(bench)
     "--images",
     default="all",
     show_default=True,
-    help="Comma-separated image names from benchmarks/images, `all`, or `quick` (distro,redis,flask).",
+    help="Comma-separated image names (benchmarks/images/), `all`, or `quick` (distro,redis,flask).",
 )
 @click.option(
     "--drivers",
@@ -57,23 +58,19 @@ COMMANDS.append(bench)
 @click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
-    default=REPO / ".cache" / "bench",
-    show_default=".cache/bench",
-    help="Built images (kept between runs) and the working files.",
+    default=None,
+    help="Built images (kept between runs) and the working files.  [default: .cache/bench of a checkout,"
+    " else ~/.cache/lazyctr/bench]",
 )
 @click.option("--peers", default="podman,stargz", show_default=True, help="Comma-separated peers, or `none`.")
-def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Path, peers: str) -> None:
+def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Path | None, peers: str) -> None:
     """HelloBench-style suite: real images from pull to ready over a shaped link, per driver and peer."""
-    if not (REPO / "benchmarks" / "hello.py").exists():
-        raise click.ClickException(
-            f"the benchmarks are not here ({REPO / 'benchmarks'}): run from a checkout"
-        )
-    if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
-        sys.path.insert(0, str(REPO))
+    from benchmarks.common import CACHE
     from benchmarks.hello import BenchError, make_config, run_suite
 
+    cache = (cache or CACHE / "bench").resolve()
     try:
-        config = make_config(images, drivers, link, runs, out, cache.resolve(), peers)
+        config = make_config(images, drivers, link, runs, out, cache, peers)
     except BenchError as e:
         raise BadOption(str(e)) from None
     try:

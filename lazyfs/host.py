@@ -18,10 +18,17 @@ def _unescape(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
+def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[tuple[str, str]]:
+    """(mount point, file system type) of every mount, in the table's order, escapes restored."""
+    with open(mountinfo) as f:
+        lines = [line.split() for line in f if line.strip()]
+    # The type is the field after the "-" that ends the optional fields.
+    return [(_unescape(fields[4]), fields[fields.index("-") + 1]) for fields in lines]
+
+
 def mount_points(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
     """Every mount point of the mount table, in its order, with escaped characters restored."""
-    with open(mountinfo) as f:
-        return [_unescape(line.split()[4]) for line in f if line.strip()]
+    return [point for point, _ in mounts(mountinfo)]
 
 
 def is_mounted(mountpoint: Path) -> bool:

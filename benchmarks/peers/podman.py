@@ -35,9 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchError, drop_caches, received
+from benchmarks.common import BenchError, drop_caches, received, unmount_under
 from benchmarks.link import Link
-from benchmarks.startup import _ulimit, unmount_under
 
 RUN_TIMEOUT = 600
 # Well above the fraction of a second a working cleanup takes, well below podman's 20 s conmon timer.
@@ -65,7 +64,9 @@ class Podman:
         base = Path(tempfile.mkdtemp(prefix="podman-", dir=self.work))
         runroot = Path(tempfile.mkdtemp(prefix="lazyctr-podman-", dir=RUNROOT_PARENT))
         try:
-            env = _environment(base, runroot)
+            for part in ("var-lib", "var-tmp"):
+                (base / part).mkdir()
+            env = podman_environment(base, runroot)
             prefix = [
                 "nsenter", f"--net=/run/netns/{link.client_ns}",
                 "unshare", "--mount", "--propagation", "private", "--",
@@ -139,15 +140,23 @@ def _timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _environment(base: Path, runroot: Path) -> dict[str, str]:
-    for part in ("var-lib", "var-tmp", "tmp"):
-        (base / part).mkdir()
+def _ulimit(kind: int, wanted: int = 1024) -> str:
+    # Root may lower limits here but not raise them, and podman's defaults for root are higher.
+    hard = resource.getrlimit(kind)[1]
+    value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    return f"{value}:{value}"
+
+
+def podman_environment(base: Path, runroot: Path) -> dict[str, str]:
+    """The environment of a podman whose storage, configuration, events and temporary files are
+    all below `base` (its runroot at `runroot`): runc, cgroupfs, events to a file, overlay storage (vfs
+    would copy the whole image per container; overlay is podman's default and what it is fast with)."""
+    (base / "tmp").mkdir(parents=True)
     storage_conf = base / "storage.conf"
     storage_conf.write_text(
         f'[storage]\ndriver = "overlay"\nrunroot = "{runroot}"\ngraphroot = "{base}/storage"\n'
     )
     containers_conf = base / "containers.conf"
-    # Root may lower rlimits here but not raise them, and podman's defaults for root are higher.
     ulimits = [f"nofile={_ulimit(resource.RLIMIT_NOFILE)}", f"nproc={_ulimit(resource.RLIMIT_NPROC)}"]
     containers_conf.write_text(
         f"[containers]\ndefault_ulimits = {json.dumps(ulimits)}\n"

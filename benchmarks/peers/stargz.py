@@ -55,12 +55,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from benchmarks.common import unwind_on_sigterm
-from benchmarks.link import IFNAME, Link, LinkError, parse_link_spec, shaped_link_of
+from benchmarks.common import (
+    CACHE,
+    drop_caches,
+    free_port,
+    lazyctr,
+    received,
+    serving,
+    stop,
+    unmount_under,
+    unwind_on_sigterm,
+)
+from benchmarks.link import Link, LinkError, parse_link_spec, shaped_link_of
+from lazyfs.host import mounts
 
-REPO = Path(__file__).resolve().parents[2]
 SOURCES = Path(__file__).with_name("stargz")
-DEFAULT_CACHE = REPO / ".cache" / "stargz-peer"
+DEFAULT_CACHE = CACHE / "stargz-peer"
 LOGS = Path(tempfile.gettempdir()) / "lazyctr-stargz-logs"  # the daemons' logs of a failed run
 GOPATH = Path("/usr/share/gocode")
 LIBRARY = GOPATH / "src" / "github.com" / "containerd" / "stargz-snapshotter"
@@ -163,43 +173,9 @@ def _run(
     return proc.stdout
 
 
-def _mounts_under(base: Path) -> list[str]:
-    """Mount points at or below `base`, deepest (last mounted) first, from this mount namespace."""
-    points = []
-    prefix = str(base).rstrip("/") + "/"
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == str(base) or point.startswith(prefix):
-            points.append(point)
-    return points[::-1]
-
-
-def _unmount_all(base: Path) -> None:
-    # Lazy unmounts: a FUSE mount whose daemon died would hang a plain umount.
-    for point in _mounts_under(base):
-        subprocess.run(["umount", "-l", point], capture_output=True, timeout=60)
-
-
 def _fuse_mounts_under(base: Path) -> int:
     """How many FUSE mounts (stargz's remote layers) there are below `base`."""
-    prefix = str(base).rstrip("/") + "/"
-    count = 0
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        fstype = fields[fields.index("-") + 1]
-        if fstype.startswith("fuse") and fields[4].startswith(prefix):
-            count += 1
-    return count
-
-
-def _stop(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return sum(fstype.startswith("fuse") and Path(point).is_relative_to(base) for point, fstype in mounts())
 
 
 def _shims_of(address: Path) -> list[int]:
@@ -306,7 +282,7 @@ def running_containerd(
             if proc.poll() is None:
                 daemon.remove_tasks()
         finally:
-            _stop(proc)
+            stop(proc, 15)
             for pid in _shims_of(daemon.socket):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -331,26 +307,11 @@ def running_snapshotter(binary: Path, base: Path, *, netns: str | None = None) -
         _wait_for_socket(sock, proc, log_path, "the stargz snapshotter")
         yield sock
     finally:
-        _stop(proc)
-        _unmount_all(base)
+        stop(proc, 15)
+        unmount_under(base)
 
 
 # -- measuring ----------------------------------------------------------------------------------
-
-
-def _drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def _received(netns: str) -> int:
-    """Bytes the client's end of the link has received so far."""
-    out = _run(["nsenter", f"--net=/run/netns/{netns}", "cat", "/proc/net/dev"], "reading /proc/net/dev")
-    for line in out.splitlines():
-        name, _, counters = line.partition(":")
-        if name.strip() == IFNAME:
-            return int(counters.split()[0])
-    raise PeerError(f"no {IFNAME} in the client namespace")
 
 
 def split_ref(registry_address: str, image_ref: str) -> tuple[str, str]:
@@ -624,7 +585,7 @@ def _convert(
                     raise PeerError(f"ctr-remote image convert {FORMATS[name]} failed: {detail}")
         finally:
             for proc, _ in converters.values():
-                _stop(proc, 5)
+                stop(proc, 5)
         listed = containerd.run("ctr", "images", "ls", netns=netns).splitlines()
         content = base / CONTENT
         for name in names:
@@ -685,9 +646,8 @@ def deploy(
     binary: Path, base: Path, link: Link, ref: str, probe: Sequence[str], run_id: str
 ) -> dict[str, Any]:
     """One cold lazy pull and run of `ref` to the probe's exit; times in seconds and bytes received."""
-    netns = link.client_ns
     try:
-        return _deploy(binary, base, netns, ref, probe, run_id)
+        return _deploy(binary, base, link, ref, probe, run_id)
     except PeerError as error:
         # The daemons' logs outlive the run's directory, for a look at what went wrong.
         kept = LOGS / f"{ref.rpartition('/')[2].replace(':', '_')}-{base.name}"
@@ -706,8 +666,9 @@ def deploy(
 
 
 def _deploy(
-    binary: Path, base: Path, netns: str, ref: str, probe: Sequence[str], run_id: str
+    binary: Path, base: Path, link: Link, ref: str, probe: Sequence[str], run_id: str
 ) -> dict[str, Any]:
+    netns = link.client_ns
     with (
         running_snapshotter(binary, base / "snapshotter", netns=netns) as sock,
         running_containerd(base / "containerd", netns=netns, snapshotter_socket=sock) as containerd,
@@ -716,8 +677,8 @@ def _deploy(
         # does not resolve and servers that listen on it (postgresql) do not start.
         hosts = base / "hosts"
         hosts.write_text(HOSTS)
-        _drop_caches()
-        before = _received(netns)
+        drop_caches()
+        before = received(link)
         started = time.monotonic()
         containerd.run(
             "ctr-remote",
@@ -748,7 +709,7 @@ def _deploy(
             timeout=RUN_TIMEOUT,
         )
         done = time.monotonic()
-        fetched = _received(netns) - before
+        fetched = received(link) - before
     return {
         "pull_s": pulled - started,
         "run_s": done - pulled,
@@ -807,7 +768,7 @@ def measure(
                 try:
                     samples[name].append(deploy(binary, base, link, made.ref, probe, f"stargz-{number}"))
                 finally:
-                    _unmount_all(base)
+                    unmount_under(base)
                     shutil.rmtree(base, ignore_errors=True)
         result: dict[str, Any] = {}
         for name, runs_of in samples.items():
@@ -823,7 +784,7 @@ def measure(
         # Not foreseen, but one image's failure is a line in the report, not the end of the suite.
         return f"{type(error).__name__}: {error}".splitlines()[0]
     finally:
-        _unmount_all(work)
+        unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -840,50 +801,6 @@ def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
 # -- command line -------------------------------------------------------------------------------
 
 
-def _lazyctr(root: Path, *args: str) -> None:
-    argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), *args]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT, cwd=REPO)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise PeerError(f"lazyctr {args[0]} failed: {lines[-1] if lines else proc.returncode}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def serving(storage: Path, address: str, link: Link | None = None) -> Iterator[None]:
-    """`lazyctr serve` on `address` (in the link's server namespace if `link`), until the block ends."""
-    argv = [sys.executable, "-m", "lazyctr.cli", "serve", "--storage", str(storage), "--addr", address]
-    server = subprocess.Popen(
-        _in_netns(link.server_ns if link else None, argv),
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        host, port = address.rsplit(":", 1)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                sock = link.socket("server") if link else socket.socket()
-                with sock:
-                    sock.settimeout(2)
-                    sock.connect((host, int(port)))
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise PeerError("the registry (lazyctr serve) did not come up") from None
-                time.sleep(0.1)
-        yield
-    finally:
-        _stop(server, 10)
-
-
 def publish(source: str, store: Path, storage: Path, name: str) -> None:
     """Puts `source` into the registry storage as `name`: an OCI layout directory or a rootfs tarball is
     imported first; anything else is an image of the lazyctr store `store`."""
@@ -891,19 +808,19 @@ def publish(source: str, store: Path, storage: Path, name: str) -> None:
     with tempfile.TemporaryDirectory(prefix="lazyctr-stargz-publish-") as tmp:
         if path.is_dir() and (path / "oci-layout").is_file():
             store = Path(tmp)
-            _lazyctr(store, "import", f"oci:{path}", name)
+            lazyctr(store, "import", f"oci:{path}", name, timeout=TOOL_TIMEOUT)
             image = name
         elif path.is_file():
             store = Path(tmp)
-            _lazyctr(store, "import", str(path), name)
+            lazyctr(store, "import", str(path), name, timeout=TOOL_TIMEOUT)
             image = name
         elif path.is_dir():
             raise PeerError(f"{source}: a directory but not an OCI layout (no oci-layout file)")
         else:
             image = source
-        address = f"127.0.0.1:{_free_port()}"
-        with serving(storage, address):
-            _lazyctr(store, "push", image, f"{address}/{name}")
+        address = f"127.0.0.1:{free_port()}"
+        with serving(storage, address, log=Path(os.devnull)):
+            lazyctr(store, "push", image, f"{address}/{name}", timeout=TOOL_TIMEOUT)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -966,14 +883,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             with shaped_link_of(spec) as link:
                 link.verify()
                 address = f"{link.server_ip}:5000"
-                with serving(Path(storage), address, link):
+                with serving(Path(storage), address, link, log=Path(os.devnull)):
                     for image, name in names.items():  # one registry and link, as in the suite
                         started = time.monotonic()
                         results[image] = measure(link, address, name, probe, args.runs, cache=args.cache)
                         measure_s[image] = time.monotonic() - started
                         _print_result(image, results[image], measure_s[image], first=len(results) == 1)
-    except (PeerError, LinkError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (PeerError, LinkError, RuntimeError) as error:  # RuntimeError: a lazyctr command or server
+        print(f"error: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

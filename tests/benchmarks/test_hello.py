@@ -147,6 +147,18 @@ def test_report_and_plots_from_results(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
+def test_without_matplotlib_the_report_is_written_and_one_line_says_why_no_plots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ModuleNotFoundError
+    results = fake_results()
+    report = write_outputs(results, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    assert "| distro | distro |" in report.read_text() and "## Plots" not in report.read_text()
+    assert not list((tmp_path / "out").glob("*.png"))
+    assert capsys.readouterr().out == "no plots: they need matplotlib (pip install 'lazyctr[bench]')\n"
+
+
 def test_report_without_baseline_or_peers() -> None:
     results = fake_results()
     results["config"]["drivers"] = ["lazy"]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,14 +50,21 @@ def served(tmp_path: Path, busybox_tar: Path) -> Iterator[tuple[Link, str]]:
             yield link, address
 
 
-@pytest.mark.privileged
-def test_busybox_is_deployed_without_the_conmon_timeout(served: tuple[Link, str], tmp_path: Path) -> None:
+@pytest.fixture
+def deploy(served: tuple[Link, str], tmp_path: Path) -> Iterator[Callable[[str], dict[str, Any]]]:
+    """Deploys an image of the served registry with the podman peer; nothing may be left behind."""
     require_tools("podman", "runc")
     link, address = served
     work = tmp_path / "work"
     work.mkdir()
     before = leftovers(work)
-    sample = Podman(work).deploy(link, address, "busybox")
+    yield lambda name: Podman(work).deploy(link, address, name)
+    assert not leftovers(work) - before
+
+
+@pytest.mark.privileged
+def test_busybox_is_deployed_without_the_conmon_timeout(deploy: Callable[[str], dict[str, Any]]) -> None:
+    sample = deploy("busybox")
     assert sample["ok"] is True, sample.get("error")
     assert sample["image"] == "busybox" and sample["driver"] == "podman"
     assert "note" not in sample, sample["note"]
@@ -66,23 +74,16 @@ def test_busybox_is_deployed_without_the_conmon_timeout(served: tuple[Link, str]
     assert sample["pull_s"] > 0 and sample["run_s"] > 0
     assert sample["ready_s"] == pytest.approx(sample["pull_s"] + sample["run_s"])
     assert sample["bytes"] > 0  # the image came over the link
-    assert not leftovers(work) - before
 
 
 @pytest.mark.privileged
 def test_an_image_the_registry_lacks_is_a_failed_sample_of_one_line(
-    served: tuple[Link, str], tmp_path: Path
+    deploy: Callable[[str], dict[str, Any]],
 ) -> None:
-    require_tools("podman", "runc")
-    link, address = served
-    work = tmp_path / "work"
-    work.mkdir()
-    before = leftovers(work)
-    sample = Podman(work).deploy(link, address, "nothing")
+    sample = deploy("nothing")
     assert sample["ok"] is False
     assert sample["error"].startswith("podman pull failed") and "manifest unknown" in sample["error"]
     assert "\n" not in sample["error"] and "note" not in sample
-    assert not leftovers(work) - before
 
 
 @pytest.mark.parametrize(
