@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lazyctr.rootfs import busybox_tarball, debian_tarball
+from builder.rootfs import busybox_tarball, debian_tarball
 from storage.layer_reader import FileRangeSource, LayerReader
 from storage.layer_writer import write_chunked_layer
 from storage.paths import clean_name
