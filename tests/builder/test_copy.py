@@ -22,7 +22,8 @@ import zstandard
 from aiohttp import web
 
 from builder.context import BuildContext
-from builder.copy import MULTIPLE_SOURCES, CopyRequest, copy_digest, copy_step, parse_chmod
+from builder.copier import parse_chmod
+from builder.copy import MULTIPLE_SOURCES, CopyRequest, copy_digest, copy_step
 from builder.dockerfile import Heredoc
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError
