@@ -24,6 +24,7 @@ from pathlib import Path
 from builder.errors import BuildError
 from builder.image_files import ImageFiles
 from builder.sources import CopyRequest, Entry, Source
+from storage.errors import NotFound, StorageError
 from storage.tree import Node
 
 PARENT_MODE = 0o755
@@ -233,6 +234,38 @@ class Writer:
             full = self.upper / path
             os.chmod(full, mode)
             os.utime(full, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+
+def make_dirs(files: ImageFiles, upper: Path, path: str, clamp_ns: int | None) -> None:
+    """Create `path` in `upper` unless the image has it; the existing parents on the way are copied
+    up with their metadata, as overlayfs would."""
+    try:
+        node = files.tree.lookup(path)
+        if node.is_dir:
+            return
+    except (NotFound, StorageError):
+        pass
+    parts = [p for p in path.split("/") if p]
+    current = upper
+    walked = ""
+    for part in parts:
+        walked = f"{walked}/{part}"
+        current = current / part
+        try:
+            existing = files.tree.lookup(walked, follow_last=False)
+        except (NotFound, StorageError):
+            existing = None
+        if existing is not None and not existing.is_dir:
+            raise BuildError(f"WORKDIR {path}: {walked} exists and is not a directory")
+        current.mkdir(exist_ok=True)
+        if existing is not None:
+            os.chmod(current, existing.entry.mode & 0o7777)
+            os.chown(current, existing.entry.uid, existing.entry.gid)
+        else:
+            os.chmod(current, 0o755)
+    if clamp_ns is not None:
+        for directory in [upper, *upper.rglob("*")]:
+            os.utime(directory, ns=(clamp_ns, clamp_ns), follow_symlinks=False)
 
 
 def parse_chmod(text: str) -> Callable[[int, bool], int]:

@@ -28,7 +28,6 @@ from builder.sources import (
     Source,
     check_sources,
     copy_digest,
-    heredoc_body,
     heredoc_for,
     local_matches,
     os_errors,
@@ -85,7 +84,7 @@ def _copy_step(
         if heredoc is not None:
             parts = dest.file_parts(heredoc.name)
             writer.parents(parts[:-1])
-            writer.file(parts, heredoc_body(heredoc), HEREDOC_MODE, None)
+            writer.file(parts, heredoc.body.encode(), HEREDOC_MODE, None)
         elif is_url(src):
             download = fetch(src, request.checksum)
             parts = dest.file_parts(download.filename)

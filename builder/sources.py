@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from builder.context import BuildContext, go_match, has_magic
-from builder.dockerfile import Heredoc
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError
 from builder.fetch import check_checksum, fetch, is_git, is_url
 from builder.image_files import ImageFiles
+from builder.syntax import Heredoc
 from storage.errors import StorageError
 from storage.tree import Node
 
@@ -257,13 +257,6 @@ def heredoc_for(request: CopyRequest, source: str) -> Heredoc | None:
     return None
 
 
-def heredoc_body(heredoc: Heredoc) -> bytes:
-    text = heredoc.content
-    if heredoc.chomp:  # <<-EOF: leading tabs go, as in the shell
-        text = "".join(line.lstrip("\t") for line in text.splitlines(keepends=True))
-    return text.encode()
-
-
 def check_sources(request: CopyRequest) -> None:
     if not request.sources:
         raise BuildError(f"{request.verb} failed: no source files were specified")
@@ -330,7 +323,7 @@ def _copy_digest(request: CopyRequest, source: BuildContext | ImageFiles) -> str
     for src in request.sources:
         heredoc = heredoc_for(request, src)
         if heredoc is not None:
-            put("heredoc", heredoc.name, hashlib.sha256(heredoc_body(heredoc)).hexdigest())
+            put("heredoc", heredoc.name, hashlib.sha256(heredoc.body.encode()).hexdigest())
         elif is_url(src):
             put("url", src, request.checksum or fetch(src).digest)
     excludes = Excludes(request.excludes)

@@ -24,10 +24,10 @@ from aiohttp import web
 from builder.context import BuildContext
 from builder.copier import parse_chmod
 from builder.copy import MULTIPLE_SOURCES, CopyRequest, copy_digest, copy_step
-from builder.dockerfile import Heredoc
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError
 from builder.image_files import ImageFiles
+from builder.syntax import Heredoc
 from storage.diff import upper_to_tar
 from storage.importer import add_layer, import_tarball
 from storage.store import Image, Store

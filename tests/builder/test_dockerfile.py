@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from builder import Dockerfile, Instruction, parse_dockerfile
-from builder.dockerfile import KEYWORDS, Heredoc, parse_duration_ns
 from builder.errors import BuildError, DockerfileSyntaxError
+from builder.instructions import KEYWORDS, parse_duration_ns
+from builder.syntax import Heredoc
 
 
 def parse(text: str) -> Dockerfile:
