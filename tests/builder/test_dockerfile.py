@@ -345,20 +345,6 @@ def test_parse_bad_duration(text: str) -> None:
         parse_duration_ns(text)
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        ("--interval=10", "HEALTHCHECK --interval: invalid duration '10'"),
-        ("--timeout=-1s", "cannot be negative"),
-        ("--start-period=10us", "cannot be less than 1ms"),
-        ("--retries=x", "expected a whole number"),
-        ("--retries=-1", "cannot be negative"),
-    ],
-)
-def test_bad_healthcheck_flags(flags: str, message: str) -> None:
-    assert message in str(syntax_error(f"FROM scratch\nHEALTHCHECK {flags} CMD true\n"))
-
-
 def test_healthcheck_zero_means_default() -> None:
     assert only("HEALTHCHECK --interval=0 --retries=0 CMD true").flags == {
         "interval": ["0"],
@@ -485,33 +471,43 @@ def test_onbuild_trigger_is_parsed() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("ONBUILD ONBUILD RUN x", "ONBUILD ONBUILD"),
-        ("ONBUILD FROM x", "FROM isn't allowed as an ONBUILD trigger"),
-        ("ONBUILD maintainer me", "MAINTAINER isn't allowed as an ONBUILD trigger"),
-        ("ONBUILD", "ONBUILD requires"),
-        ("ONBUILD RUUN x", "unknown instruction: RUUN"),
-    ],
-)
-def test_bad_onbuild(line: str, message: str) -> None:
-    assert message in str(syntax_error(f"FROM scratch\n{line}\n"))
+BAD_HEALTHCHECK_FLAGS = [
+    ("--interval=10", "HEALTHCHECK --interval: invalid duration '10'"),
+    ("--timeout=-1s", "cannot be negative"),
+    ("--start-period=10us", "cannot be less than 1ms"),
+    ("--retries=x", "expected a whole number"),
+    ("--retries=-1", "cannot be negative"),
+]
+BAD_ONBUILD = [
+    ("ONBUILD ONBUILD RUN x", "ONBUILD ONBUILD"),
+    ("ONBUILD FROM x", "FROM isn't allowed as an ONBUILD trigger"),
+    ("ONBUILD maintainer me", "MAINTAINER isn't allowed as an ONBUILD trigger"),
+    ("ONBUILD", "ONBUILD requires"),
+    ("ONBUILD RUUN x", "unknown instruction: RUUN"),
+]
+BAD_FROM = [
+    ("FROM", "FROM requires either one or three arguments"),
+    ("FROM a b", "FROM requires either one or three arguments"),
+    ("FROM a AS", "FROM requires either one or three arguments"),
+    ("FROM a IS b", "expected AS"),
+    ("FROM a AS 1st", "invalid name for build stage"),
+    ("FROM a AS my$stage", "invalid name for build stage"),
+]
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
+    ("dockerfile", "message"),
     [
-        ("FROM", "FROM requires either one or three arguments"),
-        ("FROM a b", "FROM requires either one or three arguments"),
-        ("FROM a AS", "FROM requires either one or three arguments"),
-        ("FROM a IS b", "expected AS"),
-        ("FROM a AS 1st", "invalid name for build stage"),
-        ("FROM a AS my$stage", "invalid name for build stage"),
+        *[
+            (f"FROM scratch\nHEALTHCHECK {flags} CMD true\n", message)
+            for flags, message in BAD_HEALTHCHECK_FLAGS
+        ],
+        *[(f"FROM scratch\n{line}\n", message) for line, message in BAD_ONBUILD],
+        *[(f"{line}\n", message) for line, message in BAD_FROM],
     ],
 )
-def test_bad_from(line: str, message: str) -> None:
-    assert message in str(syntax_error(f"{line}\n"))
+def test_bad_healthcheck_flags_onbuild_and_from(dockerfile: str, message: str) -> None:
+    assert message in str(syntax_error(dockerfile))
 
 
 def test_stage_names() -> None:
