@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from builder import image_config
+from builder import image_config, instructions
 from builder.cache import BuildCache, cache_key
 from builder.context import BuildContext
 from builder.copier import make_dirs
@@ -32,27 +32,6 @@ from builder.dockerfile import parse_dockerfile
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError, DockerfileSyntaxError
 from builder.image_files import ImageFiles
-from builder.instructions import (
-    Arg,
-    Cmd,
-    Command,
-    Copy,
-    Entrypoint,
-    Env,
-    Expose,
-    From,
-    Healthcheck,
-    Label,
-    Maintainer,
-    Onbuild,
-    Run,
-    Shell,
-    Stopsignal,
-    User,
-    Volume,
-    Workdir,
-    command,
-)
 from builder.plan import Plan, Stage
 from builder.progress import PlainProgress
 from builder.run import (
@@ -250,7 +229,7 @@ class Builder:
             raise BuildError(f"{self._where(origin)}: the base image's ONBUILD {text!r}: {e}") from None
         triggers = parsed.instructions[1:]
         for trigger in triggers:
-            if trigger.keyword.upper() in Onbuild.forbidden:
+            if trigger.keyword.upper() in instructions.Onbuild.forbidden:
                 raise BuildError(f"{self._where(origin)}: ONBUILD {trigger.keyword} is not allowed")
         return triggers
 
@@ -302,57 +281,57 @@ class Builder:
         try:
             if instruction.keyword.upper() != "ONBUILD":  # triggers are expanded in the child's build
                 instruction = expand_instruction(instruction, state.variables.lookup, self.dockerfile.escape)
-            typed = command(instruction)
+            typed = instructions.command(instruction)
         except DockerfileSyntaxError:
             raise
         except BuildError as e:
             raise BuildError(f"{self._where(where)}: {e}") from None
         config = self.steps.config_step
         match typed:
-            case Run():
+            case instructions.Run():
                 self._run(stage, state, typed, where)
-            case Copy():  # and ADD
+            case instructions.Copy():  # and ADD
                 self._copy(stage, state, typed, where)
-            case Workdir():
+            case instructions.Workdir():
                 self._workdir(stage, state, typed, where)
-            case Arg():
+            case instructions.Arg():
                 config(state, image_config.declare_args(state, typed))
-            case Env():
+            case instructions.Env():
                 config(state, image_config.set_env(state, typed))
-            case Label():
+            case instructions.Label():
                 config(state, image_config.add_labels(state, typed))
-            case Maintainer():
+            case instructions.Maintainer():
                 config(state, image_config.set_author(state, typed))
-            case User():
+            case instructions.User():
                 config(state, image_config.set_user(state, typed))
-            case Expose():
+            case instructions.Expose():
                 config(state, image_config.expose(state, typed))
-            case Volume():
+            case instructions.Volume():
                 config(state, image_config.add_volumes(state, typed))
-            case Stopsignal():
+            case instructions.Stopsignal():
                 config(state, image_config.set_stop_signal(state, typed))
-            case Shell():
+            case instructions.Shell():
                 config(state, image_config.set_shell(state, typed))
-            case Entrypoint():  # before Cmd: an Entrypoint is a Cmd too
+            case instructions.Entrypoint():  # before Cmd: an Entrypoint is a Cmd too
                 config(state, image_config.set_entrypoint(state, typed))
-            case Cmd():
+            case instructions.Cmd():
                 config(state, image_config.set_cmd(state, typed))
-            case Healthcheck():
+            case instructions.Healthcheck():
                 config(state, image_config.set_healthcheck(state, typed))
-            case Onbuild():
+            case instructions.Onbuild():
                 config(state, image_config.add_trigger(state, typed))
-            case From():
+            case instructions.From():
                 raise BuildError(f"{self._where(where)}: FROM is not allowed here")
 
-    def _step_label(self, stage: Stage, typed: Command) -> str:
+    def _step_label(self, stage: Stage, typed: instructions.Command) -> str:
         steps, counter = self.step_numbers[stage.index]
         number = next(counter, steps)
         return f"[{self.plan.prefix(stage)}{number}/{steps}] {typed.text[:200]}"
 
     # -- file system steps -------------------------------------------------------------------------
 
-    def _workdir(self, stage: Stage, state: State, typed: Workdir, where: Instruction) -> None:
-        path = "/" + posixpath.normpath(posixpath.join(state.workdir, typed.path)).lstrip("/")
+    def _workdir(self, stage: Stage, state: State, typed: instructions.Workdir, where: Instruction) -> None:
+        path = "/" + posixpath.normpath(posixpath.join(state.workdir, typed.word)).lstrip("/")
         state.workdir = path
         state.config["WorkingDir"] = path
 
@@ -364,7 +343,7 @@ class Builder:
         label = self._step_label(stage, typed)
         self.steps.file_step(state, label, self._where(where), ["WORKDIR", path], f"WORKDIR {path}", work)
 
-    def _copy(self, stage: Stage, state: State, typed: Copy, where: Instruction) -> None:
+    def _copy(self, stage: Stage, state: State, typed: instructions.Copy, where: Instruction) -> None:
         request = typed.request(state.workdir)
         with contextlib.ExitStack() as stack:
             source: BuildContext | ImageFiles
@@ -409,7 +388,7 @@ class Builder:
             ) from None
         return image, f"image:{image.descriptor.digest}"
 
-    def _run(self, stage: Stage, state: State, typed: Run, where: Instruction) -> None:
+    def _run(self, stage: Stage, state: State, typed: instructions.Run, where: Instruction) -> None:
         argv, scripts = command_line(typed.node, state.shell)
         network = self.options.network if typed.network == "default" else typed.network
         mounts: list[RunMount] = []

@@ -8,6 +8,7 @@ BuildKit writes it; none of them gives a layer.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from builder.instructions import (
     Arg,
@@ -29,6 +30,15 @@ from builder.state import State
 
 def _pairs_text(pairs: list[tuple[str, str]]) -> str:
     return " ".join(f"{k}={v}" for k, v in pairs)
+
+
+def _add_to_set(state: State, key: str, names: list[str]) -> dict[str, Any]:
+    """Names added to one of the config's sets (ExposedPorts, Volumes): objects of names to {}."""
+    members = dict(state.config.get(key) or {})
+    for name in names:
+        members[name] = {}
+    state.config[key] = members
+    return members
 
 
 def declare_args(state: State, command: Arg) -> str:
@@ -54,30 +64,24 @@ def set_author(state: State, command: Maintainer) -> str:
 
 
 def set_user(state: State, command: User) -> str:
-    state.user = command.user
+    state.user = command.word
     state.config["User"] = state.user
     return f"USER {state.user}"
 
 
 def expose(state: State, command: Expose) -> str:
-    ports = dict(state.config.get("ExposedPorts") or {})
-    for port in command.ports:
-        ports[port] = {}
-    state.config["ExposedPorts"] = ports
+    ports = _add_to_set(state, "ExposedPorts", command.ports)
     return f"EXPOSE map[{' '.join(sorted(ports))}:{{}}]"
 
 
 def add_volumes(state: State, command: Volume) -> str:
-    volumes = dict(state.config.get("Volumes") or {})
-    for path in command.paths:
-        volumes[path] = {}
-    state.config["Volumes"] = volumes
+    _add_to_set(state, "Volumes", command.paths)
     return f"VOLUME {json.dumps(command.paths)}"
 
 
 def set_stop_signal(state: State, command: Stopsignal) -> str:
-    state.config["StopSignal"] = command.signal
-    return f"STOPSIGNAL {command.signal}"
+    state.config["StopSignal"] = command.word
+    return f"STOPSIGNAL {command.word}"
 
 
 def set_shell(state: State, command: Shell) -> str:

@@ -124,8 +124,8 @@ class Arg(Command):
 
 
 @dataclass(frozen=True)
-class Env(Command):
-    keyword = "ENV"
+class _Pairs(Command):
+    """An instruction of NAME=VALUE pairs."""
 
     pairs: list[tuple[str, str]]
 
@@ -135,14 +135,13 @@ class Env(Command):
 
 
 @dataclass(frozen=True)
-class Label(Command):
+class Env(_Pairs):
+    keyword = "ENV"
+
+
+@dataclass(frozen=True)
+class Label(_Pairs):
     keyword = "LABEL"
-
-    pairs: list[tuple[str, str]]
-
-    @classmethod
-    def of(cls, node: Instruction) -> Self:
-        return cls(node, key_value_pairs(node))
 
 
 @dataclass(frozen=True)
@@ -157,10 +156,10 @@ class Maintainer(Command):
 
 
 @dataclass(frozen=True)
-class User(Command):
-    keyword = "USER"
+class _Word(Command):
+    """An instruction of exactly one word."""
 
-    user: str
+    word: str
 
     @classmethod
     def of(cls, node: Instruction) -> Self:
@@ -168,26 +167,21 @@ class User(Command):
 
 
 @dataclass(frozen=True)
-class Workdir(Command):
+class User(_Word):
+    keyword = "USER"
+
+
+@dataclass(frozen=True)
+class Workdir(_Word):
+    """`word` is the path as written: relative to the workdir before it."""
+
     keyword = "WORKDIR"
     numbered = True
 
-    path: str  # as written: relative to the workdir before it
-
-    @classmethod
-    def of(cls, node: Instruction) -> Self:
-        return cls(node, _words(node, 1, 1)[0])
-
 
 @dataclass(frozen=True)
-class Stopsignal(Command):
+class Stopsignal(_Word):
     keyword = "STOPSIGNAL"
-
-    signal: str
-
-    @classmethod
-    def of(cls, node: Instruction) -> Self:
-        return cls(node, _words(node, 1, 1)[0])
 
 
 @dataclass(frozen=True)
