@@ -305,24 +305,6 @@ def test_from_platform_and_healthcheck_flags() -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("COPY --form=x a b", "unknown flag --form for COPY"),
-        ("ENV --x=1 a=b", "unknown flag --x for ENV"),
-        ("RUN --from=x echo", "unknown flag --from for RUN"),
-        ("COPY --from a b", "expected a value for --from"),
-        ("COPY --from=a --from=b a b", "duplicate flag specified: --from"),
-        ("COPY --link=maybe a b", "expected true or false for --link"),
-        ('RUN --mount="type=bind echo', "expected a closing"),
-    ],
-)
-def test_bad_flags(line: str, message: str) -> None:
-    error = syntax_error(f"FROM scratch\n{line}\n")
-    assert error.line == 2
-    assert message in str(error)
-
-
-@pytest.mark.parametrize(
     ("text", "nanoseconds"),
     [
         ("0", 0),
@@ -515,6 +497,17 @@ def test_stage_names() -> None:
     assert [i.args for i in dockerfile.instructions] == [["a AS Build-1.x_y"], ["b as other"]]
 
 
+BAD_FLAGS = [
+    ("COPY --form=x a b", "unknown flag --form for COPY"),
+    ("ENV --x=1 a=b", "unknown flag --x for ENV"),
+    ("RUN --from=x echo", "unknown flag --from for RUN"),
+    ("COPY --from a b", "expected a value for --from"),
+    ("COPY --from=a --from=b a b", "duplicate flag specified: --from"),
+    ("COPY --link=maybe a b", "expected true or false for --link"),
+    ('RUN --mount="type=bind echo', "expected a closing"),
+]
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
@@ -547,9 +540,10 @@ def test_stage_names() -> None:
         ("ENV =1", "ENV names can not be blank"),
         ("ARG =1", "ARG names can not be blank"),
         ('ENV a="unclosed', "expected a closing"),
+        *BAD_FLAGS,
     ],
 )
-def test_missing_or_bad_arguments(line: str, message: str) -> None:
+def test_bad_flags_and_missing_or_bad_arguments(line: str, message: str) -> None:
     error = syntax_error(f"FROM scratch\n{line}\n")
     assert error.line == 2
     assert message in str(error)
