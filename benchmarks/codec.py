@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import CACHE
-from lazyctr.rootfs import busybox_tarball, debian_tarball
+from builder.rootfs import busybox_tarball, debian_tarball
 from storage.layer_reader import FileRangeSource, LayerReader
 from storage.layer_writer import write_chunked_layer
 from storage.paths import clean_name

@@ -1,4 +1,4 @@
-"""builder: Dockerfiles to images (parser, build graph, cache, RUN/COPY/ADD)."""
+"""builder: Dockerfiles to images (parser, typed instructions, stages, cache, RUN/COPY/ADD, base rootfs)."""
 
 from builder.dockerfile import Dockerfile, Instruction, parse_dockerfile
 

@@ -1,10 +1,12 @@
 """The build: a Dockerfile's stages, built in dependency order, step by step, into an image.
 
 Each stage starts from its FROM (scratch, an image, or an earlier stage), runs its base image's
-ONBUILD triggers, then its instructions. Steps that change files (RUN, COPY, ADD, WORKDIR) each give
-one content-addressed layer, the upper directory of the step turned into a zstd:chunked blob, or none
-when they changed nothing; the others only change the image config. Every instruction is recorded in
-the history, as BuildKit records it. Only the stages the target needs are built.
+ONBUILD triggers, then its instructions. Each instruction is expanded in the stage's scope, made a
+typed instruction (builder/instructions.py) and dispatched on its type: RUN, COPY, ADD and WORKDIR
+are file system steps (builder/steps.py), each giving one content-addressed layer or none when it
+changed nothing; the others only change the image config (builder/image_config.py). Every
+instruction is recorded in the history, as BuildKit records it. Only the stages the target needs
+are built (builder/plan.py).
 
 Running a RUN and finding a FROM image are asked of injected objects (`StepRunner`,
 `ImageResolver`): the builder imports `storage/` only.
@@ -16,21 +18,21 @@ import contextlib
 import json
 import os
 import posixpath
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from builder.cache import BuildCache, CacheEntry, LayerRef, cache_key
+from builder import image_config, instructions
+from builder.cache import BuildCache, cache_key
 from builder.context import BuildContext
+from builder.copier import make_dirs
 from builder.copy import CopyRequest, copy_digest, copy_step
-from builder.dockerfile import Dockerfile, Instruction, parse_dockerfile, parse_duration_ns
+from builder.dockerfile import parse_dockerfile
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError, DockerfileSyntaxError
 from builder.image_files import ImageFiles
+from builder.plan import Plan, Stage
 from builder.progress import PlainProgress
 from builder.run import (
     DEFAULT_SHELL,
@@ -40,32 +42,19 @@ from builder.run import (
     StepRunner,
     command_line,
     parse_mount,
-    parse_network,
     with_default_path,
 )
-from builder.variables import (
-    StageVariables,
-    arg_declarations,
-    expand_instruction,
-    global_args,
-    key_value_pairs,
-)
+from builder.state import State, layer_refs
+from builder.steps import Steps
+from builder.syntax import Dockerfile, Instruction
+from builder.variables import StageVariables, expand_instruction, global_args
 from builder.words import expand_word
-from storage.diff import upper_to_tar
-from storage.digest import Digest
-from storage.errors import NotFound, StorageError
+from storage.errors import StorageError
 from storage.importer import host_architecture, image_name
-from storage.layer_writer import write_chunked_layer
 from storage.oci import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, ImageConfig, Manifest
 from storage.store import Image, Store
 
-NS = 1_000_000_000
-FILE_STEPS = ("RUN", "COPY", "ADD", "WORKDIR")  # the ones BuildKit shows as numbered steps
-HISTORY_COMMENT = "buildkit.dockerfile.v0"
-KNOWN = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
-         "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR")  # fmt: skip
-HEALTHCHECK_DURATIONS = (("interval", "Interval"), ("timeout", "Timeout"),
-                         ("start-period", "StartPeriod"), ("start-interval", "StartInterval"))  # fmt: skip
+__all__ = ["BuildOptions", "BuildResult", "Builder", "ImageResolver", "StepRunner"]
 
 
 class ImageResolver(Protocol):
@@ -93,93 +82,9 @@ class BuildOptions:
 
 
 @dataclass
-class Stage:
-    index: int
-    name: str | None
-    base: str  # the FROM argument, its variables still unexpanded
-    origin: Instruction  # the FROM
-    instructions: list[Instruction]
-
-    @property
-    def label(self) -> str:
-        return self.name or f"stage-{self.index}"
-
-
-@dataclass
-class State:
-    """A stage as far as it is built: its layers and config, and the variables in scope."""
-
-    layers: list[LayerRef]
-    config: dict[str, Any]
-    history: list[dict[str, Any]]
-    variables: StageVariables
-    key: str  # cache key of the last file system step
-    workdir: str = "/"
-    shell: list[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
-    user: str = ""
-    author: str | None = None
-    cmd_set: bool = False  # a CMD in this stage: an ENTRYPOINT after it keeps it
-
-    def image(self, name: str = "build") -> Image:
-        """An image object for this state, not stored: what runners and file views read."""
-        config = ImageConfig(
-            architecture=host_architecture(),
-            config=dict(self.config),
-            diff_ids=[layer.diff_id for layer in self.layers],
-            history=list(self.history),
-        )
-        config_bytes = config.to_bytes()
-        manifest = Manifest(
-            Descriptor(MEDIA_CONFIG, Digest.of(config_bytes), len(config_bytes)),
-            [layer.descriptor for layer in self.layers],
-        )
-        data = manifest.to_bytes()
-        return Image(name, Descriptor(MEDIA_MANIFEST, Digest.of(data), len(data)), manifest, config)
-
-
-@dataclass
 class BuildResult:
     image: Image
     tags: list[str]
-
-
-def split_stages(dockerfile: Dockerfile, filename: str) -> tuple[list[Instruction], list[Stage]]:
-    """The global ARGs before the first FROM, and the stages."""
-    prelude: list[Instruction] = []
-    stages: list[Stage] = []
-    for instruction in dockerfile.instructions:
-        keyword = instruction.keyword.upper()
-        if keyword not in KNOWN:
-            raise DockerfileSyntaxError(
-                f"unknown instruction: {instruction.keyword}", instruction.line, filename
-            )
-        if keyword == "FROM":
-            args = instruction.args if instruction.exec_form else " ".join(instruction.args).split()
-            name = None
-            if len(args) == 3 and args[1].upper() == "AS":
-                name = args[2].lower()
-            elif len(args) != 1:
-                raise DockerfileSyntaxError("FROM takes IMAGE [AS NAME]", instruction.line, filename)
-            if name is not None and any(stage.name == name for stage in stages):
-                raise DockerfileSyntaxError(f"duplicate stage name {name!r}", instruction.line, filename)
-            stages.append(Stage(len(stages), name, args[0], instruction, []))
-        elif not stages:
-            if keyword != "ARG":
-                raise DockerfileSyntaxError(
-                    f"{keyword} before the first FROM: only ARG may come before it",
-                    instruction.line,
-                    filename,
-                )
-            prelude.append(instruction)
-        else:
-            stages[-1].instructions.append(instruction)
-    if not stages:
-        raise DockerfileSyntaxError("no FROM instruction: a Dockerfile needs at least one stage", 1, filename)
-    return prelude, stages
-
-
-def rfc3339(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(seconds)))
 
 
 class Builder:
@@ -191,14 +96,11 @@ class Builder:
         resolver: ImageResolver,
         progress: PlainProgress,
     ) -> None:
-        self.store = store
-        self.options = options
-        self.runner = runner
-        self.resolver = resolver
+        self.store, self.options, self.runner, self.resolver = store, options, runner, resolver
         self.progress = progress
         self.cache = BuildCache(store, enabled=not options.no_cache)
+        self.steps = Steps(store, self.cache, progress, options.platform, options.source_date_epoch)
         self.filename = options.dockerfile.name
-        self.clamp_ns = None if options.source_date_epoch is None else options.source_date_epoch * NS
         self.built: dict[int, State] = {}
         self.building: set[int] = set()
         self.images: dict[str, Image] = {}
@@ -216,11 +118,10 @@ class Builder:
             raise BuildError(f"cannot read the Dockerfile: {self.options.dockerfile}: no such file") from None
         except (OSError, UnicodeDecodeError) as e:
             raise BuildError(f"cannot read the Dockerfile {self.options.dockerfile}: {e}") from None
-        dockerfile = parse_dockerfile(text, self.filename)
-        self.dockerfile = dockerfile
-        self.prelude, self.stages = split_stages(dockerfile, self.filename)
-        self.globals = global_args(dockerfile, self.options.build_args)
-        target = self._target_stage()
+        self.dockerfile: Dockerfile = parse_dockerfile(text, self.filename)
+        self.plan = Plan.of(self.dockerfile, self.filename)
+        self.globals = global_args(self.dockerfile, self.options.build_args)
+        target = self.plan.target(self.options.target)
         with self.store.ingesting():  # gc must not take this build's layers before the image names them
             state = self._stage(target.index)
             if self._context is not None:
@@ -229,19 +130,11 @@ class Builder:
             tags = self._tag(image)
         return BuildResult(image, tags)
 
-    def _target_stage(self) -> Stage:
-        if self.options.target is None:
-            return self.stages[-1]
-        for stage in self.stages:
-            if stage.name == self.options.target.lower():
-                return stage
-        raise BuildError(f"target stage {self.options.target!r} could not be found in {self.filename}")
-
     def _write_image(self, state: State) -> Image:
         config_obj = dict(state.config)
         if self.options.labels:
             config_obj["Labels"] = {**(config_obj.get("Labels") or {}), **self.options.labels}
-        created = state.history[-1]["created"] if state.history else self._now()
+        created = state.history[-1]["created"] if state.history else self.steps.now()
         config = ImageConfig(
             architecture=host_architecture(),
             os="linux",
@@ -267,11 +160,6 @@ class Builder:
                 self.store.tag(name, image.descriptor)
         return names
 
-    def _now(self) -> str:
-        if self.options.source_date_epoch is not None:
-            return rfc3339(self.options.source_date_epoch)
-        return rfc3339(time.time())
-
     @property
     def context(self) -> BuildContext:
         if self._context is None:
@@ -289,58 +177,47 @@ class Builder:
 
     # -- stages ------------------------------------------------------------------------------------
 
-    def _stage_by_ref(self, ref: str) -> Stage | None:
-        lowered = ref.lower()
-        for stage in self.stages:
-            if stage.name == lowered:
-                return stage
-        if ref.isdigit() and int(ref) < len(self.stages):
-            return self.stages[int(ref)]
-        return None
-
     def _stage(self, index: int) -> State:
         if index in self.built:
             return self.built[index]
         if index in self.building:
-            raise BuildError(f"stage {self.stages[index].label} depends on itself (a cycle of stages)")
+            raise BuildError(f"stage {self.plan.stages[index].label} depends on itself (a cycle of stages)")
         self.building.add(index)
         try:
-            state = self._build_stage(self.stages[index])
+            state = self._build_stage(self.plan.stages[index])
         finally:
             self.building.discard(index)
         self.built[index] = state
         return state
 
     def _build_stage(self, stage: Stage) -> State:
-        base_name = self._expand_global(stage.base, stage.origin)
+        base_name = self._expand_global(stage.origin.base, stage.origin.node)
+        prefix = self.plan.prefix(stage)
         try:
             state = self._from(stage, base_name)
         except BaseException as e:
-            steps = 1 + sum(1 for i in stage.instructions if i.keyword.upper() in FILE_STEPS)
-            number = self.progress.start(f"[{self._prefix(stage)}1/{steps}] FROM {base_name}")
+            steps = Plan.numbered_steps(stage.instructions)
+            number = self.progress.start(f"[{prefix}1/{steps}] FROM {base_name}")
             self.progress.error(number, str(e) or type(e).__name__)
             raise
         triggers = [
             trigger
             for text in state.config.pop("OnBuild", None) or []
-            for trigger in self._parse_trigger(str(text), stage.origin)
+            for trigger in self._parse_trigger(str(text), stage.origin.node)
         ]
-        steps = 1 + sum(1 for i in [*triggers, *stage.instructions] if i.keyword.upper() in FILE_STEPS)
+        steps = Plan.numbered_steps([*triggers, *stage.instructions])
         self.step_numbers[stage.index] = (steps, iter(range(2, steps + 1)))
         # Printed once the base is there: a base stage's own steps come first.
-        self.progress.done(self.progress.start(f"[{self._prefix(stage)}1/{steps}] FROM {base_name}"))
+        self.progress.done(self.progress.start(f"[{prefix}1/{steps}] FROM {base_name}"))
         for trigger in triggers:
-            self._dispatch(stage, state, trigger, trigger_of=stage.origin)
+            self._dispatch(stage, state, trigger, where=stage.origin.node)
         for instruction in stage.instructions:
-            self._dispatch(stage, state, instruction)
+            self._dispatch(stage, state, instruction, where=instruction)
         return state
 
     def _expand_global(self, word: str, instruction: Instruction) -> str:
-        def lookup(name: str) -> str | None:
-            return self.globals.get(name)
-
         try:
-            return expand_word(word, lookup, self.dockerfile.escape)
+            return expand_word(word, self.globals.get, self.dockerfile.escape)
         except BuildError as e:
             raise BuildError(f"{self._where(instruction)}: {e}") from None
 
@@ -352,14 +229,13 @@ class Builder:
             raise BuildError(f"{self._where(origin)}: the base image's ONBUILD {text!r}: {e}") from None
         triggers = parsed.instructions[1:]
         for trigger in triggers:
-            if trigger.keyword.upper() in ("FROM", "ONBUILD", "MAINTAINER"):
+            if trigger.keyword.upper() in instructions.Onbuild.forbidden:
                 raise BuildError(f"{self._where(origin)}: ONBUILD {trigger.keyword} is not allowed")
         return triggers
 
     def _from(self, stage: Stage, base_name: str) -> State:
         """The state a stage starts from: an earlier stage's, an image's, or scratch."""
-        base: Image | None = None
-        base_stage = self._stage_by_ref(base_name) if base_name.lower() != "scratch" else None
+        base_stage = self.plan.by_ref(base_name) if base_name.lower() != "scratch" else None
         if base_stage is not None and base_stage.index < stage.index:
             built = self._stage(base_stage.index)
             return replace(
@@ -372,26 +248,20 @@ class Builder:
                     self.globals, self.options.build_args, list(built.config.get("Env") or [])
                 ),
             )
-        if base_name.lower() != "scratch":
-            base = self._image(base_name, stage.origin)
+        base = self._image(base_name, stage.origin.node) if base_name.lower() != "scratch" else None
         config = json.loads(json.dumps(base.config.config)) if base else {}
-        env = list(config.get("Env") or [])
-        state = State(
-            layers=[
-                LayerRef(d, diff_id)
-                for d, diff_id in zip(base.manifest.layers, base.config.diff_ids, strict=True)
-            ]
-            if base
-            else [],
+        return State(
+            layers=layer_refs(base),
             config=config,
             history=list(base.config.history) if base else [],
-            variables=StageVariables.for_stage(self.globals, self.options.build_args, env),
+            variables=StageVariables.for_stage(
+                self.globals, self.options.build_args, list(config.get("Env") or [])
+            ),
             key=cache_key("FROM", str(base.descriptor.digest) if base else "scratch", self.options.platform),
             workdir=str(config.get("WorkingDir") or "/"),
             shell=list(config.get("Shell") or DEFAULT_SHELL),
             user=str(config.get("User") or ""),
         )
-        return state
 
     def _image(self, reference: str, instruction: Instruction) -> Image:
         if reference not in self.images:
@@ -403,312 +273,110 @@ class Builder:
 
     # -- one instruction ---------------------------------------------------------------------------
 
-    def _dispatch(
-        self, stage: Stage, state: State, instruction: Instruction, trigger_of: Instruction | None = None
-    ) -> None:
-        keyword = instruction.keyword.upper()
-        where = instruction if trigger_of is None else trigger_of
+    def _dispatch(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
+        """Expand the instruction in the stage's scope, make it typed, and run it by its type.
+
+        `where` is the line errors name: the instruction's own, or for a trigger the FROM that ran it.
+        """
         try:
-            expanded = self._expand(state, instruction, keyword)
+            if instruction.keyword.upper() != "ONBUILD":  # triggers are expanded in the child's build
+                instruction = expand_instruction(instruction, state.variables.lookup, self.dockerfile.escape)
+            typed = instructions.command(instruction)
         except DockerfileSyntaxError:
             raise
         except BuildError as e:
             raise BuildError(f"{self._where(where)}: {e}") from None
-        handler: Callable[[Stage, State, Instruction, Instruction], None] = getattr(
-            self, f"_do_{keyword.lower()}"
-        )
-        handler(stage, state, expanded, where)
+        config = self.steps.config_step
+        match typed:
+            case instructions.Run():
+                self._run(stage, state, typed, where)
+            case instructions.Copy():  # and ADD
+                self._copy(stage, state, typed, where)
+            case instructions.Workdir():
+                self._workdir(stage, state, typed, where)
+            case instructions.Arg():
+                config(state, image_config.declare_args(state, typed))
+            case instructions.Env():
+                config(state, image_config.set_env(state, typed))
+            case instructions.Label():
+                config(state, image_config.add_labels(state, typed))
+            case instructions.Maintainer():
+                config(state, image_config.set_author(state, typed))
+            case instructions.User():
+                config(state, image_config.set_user(state, typed))
+            case instructions.Expose():
+                config(state, image_config.expose(state, typed))
+            case instructions.Volume():
+                config(state, image_config.add_volumes(state, typed))
+            case instructions.Stopsignal():
+                config(state, image_config.set_stop_signal(state, typed))
+            case instructions.Shell():
+                config(state, image_config.set_shell(state, typed))
+            case instructions.Entrypoint():  # before Cmd: an Entrypoint is a Cmd too
+                config(state, image_config.set_entrypoint(state, typed))
+            case instructions.Cmd():
+                config(state, image_config.set_cmd(state, typed))
+            case instructions.Healthcheck():
+                config(state, image_config.set_healthcheck(state, typed))
+            case instructions.Onbuild():
+                config(state, image_config.add_trigger(state, typed))
+            case instructions.From():
+                raise BuildError(f"{self._where(where)}: FROM is not allowed here")
 
-    def _expand(self, state: State, instruction: Instruction, keyword: str) -> Instruction:
-        if keyword == "ONBUILD":
-            return instruction  # triggers are expanded when they run, in the child image's build
-        return expand_instruction(instruction, state.variables.lookup, self.dockerfile.escape)
-
-    def _step_label(self, stage: Stage, instruction: Instruction) -> str:
+    def _step_label(self, stage: Stage, typed: instructions.Command) -> str:
         steps, counter = self.step_numbers[stage.index]
         number = next(counter, steps)
-        text = " ".join(instruction.original.split()) if instruction.original else instruction.keyword
-        return f"[{self._prefix(stage)}{number}/{steps}] {text[:200]}"
+        return f"[{self.plan.prefix(stage)}{number}/{steps}] {typed.text[:200]}"
 
-    def _prefix(self, stage: Stage) -> str:
-        """BuildKit names the stage in a step's label unless the Dockerfile has one unnamed stage."""
-        return "" if len(self.stages) == 1 and stage.name is None else f"{stage.label} "
+    # -- file system steps -------------------------------------------------------------------------
 
-    def _record(self, state: State, created_by: str, created: str, empty: bool) -> None:
-        entry: dict[str, Any] = {"created": created, "created_by": created_by, "comment": HISTORY_COMMENT}
-        if empty:
-            entry["empty_layer"] = True
-        state.history.append(entry)
-
-    def _metadata(self, state: State, instruction: Instruction, created_by: str) -> None:
-        """A step that only changes the config: its history time comes from the cache, so a rebuild
-        gives the same config."""
-        key = cache_key(state.key, "META", created_by, len(state.history))
-        entry = self.cache.get(key)
-        if entry is None:
-            entry = CacheEntry(self._now(), None)
-            self.cache.put(key, entry)
-        self._record(state, created_by, entry.created, empty=True)
-
-    def _file_step(
-        self,
-        stage: Stage,
-        state: State,
-        instruction: Instruction,
-        where: Instruction,
-        key_parts: list[Any] | Callable[[], list[Any]],
-        created_by: str,
-        work: Callable[[Path, int], None],
-    ) -> None:
-        """Run a file-changing step, or take it from the cache; its layer (if any) joins the state.
-
-        `key_parts` may be a function: what reads the step's sources (a COPY's digest) then fails
-        under the step's own progress line.
-        """
-        number = self.progress.start(self._step_label(stage, instruction))
-        cached = False
-        try:
-            parts = key_parts() if callable(key_parts) else key_parts
-            key = cache_key(state.key, *parts, self.options.platform)
-            found = self.cache.get(key)
-            if found is not None:
-                entry, cached = found, True
-            else:
-                with self._scratch_dir() as scratch:
-                    upper = scratch / "upper"
-                    work(upper, number)
-                    layer = self._store_upper(upper)
-                entry = CacheEntry(self._now(), layer)
-                self.cache.put(key, entry)
-        except BuildError as e:
-            self.progress.error(number, str(e))
-            raise BuildError(f"{self._where(where)}: {e}") from None
-        except BaseException as e:
-            self.progress.error(number, str(e) or type(e).__name__)
-            raise
-        if cached:
-            self.progress.cached(number)
-        else:
-            self.progress.done(number)
-        state.key = key
-        if entry.layer is not None:
-            state.layers.append(entry.layer)
-        self._record(state, created_by, entry.created, empty=entry.layer is None)
-
-    @contextlib.contextmanager
-    def _scratch_dir(self) -> Iterator[Path]:
-        path = Path(tempfile.mkdtemp(dir=self.store.tmp, prefix="build-"))
-        try:
-            yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
-
-    def _store_upper(self, upper: Path) -> LayerRef | None:
-        """The step's upper directory as a zstd:chunked layer in the store; None if it is empty."""
-        if not upper.is_dir() or not any(upper.iterdir()):
-            return None
-        with self.store.temp_file() as (tar_path, _):
-            upper_to_tar(upper, tar_path, self.clamp_ns)
-            with self.store.temp_file() as (blob_path, blob):
-                written = write_chunked_layer(tar_path, blob)
-                self.store.adopt(blob_path, blob, written.digest)
-        return LayerRef(written.descriptor(), written.diff_id)
-
-    # -- metadata instructions ---------------------------------------------------------------------
-
-    def _do_arg(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        try:
-            declarations = arg_declarations(instruction)
-        except BuildError as e:
-            raise BuildError(f"{self._where(where)}: {e}") from None
-        for name, default in declarations:
-            state.variables.declare_arg(name, default)
-        self._metadata(state, instruction, f"ARG {' '.join(instruction.args)}")
-
-    def _do_env(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        state.variables.set_env(self._pairs(instruction, where))
-        state.config["Env"] = state.variables.image_env()
-        self._metadata(state, instruction, f"ENV {_pairs_text(self._pairs(instruction, where))}")
-
-    def _do_label(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        pairs = self._pairs(instruction, where)
-        state.config["Labels"] = {**(state.config.get("Labels") or {}), **dict(pairs)}
-        self._metadata(state, instruction, f"LABEL {_pairs_text(pairs)}")
-
-    def _do_maintainer(
-        self, stage: Stage, state: State, instruction: Instruction, where: Instruction
-    ) -> None:
-        state.author = " ".join(instruction.args)
-        self._metadata(state, instruction, f"MAINTAINER {state.author}")
-
-    def _do_user(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        self._need_args(instruction, where, 1, 1)
-        state.user = instruction.args[0]
-        state.config["User"] = state.user
-        self._metadata(state, instruction, f"USER {state.user}")
-
-    def _do_expose(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        self._need_args(instruction, where, 1, None)
-        ports = dict(state.config.get("ExposedPorts") or {})
-        for port in instruction.args:
-            number, _, proto = port.partition("/")
-            if not number.replace("-", "").isdigit() or (
-                proto and proto.lower() not in ("tcp", "udp", "sctp")
-            ):
-                raise BuildError(f"{self._where(where)}: EXPOSE {port}: expected PORT[/tcp|udp|sctp]")
-            ports[f"{number}/{(proto or 'tcp').lower()}"] = {}
-        state.config["ExposedPorts"] = ports
-        self._metadata(state, instruction, f"EXPOSE map[{' '.join(sorted(ports))}:{{}}]")
-
-    def _do_volume(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        self._need_args(instruction, where, 1, None)
-        volumes = dict(state.config.get("Volumes") or {})
-        for path in instruction.args:
-            volumes[path] = {}
-        state.config["Volumes"] = volumes
-        self._metadata(state, instruction, f"VOLUME {json.dumps(instruction.args)}")
-
-    def _do_stopsignal(
-        self, stage: Stage, state: State, instruction: Instruction, where: Instruction
-    ) -> None:
-        self._need_args(instruction, where, 1, 1)
-        state.config["StopSignal"] = instruction.args[0]
-        self._metadata(state, instruction, f"STOPSIGNAL {instruction.args[0]}")
-
-    def _do_shell(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        if not instruction.exec_form or not instruction.args:
-            raise BuildError(
-                f'{self._where(where)}: SHELL requires the JSON form, e.g. SHELL ["/bin/sh", "-c"]'
-            )
-        state.shell = list(instruction.args)
-        state.config["Shell"] = state.shell
-        self._metadata(state, instruction, f"SHELL {json.dumps(state.shell)}")
-
-    def _do_cmd(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        state.config["Cmd"] = self._command(state, instruction)
-        state.cmd_set = True
-        self._metadata(state, instruction, f"CMD {json.dumps(state.config['Cmd'])}")
-
-    def _do_entrypoint(
-        self, stage: Stage, state: State, instruction: Instruction, where: Instruction
-    ) -> None:
-        state.config["Entrypoint"] = self._command(state, instruction)
-        # docker: an ENTRYPOINT resets a CMD inherited from the base (one set in this stage stays).
-        if not state.cmd_set:
-            state.config.pop("Cmd", None)
-        self._metadata(state, instruction, f"ENTRYPOINT {json.dumps(state.config['Entrypoint'])}")
-
-    def _do_healthcheck(
-        self, stage: Stage, state: State, instruction: Instruction, where: Instruction
-    ) -> None:
-        args = instruction.args
-        if (
-            not args
-            or args[0].upper() not in ("NONE", "CMD", "CMD-SHELL")
-            or (args[0] != "NONE" and len(args) < 2)
-        ):
-            raise BuildError(f"{self._where(where)}: HEALTHCHECK needs CMD and a command, or NONE")
-        check: dict[str, Any] = {"Test": list(args)}
-        if args[0].upper() != "NONE":
-            for flag, key in HEALTHCHECK_DURATIONS:
-                if instruction.flags.get(flag):
-                    check[key] = self._duration(instruction.flags[flag][-1], flag, where)
-            if instruction.flags.get("retries"):
-                value = instruction.flags["retries"][-1]
-                if not value.isdigit():
-                    raise BuildError(
-                        f"{self._where(where)}: HEALTHCHECK --retries={value}: expected a number"
-                    )
-                check["Retries"] = int(value)
-        state.config["Healthcheck"] = check
-        self._metadata(state, instruction, f"HEALTHCHECK {json.dumps(check, sort_keys=True)}")
-
-    def _do_onbuild(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        text = instruction.original.split(None, 1)[1] if instruction.original else " ".join(instruction.args)
-        trigger = instruction.trigger
-        if trigger is not None and trigger.keyword.upper() in ("ONBUILD", "FROM", "MAINTAINER"):
-            raise BuildError(f"{self._where(where)}: ONBUILD {trigger.keyword} is not allowed")
-        state.config["OnBuild"] = [*(state.config.get("OnBuild") or []), text.strip()]
-        self._metadata(state, instruction, f"ONBUILD {text.strip()}")
-
-    def _do_from(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        raise BuildError(f"{self._where(where)}: FROM is not allowed here")
-
-    # -- file system instructions ------------------------------------------------------------------
-
-    def _do_workdir(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        self._need_args(instruction, where, 1, 1)
-        path = posixpath.normpath(posixpath.join(state.workdir, instruction.args[0]))
-        path = "/" + path.lstrip("/")
+    def _workdir(self, stage: Stage, state: State, typed: instructions.Workdir, where: Instruction) -> None:
+        path = "/" + posixpath.normpath(posixpath.join(state.workdir, typed.word)).lstrip("/")
         state.workdir = path
         state.config["WorkingDir"] = path
 
         def work(upper: Path, number: int) -> None:
             upper.mkdir()
-            with ImageFiles.open(self.store, state.image() if state.layers else None) as files:
-                make_dirs(files, upper, path, self.clamp_ns)
+            with ImageFiles.open(self.store, state.files_image()) as files:
+                make_dirs(files, upper, path, self.steps.clamp_ns)
 
-        self._file_step(stage, state, instruction, where, ["WORKDIR", path], f"WORKDIR {path}", work)
+        label = self._step_label(stage, typed)
+        self.steps.file_step(state, label, self._where(where), ["WORKDIR", path], f"WORKDIR {path}", work)
 
-    def _do_copy(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        self._copy(stage, state, instruction, where, add=False)
-
-    def _do_add(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        self._copy(stage, state, instruction, where, add=True)
-
-    def _copy(
-        self, stage: Stage, state: State, instruction: Instruction, where: Instruction, add: bool
-    ) -> None:
-        keyword = "ADD" if add else "COPY"
-        if len(instruction.args) < 2:
-            raise BuildError(f"{self._where(where)}: {keyword} needs at least one source and a destination")
-        flags = instruction.flags
-        request = CopyRequest(
-            sources=list(instruction.args[:-1]),
-            dest=instruction.args[-1],
-            workdir=state.workdir,
-            chown=_last(flags, "chown"),
-            chmod=_last(flags, "chmod"),
-            link=_flag_true(flags, "link"),
-            excludes=tuple(flags.get("exclude", [])),
-            heredocs=tuple(instruction.heredocs),
-            add=add,
-            checksum=_last(flags, "checksum"),
-            keep_git_dir=_flag_true(flags, "keep-git-dir"),
-        )
-        if not add and (request.checksum or request.keep_git_dir):
-            raise BuildError(f"{self._where(where)}: COPY has no --checksum or --keep-git-dir (ADD has)")
-        source_ref = _last(flags, "from")
+    def _copy(self, stage: Stage, state: State, typed: instructions.Copy, where: Instruction) -> None:
+        request = typed.request(state.workdir)
         with contextlib.ExitStack() as stack:
             source: BuildContext | ImageFiles
             source_key: str
-            if source_ref is None:
+            if typed.source_ref is None:
                 source, source_key = self.context, "context"
             else:
-                image, source_key = self._from_ref(source_ref, where, keyword)
+                image, source_key = self._from_ref(typed.source_ref, where, typed.keyword)
                 source = stack.enter_context(ImageFiles.open(self.store, image))
-            text = " ".join(instruction.original.split()) if instruction.original else keyword
             heredocs = [(h.name, h.content, h.expand, h.chomp) for h in request.heredocs]
 
             def key_parts() -> list[Any]:
                 digest = copy_digest(request, source)  # reads the sources: their errors are the step's
-                return [keyword, request.sources, request.dest, request.workdir, request.chown,
+                return [typed.keyword, request.sources, request.dest, request.workdir, request.chown,
                         request.chmod, request.link, list(request.excludes), request.checksum,
                         source_key, digest, heredocs]  # fmt: skip
 
             def work(upper: Path, number: int) -> None:
                 upper.mkdir()
-                with ImageFiles.open(self.store, state.image() if state.layers else None) as target:
-                    copy_step(request, source, target, upper, self.clamp_ns)
+                with ImageFiles.open(self.store, state.files_image()) as target:
+                    copy_step(request, source, target, upper, self.steps.clamp_ns)
 
-            self._file_step(stage, state, instruction, where, key_parts, f"{text} # buildkit", work)
+            label = self._step_label(stage, typed)
+            self.steps.file_step(
+                state, label, self._where(where), key_parts, f"{typed.text} # buildkit", work
+            )
 
     def _from_ref(self, ref: str, where: Instruction, what: str) -> tuple[Image | None, str]:
         """The files `--from=REF` names: an earlier stage (by name or number) or an image."""
-        stage = self._stage_by_ref(ref)
+        stage = self.plan.by_ref(ref)
         if stage is not None:
             built = self._stage(stage.index)
-            return (built.image() if built.layers else None), f"stage:{built.key}"
+            return built.files_image(), f"stage:{built.key}"
         if ref.lower() == "scratch":
             return None, "scratch"
         try:
@@ -720,14 +388,12 @@ class Builder:
             ) from None
         return image, f"image:{image.descriptor.digest}"
 
-    def _do_run(self, stage: Stage, state: State, instruction: Instruction, where: Instruction) -> None:
-        if not instruction.args and not instruction.heredocs:
-            raise BuildError(f"{self._where(where)}: RUN needs a command")
-        argv, scripts = command_line(instruction, state.shell)
-        network = parse_network(instruction, self.options.network)
+    def _run(self, stage: Stage, state: State, typed: instructions.Run, where: Instruction) -> None:
+        argv, scripts = command_line(typed.node, state.shell)
+        network = self.options.network if typed.network == "default" else typed.network
         mounts: list[RunMount] = []
         mount_keys: list[Any] = []
-        for text in instruction.flags.get("mount", []):
+        for text in typed.mounts:
             try:
                 spec = parse_mount(text, state.workdir)
             except BuildError as e:
@@ -762,7 +428,10 @@ class Builder:
                     + (f" (last output: {last})" if last else "")
                 )
 
-        self._file_step(stage, state, instruction, where, key_parts, f"RUN {prefix}{shown} # buildkit", work)
+        label = self._step_label(stage, typed)
+        self.steps.file_step(
+            state, label, self._where(where), key_parts, f"RUN {prefix}{shown} # buildkit", work
+        )
 
     def _mount(self, spec: MountSpec, where: Instruction) -> tuple[RunMount | None, list[Any]]:
         key: list[Any] = spec.describe()
@@ -788,12 +457,7 @@ class Builder:
         # bind
         if spec.from_:
             image, source_key = self._from_ref(spec.from_, where, "RUN --mount")
-            layers = (
-                [LayerRef(d, i) for d, i in zip(image.manifest.layers, image.config.diff_ids, strict=True)]
-                if image
-                else []
-            )
-            return RunMount(spec.target, spec.read_only, layers=layers, subpath=spec.source,
+            return RunMount(spec.target, spec.read_only, layers=layer_refs(image), subpath=spec.source,
                             scratch_copy=not spec.read_only), [*key, source_key]  # fmt: skip
         source = self._context_path(spec.source, where)
         digest = copy_digest(CopyRequest(sources=[spec.source or "."], dest="/"), self.context)
@@ -814,78 +478,3 @@ class Builder:
                 f"{self._where(where)}: --mount source {relative!r}: no such file in the build context"
             )
         return path
-
-    # -- helpers -----------------------------------------------------------------------------------
-
-    def _pairs(self, instruction: Instruction, where: Instruction) -> list[tuple[str, str]]:
-        try:
-            return key_value_pairs(instruction)
-        except BuildError as e:
-            raise BuildError(f"{self._where(where)}: {e}") from None
-
-    def _need_args(self, instruction: Instruction, where: Instruction, least: int, most: int | None) -> None:
-        count = len(instruction.args)
-        if count < least or (most is not None and count > most):
-            wanted = f"exactly {least}" if least == most else f"at least {least}"
-            raise BuildError(
-                f"{self._where(where)}: {instruction.keyword.upper()} takes {wanted} argument(s)"
-            )
-
-    def _command(self, state: State, instruction: Instruction) -> list[str]:
-        if instruction.exec_form:
-            return list(instruction.args)
-        return [*state.shell, " ".join(instruction.args)]
-
-    def _duration(self, text: str, flag: str, where: Instruction) -> int:
-        try:
-            return parse_duration_ns(text)
-        except ValueError as e:
-            raise BuildError(f"{self._where(where)}: HEALTHCHECK --{flag}: {e}") from None
-
-
-def make_dirs(files: ImageFiles, upper: Path, path: str, clamp_ns: int | None) -> None:
-    """Create `path` in `upper` unless the image has it; the existing parents on the way are copied
-    up with their metadata, as overlayfs would."""
-    try:
-        node = files.tree.lookup(path)
-        if node.is_dir:
-            return
-    except (NotFound, StorageError):
-        pass
-    parts = [p for p in path.split("/") if p]
-    current = upper
-    walked = ""
-    for part in parts:
-        walked = f"{walked}/{part}"
-        current = current / part
-        try:
-            existing = files.tree.lookup(walked, follow_last=False)
-        except (NotFound, StorageError):
-            existing = None
-        if existing is not None and not existing.is_dir:
-            raise BuildError(f"WORKDIR {path}: {walked} exists and is not a directory")
-        current.mkdir(exist_ok=True)
-        if existing is not None:
-            os.chmod(current, existing.entry.mode & 0o7777)
-            os.chown(current, existing.entry.uid, existing.entry.gid)
-        else:
-            os.chmod(current, 0o755)
-    if clamp_ns is not None:
-        for directory in [upper, *upper.rglob("*")]:
-            os.utime(directory, ns=(clamp_ns, clamp_ns), follow_symlinks=False)
-
-
-def _last(flags: dict[str, list[str]], name: str) -> str | None:
-    values = flags.get(name)
-    return values[-1] if values else None
-
-
-def _flag_true(flags: dict[str, list[str]], name: str) -> bool:
-    values = flags.get(name)
-    if not values:
-        return False
-    return values[-1].lower() in ("", "true", "1")
-
-
-def _pairs_text(pairs: list[tuple[str, str]]) -> str:
-    return " ".join(f"{k}={v}" for k, v in pairs)

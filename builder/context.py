@@ -19,16 +19,17 @@ import json
 import os
 import posixpath
 import re
-import stat
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
 from builder.errors import BuildError
+from storage.errors import UnsafePath
+from storage.paths import resolve
 
 HASH_BUFSIZE = 1 << 20
-MAX_SYMLINK_HOPS = 40
+_INSIDE = "\0"  # the context's root while resolving a path in it: no file name holds a NUL
 
 
 class Ignore(Protocol):
@@ -106,35 +107,31 @@ class BuildContext:
     def resolve(self, path: str, follow_last: bool = True) -> str:
         """The context-relative path `path` leads to, symlinks followed as the real file system
         does; OutsideContext if that leaves the context, on the way or at the end."""
-        shown = path
-        pending = [p for p in path.split("/") if p not in ("", ".")][::-1]
-        resolved: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part == "..":
-                if not resolved:
-                    raise OutsideContext(f"{shown}: outside the build context")
-                resolved.pop()
-                continue
-            here = "/".join([*resolved, part])
-            try:
-                st = os.lstat(self._real_root / here)
-            except OSError:
-                resolved.append(part)
-                continue
-            if not stat.S_ISLNK(st.st_mode) or not (pending or follow_last):
-                resolved.append(part)
-                continue
-            hops += 1
-            if hops > MAX_SYMLINK_HOPS:
-                raise BuildError(f"{shown}: too many levels of symbolic links")
-            target = os.readlink(self._real_root / here)
+        outside = OutsideContext(f"{path}: outside the build context")
+        if "\0" in path:
+            raise outside
+
+        # storage's resolver stays inside a root as chroot does: `..` stops at it and an absolute
+        # target starts from it. A build must refuse both instead, so the path is resolved below a
+        # component no file name can be: a `..` that climbs out removes it, and shows.
+        def link_at(parts: list[str]) -> str | None:
+            if parts[:1] != [_INSIDE]:
+                raise outside
+            here = self._real_root.joinpath(*parts[1:])
+            if not here.is_symlink():
+                return None
+            target = os.readlink(here)
             if target.startswith("/"):
-                # An absolute target names the builder's machine, not the context.
-                raise OutsideContext(f"{shown}: outside the build context")
-            pending.extend([p for p in target.split("/") if p not in ("", ".")][::-1])
-        return "/".join(resolved)
+                raise outside  # an absolute target names the builder's machine, not the context
+            return target
+
+        try:
+            parts = resolve(f"{_INSIDE}/{path}", link_at, follow_last)
+        except UnsafePath:
+            raise BuildError(f"{path}: too many levels of symbolic links") from None
+        if parts[:1] != [_INSIDE]:
+            raise outside
+        return "/".join(parts[1:])
 
     def glob(self, pattern: str) -> list[tuple[str, str]]:
         """The sources `pattern` names: (the path as matched, the path it resolves to), sorted.

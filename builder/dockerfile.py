@@ -10,155 +10,28 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from builder.errors import DockerfileSyntaxError
+from builder.instructions import COMMANDS, KEYWORDS, parse_duration_ns
+from builder.syntax import (
+    Dockerfile,
+    Heredoc,
+    Instruction,
+    parse_heredoc_word,
+    remove_flag_quotes,
+    replace_node,
+    split_pairs,
+)
 from builder.words import SubstitutionError, raw_words, unquote_word
 
-KEYWORDS = (
-    "ADD",
-    "ARG",
-    "CMD",
-    "COPY",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "FROM",
-    "HEALTHCHECK",
-    "LABEL",
-    "MAINTAINER",
-    "ONBUILD",
-    "RUN",
-    "SHELL",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-)
+__all__ = ["Dockerfile", "Heredoc", "Instruction", "parse_dockerfile"]
 
 DIRECTIVES = ("syntax", "escape", "check")
-
-# Flags each instruction accepts: name -> kind. "bool" flags may be given bare (`--link`) and then
-# hold "true"; "multi" flags may repeat; "str" flags need a value and appear at most once.
-FLAGS: dict[str, dict[str, str]] = {
-    "ADD": {
-        "chown": "str",
-        "chmod": "str",
-        "link": "bool",
-        "keep-git-dir": "bool",
-        "checksum": "str",
-        "exclude": "multi",
-        "unpack": "bool",
-    },
-    "COPY": {
-        "from": "str",
-        "chown": "str",
-        "chmod": "str",
-        "link": "bool",
-        "parents": "bool",
-        "exclude": "multi",
-    },
-    "FROM": {"platform": "str"},
-    "HEALTHCHECK": {
-        "interval": "str",
-        "timeout": "str",
-        "start-period": "str",
-        "start-interval": "str",
-        "retries": "str",
-    },
-    "RUN": {"mount": "multi", "network": "str", "security": "str", "device": "multi"},
-}
 
 HEREDOC_KEYWORDS = frozenset({"ADD", "COPY", "RUN"})
 
 _DIRECTIVE_RE = re.compile(r"^#[ \t]*([a-zA-Z][a-zA-Z0-9]*)[ \t]*=[ \t]*(.+?)[ \t]*$")
-_HEREDOC_RE = re.compile(r"^(\d*)<<(-?)([^<]*)$", re.DOTALL)
 _STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*$")
-# Go's time.ParseDuration, which BuildKit uses for HEALTHCHECK's durations.
-_DURATION_PART_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "μs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-
-
-def parse_duration_ns(text: str) -> int:
-    """A Go duration ("1m30s", "1.5h", "300ms", "0") in nanoseconds; ValueError if it is not one."""
-    body = text[1:] if text[:1] in "+-" else text
-    sign = -1 if text.startswith("-") else 1
-    if body == "0":
-        return 0
-    total = 0.0
-    pos = 0
-    while pos < len(body):
-        match = _DURATION_PART_RE.match(body, pos)
-        if not match:
-            raise ValueError(f"invalid duration {text!r}: expected a number and a unit (ns, us, ms, s, m, h)")
-        total += float(match.group(1)) * _DURATION_UNITS_NS[match.group(2)]
-        pos = match.end()
-    if not body:
-        raise ValueError(f"invalid duration {text!r}")
-    return sign * round(total)
-
-
-@dataclass(frozen=True)
-class Heredoc:
-    """One here-document of an instruction (`<<EOF`, `<<-EOF`, `<<'EOF'`)."""
-
-    name: str  # the delimiter, without quotes
-    content: str  # the body, each line ending in "\n"; for <<- without the leading tabs
-    expand: bool  # False when any part of the delimiter was quoted: the body is taken literally
-    chomp: bool  # True for <<-
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """One instruction of a Dockerfile, unexpanded.
-
-    `args` is the JSON array's items for the exec form, else the rest of the line (after the flags)
-    as one string. HEALTHCHECK keeps Docker's config form instead: ["NONE"], ["CMD", argv...] or
-    ["CMD-SHELL", command]. ONBUILD has its trigger's text as the only arg and the parsed trigger
-    in `trigger`. `expand_instruction` returns a copy with `expanded` set and `args` in the shape its
-    docstring gives.
-    """
-
-    keyword: str
-    args: list[str]
-    exec_form: bool
-    flags: dict[str, list[str]]
-    heredocs: tuple[Heredoc, ...]
-    line: int
-    end_line: int
-    original: str
-    trigger: Instruction | None = None
-    # True once builder.variables.expand_instruction has substituted the variables.
-    expanded: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["heredocs"] = [asdict(heredoc) for heredoc in self.heredocs]
-        data["trigger"] = self.trigger.to_json() if self.trigger else None
-        return data
-
-
-@dataclass(frozen=True)
-class Dockerfile:
-    """A parsed Dockerfile: its parser directives and its instructions in order."""
-
-    directives: dict[str, str]
-    escape: str
-    instructions: list[Instruction] = field(default_factory=list)
-
-    def to_json(self) -> list[dict[str, Any]]:
-        """One object per instruction, for `lazyctr build --print-ast`."""
-        return [instruction.to_json() for instruction in self.instructions]
 
 
 def parse_dockerfile(text: str, filename: str = "Dockerfile") -> Dockerfile:
@@ -242,7 +115,7 @@ class _Parser:
                     continue
                 part, complete = self.strip_continuation(raw)
                 text += part
-            instruction = _replace(self.instruction(text.strip(), start), end_line=self.pos)
+            instruction = replace_node(self.instruction(text.strip(), start), end_line=self.pos)
             if instruction.keyword in HEREDOC_KEYWORDS or (
                 instruction.trigger and instruction.trigger.keyword in HEREDOC_KEYWORDS
             ):
@@ -262,8 +135,7 @@ class _Parser:
         flags = self.parse_flags(keyword, flag_words, line)
         if keyword == "HEALTHCHECK":
             self.check_healthcheck_flags(flags, line)
-        parse = getattr(self, f"parse_{keyword.lower()}", None)
-        args, exec_form, trigger = parse(rest, line) if parse else self.parse_default(keyword, rest, line)
+        args, exec_form, trigger = self.arguments(keyword, rest, line)
         return Instruction(keyword, args, exec_form, flags, (), line, line, text, trigger)
 
     # --- flags -----------------------------------------------------------------------------
@@ -294,10 +166,10 @@ class _Parser:
             pos = end
             if word == "--":
                 return flags, rest[pos:].lstrip()
-            flags.append(_remove_flag_quotes(word))
+            flags.append(remove_flag_quotes(word))
 
     def parse_flags(self, keyword: str, words: list[str], line: int) -> dict[str, list[str]]:
-        allowed = FLAGS.get(keyword, {})
+        allowed = COMMANDS[keyword].flags
         flags: dict[str, list[str]] = {}
         for word in words:
             name, has_value, value = word[2:].partition("=")
@@ -319,6 +191,30 @@ class _Parser:
         return flags
 
     # --- arguments --------------------------------------------------------------------------
+
+    def arguments(self, keyword: str, rest: str, line: int) -> tuple[list[str], bool, Instruction | None]:
+        """The arguments of an instruction, read the way its keyword wants them, and an ONBUILD's trigger."""
+        match keyword:
+            case "RUN":
+                return self.parse_run(rest, line)
+            case "CMD" | "ENTRYPOINT":
+                return (*self.maybe_json(rest, line), None)
+            case "SHELL":
+                return self.parse_shell(rest, line)
+            case "COPY" | "ADD":
+                return self.parse_copy(rest, line)
+            case "VOLUME":
+                return self.parse_volume(rest, line)
+            case "FROM":
+                return self.parse_from(rest, line)
+            case "HEALTHCHECK":
+                return self.parse_healthcheck(rest, line)
+            case "ENV" | "LABEL" | "ARG":
+                self.check_pairs(keyword, rest, line)
+                return [rest], False, None
+            case "ONBUILD":
+                return self.parse_onbuild(rest, line)
+        return self.parse_default(keyword, rest, line)
 
     def parse_default(self, keyword: str, rest: str, line: int) -> tuple[list[str], bool, None]:
         """Instructions whose argument is the rest of the line: EXPOSE MAINTAINER STOPSIGNAL USER WORKDIR."""
@@ -348,11 +244,6 @@ class _Parser:
             raise self.error("RUN requires at least one argument", line)
         return (*self.maybe_json(rest, line), None)
 
-    def parse_cmd(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        return (*self.maybe_json(rest, line), None)
-
-    parse_entrypoint = parse_cmd
-
     def parse_shell(self, rest: str, line: int) -> tuple[list[str], bool, None]:
         args, exec_form = self.maybe_json(rest, line)
         if not exec_form or not args:
@@ -367,8 +258,6 @@ class _Parser:
                 "COPY and ADD require at least two arguments: the sources and the destination", line
             )
         return args, exec_form, None
-
-    parse_add = parse_copy
 
     def parse_volume(self, rest: str, line: int) -> tuple[list[str], bool, None]:
         args, exec_form = self.maybe_json(rest, line)
@@ -430,18 +319,6 @@ class _Parser:
             if retries < 0:
                 raise self.error(f"HEALTHCHECK --retries={value} cannot be negative", line)
 
-    def parse_env(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        self.check_pairs("ENV", rest, line)
-        return [rest], False, None
-
-    def parse_label(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        self.check_pairs("LABEL", rest, line)
-        return [rest], False, None
-
-    def parse_arg(self, rest: str, line: int) -> tuple[list[str], bool, None]:
-        self.check_pairs("ARG", rest, line)
-        return [rest], False, None
-
     def check_pairs(self, keyword: str, rest: str, line: int) -> None:
         if not rest:
             raise self.error(f"{keyword} requires at least one argument", line)
@@ -500,109 +377,5 @@ class _Parser:
         docs = tuple(heredocs)
         trigger = None
         if instruction.trigger:
-            trigger = _replace(instruction.trigger, heredocs=docs, end_line=self.pos)
-        return _replace(instruction, heredocs=docs, end_line=self.pos, trigger=trigger)
-
-
-def _replace(instruction: Instruction, **changes: Any) -> Instruction:
-    values = {name: getattr(instruction, name) for name in Instruction.__dataclass_fields__}
-    values.update(changes)
-    return Instruction(**values)
-
-
-def _remove_flag_quotes(word: str) -> str:
-    """A flag word as BuildKit reads it: quotes removed, a backslash keeps the next character."""
-    out: list[str] = []
-    quote = ""
-    i = 0
-    while i < len(word):
-        ch = word[i]
-        i += 1
-        if quote and ch == quote:
-            quote = ""
-        elif not quote and ch in "'\"":
-            quote = ch
-        elif ch == "\\" and i < len(word):
-            out.append(word[i])
-            i += 1
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def parse_heredoc_word(word: str) -> tuple[bool, str, bool] | None:
-    """(chomp, name, expand) when a raw word starts a here-document (`<<EOF`, `<<-'EOF'`), else None."""
-    match = _HEREDOC_RE.match(word)
-    if not match or not match.group(3):
-        return None
-    rest = match.group(3)
-    try:
-        words = raw_words(rest)
-        if len(words) != 1:
-            return None
-        name = unquote_word(rest)
-    except SubstitutionError:
-        return None
-    # Any quoted part of the delimiter (<<'EOF', <<"EOF", <<E"O"F) means the body is taken literally.
-    quotes = sum(rest.count(q) for q in "'\"")
-    kept = sum(name.count(q) for q in "'\"")
-    return match.group(2) == "-", name, quotes == kept
-
-
-def _pair_words(text: str, escape: str) -> list[str]:
-    """Split ENV/LABEL/ARG text on unquoted blanks, keeping quotes and escapes (they are expanded later)."""
-    words: list[str] = []
-    word: list[str] = []
-    quote = ""
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        i += 1
-        if ch == escape and i < len(text):
-            word.append(ch + text[i])
-            i += 1
-            continue
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch.isspace():
-            if word:
-                words.append("".join(word))
-                word = []
-            continue
-        word.append(ch)
-    if quote:
-        raise ValueError(f"expected a closing {quote} in {text!r}")
-    if word:
-        words.append("".join(word))
-    return words
-
-
-def split_pairs(keyword: str, text: str, escape: str = "\\") -> list[tuple[str, str | None]]:
-    """The raw (unexpanded) name/value pairs of an ENV, LABEL or ARG text; None for `ARG name`.
-
-    ENV and LABEL also take the legacy form `ENV name value with spaces` (one pair, when the first
-    word has no `=`).
-    """
-    words = _pair_words(text, escape)
-    if not words:
-        raise ValueError(f"{keyword} requires at least one argument")
-    pairs: list[tuple[str, str | None]] = []
-    if keyword in ("ENV", "LABEL") and "=" not in words[0]:
-        parts = text.strip().split(None, 1)
-        if len(parts) < 2:
-            raise ValueError(f"{keyword} {parts[0]}: expected a value (NAME=VALUE or the legacy NAME VALUE)")
-        return [(parts[0], parts[1])]
-    for word in words:
-        key, has_value, value = word.partition("=")
-        if not key:
-            raise ValueError(f"{keyword} names can not be blank: {word!r}")
-        if keyword == "ARG":
-            pairs.append((key, value if has_value else None))
-        elif not has_value:
-            raise ValueError(f"{keyword}: expected NAME=VALUE, can't find = in {word!r}")
-        else:
-            pairs.append((key, value))
-    return pairs
+            trigger = replace_node(instruction.trigger, heredocs=docs, end_line=self.pos)
+        return replace_node(instruction, heredocs=docs, end_line=self.pos, trigger=trigger)

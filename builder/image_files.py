@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from builder.errors import BuildError
 from storage.errors import NotFound, StorageError
 from storage.layer_reader import LayerReader
+from storage.paths import resolve
 from storage.store import Image, Store
 from storage.tree import ImageTree, Node
 
@@ -43,6 +44,26 @@ class ImageFiles:
             return self.tree.lookup(path, follow_last)
         except (NotFound, StorageError):
             return None
+
+    def exact(self, parts: list[str]) -> Node | None:
+        """The node at `parts`, a path already resolved: no symlink on the way is followed."""
+        node: Node | None = self.tree.root
+        for part in parts:
+            node = (node.children or {}).get(part) if node is not None else None
+        return node
+
+    def resolve(self, path: str) -> list[str]:
+        """The components of the path `path` leads to, symlinks followed inside the image (as if it
+        were the root), the last one too."""
+
+        def link_at(parts: list[str]) -> str | None:
+            node = self.exact(parts)
+            return node.entry.link_name if node is not None and node.entry.type == "symlink" else None
+
+        try:
+            return resolve(path, link_at, follow_last=True)
+        except StorageError as e:
+            raise BuildError(f"{path}: {e}") from None
 
     def iter_content(self, node: Node) -> Iterator[bytes]:
         """A regular file's contents, chunk by chunk, each verified against its TOC digest."""

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from builder.cache import LayerRef
-from builder.dockerfile import Heredoc, Instruction
 from builder.errors import BuildError
+from builder.syntax import Instruction
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -136,21 +136,6 @@ def _true(value: str) -> bool:
     return value.lower() in ("true", "1", "yes", "")
 
 
-def parse_network(instruction: Instruction, default: str) -> str:
-    values = instruction.flags.get("network", [])
-    network = values[-1] if values else "default"
-    if network not in NETWORKS:
-        raise BuildError(f"unsupported RUN --network={network}: expected one of {', '.join(NETWORKS)}")
-    return default if network == "default" else network
-
-
-def chomped(heredoc: Heredoc) -> str:
-    """`<<-EOF` strips leading tabs, as the shell does."""
-    if not heredoc.chomp:
-        return heredoc.content
-    return "".join(line.lstrip("\t") for line in heredoc.content.splitlines(keepends=True))
-
-
 def command_line(instruction: Instruction, shell: list[str]) -> tuple[list[str], dict[str, bytes]]:
     """The argv of a RUN (SHELL + command for the shell form) and the heredoc scripts to mount.
 
@@ -164,14 +149,14 @@ def command_line(instruction: Instruction, shell: list[str]) -> tuple[list[str],
     if instruction.heredocs:
         first = instruction.heredocs[0]
         if len(instruction.heredocs) == 1 and _only_heredoc(text, first.name):
-            script = chomped(first)
+            script = first.body
             if script.startswith("#!"):
                 path = f"/run/lazyctr-heredoc/{first.name}"  # a bind mount, removed after the step
                 return [path], {path: script.encode()}
             return [*shell, script], {}
         parts = [text]
         for heredoc in instruction.heredocs:
-            body = chomped(heredoc)
+            body = heredoc.body
             parts.append(body if body.endswith("\n") or not body else f"{body}\n")
             parts.append(heredoc.name)
         # "\n" between the command line, each body and its delimiter: the shell's here-document form.

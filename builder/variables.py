@@ -13,8 +13,8 @@ import platform
 from collections.abc import Callable
 from dataclasses import replace
 
-from builder.dockerfile import Dockerfile, Heredoc, Instruction, parse_heredoc_word, split_pairs
 from builder.errors import BuildError
+from builder.syntax import Dockerfile, Heredoc, Instruction, parse_heredoc_word, split_pairs
 from builder.words import SubstitutionError, expand_heredoc, expand_word, expand_words, unquote_word
 
 Lookup = Callable[[str], str | None]

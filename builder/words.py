@@ -116,7 +116,7 @@ class _Lexer:
                 result.append(value)
                 words.add_string(value)
             elif ch in "'\"" and not self.skip_quotes:
-                value = self.single_quoted() if ch == "'" else self.double_quoted()
+                value = self.quoted()
                 result.append(value)
                 words.add_raw_string(value)
             else:
@@ -136,36 +136,27 @@ class _Lexer:
             raise SubstitutionError(f"unexpected end of statement while looking for matching {stop}")
         return "".join(result), words.finish()
 
-    def single_quoted(self) -> str:
-        opening = self.next()
-        out = [opening] if self.raw_quotes else []
-        while True:
-            ch = self.next()
-            if not ch:
-                raise SubstitutionError("unexpected end of statement while looking for matching single-quote")
-            if ch == "'":
-                if self.raw_quotes:
-                    out.append(ch)
-                return "".join(out)
-            out.append(ch)
-
-    def double_quoted(self) -> str:
-        opening = self.next()
-        out = [opening] if self.raw_quotes else []
+    def quoted(self) -> str:
+        """A quoted string, from its opening quote past its closing one. Single quotes take everything
+        literally; double quotes let `$` through, and the escape character escape only `"`, `$` and
+        itself."""
+        quote = self.next()
+        out = [quote] if self.raw_quotes else []
         while True:
             ch = self.peek()
             if not ch:
-                raise SubstitutionError("unexpected end of statement while looking for matching double-quote")
-            if ch == '"':
+                name = "single-quote" if quote == "'" else "double-quote"
+                raise SubstitutionError(f"unexpected end of statement while looking for matching {name}")
+            if ch == quote:
                 self.next()
                 if self.raw_quotes:
                     out.append(ch)
                 return "".join(out)
-            if ch == "$":
+            if quote == '"' and ch == "$":
                 out.append(self.dollar())
                 continue
             self.next()
-            if ch == self.escape:
+            if quote == '"' and ch == self.escape:
                 if self.raw_escapes:
                     out.append(ch)
                 following = self.peek()

@@ -10,9 +10,9 @@ from typing import Any
 
 import click
 
+from builder.rootfs import busybox_tarball, debian_tarball
 from lazyctr.context import Context, command, pass_context
 from lazyctr.display import human_age, human_size, ls_line
-from lazyctr.rootfs import busybox_tarball, debian_tarball
 from runtime.layers import LayerCache
 from runtime.state import all_states
 from storage.errors import NotFound, UnsafePath

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyctr.rootfs import busybox_tarball
+from builder.rootfs import busybox_tarball
 
 REQUIRE_PRIVILEGED = os.environ.get("LAZYCTR_REQUIRE_PRIVILEGED") == "1"
 

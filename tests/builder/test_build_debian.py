@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyctr.rootfs import debian_tarball
+from builder.rootfs import debian_tarball
 from storage.store import Store
 from tests.conftest import CliRunner, require_tools
 

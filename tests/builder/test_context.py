@@ -11,17 +11,11 @@ import pytest
 from builder.context import BuildContext, OutsideContext, go_match
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError
+from tests.builder.trees import write_tree
 
 
 def make(root: Path, files: dict[str, bytes | str]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, str):
-            path.symlink_to(content)
-        else:
-            path.write_bytes(content)
-    return root
+    return write_tree(root, files)
 
 
 @pytest.mark.parametrize(

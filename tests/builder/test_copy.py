@@ -22,14 +22,16 @@ import zstandard
 from aiohttp import web
 
 from builder.context import BuildContext
-from builder.copy import MULTIPLE_SOURCES, CopyRequest, copy_digest, copy_step, parse_chmod
-from builder.dockerfile import Heredoc
+from builder.copier import parse_chmod
+from builder.copy import MULTIPLE_SOURCES, CopyRequest, copy_digest, copy_step
 from builder.dockerignore import DockerIgnore
 from builder.errors import BuildError
 from builder.image_files import ImageFiles
+from builder.syntax import Heredoc
 from storage.diff import upper_to_tar
 from storage.importer import add_layer, import_tarball
 from storage.store import Image, Store
+from tests.builder.trees import write_tree
 from tests.tarfiles import info, make_tar
 
 NS = 1_000_000_000
@@ -80,17 +82,7 @@ def base_files(store: Store, base: Image) -> Iterator[ImageFiles]:
 
 def write(root: Path, files: dict[str, bytes | str], mtime_ns: int = T0) -> Path:
     """A directory with `files` (a str value is a symlink target); every mtime is `mtime_ns`."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, str):
-            path.symlink_to(content)
-        else:
-            path.write_bytes(content)
-    for path in [*root.rglob("*"), root]:
-        os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-    return root
+    return write_tree(root, files, mtime_ns)
 
 
 def ctx(root: Path, ignore: str | None = None) -> BuildContext:

@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from builder import Dockerfile, Instruction, parse_dockerfile
-from builder.dockerfile import KEYWORDS, Heredoc, parse_duration_ns
 from builder.errors import BuildError, DockerfileSyntaxError
+from builder.instructions import KEYWORDS, parse_duration_ns
+from builder.syntax import Heredoc
 
 
 def parse(text: str) -> Dockerfile:
@@ -304,24 +305,6 @@ def test_from_platform_and_healthcheck_flags() -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("COPY --form=x a b", "unknown flag --form for COPY"),
-        ("ENV --x=1 a=b", "unknown flag --x for ENV"),
-        ("RUN --from=x echo", "unknown flag --from for RUN"),
-        ("COPY --from a b", "expected a value for --from"),
-        ("COPY --from=a --from=b a b", "duplicate flag specified: --from"),
-        ("COPY --link=maybe a b", "expected true or false for --link"),
-        ('RUN --mount="type=bind echo', "expected a closing"),
-    ],
-)
-def test_bad_flags(line: str, message: str) -> None:
-    error = syntax_error(f"FROM scratch\n{line}\n")
-    assert error.line == 2
-    assert message in str(error)
-
-
-@pytest.mark.parametrize(
     ("text", "nanoseconds"),
     [
         ("0", 0),
@@ -342,20 +325,6 @@ def test_parse_duration(text: str, nanoseconds: int) -> None:
 def test_parse_bad_duration(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration_ns(text)
-
-
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        ("--interval=10", "HEALTHCHECK --interval: invalid duration '10'"),
-        ("--timeout=-1s", "cannot be negative"),
-        ("--start-period=10us", "cannot be less than 1ms"),
-        ("--retries=x", "expected a whole number"),
-        ("--retries=-1", "cannot be negative"),
-    ],
-)
-def test_bad_healthcheck_flags(flags: str, message: str) -> None:
-    assert message in str(syntax_error(f"FROM scratch\nHEALTHCHECK {flags} CMD true\n"))
 
 
 def test_healthcheck_zero_means_default() -> None:
@@ -484,38 +453,59 @@ def test_onbuild_trigger_is_parsed() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("ONBUILD ONBUILD RUN x", "ONBUILD ONBUILD"),
-        ("ONBUILD FROM x", "FROM isn't allowed as an ONBUILD trigger"),
-        ("ONBUILD maintainer me", "MAINTAINER isn't allowed as an ONBUILD trigger"),
-        ("ONBUILD", "ONBUILD requires"),
-        ("ONBUILD RUUN x", "unknown instruction: RUUN"),
-    ],
-)
-def test_bad_onbuild(line: str, message: str) -> None:
-    assert message in str(syntax_error(f"FROM scratch\n{line}\n"))
+BAD_HEALTHCHECK_FLAGS = [
+    ("--interval=10", "HEALTHCHECK --interval: invalid duration '10'"),
+    ("--timeout=-1s", "cannot be negative"),
+    ("--start-period=10us", "cannot be less than 1ms"),
+    ("--retries=x", "expected a whole number"),
+    ("--retries=-1", "cannot be negative"),
+]
+BAD_ONBUILD = [
+    ("ONBUILD ONBUILD RUN x", "ONBUILD ONBUILD"),
+    ("ONBUILD FROM x", "FROM isn't allowed as an ONBUILD trigger"),
+    ("ONBUILD maintainer me", "MAINTAINER isn't allowed as an ONBUILD trigger"),
+    ("ONBUILD", "ONBUILD requires"),
+    ("ONBUILD RUUN x", "unknown instruction: RUUN"),
+]
+BAD_FROM = [
+    ("FROM", "FROM requires either one or three arguments"),
+    ("FROM a b", "FROM requires either one or three arguments"),
+    ("FROM a AS", "FROM requires either one or three arguments"),
+    ("FROM a IS b", "expected AS"),
+    ("FROM a AS 1st", "invalid name for build stage"),
+    ("FROM a AS my$stage", "invalid name for build stage"),
+]
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
+    ("dockerfile", "message"),
     [
-        ("FROM", "FROM requires either one or three arguments"),
-        ("FROM a b", "FROM requires either one or three arguments"),
-        ("FROM a AS", "FROM requires either one or three arguments"),
-        ("FROM a IS b", "expected AS"),
-        ("FROM a AS 1st", "invalid name for build stage"),
-        ("FROM a AS my$stage", "invalid name for build stage"),
+        *[
+            (f"FROM scratch\nHEALTHCHECK {flags} CMD true\n", message)
+            for flags, message in BAD_HEALTHCHECK_FLAGS
+        ],
+        *[(f"FROM scratch\n{line}\n", message) for line, message in BAD_ONBUILD],
+        *[(f"{line}\n", message) for line, message in BAD_FROM],
     ],
 )
-def test_bad_from(line: str, message: str) -> None:
-    assert message in str(syntax_error(f"{line}\n"))
+def test_bad_healthcheck_flags_onbuild_and_from(dockerfile: str, message: str) -> None:
+    assert message in str(syntax_error(dockerfile))
 
 
 def test_stage_names() -> None:
     dockerfile = parse("FROM a AS Build-1.x_y\nFROM b as other\n")
     assert [i.args for i in dockerfile.instructions] == [["a AS Build-1.x_y"], ["b as other"]]
+
+
+BAD_FLAGS = [
+    ("COPY --form=x a b", "unknown flag --form for COPY"),
+    ("ENV --x=1 a=b", "unknown flag --x for ENV"),
+    ("RUN --from=x echo", "unknown flag --from for RUN"),
+    ("COPY --from a b", "expected a value for --from"),
+    ("COPY --from=a --from=b a b", "duplicate flag specified: --from"),
+    ("COPY --link=maybe a b", "expected true or false for --link"),
+    ('RUN --mount="type=bind echo', "expected a closing"),
+]
 
 
 @pytest.mark.parametrize(
@@ -550,9 +540,10 @@ def test_stage_names() -> None:
         ("ENV =1", "ENV names can not be blank"),
         ("ARG =1", "ARG names can not be blank"),
         ('ENV a="unclosed', "expected a closing"),
+        *BAD_FLAGS,
     ],
 )
-def test_missing_or_bad_arguments(line: str, message: str) -> None:
+def test_bad_flags_and_missing_or_bad_arguments(line: str, message: str) -> None:
     error = syntax_error(f"FROM scratch\n{line}\n")
     assert error.line == 2
     assert message in str(error)

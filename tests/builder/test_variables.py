@@ -7,8 +7,8 @@ import textwrap
 import pytest
 
 from builder import Instruction, parse_dockerfile
-from builder.dockerfile import Heredoc
 from builder.errors import BuildError
+from builder.syntax import Heredoc
 from builder.variables import (
     StageVariables,
     arg_declarations,

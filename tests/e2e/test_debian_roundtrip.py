@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyctr.rootfs import debian_tarball
+from builder.rootfs import debian_tarball
 from storage.digest import Digest
 from storage.extract import extract_layer
 from storage.layer_writer import WrittenLayer, write_chunked_layer

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import zstandard
 
-from lazyctr.rootfs import debian_tarball
+from builder.rootfs import debian_tarball
 from storage.extract import extract_layer
 from storage.store import Store
 from tests.conftest import require_tools

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from builder.rootfs import apt_mirror
 from lazyctr.display import ls_line, ls_time
-from lazyctr.rootfs import apt_mirror
 from storage.digest import Digest
 from storage.errors import CorruptLayer, InvalidReference, NotFound
 from storage.oci import Descriptor, ImageConfig, Index, Manifest

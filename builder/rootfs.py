@@ -1,4 +1,5 @@
-"""Base root file systems made from Debian packages: busybox-static, and a debootstrap minbase.
+"""Base images, where a FROM starts: root file systems made from Debian packages (busybox-static, and a
+debootstrap minbase), as tarballs that `lazyctr rootfs` writes and `lazyctr import` stores.
 
 Docker Hub is out of reach, so demos, tests and benchmarks start from these tarballs. The Debian
 mirror is read from the machine's apt configuration, never written into the project.
