@@ -22,10 +22,11 @@ from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, Limits
 from runtime.drivers import Driver
 from runtime.finalize import finalize
-from runtime.process import EXIT_SETUP_FAILED, ContainerError, run_in_child, setup_step, wait_status
+from runtime.process import EXIT_SETUP_FAILED, ContainerError, run_in_child, wait_status
 from runtime.rootfs import prepare_rootfs, write_network_files
 from runtime.spec import Spec
 from runtime.state import ContainerState, all_states, containers_dir
+from runtime.steps import setup_step
 from runtime.tty import become_terminal_owner, proxy
 from storage.files import file_lock
 from storage.store import Image, Store

@@ -13,9 +13,10 @@ from pathlib import Path
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup
 from runtime.finalize import finalize
-from runtime.process import ContainerError, run_in_child, setup_step, wait_status
+from runtime.process import ContainerError, run_in_child, wait_status
 from runtime.spec import Process, merge_env
 from runtime.state import ContainerState
+from runtime.steps import setup_step
 
 # The order matters: the mount namespace last but one (we still need /proc of the host to open
 # the others), and the PID namespace only takes effect for children, hence the second fork.

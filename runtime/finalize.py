@@ -24,9 +24,9 @@ from runtime.process import (
     ContainerError,
     exit_status,
     run_in_child,
-    setup_step,
 )
 from runtime.spec import Process
+from runtime.steps import setup_step
 
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGWINCH)  # fmt: skip

@@ -1,45 +1,17 @@
-"""Forked steps of a container's life: run a step in a child, name a setup step that fails, and exit
-statuses as docker reports them."""
+"""Forked steps of a container's life: run a step in a child, and exit statuses as docker reports them."""
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import NoReturn
 
 EXIT_SETUP_FAILED, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND = 125, 126, 127
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 class ContainerError(Exception):
     """A container that cannot be created or entered: exits 125, as docker does."""
-
-
-class SetupError(ContainerError):
-    """A step of a container's setup failed; the message names the step (as runc's errors do)."""
-
-    def __init__(self, step: str, cause: BaseException) -> None:
-        super().__init__(f"container setup failed at {step}: {cause}")
-        self.step = step
-
-
-def setup_step(function: Callable[P, R]) -> Callable[P, R]:
-    """Mark `function` as a setup step: whatever it raises becomes a SetupError named after it."""
-
-    @functools.wraps(function)
-    def step(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return function(*args, **kwargs)
-        except SetupError:
-            raise  # a step inside a step: the inner one is the more precise name
-        except Exception as e:
-            raise SetupError(function.__name__, e) from e
-
-    return step
 
 
 def exit_status(status: int) -> int:
@@ -62,7 +34,7 @@ def run_in_child(body: Callable[[], int]) -> NoReturn:
         status = body()
     except ContainerError as e:
         print(f"lazyctr: error: {e}", file=sys.stderr)
-    except BaseException as e:  # outside any named step: still one line, and 125 as docker's
+    except BaseException as e:  # a setup step failed: say which, as docker does, and exit 125
         print(f"lazyctr: error: container setup failed: {e}", file=sys.stderr)
     finally:
         sys.stdout.flush()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from runtime import syscalls as sc
 from runtime.mountpoints import NETWORK_FILES
-from runtime.process import setup_step
 from runtime.spec import Spec, Volume
+from runtime.steps import setup_step
 from storage.paths import resolve_in_root
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
