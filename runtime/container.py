@@ -35,6 +35,8 @@ NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNE
 
 
 class Container:
+    """One container: `create` claims its name and directory, `run` runs it to its end."""
+
     def __init__(
         self, store: Store, image: Image, spec: Spec, driver: Driver, limits: Limits | None = None
     ) -> None:

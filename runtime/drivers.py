@@ -2,7 +2,8 @@
 
 One interface: `prepare` (in the lazyctr process: make the layers available), `mount` (inside
 the container's mount namespace: make `<container>/rootfs` the root to pivot into) and `release`
-(in the lazyctr process, once the container has ended: let go of what `prepare` took).
+(in the lazyctr process, once the container has ended: let go of what `prepare` took); and
+`choose_driver`, which one a container gets when none is asked for.
 """
 
 from __future__ import annotations
