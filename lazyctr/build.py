@@ -1,9 +1,8 @@
 """`lazyctr build`: the builder wired to the runtime (RUN steps) and the registry (FROM images).
 
 The builder room cannot import the rooms to its right, so it asks for two things, and they are
-made here: a `StepRunner` that runs a RUN in a container on an overlay of the step's layers and
-hands back the overlay's upper directory, and an `ImageResolver` that finds a FROM image in the
-store or pulls it.
+handed to it here: runtime's `ContainerStepRunner` runs each RUN in a container, and an
+`ImageResolver` finds a FROM image in the store or pulls it.
 """
 
 from __future__ import annotations
@@ -11,37 +10,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import signal
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
 from builder.build import Builder, BuildOptions
-from builder.cache import LayerRef
 from builder.dockerfile import parse_dockerfile
 from builder.errors import BuildError
 from builder.progress import PlainProgress, TerminalProgress
-from builder.run import RunMount, RunRequest
 from lazyctr.context import Context, command, pass_context
-from runtime import seccomp
-from runtime.cgroups import Limits
-from runtime.container import Container, Spec, Volume
-from runtime.drivers import OverlayDriver
-from runtime.layers import extract_verified
-from runtime.mountpoints import prune_mount_points
-from runtime.process import run_in_child, wait_status
-from storage.digest import Digest
+from runtime.buildstep import ContainerStepRunner
 from storage.errors import NotFound
-from storage.oci import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, ImageConfig, Manifest
-from storage.paths import resolve_in_root
 from storage.reference import ImageRef
 from storage.store import Image, Store
-
-HOSTNAME = "buildkitsandbox"  # what BuildKit names its RUN containers
 
 
 class StoreResolver:
@@ -68,113 +51,6 @@ class StoreResolver:
 def _names_registry(reference: str) -> bool:
     first, slash, _ = reference.partition("/")
     return bool(slash) and ("." in first or ":" in first or first == "localhost")
-
-
-class BuildDriver(OverlayDriver):
-    """The overlay driver over a build state's layers; FROM scratch gets an empty lower directory."""
-
-    name = "build"
-
-    def prepare(self, image: Image, container_dir: Path) -> None:
-        super().prepare(image, container_dir)
-        if not self.lowers:
-            empty = container_dir / "empty"
-            empty.mkdir(exist_ok=True)
-            self.lowers = [empty]
-
-
-class ContainerStepRunner:
-    """Runs a RUN step in a container of our runtime and keeps its upper directory."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    def run(self, request: RunRequest, upper: Path, output: Callable[[str], None]) -> int:
-        image = _image_of(request.layers)
-        spec = Spec(list(request.argv), list(request.env), cwd=request.cwd, hostname=HOSTNAME)
-        spec.user, spec.network, spec.seccomp = request.user, request.network, seccomp.available()
-        driver = BuildDriver(self.store)
-        container = Container(self.store, image, spec, driver, Limits())
-        container.create()
-        try:
-            with contextlib.ExitStack() as stack:
-                spec.volumes = [self._volume(mount, stack) for mount in request.mounts]
-                spec.volumes += self._scripts(request.scripts, stack)
-                status = _capturing_output(container.run, output)
-            prune_mount_points(container.dir / "upper", driver.lowers, [v.target for v in spec.volumes])
-            os.rename(container.dir / "upper", upper)
-            return status
-        finally:
-            container.remove()
-
-    def _volume(self, mount: RunMount, stack: contextlib.ExitStack) -> Volume:
-        source = mount.source
-        if mount.layers is not None:
-            tree = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.store.tmp, prefix="mount-")))
-            for layer in mount.layers:
-                extract_verified(self.store, layer.descriptor, tree, "apply")
-            source = resolve_in_root(tree, mount.subpath or "/", follow_last=True)
-            if not source.exists():
-                raise BuildError(f"--mount from=: {mount.subpath} does not exist in that stage or image")
-        assert source is not None
-        if mount.scratch_copy:  # a writable bind: the step may write, the writes are thrown away
-            copy = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.store.tmp, prefix="mount-")))
-            target = copy / "data"
-            if source.is_dir():
-                shutil.copytree(source, target, symlinks=True)
-            else:
-                shutil.copy2(source, target)
-            source = target
-        return Volume(source, mount.target, mount.read_only)
-
-    def _scripts(self, scripts: dict[str, bytes], stack: contextlib.ExitStack) -> list[Volume]:
-        volumes = []
-        if scripts:
-            directory = Path(
-                stack.enter_context(tempfile.TemporaryDirectory(dir=self.store.tmp, prefix="heredoc-"))
-            )
-            for index, (path, data) in enumerate(sorted(scripts.items())):
-                script = directory / str(index)
-                script.write_bytes(data)
-                script.chmod(0o755)
-                volumes.append(Volume(script, path, True))
-        return volumes
-
-
-def _image_of(layers: list[LayerRef]) -> Image:
-    config = ImageConfig(diff_ids=[layer.diff_id for layer in layers])
-    config_bytes = config.to_bytes()
-    manifest = Manifest(
-        Descriptor(MEDIA_CONFIG, Digest.of(config_bytes), len(config_bytes)), [la.descriptor for la in layers]
-    )
-    data = manifest.to_bytes()
-    return Image("build", Descriptor(MEDIA_MANIFEST, Digest.of(data), len(data)), manifest, config)
-
-
-def _capturing_output(run: Callable[[], int], output: Callable[[str], None]) -> int:
-    """Run in a forked child whose stdout and stderr (which the container inherits) go to `output`,
-    line by line; our own descriptors stay as they are, so progress can keep printing."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.close(read_end)
-        os.dup2(write_end, 1)
-        os.dup2(write_end, 2)
-        os.close(write_end)
-        run_in_child(run)
-    os.close(write_end)
-    try:
-        with os.fdopen(read_end, "rb") as stream:
-            for raw in stream:
-                output(raw.decode(errors="replace").rstrip("\n"))
-    except BaseException:  # Ctrl-C: the container is stopped and waited for before its files go
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGTERM)
-        wait_status(child)
-        raise
-    return wait_status(child)
 
 
 def _pairs(values: tuple[str, ...], option: str, from_env: bool = False) -> dict[str, str]:

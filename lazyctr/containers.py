@@ -8,24 +8,22 @@ import os
 import shutil
 import signal
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from lazyctr.context import Context, command, pass_context
-from runtime import seccomp
+from runtime import seccomp, supervise
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
-from runtime.container import Container, Volume, spec_for
-from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, Driver, LazyDriver
+from runtime.commit import commit
+from runtime.container import Container
+from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
 from runtime.enter import exec_in
-from runtime.mountpoints import mount_points
 from runtime.process import ContainerError
-from runtime.state import LOG_FILE, ContainerState, all_states, find
-from storage.diff import upper_to_tar
+from runtime.spec import Volume, spec_for
+from runtime.state import LOG_FILE, all_states, containers_dir, find
 from storage.errors import NotFound, StorageError
-from storage.importer import add_layer
 from storage.store import Image
 
 
@@ -109,31 +107,28 @@ def run(
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
     spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
-    for option in security_opts:
-        if option != "seccomp=unconfined":
-            raise ContainerError(f"unsupported --security-opt {option!r}: only seccomp=unconfined")
-    spec.seccomp = seccomp.available() and "seccomp=unconfined" not in security_opts
+    spec.seccomp = seccomp.profile_of(security_opts)
     if network == "private":
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
         )
-    storage = _driver(ctx, found, driver, record_profile, profile_seconds)
-    container = Container(ctx.store, found, spec, storage, limits)
+    if profile_seconds is not None and not record_profile:
+        raise ContainerError("--profile-seconds only goes with --record-profile")
+    if profile_seconds is not None and not profile_seconds > 0:
+        raise ContainerError(f"--profile-seconds must be more than 0, not {profile_seconds:g}")
+    record_seconds = (profile_seconds or DEFAULT_PROFILE_SECONDS) if record_profile else None
+    container = Container(
+        ctx.store, found, spec, choose_driver(ctx.store, found, driver, record_seconds), limits
+    )
     container.create()
     if detach:
-        _run_detached(container, remove)
+        supervise.run_detached(container, remove)
         click.echo(spec.id)
         return
-    try:
-        status = container.run()
-    except BaseException:
-        container.state.status, container.state.exit_code = "exited", 125
-        container.state.save(container.dir)
-        raise
-    finally:
-        if remove:
-            container.remove()
-    _say_recorded(container)
+    status = supervise.run_to_end(container, remove)
+    note = supervise.recording_note(container)
+    if note:
+        click.echo(note, err=True)
     if container.oom_killed:
         click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
     sys.exit(status)
@@ -159,98 +154,8 @@ def _image(ctx: Context, text: str) -> Image:
         raise ContainerError(f"pulling {text}: {e}") from None
 
 
-def _driver(
-    ctx: Context, image: Image, name: str | None, record_profile: bool, seconds: float | None
-) -> Driver:
-    """The storage driver asked for, or the default: lazy for an image whose layers are not all here."""
-    complete = ctx.store.is_complete(image)
-    if name is None:
-        name = "lazy" if record_profile or not complete else "overlay"
-    if record_profile and name != "lazy":
-        raise ContainerError(
-            f"--record-profile records reads through lazyfs: it needs --driver lazy, not {name}"
-        )
-    if seconds is not None and not record_profile:
-        raise ContainerError("--profile-seconds only goes with --record-profile")
-    if seconds is not None and not seconds > 0:
-        raise ContainerError(f"--profile-seconds must be more than 0, not {seconds:g}")
-    if name != "lazy" and not complete:
-        raise ContainerError(
-            f"{image.name} was pulled lazily (its layers are not all here): the {name} driver needs them,"
-            " use --driver lazy"
-        )
-    if name == "lazy":
-        return LazyDriver(ctx.store, (seconds or DEFAULT_PROFILE_SECONDS) if record_profile else None)
-    return DRIVERS[name](ctx.store)
-
-
-def _say_recorded(container: Container) -> None:
-    driver = container.driver
-    if not isinstance(driver, LazyDriver) or driver.recorded is None:
-        return
-    pieces, size = driver.recorded
-    if pieces:
-        click.echo(
-            f"lazyctr: access profile of {container.image.name} recorded: {pieces} pieces, {size} bytes",
-            err=True,
-        )
-    else:
-        click.echo(
-            f"lazyctr: no access profile recorded: the container read nothing from {container.image.name}",
-            err=True,
-        )
-
-
-def _run_detached(container: Container, remove: bool) -> None:
-    """Supervise the container from a child in its own session, its output going to the log."""
-    if os.fork() == 0:
-        os.setsid()
-        log = os.open(container.dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        status = 125
-        try:
-            status = container.run()
-            _say_recorded(container)
-        except BaseException as e:
-            print(f"lazyctr: error: {e}", file=sys.stderr)
-            container.state.status, container.state.exit_code = "exited", status
-            container.state.save(container.dir)
-        finally:
-            if remove:
-                container.remove()
-            os._exit(status)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # return once it runs, as docker does
-        with contextlib.suppress(NotFound):
-            if ContainerState.load(container.dir).status != "created":
-                return
-        if not container.dir.exists():
-            return
-        time.sleep(0.02)
-
-
 def _containers(ctx: Context) -> Path:
-    return ctx.root / "containers"
-
-
-def _wait_exited(ctx: Context, state: ContainerState, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(NotFound):
-            if not ContainerState.load(_containers(ctx) / state.id).running:
-                return True
-        if not (_containers(ctx) / state.id).exists():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _signal(state: ContainerState, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(state.pid, sig)
+    return containers_dir(ctx.root)
 
 
 @command()
@@ -282,12 +187,7 @@ def ps(ctx: Context, show_all: bool, as_json: bool) -> None:
 def stop(ctx: Context, timeout: int, containers: tuple[str, ...]) -> None:
     """Stop containers: SIGTERM, then SIGKILL after the timeout."""
     for text in containers:
-        state = find(_containers(ctx), text)
-        if state.running:
-            _signal(state, signal.SIGTERM)
-            if not _wait_exited(ctx, state, timeout):
-                _signal(state, signal.SIGKILL)
-                _wait_exited(ctx, state, 10)
+        supervise.stop(ctx.root, find(_containers(ctx), text), timeout)
         click.echo(text)
 
 
@@ -311,7 +211,7 @@ def kill(ctx: Context, signal_name: str, containers: tuple[str, ...]) -> None:
         state = find(_containers(ctx), text)
         if not state.running:
             raise ContainerError(f"container {text} is not running")
-        _signal(state, sig)
+        supervise.send_signal(state, sig)
         click.echo(text)
 
 
@@ -323,17 +223,10 @@ def rm_container(ctx: Context, force: bool, containers: tuple[str, ...]) -> None
     """Remove containers."""
     for text in containers:
         state = find(_containers(ctx), text)
-        if state.running:
-            if not force:
-                raise ContainerError(f"container {text} is running: stop it first or use -f")
-            _signal(state, signal.SIGKILL)
-            _wait_exited(ctx, state, 10)
-        shutil.rmtree(_containers(ctx) / state.id, ignore_errors=True)
+        if state.running and not force:
+            raise ContainerError(f"container {text} is running: stop it first or use -f")
+        supervise.remove(ctx.root, state)
         click.echo(text)
-    if (ctx.root / "lazy").is_dir():  # a container whose supervisor was killed left its lazy mount
-        from runtime.lazy import prune
-
-        prune(ctx.root)
 
 
 @command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -362,16 +255,7 @@ def exec_(
 @pass_context
 def commit_container(ctx: Context, container: str, name: str) -> None:
     """Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed."""
-    state = find(_containers(ctx), container)
-    upper = _containers(ctx) / state.id / "upper"
-    if not upper.is_dir():
-        raise ContainerError(f"container {container} has no upper layer: commit needs the overlay driver")
-    base = ctx.store.image(state.image)
-    with ctx.store.temp_file() as (tar_path, _):
-        upper_to_tar(upper, tar_path, exclude=mount_points(upper, [], []))
-        image = add_layer(
-            ctx.store, base, tar_path, name, f"lazyctr commit {state.id[:12]}: {' '.join(state.command)}"
-        )
+    image = commit(ctx.store, find(_containers(ctx), container), name)
     click.echo(image.id)
 
 

@@ -2,7 +2,8 @@
 
 One interface: `prepare` (in the lazyctr process: make the layers available), `mount` (inside
 the container's mount namespace: make `<container>/rootfs` the root to pivot into) and `release`
-(in the lazyctr process, once the container has ended: let go of what `prepare` took).
+(in the lazyctr process, once the container has ended: let go of what `prepare` took); and
+`choose_driver`, which one a container gets when none is asked for.
 """
 
 from __future__ import annotations
@@ -152,3 +153,25 @@ DRIVERS: dict[str, type[OverlayDriver] | type[CopyDriver] | type[LazyDriver]] = 
     "copy": CopyDriver,
     "lazy": LazyDriver,
 }
+
+
+def choose_driver(
+    store: Store, image: Image, name: str | None, record_seconds: float | None = None
+) -> Driver:
+    """The driver `name`, or the default: lazy for an image whose layers are not all here (or to record
+    a profile, which reads through lazyfs), overlay otherwise."""
+    complete = store.is_complete(image)
+    if name is None:
+        name = "lazy" if record_seconds is not None or not complete else "overlay"
+    if record_seconds is not None and name != "lazy":
+        raise ContainerError(
+            f"--record-profile records reads through lazyfs: it needs --driver lazy, not {name}"
+        )
+    if name != "lazy" and not complete:
+        raise ContainerError(
+            f"{image.name} was pulled lazily (its layers are not all here): the {name} driver needs them,"
+            " use --driver lazy"
+        )
+    if name == "lazy":
+        return LazyDriver(store, record_seconds)
+    return DRIVERS[name](store)

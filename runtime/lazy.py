@@ -30,7 +30,7 @@ from lazyfs.host import is_mounted, process_alive
 from lazyfs.mount import MountState, mount, umount
 from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile, save_profile
-from runtime.state import ContainerState
+from runtime.state import ContainerState, containers_dir
 from storage.errors import NotFound, StorageError
 from storage.files import atomic_write
 from storage.store import Image, Store
@@ -143,7 +143,7 @@ def prune(root: Path) -> int:
 
 def _drop_stale_users(slot: Slot) -> None:
     for container_id in slot.user_ids():
-        if _stale(slot.root / "containers" / container_id, slot.users / container_id):
+        if _stale(containers_dir(slot.root) / container_id, slot.users / container_id):
             (slot.users / container_id).unlink(missing_ok=True)
 
 

@@ -12,7 +12,9 @@ import ctypes.util
 import errno
 
 from runtime import syscalls as sc
+from runtime.process import ContainerError
 
+DEFAULT, UNCONFINED = "default", "unconfined"  # the profiles a container can have
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_CMP_MASKED_EQ = 7
 
@@ -60,6 +62,20 @@ LIBSECCOMP = _library()
 
 def available() -> bool:
     return LIBSECCOMP is not None
+
+
+def profile_of(security_opts: tuple[str, ...] | list[str]) -> str:
+    """The profile `--security-opt` asks for: only `seccomp=unconfined` is understood."""
+    for option in security_opts:
+        if option != f"seccomp={UNCONFINED}":
+            raise ContainerError(f"unsupported --security-opt {option!r}: only seccomp={UNCONFINED}")
+    return UNCONFINED if security_opts else DEFAULT
+
+
+def apply(profile: str) -> None:
+    """Load `profile` into this process: the default filter, where libseccomp is installed."""
+    if profile != UNCONFINED and available():
+        apply_default_filter()
 
 
 def apply_default_filter() -> None:

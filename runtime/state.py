@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.host import process_alive
+from runtime import seccomp
 from storage.errors import NotFound
 from storage.files import atomic_write
 
+CONTAINERS_DIR = "containers"
 STATE_FILE = "state.json"
 LOG_FILE = "log"
 
@@ -32,6 +34,7 @@ class ContainerState:
     detached: bool = False
     layers: list[str] = field(default_factory=list)  # diff_ids of its image: gc keeps them extracted
     driver: str = ""  # the storage driver of its root file system
+    seccomp: str = seccomp.DEFAULT  # its seccomp profile, which `exec` gives its processes too
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())
@@ -50,6 +53,11 @@ class ContainerState:
     @property
     def running(self) -> bool:
         return self.status == "running"
+
+
+def containers_dir(root: Path) -> Path:
+    """Where the containers of the lazyctr root `root` keep their directories."""
+    return root / CONTAINERS_DIR
 
 
 def all_states(containers: Path) -> list[ContainerState]:

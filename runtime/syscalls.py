@@ -107,25 +107,12 @@ CAPABILITY_NAMES: tuple[str, ...] = (
 CAPABILITIES: dict[str, int] = {name: number for number, name in enumerate(CAPABILITY_NAMES)}
 
 # What `docker run` grants by default (moby's oci/caps/defaults.go); CapBnd 00000000a80425fb.
-DOCKER_DEFAULT_CAPABILITIES: frozenset[int] = frozenset(
-    CAPABILITIES[name]
-    for name in (
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FOWNER",
-        "CAP_FSETID",
-        "CAP_KILL",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_NET_RAW",
-        "CAP_SYS_CHROOT",
-        "CAP_MKNOD",
-        "CAP_AUDIT_WRITE",
-        "CAP_SETFCAP",
-    )
-)
+DOCKER_DEFAULT_CAPABILITY_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID", "CAP_SETUID",
+    "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+)  # fmt: skip
+DOCKER_DEFAULT_CAPABILITIES = frozenset(CAPABILITIES[name] for name in DOCKER_DEFAULT_CAPABILITY_NAMES)
 
 StrPath = str | os.PathLike[str]
 

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from runtime.cgroups import Cgroup
 from storage.store import Image, Store
 from tests.conftest import CliRunner, assert_clean_error, cli_command
 from tests.registry.conftest import Registry
+from tests.runtime.polling import wait_for
 
 pytestmark = pytest.mark.privileged
 
@@ -93,13 +93,6 @@ def busybox_file(busybox_tar: Path, name: str) -> bytes:
 
 def states(lazyctr: CliRunner) -> dict[str, dict[str, Any]]:
     return {s["name"]: s for s in json.loads(lazyctr("ps", "-a", "--json").out)}
-
-
-def wait_for(predicate: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def piece_of(root: Path, ref: str, path: str) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from lazyfs import host
 from runtime import syscalls
 from runtime.syscalls import (
     CLONE_NEWNET,
@@ -69,9 +70,8 @@ def in_child(body: Callable[[Pause], None], while_paused: Callable[[int], None] 
     assert os.waitstatus_to_exitcode(status) == 0, f"child failed:\n{child_error}"
 
 
-def mount_points(pid: int | str = "self") -> set[str]:
-    with open(f"/proc/{pid}/mountinfo") as f:
-        return {line.split()[4] for line in f}
+def mount_points(pid: int | str = "self") -> list[str]:
+    return host.mount_points(Path(f"/proc/{pid}/mountinfo"))
 
 
 def status_field(name: str) -> str:
