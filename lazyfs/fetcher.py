@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lazyfs.pieces import Piece
 from lazyfs.readahead import ReadAhead
 from storage.chunks import ChunkCache
 from storage.digest import Digest
-from storage.errors import CorruptLayer, StorageError
-from storage.zstd_chunked import decompress_frames
+from storage.errors import CorruptLayer, DigestMismatch, StorageError
+from storage.pieces import Piece, unpack
 
 log = logging.getLogger("lazyfs")
 log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; a CLI command stays quiet
@@ -419,13 +418,8 @@ class Fetcher:
         """Decompress and verify each piece of a fetched range (on a worker thread), then hand it over."""
         for piece in r.pieces:
             try:
-                data = b"".join(
-                    decompress_frames(blob[f.start - r.start : f.end - r.start], f.inner + f.size)[f.inner :]
-                    for f in piece.frames
-                )
-                if len(data) != piece.size or Digest.of(data) != piece.digest:
-                    raise CorruptLayer(f"chunk {piece.digest} of layer {piece.layer}: digest mismatch")
-            except CorruptLayer as e:
+                data = unpack(piece, blob, r.start)
+            except (CorruptLayer, DigestMismatch) as e:
                 log.error("verification failed: %s", e)
                 with self._lock:
                     self.stats.verification_failures += 1
