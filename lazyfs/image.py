@@ -1,7 +1,9 @@
 """An image made ready to mount: its merged tree from the stored TOCs, and where each layer's bytes come from.
 
 A layer whose blob is in the store is read from the local file; a lazily pulled one (only its
-TOC is here) from the registry the image came from (`Image.source`), with Range GETs.
+TOC is here) from the registry the image came from (`Image.source`), with Range GETs. `serving`
+hands out the image as an `ImageSource` whose reads go through a running fetch engine: what a
+mount daemon serves and `lazyctr cat` prints.
 """
 
 from __future__ import annotations
