@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import time
+from collections.abc import Mapping
 from datetime import datetime
 
-from storage.toc import NS, TocEntry, parse_time_ns
-
-_TYPE_BITS = {
-    "dir": stat.S_IFDIR,
-    "reg": stat.S_IFREG,
-    "hardlink": stat.S_IFREG,
-    "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-    "fifo": stat.S_IFIFO,
-}
+from storage.toc import NS, parse_time_ns
 
 
 def human_size(size: float) -> str:
@@ -48,10 +40,6 @@ def human_age(stamp: str | None) -> str:
     return "less than a minute ago"
 
 
-def file_mode(entry_type: str, mode: int) -> int:
-    return _TYPE_BITS.get(entry_type, 0) | (mode & 0o7777)
-
-
 def ls_time(mtime_ns: int) -> str:
     """Local `YYYY-MM-DD HH:MM`, or `?` padded to that width for a time datetime cannot show.
 
@@ -66,10 +54,15 @@ def ls_time(mtime_ns: int) -> str:
     return f"{when.year:04}-{when.month:02}-{when.day:02} {when.hour:02}:{when.minute:02}"
 
 
-def ls_line(name: str, entry: TocEntry, kind: str, size: int) -> str:
-    """One line of `ls -l`: mode, owner, size, mtime, name (and a symlink's target)."""
-    mode = stat.filemode(file_mode(kind, entry.mode))
-    size_text = f"{entry.dev_major}, {entry.dev_minor}" if kind in ("char", "block") else str(size)
-    when = ls_time(entry.mtime_ns)
-    target = f" -> {entry.link_name}" if kind == "symlink" else ""
-    return f"{mode} {entry.uid:>5} {entry.gid:>5} {size_text:>10} {when} {name}{target}"
+def ls_line(name: str, attrs: Mapping[str, int], target: str = "") -> str:
+    """One line of `ls -l` from a file's stat: mode, owner, size, mtime, name (and a symlink's target)."""
+    mode = attrs["st_mode"]
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        size_text = f"{os.major(attrs['st_rdev'])}, {os.minor(attrs['st_rdev'])}"
+    else:
+        size_text = str(attrs["st_size"])
+    when = ls_time(attrs["st_mtime"])
+    link = f" -> {target}" if stat.S_ISLNK(mode) else ""
+    return (
+        f"{stat.filemode(mode)} {attrs['st_uid']:>5} {attrs['st_gid']:>5} {size_text:>10} {when} {name}{link}"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from lazyctr.context import Context, command, pass_context
 from lazyctr.display import human_age, human_size, ls_line
 from runtime.layers import LayerCache
 from runtime.state import all_states
-from storage.errors import NotFound, UnsafePath
 from storage.files import atomic_path
 from storage.importer import (
     EXPORT_COMPRESSIONS,
@@ -26,7 +24,6 @@ from storage.importer import (
     import_tarball,
 )
 from storage.store import Image, Store
-from storage.tree import ImageTree
 from storage.zstd_chunked import position_from_annotations
 
 
@@ -211,23 +208,11 @@ def export(ctx: Context, image: str, destination: str, compression: str) -> None
 @pass_context
 def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
     """List files of an image, read from its layers' tables of contents."""
+    from lazyfs.source import ImageSource, image_tree
+
     found = ctx.store.image(image)
-    tree = ImageTree.from_tocs([ctx.store.layer_toc(layer) for layer in found.manifest.layers])
-    node = tree.lookup(path, follow_last=False)  # a dangling or looping symlink still lists
-    if node.kind == "symlink":
-        with contextlib.suppress(NotFound, UnsafePath):
-            target = tree.lookup(path)
-            node = target if target.is_dir else node
-    if not node.is_dir:
-        click.echo(ls_line(path, node.entry, node.kind, node.content.size))
-        return
-    if recursive:
-        for child_path, child in tree.walk(node, path.strip("/")):
-            if child is not node:
-                click.echo(ls_line("/" + child_path, child.entry, child.kind, child.content.size))
-        return
-    for name, child in sorted((node.children or {}).items()):
-        click.echo(ls_line(name, child.entry, child.kind, child.content.size))
+    for listed in ImageSource(image_tree(ctx.store, found), name=found.name).ls(path, recursive):
+        click.echo(ls_line(*listed))
 
 
 @command()
@@ -236,15 +221,12 @@ def ls(ctx: Context, image: str, path: str, recursive: bool) -> None:
 @pass_context
 def cat(ctx: Context, image: str, path: str) -> None:
     """Print a file of an image, reading only the byte ranges that hold it."""
-    from lazyfs.image import MountableImage, read_file
+    from lazyfs.image import MountableImage
 
     found = ctx.store.image(image)
     mountable = MountableImage.load(ctx.store, found)  # a lazily pulled layer is read from its registry
-    node = mountable.tree.lookup(path)
-    if node.kind != "reg":
-        raise NotFound(f"{path} is not a regular file in {found.name}")
-    with mountable.fetching(ctx.store) as fetcher:
-        for data in read_file(fetcher, node.content, node.layer):
+    with mountable.serving(ctx.store) as source:
+        for data in source.contents(source.resolve(path)):
             sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

@@ -1,9 +1,9 @@
 """The fetch engine: the file system's threads ask for pieces of files, it fetches, verifies and caches them.
 
-A `Piece` is the unit fetched and verified at once: one chunk of a file (its digest is in the
-TOC), or a whole file whose chunks carry no digests of their own. The engine runs an asyncio loop
-on its own thread; FUSE worker threads hand it work with `get` and block until their pieces are
-verified (or the deadline passes: then the read fails with EIO, nothing ever hangs forever).
+A `Piece` (storage/pieces.py) is the unit fetched and verified at once: one chunk of a file (its
+digest is in the TOC), or a whole file whose chunks carry no digests of their own. The engine runs
+an asyncio loop on its own thread; FUSE worker threads hand it work with `get` and block until
+their pieces are verified (or the deadline passes: then the read fails with EIO, nothing ever hangs forever).
 
 What makes it fast over a slow link:
 - one fetch per piece however many readers want it (in-flight futures by digest);
@@ -16,14 +16,14 @@ What makes it fast over a slow link:
   it runs out (`Stream`), and past STREAM_AT the rest comes in one streaming GET (`_stream`),
   each piece handed over as soon as its bytes are in.
 Nothing leaves the engine unverified: each piece's bytes are decompressed and hashed against the
-TOC's digest, and a mismatch fails the read (EIO) and is counted, never returned.
+TOC's digest (`storage.pieces.unpack`), and a mismatch fails the read (EIO) and is counted, never
+returned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lazyfs.pieces import Piece
 from lazyfs.readahead import ReadAhead
 from storage.chunks import ChunkCache
 from storage.digest import Digest
-from storage.errors import CorruptLayer, StorageError
-from storage.zstd_chunked import decompress_frames
+from storage.errors import CorruptLayer, DigestMismatch, StorageError
+from storage.layer_reader import FileRangeSource
+from storage.pieces import Piece, unpack
 
 log = logging.getLogger("lazyfs")
 log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; a CLI command stays quiet
@@ -65,22 +65,23 @@ class LayerSource(Protocol):
 
 
 class FileLayerSource:
+    """A layer blob in a local file (the store's), read on worker threads."""
+
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._blob = FileRangeSource(path)
 
     async def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
-        return await asyncio.to_thread(lambda: [os.pread(self._fd, size, offset) for offset, size in ranges])
+        read = self._blob.read_range
+        return await asyncio.to_thread(lambda: [read(offset, size) for offset, size in ranges])
 
     async def stream(self, offset: int, length: int) -> AsyncIterator[bytes]:
         while length > 0:
-            piece = await asyncio.to_thread(os.pread, self._fd, min(length, 1 << 20), offset)
-            if not piece:
-                raise CorruptLayer(f"layer blob ends before byte {offset}")
+            piece = await asyncio.to_thread(self._blob.read_range, offset, min(length, 1 << 20))
             yield piece
             offset, length = offset + len(piece), length - len(piece)
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._blob.close()
 
 
 @dataclass
@@ -419,13 +420,8 @@ class Fetcher:
         """Decompress and verify each piece of a fetched range (on a worker thread), then hand it over."""
         for piece in r.pieces:
             try:
-                data = b"".join(
-                    decompress_frames(blob[f.start - r.start : f.end - r.start], f.inner + f.size)[f.inner :]
-                    for f in piece.frames
-                )
-                if len(data) != piece.size or Digest.of(data) != piece.digest:
-                    raise CorruptLayer(f"chunk {piece.digest} of layer {piece.layer}: digest mismatch")
-            except CorruptLayer as e:
+                data = unpack(piece, blob, r.start)
+            except (CorruptLayer, DigestMismatch) as e:
                 log.error("verification failed: %s", e)
                 with self._lock:
                     self.stats.verification_failures += 1

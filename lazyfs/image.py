@@ -1,7 +1,9 @@
 """An image made ready to mount: its merged tree from the stored TOCs, and where each layer's bytes come from.
 
 A layer whose blob is in the store is read from the local file; a lazily pulled one (only its
-TOC is here) from the registry the image came from (`Image.source`), with Range GETs.
+TOC is here) from the registry the image came from (`Image.source`), with Range GETs. `serving`
+hands out the image as an `ImageSource` whose reads go through a running fetch engine: what a
+mount daemon serves and `lazyctr cat` prints.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource
-from lazyfs.pieces import Piece, file_pieces
+from lazyfs.source import ImageSource, image_tree
 from registry.client import RegistryClient, registry_ref
 from storage.chunks import ChunkCache
 from storage.errors import NotFound
+from storage.pieces import Piece
 from storage.store import Image, Store
-from storage.toc import LayerToc, TocEntry
 from storage.tree import ImageTree
 
 INSECURE_PREFIX = "http://"  # on a source: pulled with --insecure, so fetched over plain HTTP too
@@ -40,7 +42,6 @@ class RegistryLayerSource:
 @dataclass
 class MountableImage:
     image: Image
-    tocs: list[LayerToc]
     tree: ImageTree
     local: list[bool]  # per layer: is the blob in the store?
     registry: str | None = None
@@ -50,7 +51,7 @@ class MountableImage:
 
     @classmethod
     def load(cls, store: Store, image: Image) -> MountableImage:
-        tocs = [store.layer_toc(layer) for layer in image.manifest.layers]
+        tree = image_tree(store, image)
         local = [store.has_blob(layer.digest) for layer in image.manifest.layers]
         registry = repository = None
         insecure = False
@@ -60,7 +61,7 @@ class MountableImage:
             insecure = image.source.startswith(INSECURE_PREFIX)
             ref = registry_ref(image.source.removeprefix(INSECURE_PREFIX))
             registry, repository = ref.domain, ref.repository
-        return cls(image, tocs, ImageTree.from_tocs(tocs), local, registry, repository, insecure)
+        return cls(image, tree, local, registry, repository, insecure)
 
     def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:
         """Where each layer's bytes come from (`client`: the registry's, opened by the caller)."""
@@ -101,12 +102,10 @@ class MountableImage:
             fetcher.stop()
             self.close()
 
-
-def read_file(fetcher: Fetcher, entry: TocEntry, layer: int) -> Iterator[bytes]:
-    """A regular file's contents, piece by piece, through the fetch engine (verified, cached)."""
-    for piece in file_pieces(entry, layer) if entry.size else []:
-        if isinstance(piece, Piece):
-            yield fetcher.get([piece])[0]
-        else:  # a hole, made up in pieces: it may be huge
-            for start in range(0, piece, 1 << 20):
-                yield bytes(min(1 << 20, piece - start))
+    @contextlib.contextmanager
+    def serving(
+        self, store: Store, timeout: float = 30.0, on_access: Callable[[Piece], None] | None = None
+    ) -> Iterator[ImageSource]:
+        """The image as a file system whose file contents come from a running fetch engine."""
+        with self.fetching(store, timeout, on_access) as fetcher:
+            yield ImageSource(self.tree, fetcher, self.image.name)

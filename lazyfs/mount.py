@@ -34,9 +34,10 @@ from lazyfs.fetcher import Fetcher
 from lazyfs.fs import LazyFS
 from lazyfs.host import is_mounted, process_alive
 from lazyfs.image import MountableImage
-from lazyfs.pieces import Piece
+from lazyfs.source import ImageSource
 from storage.errors import StorageError
 from storage.files import atomic_write
+from storage.pieces import Piece
 from storage.store import Image, Store
 
 STATS_INTERVAL = 0.5
@@ -233,10 +234,12 @@ def _daemon(
             accesses[piece] = None
 
     with mountable.fetching(store, timeout, record) as fetcher:
-        return _serve(fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, accesses)
+        source = ImageSource(mountable.tree, fetcher, mountable.image.name)
+        return _serve(source, fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, accesses)
 
 
 def _serve(
+    source: ImageSource,
     fetcher: Fetcher,
     mountable: MountableImage,
     mountpoint: Path,
@@ -246,7 +249,7 @@ def _serve(
     ready_fd: int,
     accesses: dict[Piece, None],
 ) -> int:
-    fs = LazyFS(mountable.tree, fetcher)
+    fs = LazyFS(source)
     layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
 
     def write_stats_now() -> None:
@@ -266,10 +269,10 @@ def _serve(
         threading.Thread(target=plan, name="lazyfs-plan", daemon=True).start()
 
     def plan() -> None:  # off the FUSE thread: a big image has many pieces to list
-        pieces = fs.all_pieces()
+        pieces = source.all_pieces()
         fetcher.know_layout(pieces)
         if prefetch:
-            fetcher.prefetch(fs.pieces_for(prefetch, layers))
+            fetcher.prefetch(source.pieces_for(prefetch, layers))
         if fill:
             fetcher.fill(pieces)
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from lazyfs.pieces import Piece
+from storage.pieces import Piece
 
 READ_AHEAD = 1 << 20  # on a miss, also fetch this much more of the same file
 MAX_WINDOW = 32 << 20  # read-ahead along a layer grows up to this

@@ -28,11 +28,11 @@ from typing import Any
 
 from lazyfs.host import is_mounted, process_alive
 from lazyfs.mount import MountState, mount, umount
-from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile, save_profile
 from runtime.state import ContainerState, containers_dir
 from storage.errors import NotFound, StorageError
 from storage.files import atomic_write
+from storage.pieces import Piece, file_pieces
 from storage.store import Image, Store
 
 LAZY_DIR = "lazy"

@@ -2,28 +2,22 @@
 
 A reader needs only a `RangeSource`, something that returns byte ranges of the blob: a local file
 here, a registry's blob over HTTP Range requests in lazyfs. Every chunk is checked against the
-digest its (verified) TOC promises before any byte of it is returned.
+digest its (verified) TOC promises before any byte of it is returned (the rule is `storage.pieces`'s:
+a `LayerReader` is one of its `PieceReader`s).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from storage.digest import Digest, verify
-from storage.errors import CorruptLayer, DigestMismatch, NotFound
+from storage.errors import CorruptLayer, NotFound
+from storage.pieces import FileLayout, Piece, unpack
 from storage.toc import MAX_CHUNK_SIZE, Chunk, LayerToc, TocEntry
-from storage.zstd_chunked import (
-    MAX_FOOTER_FRAME,
-    compressed_bound,
-    decompress_frames,
-    decompress_toc,
-    parse_footer,
-    position_from_annotations,
-)
+from storage.zstd_chunked import MAX_FOOTER_FRAME, decompress_toc, parse_footer, position_from_annotations
 
 
 class RangeSource(Protocol):
@@ -91,56 +85,30 @@ class LayerReader:
         except KeyError:
             raise NotFound(f"no such file in layer: /{path}") from None
 
+    def get(self, pieces: Sequence[Piece], ahead: Sequence[Piece] = ()) -> list[bytes]:
+        """The verified bytes of `pieces`, each read by its own range (`ahead` is no use here)."""
+        return [
+            unpack(piece, self.source.read_range(piece.start, piece.end - piece.start), piece.start)
+            for piece in pieces
+        ]
+
     def read_chunk(self, entry: TocEntry, chunk: Chunk) -> bytes:
         """One chunk's bytes, verified against its digest."""
-        if chunk.zeros:
+        layout = FileLayout.of(entry)
+        part = layout.parts[layout.starts.index(chunk.file_offset)]
+        if not isinstance(part, Piece):
             if chunk.size > MAX_CHUNK_SIZE:
                 raise CorruptLayer(f"{entry.name}: hole of {chunk.size} bytes: read it with iter_file")
             return bytes(chunk.size)
-        expected = chunk.digest or (entry.digest if len(entry.chunks) == 1 else None)
-        if expected is None:
+        if part.size != chunk.size:
             raise CorruptLayer(f"{entry.name}: chunk at {chunk.file_offset} has no digest to verify")
-        data = self._chunk_bytes(entry, chunk)
-        verify(data, expected, f"{entry.name} chunk at {chunk.file_offset}")
-        return data
+        return self.get([part])[0]
 
     def iter_file(self, entry: TocEntry) -> Iterator[bytes]:
-        """A regular file's contents, chunk by chunk; each chunk (or the whole) is verified."""
+        """A regular file's contents, piece by piece, each verified (holes made up, never read)."""
         if entry.type != "reg":
             raise CorruptLayer(f"{entry.name} is not a regular file")
-        if len(entry.chunks) == 1 or all(c.digest or c.zeros for c in entry.chunks):
-            for chunk in entry.chunks:
-                if chunk.zeros:  # holes can be huge: made up in pieces, never fetched
-                    for start in range(0, chunk.size, 1 << 20):
-                        yield bytes(min(1 << 20, chunk.size - start))
-                else:
-                    yield self.read_chunk(entry, chunk)
-            return
-        # Chunks without their own digests: only the whole file can be checked.
-        if entry.digest is None:
-            raise CorruptLayer(f"{entry.name}: no digest to verify")
-        hasher = hashlib.sha256()
-        data = [self._chunk_bytes(entry, chunk) for chunk in entry.chunks]
-        for piece in data:
-            hasher.update(piece)
-        if Digest.from_hasher(hasher) != entry.digest:
-            raise DigestMismatch(f"{entry.name}: digest mismatch: expected {entry.digest}")
-        yield from data
+        return FileLayout.of(entry).chunks(self)
 
     def read_file(self, entry: TocEntry) -> bytes:
         return b"".join(self.iter_file(entry))
-
-    def _chunk_bytes(self, entry: TocEntry, chunk: Chunk) -> bytes:
-        if chunk.zeros:
-            return bytes(chunk.size)
-        want = chunk.inner_offset + chunk.size
-        # A frame range longer than the chunk can need (stargz TOCs give no ends) is read no further.
-        length = min(chunk.frame_end - chunk.frame_start, compressed_bound(want))
-        frame = self.source.read_range(chunk.frame_start, length)
-        data = decompress_frames(frame, chunk.inner_offset + chunk.size)
-        data = data[chunk.inner_offset : chunk.inner_offset + chunk.size]
-        if len(data) != chunk.size:
-            raise CorruptLayer(
-                f"{entry.name}: chunk at {chunk.file_offset} is {len(data)} bytes, expected {chunk.size}"
-            )
-        return data

@@ -2,8 +2,8 @@
 
 Layers stack as the OCI spec says: a later entry replaces an earlier one, `.wh.NAME` hides NAME
 from the layers below, `.wh..wh..opq` hides everything a directory had below. Hard links point to
-the entry that holds their data in the same layer. `lazyctr ls/cat` read images through it, and
-lazyfs will serve it.
+the entry that holds their data in the same layer. lazyfs's image source serves it (a mount,
+`lazyctr ls` and `cat`), and the builder reads base images through it.
 """
 
 from __future__ import annotations
@@ -106,7 +106,14 @@ class ImageTree:
 
     def lookup(self, path: str, follow_last: bool = True) -> Node:
         """The node at `path`, resolving symlinks as if the image root were `/`."""
+        return self._resolve(path, follow_last)[1]
 
+    def resolve(self, path: str, follow_last: bool = True) -> str:
+        """The canonical path (`a/b`, the root ``) of what `path` names, symlinks resolved as if
+        the image root were `/`."""
+        return "/".join(self._resolve(path, follow_last)[0])
+
+    def _resolve(self, path: str, follow_last: bool) -> tuple[list[str], Node]:
         def node_at(parts: list[str]) -> Node:
             node = self.root
             for part in parts:
@@ -119,7 +126,8 @@ class ImageTree:
             node = node_at(parts)
             return node.entry.link_name if node.entry.type == "symlink" else None
 
-        return node_at(resolve(path, link_at, follow_last))
+        parts = resolve(path, link_at, follow_last)
+        return parts, node_at(parts)
 
     def walk(self, node: Node | None = None, path: str = "") -> Iterator[tuple[str, Node]]:
         """Every path below `node` (depth first, sorted), the root as ``."""

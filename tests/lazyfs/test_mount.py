@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lazyfs.host import is_mounted
 from storage.extract import extract_layer
 from storage.store import Store
 from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
@@ -98,7 +99,7 @@ def test_mounted_tree_equals_extracted_tree(published: Published, tmp_path: Path
     with pytest.raises(OSError):
         (point / "etc/new").write_text("read-only")
     run_cli(root, "umount", str(point))
-    assert not os.path.ismount(point)
+    assert not is_mounted(point)
 
 
 def test_reads_fetch_only_what_is_read(published: Published, tmp_path: Path, mount: Mounter) -> None:
@@ -171,7 +172,7 @@ def test_umount_of_a_busy_mount_detaches_it(published: Published, tmp_path: Path
     point = mount(published.publisher_root, "rich:1")
     with open(point / "data/big.bin", "rb") as busy:
         run_cli(published.publisher_root, "umount", str(point))
-        assert not os.path.ismount(point)
+        assert not is_mounted(point)
         assert busy.read() == BIG  # the open file keeps working until closed
 
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from lazyfs.mount import MountState
-from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile
 from lazyfs.pull import pull_lazy
 from runtime.cgroups import Cgroup
+from storage.pieces import Piece, file_pieces
 from storage.store import Image, Store
 from tests.conftest import CliRunner, assert_clean_error, cli_command
 from tests.registry.conftest import Registry

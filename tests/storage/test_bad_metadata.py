@@ -21,11 +21,13 @@ import pytest
 
 from builder.rootfs import apt_mirror
 from lazyctr.display import ls_line, ls_time
+from lazyfs.source import node_stat
 from storage.digest import Digest
 from storage.errors import CorruptLayer, InvalidReference, NotFound
 from storage.oci import Descriptor, ImageConfig, Index, Manifest
 from storage.reference import ImageRef, validate_tag
 from storage.toc import NS, TocEntry
+from storage.tree import Node
 from tests.conftest import CliRunner, assert_clean_error
 
 Doc = Any  # a parsed JSON document, or bytes to write as they are
@@ -278,10 +280,13 @@ def zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
     ],
 )
 def test_ls_line_survives_any_toc_time(zone: str, modtime: str | None) -> None:
-    entry = TocEntry(type="reg", name="./f", modtime=modtime, mode=0o644)
-    line = ls_line("/f", entry, "reg", 3)
+    entry = TocEntry(type="reg", name="./f", modtime=modtime, mode=0o644, size=3)
+    line = ls_line("/f", node_stat(Node(entry, 0)))
     normal = ls_line(
-        "/f", TocEntry(type="reg", name="./f", modtime="2024-01-01T00:00:00Z", mode=0o644), "reg", 3
+        "/f",
+        node_stat(
+            Node(TocEntry(type="reg", name="./f", modtime="2024-01-01T00:00:00Z", mode=0o644, size=3), 0)
+        ),
     )
     assert line.endswith(" /f") and len(line) == len(normal), line
     assert LS_TIME.match(line[-len(" /f") - 16 : -len(" /f")]), line

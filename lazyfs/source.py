@@ -1,0 +1,238 @@
+"""An image as a read-only file system, without FUSE: its merged tree and reads of its files.
+
+ratarmount's mount source: this module knows the image, `lazyfs.fs.LazyFS` only adapts it to FUSE
+(an operation's OSError becomes a FuseOSError of the same errno) and `lazyctr ls`/`cat` print from
+it. Paths are absolute and exact ("/etc/passwd"), as the kernel asks for them; `resolve` turns a
+user's path, symlinks followed inside the image root, into one.
+
+Everything about the tree is computed once (an image never changes): each path's stat, each
+directory's entries, each file's layout, so a lookup costs a dict access. Inode numbers are stable
+(the order of a sorted walk of the tree); hard links share one. File contents come from a
+`PieceReader` (lazyfs's fetch engine): read, verified and cached by piece.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+from lazyfs.readahead import READ_AHEAD
+from storage.errors import NotFound, UnsafePath
+from storage.pieces import FileLayout, Piece, PieceReader, file_pieces
+from storage.store import Image, Store
+from storage.tree import ImageTree, Node
+
+TYPE_BITS = {
+    "dir": stat.S_IFDIR,
+    "reg": stat.S_IFREG,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+BLOCK_SIZE = 1 << 20  # st_blksize: readers size their reads from it
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+
+Stat = dict[str, int]  # os.stat_result's st_* names
+
+
+class Listed(NamedTuple):
+    """One line of `ls -l`: the name to show, its stat and, for a symlink, its target."""
+
+    name: str
+    stat: Stat
+    target: str
+
+
+def image_tree(store: Store, image: Image) -> ImageTree:
+    """The image's merged tree, from the layer TOCs in the store (no file contents needed)."""
+    return ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
+
+
+class ImageSource:
+    def __init__(self, tree: ImageTree, reader: PieceReader | None = None, name: str = "the image") -> None:
+        self.tree = tree
+        self.reader = reader  # None: metadata only (`ls`), no file contents
+        self.name = name
+        self.stats: dict[str, Stat] = {}
+        self.nodes: dict[str, Node] = {}
+        self.files: dict[int, FileLayout] = {}  # by inode, built on first open
+        self.total_size = 0
+        self._all_pieces: list[Piece] | None = None
+        self._index()
+
+    def _index(self) -> None:
+        inodes: dict[int, int] = {}  # id of the entry holding the data -> inode
+        links: dict[int, int] = {}
+        walked = list(self.tree.walk())
+        for _, node in walked:
+            links[id(node.content)] = links.get(id(node.content), 0) + 1
+        for path, node in walked:
+            key = "/" + path
+            content = node.content
+            self.nodes[key] = node
+            self.stats[key] = node_stat(
+                node, inodes.setdefault(id(content), len(inodes) + 1), links[id(content)]
+            )
+            if node.kind == "reg":
+                self.total_size += content.size
+            if node.children is not None:
+                subdirs = sum(1 for child in node.children.values() if child.is_dir)
+                self.stats[key]["st_nlink"] = 2 + subdirs
+
+    # -- metadata -------------------------------------------------------------------------------
+
+    def stat(self, path: str) -> Stat:
+        try:
+            return self.stats[path]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, f"no such file or directory in {self.name}", path) from None
+
+    def entries(self, path: str) -> list[str]:
+        """A directory's entry names in the layers' order, not sorted: a reader going through the
+        directory then goes through the blob in order, which read-ahead turns into few requests."""
+        children = self._node(path).children
+        if children is None:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        return list(children)
+
+    def readlink(self, path: str) -> str:
+        node = self._node(path)
+        if node.kind != "symlink":
+            raise OSError(errno.EINVAL, "not a symbolic link", path)
+        return node.content.link_name
+
+    def xattr(self, path: str, name: str) -> bytes:
+        value = self._node(path).content.xattrs.get(name)
+        if value is None:
+            raise OSError(errno.ENODATA, f"no extended attribute {name}", path)
+        return base64.b64decode(value)
+
+    def xattrs(self, path: str) -> list[str]:
+        return list(self._node(path).content.xattrs)
+
+    def statfs(self) -> dict[str, int]:
+        return {
+            "f_bsize": BLOCK_SIZE,
+            "f_frsize": BLOCK_SIZE,
+            "f_blocks": (self.total_size + BLOCK_SIZE - 1) // BLOCK_SIZE,
+            "f_bfree": 0,
+            "f_bavail": 0,
+            "f_files": len(self.stats),
+            "f_ffree": 0,
+            "f_namemax": 255,
+        }
+
+    def resolve(self, path: str, follow_last: bool = True) -> str:
+        """The exact path of a user's `path`, symlinks resolved as if the image root were `/`
+        (raises NotFound, or UnsafePath for a symlink loop)."""
+        return "/" + self.tree.resolve(path, follow_last)
+
+    def ls(self, path: str, recursive: bool = False) -> Iterator[Listed]:
+        """What `ls -l PATH` shows: a directory's entries (with -R every path below it, by full
+        name), or the file itself; a symlink to a directory lists the directory."""
+        exact = self.resolve(path, follow_last=False)  # a dangling or looping symlink still lists
+        if self.nodes[exact].kind == "symlink":
+            try:
+                target = self.resolve(path)
+            except (NotFound, UnsafePath):  # dangling or looping: the link itself is listed
+                target = exact
+            exact = target if self.nodes[target].is_dir else exact
+        if not self.nodes[exact].is_dir:
+            yield self._listed(path, exact)
+        elif recursive:
+            shown = path.strip("/")
+            for relative, _ in self.tree.walk(self.nodes[exact]):
+                if relative:
+                    yield self._listed("/" + (f"{shown}/{relative}" if shown else relative), exact, relative)
+        else:
+            for name in sorted(self.entries(exact)):
+                yield self._listed(name, exact, name)
+
+    def _listed(self, shown: str, exact: str, below: str = "") -> Listed:
+        key = f"{exact.rstrip('/')}/{below}" if below else exact
+        attrs = self.stats[key]
+        return Listed(shown, attrs, self.readlink(key) if stat.S_ISLNK(attrs["st_mode"]) else "")
+
+    # -- contents -------------------------------------------------------------------------------
+
+    def open(self, path: str, flags: int = os.O_RDONLY) -> int:
+        """A handle (the inode) for reading the file at `path`."""
+        node = self._node(path)
+        if flags & WRITE_FLAGS:
+            raise OSError(errno.EROFS, "read-only file system", path)
+        ino = self.stats[path]["st_ino"]
+        if ino not in self.files and node.kind == "reg":
+            self.files[ino] = FileLayout.of(node.content, node.layer)  # a hard link's data is in its layer
+        return ino
+
+    def read(self, handle: int, size: int, offset: int) -> bytes:
+        """Bytes of an open file; what it reads next is asked for along (read-ahead)."""
+        layout = self.files.get(handle)
+        if layout is None:
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        return layout.read(self._reader(), offset, size, READ_AHEAD)
+
+    def contents(self, path: str) -> Iterator[bytes]:
+        """A regular file's whole contents, piece by piece (what `cat` prints)."""
+        node = self._node(path)
+        if node.kind != "reg":
+            raise IsADirectoryError(errno.EISDIR, f"{path} is not a regular file in {self.name}")
+        return FileLayout.of(node.content, node.layer).chunks(self._reader())
+
+    def all_pieces(self) -> list[Piece]:
+        """Every piece of every file, once each, in layer order and blob order."""
+        if self._all_pieces is not None:
+            return self._all_pieces
+        seen: dict[tuple[int, str], Piece] = {}
+        for node in self.nodes.values():
+            if node.kind == "reg":
+                for p in file_pieces(node.content, node.layer):
+                    if isinstance(p, Piece):
+                        seen.setdefault((p.layer, p.digest), p)
+        self._all_pieces = sorted(seen.values(), key=lambda p: (p.layer, p.start))
+        return self._all_pieces
+
+    def pieces_for(self, profile: Iterable[dict[str, Any]], layers: list[str]) -> list[Piece]:
+        """The pieces an access profile names (by layer digest and piece digest), in its order."""
+        by_key = {(layers[p.layer], str(p.digest)): p for p in self.all_pieces()}
+        return [by_key[key] for item in profile if (key := (item.get("layer"), item.get("digest"))) in by_key]
+
+    def _node(self, path: str) -> Node:
+        try:
+            return self.nodes[path]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, f"no such file or directory in {self.name}", path) from None
+
+    def _reader(self) -> PieceReader:
+        if self.reader is None:
+            raise RuntimeError("this image source reads no file contents (it was made for metadata only)")
+        return self.reader
+
+
+def node_stat(node: Node, ino: int = 1, nlink: int = 1) -> Stat:
+    """What `stat` says of a node of the tree (the inode and link count are the caller's to know)."""
+    meta = node.content  # a hard link shows the metadata of what it links to
+    mtime = meta.mtime_ns
+    size = meta.size if node.kind == "reg" else len(meta.link_name) if node.kind == "symlink" else 0
+    out = {
+        # Linux shows every symlink as 0777, whatever the tar said.
+        "st_mode": TYPE_BITS[node.kind] | (0o777 if node.kind == "symlink" else meta.mode & 0o7777),
+        "st_ino": ino,
+        "st_nlink": nlink,
+        "st_uid": meta.uid,
+        "st_gid": meta.gid,
+        "st_size": size,
+        "st_blocks": (size + 511) // 512,
+        "st_blksize": BLOCK_SIZE,
+        "st_atime": mtime,
+        "st_mtime": mtime,
+        "st_ctime": mtime,
+    }
+    if node.kind in ("char", "block"):
+        out["st_rdev"] = os.makedev(meta.dev_major, meta.dev_minor)
+    return out
