@@ -12,8 +12,7 @@ import click
 from builder.rootfs import busybox_tarball, debian_tarball
 from lazyctr.context import Context, command, pass_context
 from lazyctr.display import human_age, human_size, ls_line
-from runtime.layers import LayerCache
-from runtime.state import all_states
+from runtime.layers import collect_garbage
 from storage.files import atomic_path
 from storage.importer import (
     EXPORT_COMPRESSIONS,
@@ -153,16 +152,7 @@ def rmi(ctx: Context, images: tuple[str, ...]) -> None:
         ctx.store.untag(names)
         for name in names:
             click.echo(f"Untagged: {name}")
-    _collect(ctx)
-
-
-def _collect(ctx: Context) -> tuple[int, int, int]:
-    """Blobs no image refers to, and extracted layers no image or container uses, go."""
-    removed, freed = ctx.store.gc()
-    images, _ = ctx.store.images()
-    keep = {str(diff_id) for image in images for diff_id in image.config.diff_ids}
-    keep |= {layer for state in all_states(ctx.root / "containers") for layer in state.layers}
-    return removed, freed, LayerCache(ctx.store).remove_unused(keep)
+    collect_garbage(ctx.store)
 
 
 @command()
@@ -178,7 +168,7 @@ def tag(ctx: Context, source: str, target: str) -> None:
 @pass_context
 def gc(ctx: Context) -> None:
     """Delete blobs no image refers to, and extracted layers no image or container uses."""
-    removed, freed, layers = _collect(ctx)
+    removed, freed, layers = collect_garbage(ctx.store)
     click.echo(f"removed {removed} blobs, freed {human_size(freed)}; removed {layers} extracted layers")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -18,17 +19,28 @@ def _unescape(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[tuple[str, str]]:
-    """(mount point, file system type) of every mount, in the table's order, escapes restored."""
+class Mount(NamedTuple):
+    """One line of the mount table: where, what file system, and its super-block options."""
+
+    point: str
+    fstype: str
+    options: str
+
+
+def mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Mount]:
+    """Every mount, in the table's order, with escaped characters restored."""
     with open(mountinfo) as f:
         lines = [line.split() for line in f if line.strip()]
-    # The type is the field after the "-" that ends the optional fields.
-    return [(_unescape(fields[4]), fields[fields.index("-") + 1]) for fields in lines]
+    # The optional fields end with "-"; the type, the source and the super-block options follow it.
+    return [
+        Mount(_unescape(fields[4]), fields[fields.index("-") + 1], fields[fields.index("-") + 3])
+        for fields in lines
+    ]
 
 
 def mount_points(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[str]:
     """Every mount point of the mount table, in its order, with escaped characters restored."""
-    return [point for point, _ in mounts(mountinfo)]
+    return [mount.point for mount in mounts(mountinfo)]
 
 
 def is_mounted(mountpoint: Path) -> bool:

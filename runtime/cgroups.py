@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lazyfs.host import mounts
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "lazyctr"
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -110,10 +112,6 @@ def detect_layout(root: Path = CGROUP_ROOT) -> Layout:
     return "v2" if (root / "cgroup.controllers").exists() else "v1"
 
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def v1_mount_points(
     root: Path = CGROUP_ROOT, mountinfo: Path = Path("/proc/self/mountinfo")
 ) -> dict[str, Path]:
@@ -122,14 +120,11 @@ def v1_mount_points(
     Read from mountinfo, not guessed from `root/<controller>`, because distributions differ: Debian
     with systemd co-mounts `cpu,cpuacct` (with `cpu` a symlink), other systems mount them apart."""
     found: dict[str, Path] = {}
-    for line in mountinfo.read_text().splitlines():
-        fields = line.split()
-        separator = fields.index("-")
-        fstype, options = fields[separator + 1], fields[separator + 3]
-        if fstype != "cgroup":
+    for mount in mounts(mountinfo):
+        if mount.fstype != "cgroup":
             continue
-        mount_point = Path(_unescape(fields[4]))
-        for controller in options.split(","):
+        mount_point = Path(mount.point)
+        for controller in mount.options.split(","):
             current = found.get(controller)
             if controller in CONTROLLERS and (
                 current is None or (mount_point.is_relative_to(root) and not current.is_relative_to(root))

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from runtime.state import all_states, containers_dir
 from storage.digest import Digest
 from storage.errors import DigestMismatch
 from storage.extract import HashingReader, Whiteouts, extract_layer
@@ -66,6 +67,17 @@ class LayerCache:
                 shutil.rmtree(directory, ignore_errors=True)
             removed += 1
         return removed
+
+
+def collect_garbage(store: Store) -> tuple[int, int, int]:
+    """Remove blobs no image refers to, and extracted layers no image or container uses.
+
+    Returns the blobs removed, the bytes they freed, and the extracted layers removed."""
+    removed, freed = store.gc()
+    images, _ = store.images()
+    keep = {str(diff_id) for image in images for diff_id in image.config.diff_ids}
+    keep |= {layer for state in all_states(containers_dir(store.root)) for layer in state.layers}
+    return removed, freed, LayerCache(store).remove_unused(keep)
 
 
 def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whiteouts) -> None:

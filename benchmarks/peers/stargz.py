@@ -175,7 +175,7 @@ def _run(
 
 def _fuse_mounts_under(base: Path) -> int:
     """How many FUSE mounts (stargz's remote layers) there are below `base`."""
-    return sum(fstype.startswith("fuse") and Path(point).is_relative_to(base) for point, fstype in mounts())
+    return sum(m.fstype.startswith("fuse") and Path(m.point).is_relative_to(base) for m in mounts())
 
 
 def _shims_of(address: Path) -> list[int]:

@@ -30,6 +30,7 @@ import pytest
 import zstandard
 
 from builder.rootfs import debian_tarball
+from lazyfs.host import is_mounted
 from storage.extract import extract_layer
 from storage.store import Store
 from tests.conftest import require_tools
@@ -226,7 +227,7 @@ def mounted(root: Path, ref: str, point: Path) -> Iterator[Path]:
     try:
         yield point
     finally:
-        if os.path.ismount(point):
+        if is_mounted(point):
             subprocess.run(["fusermount3", "-uz", str(point)], capture_output=True)
 
 
@@ -329,7 +330,7 @@ def assert_mount_equals_eager(
         assert links_and_xattrs(point) == links_and_xattrs(tmp_path / "extracted")
         after = stats(lazy_root, point)
         run_cli(lazy_root, "umount", str(point))
-        assert not os.path.ismount(point)
+        assert not is_mounted(point)
     wanted = visible_pieces(eager, ref, expected)
     cached = {p.name for p in (lazy_root / "chunks").rglob("*") if p.is_file()}
     assert after["verification_failures"] == 0 and after["fetch_errors"] == 0
