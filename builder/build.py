@@ -294,34 +294,10 @@ class Builder:
                 self._copy(stage, state, typed, where)
             case instructions.Workdir():
                 self._workdir(stage, state, typed, where)
-            case instructions.Arg():
-                config(state, image_config.declare_args(state, typed))
-            case instructions.Env():
-                config(state, image_config.set_env(state, typed))
-            case instructions.Label():
-                config(state, image_config.add_labels(state, typed))
-            case instructions.Maintainer():
-                config(state, image_config.set_author(state, typed))
-            case instructions.User():
-                config(state, image_config.set_user(state, typed))
-            case instructions.Expose():
-                config(state, image_config.expose(state, typed))
-            case instructions.Volume():
-                config(state, image_config.add_volumes(state, typed))
-            case instructions.Stopsignal():
-                config(state, image_config.set_stop_signal(state, typed))
-            case instructions.Shell():
-                config(state, image_config.set_shell(state, typed))
-            case instructions.Entrypoint():  # before Cmd: an Entrypoint is a Cmd too
-                config(state, image_config.set_entrypoint(state, typed))
-            case instructions.Cmd():
-                config(state, image_config.set_cmd(state, typed))
-            case instructions.Healthcheck():
-                config(state, image_config.set_healthcheck(state, typed))
-            case instructions.Onbuild():
-                config(state, image_config.add_trigger(state, typed))
             case instructions.From():
                 raise BuildError(f"{self._where(where)}: FROM is not allowed here")
+            case _:  # the instructions that change only the config
+                config(state, image_config.apply(state, typed))
 
     def _step_label(self, stage: Stage, typed: instructions.Command) -> str:
         steps, counter = self.step_numbers[stage.index]

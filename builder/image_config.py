@@ -8,11 +8,13 @@ BuildKit writes it; none of them gives a layer.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from builder.instructions import (
     Arg,
     Cmd,
+    Command,
     Entrypoint,
     Env,
     Expose,
@@ -112,3 +114,26 @@ def set_healthcheck(state: State, command: Healthcheck) -> str:
 def add_trigger(state: State, command: Onbuild) -> str:
     state.config["OnBuild"] = [*(state.config.get("OnBuild") or []), command.trigger]
     return f"ONBUILD {command.trigger}"
+
+
+# Keyed by the exact type: an Entrypoint is a Cmd too, and must not be taken for one.
+_APPLY: dict[type[Command], Callable[[State, Any], str]] = {
+    Arg: declare_args,
+    Env: set_env,
+    Label: add_labels,
+    Maintainer: set_author,
+    User: set_user,
+    Expose: expose,
+    Volume: add_volumes,
+    Stopsignal: set_stop_signal,
+    Shell: set_shell,
+    Cmd: set_cmd,
+    Entrypoint: set_entrypoint,
+    Healthcheck: set_healthcheck,
+    Onbuild: add_trigger,
+}
+
+
+def apply(state: State, command: Command) -> str:
+    """Apply a config-only instruction to the stage's state; returns its history's `created_by`."""
+    return _APPLY[type(command)](state, command)
