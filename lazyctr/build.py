@@ -35,7 +35,6 @@ from runtime.layers import extract_verified
 from runtime.mountpoints import prune_mount_points
 from runtime.process import run_in_child, wait_status
 from storage.digest import Digest
-from storage.errors import NotFound
 from storage.oci import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, ImageConfig, Manifest
 from storage.paths import resolve_in_root
 from storage.reference import ImageRef
@@ -52,22 +51,9 @@ class StoreResolver:
         self.insecure = insecure
 
     def resolve(self, reference: str) -> Image:
-        with contextlib.suppress(NotFound):
-            return self.store.image(reference)
-        if not _names_registry(reference):
-            raise NotFound(
-                f"image not known: {reference} (not in the store, and no registry host in the name)"
-            )
-        import asyncio
+        from registry.pull_policy import image_or_pull
 
-        from registry.client import pull_image
-
-        return asyncio.run(pull_image(self.store, reference, self.insecure))
-
-
-def _names_registry(reference: str) -> bool:
-    first, slash, _ = reference.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+        return image_or_pull(self.store, reference, lazy=False, insecure=self.insecure)
 
 
 class BuildDriver(OverlayDriver):

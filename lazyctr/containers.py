@@ -141,22 +141,12 @@ def run(
 
 def _image(ctx: Context, text: str) -> Image:
     """The image named `text`, pulled lazily from its registry if it is not here (as docker run pulls)."""
+    from registry.pull_policy import image_or_pull
+
     try:
-        return ctx.store.image(text)
-    except NotFound as e:
-        first, slash, _ = text.partition("/")
-        if not (slash and ("." in first or ":" in first or first == "localhost")):
-            raise ContainerError(str(e)) from None
+        return image_or_pull(ctx.store, text, lazy=True)
     except StorageError as e:
         raise ContainerError(str(e)) from None
-    import asyncio
-
-    from lazyfs.pull import pull_lazy
-
-    try:
-        return asyncio.run(pull_lazy(ctx.store, text))
-    except StorageError as e:
-        raise ContainerError(f"pulling {text}: {e}") from None
 
 
 def _driver(

@@ -24,7 +24,7 @@ import pytest
 from lazyfs.mount import MountState
 from lazyfs.pieces import Piece, file_pieces
 from lazyfs.profile import load_profile
-from lazyfs.pull import pull_lazy
+from registry.transfer import pull_lazy
 from runtime.cgroups import Cgroup
 from storage.store import Image, Store
 from tests.conftest import CliRunner, assert_clean_error, cli_command
