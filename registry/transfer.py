@@ -203,7 +203,7 @@ async def pull_image(
                         descriptor.digest,
                         f,
                         descriptor.size,
-                        lambda n: shown.advance(descriptor.digest, n),
+                        progress=lambda n: shown.advance(descriptor.digest, n),
                     )
                 shown.done(descriptor.digest, "pulled")
 

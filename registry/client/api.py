@@ -177,6 +177,7 @@ class RegistryClient:
         digest: str,
         dest: BinaryIO,
         size: int | None = None,
+        *,
         progress: Progress | None = None,
     ) -> int:
         """Stream blob `digest` into `dest` (from its start), checking it; returns its size.
@@ -354,6 +355,7 @@ class RegistryClient:
         repo: str,
         digest: str,
         path: Path,
+        *,
         mount_from: str | None = None,
         progress: Progress | None = None,
     ) -> str:
