@@ -145,12 +145,10 @@ async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bo
 
 
 def _pick_platform(index: Index, what: str) -> Descriptor:
-    arch = host_architecture()
-    for descriptor in index.manifests:
-        plat = descriptor.platform or {}
-        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
-            return descriptor
-    raise RegistryNotFound(f"{what}: no image for linux/{arch} in the index")
+    found = index.for_platform(host_architecture())
+    if found is None:
+        raise RegistryNotFound(f"{what}: no image for linux/{host_architecture()} in the index")
+    return found
 
 
 async def fetch_manifest(client: RegistryClient, ref: ImageRef) -> tuple[bytes, str, Digest]:

@@ -289,6 +289,14 @@ def _runtime_config(obj: dict[str, Any], what: str) -> dict[str, Any]:
 class Index:
     manifests: list[Descriptor] = field(default_factory=list)
 
+    def for_platform(self, architecture: str) -> Descriptor | None:
+        """The first image for linux on `architecture`; an entry that names no platform fits any."""
+        for descriptor in self.manifests:
+            plat = descriptor.platform or {}
+            if plat.get("os", "linux") == "linux" and plat.get("architecture", architecture) == architecture:
+                return descriptor
+        return None
+
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
