@@ -22,7 +22,6 @@ from builder.errors import BuildError
 from builder.progress import PlainProgress, TerminalProgress
 from lazyctr.context import Context, command, pass_context
 from runtime.buildstep import ContainerStepRunner
-from storage.errors import NotFound
 from storage.reference import ImageRef
 from storage.store import Image, Store
 
@@ -35,22 +34,9 @@ class StoreResolver:
         self.insecure = insecure
 
     def resolve(self, reference: str) -> Image:
-        with contextlib.suppress(NotFound):
-            return self.store.image(reference)
-        if not _names_registry(reference):
-            raise NotFound(
-                f"image not known: {reference} (not in the store, and no registry host in the name)"
-            )
-        import asyncio
+        from registry.pull_policy import image_or_pull
 
-        from registry.client import pull_image
-
-        return asyncio.run(pull_image(self.store, reference, self.insecure))
-
-
-def _names_registry(reference: str) -> bool:
-    first, slash, _ = reference.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+        return image_or_pull(self.store, reference, lazy=False, insecure=self.insecure)
 
 
 def _pairs(values: tuple[str, ...], option: str, from_env: bool = False) -> dict[str, str]:

@@ -23,7 +23,7 @@ from runtime.enter import exec_in
 from runtime.process import ContainerError
 from runtime.spec import Volume, spec_for
 from runtime.state import LOG_FILE, all_states, containers_dir, find
-from storage.errors import NotFound, StorageError
+from storage.errors import StorageError
 from storage.store import Image
 
 
@@ -136,22 +136,12 @@ def run(
 
 def _image(ctx: Context, text: str) -> Image:
     """The image named `text`, pulled lazily from its registry if it is not here (as docker run pulls)."""
+    from registry.pull_policy import image_or_pull
+
     try:
-        return ctx.store.image(text)
-    except NotFound as e:
-        first, slash, _ = text.partition("/")
-        if not (slash and ("." in first or ":" in first or first == "localhost")):
-            raise ContainerError(str(e)) from None
+        return image_or_pull(ctx.store, text, lazy=True)
     except StorageError as e:
         raise ContainerError(str(e)) from None
-    import asyncio
-
-    from lazyfs.pull import pull_lazy
-
-    try:
-        return asyncio.run(pull_lazy(ctx.store, text))
-    except StorageError as e:
-        raise ContainerError(f"pulling {text}: {e}") from None
 
 
 def _containers(ctx: Context) -> Path:

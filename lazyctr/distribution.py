@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from registry.progress import TransferProgress
     from registry.storage import BlobStore
     from registry.tokens import PrivateKey
-    from storage.reference import ImageRef
-    from storage.store import Image
 
 # asyncio, ssl and the registry room are imported inside the commands that use them: every
 # `lazyctr run` imports this module, and they would add ~25 ms to each container's start.
@@ -220,8 +218,9 @@ def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mod
 
     Prints a line per blob (pushed, exists or mounted; size; time), then the manifest's digest.
     """
-    from registry.client import BlobResult, push_image, registry_ref
     from registry.progress import TerminalProgress
+    from registry.transfer import BlobResult, push_image, push_referrers
+    from storage.reference import registry_ref
 
     found = ctx.store.image(image)
     target = registry_ref(ref or found.name)
@@ -237,20 +236,9 @@ def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mod
     finally:
         progress.close()
     click.echo(f"manifest {digest}")
-    referrers = _run(_push_referrers(ctx, found, target, insecure))
+    referrers = _run(push_referrers(ctx.store, found, target, insecure))
     if referrers:
         click.echo(f"referrers {referrers} (access profiles and other artifacts of the image)")
-
-
-async def _push_referrers(ctx: Context, image: Image, target: ImageRef, insecure: bool) -> int:
-    from registry.client import RegistryClient
-    from registry.referrers import push_referrers
-
-    if not ctx.store.referrers(image.descriptor.digest):
-        return 0
-    assert target.domain is not None
-    async with RegistryClient(target.domain, insecure) as client:
-        return await push_referrers(client, ctx.store, target.repository, image.descriptor.digest)
 
 
 @command()
@@ -270,12 +258,10 @@ def pull(ctx: Context, ref: str, insecure: bool, eager: bool, progress_mode: str
     with --progress plain. Off a terminal `auto` shows none, so that a failed pull still ends in
     its one error line.
     """
-    from registry.client import pull_image
     from registry.progress import TransferProgress
+    from registry.transfer import pull_image, pull_lazy
 
     if not eager:
-        from lazyfs.pull import pull_lazy
-
         click.echo(_run(pull_lazy(ctx.store, ref, insecure)).id)
         return
     quiet = progress_mode == "auto" and not sys.stderr.isatty()

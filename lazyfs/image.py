@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 
 from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource
 from lazyfs.source import ImageSource, image_tree
-from registry.client import RegistryClient, registry_ref
+from registry.client import RegistryClient
 from storage.chunks import ChunkCache
 from storage.errors import NotFound
 from storage.pieces import Piece
+from storage.reference import Origin
 from storage.store import Image, Store
 from storage.tree import ImageTree
-
-INSECURE_PREFIX = "http://"  # on a source: pulled with --insecure, so fetched over plain HTTP too
 
 
 class RegistryLayerSource:
@@ -58,9 +57,8 @@ class MountableImage:
         if not all(local):
             if image.source is None:
                 raise NotFound(f"{image.name}: layers are missing from the store and the image has no source")
-            insecure = image.source.startswith(INSECURE_PREFIX)
-            ref = registry_ref(image.source.removeprefix(INSECURE_PREFIX))
-            registry, repository = ref.domain, ref.repository
+            origin = Origin.parse(image.source)
+            registry, repository, insecure = origin.registry, origin.repository, origin.insecure
         return cls(image, tree, local, registry, repository, insecure)
 
     def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:

@@ -14,18 +14,16 @@ from typing import Any
 
 from storage.digest import Digest
 from storage.errors import CorruptLayer, StorageError
-from storage.oci import MEDIA_MANIFEST, Descriptor, Manifest, canonical_json
+from storage.oci import MEDIA_EMPTY, MEDIA_MANIFEST, PROFILE_TYPE, Descriptor, Manifest, canonical_json
 from storage.store import Image, Store
 
-PROFILE_TYPE = "application/vnd.lazyctr.access-profile.v1+json"
-EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY = b"{}"
 
 
 def profile_manifest(store: Store, image: Image, accesses: list[dict[str, Any]]) -> Manifest:
     """The artifact manifest for a profile, its blobs put in the store."""
     blob = canonical_json({"pieces": accesses})
-    empty = Descriptor(EMPTY_TYPE, store.put_blob(EMPTY), len(EMPTY))
+    empty = Descriptor(MEDIA_EMPTY, store.put_blob(EMPTY), len(EMPTY))
     layer = Descriptor(PROFILE_TYPE, store.put_blob(blob), len(blob))
     subject = Descriptor(MEDIA_MANIFEST, image.descriptor.digest, image.descriptor.size)
     return Manifest(empty, [layer], subject=subject, artifact_type=PROFILE_TYPE)

@@ -174,19 +174,17 @@ class OciLayout:
         descriptor = entries[0]
         ref_name = descriptor.annotations.get(REF_NAME)
         while descriptor.media_type in INDEX_TYPES:
-            descriptor = _pick_platform(Index.parse(self.read_blob(descriptor)).manifests, self.path)
+            descriptor = _pick_platform(Index.parse(self.read_blob(descriptor)), self.path)
         if descriptor.media_type not in MANIFEST_TYPES:
             raise BadArchive(f"{self.path}: unsupported manifest type {descriptor.media_type}")
         return ref_name, descriptor
 
 
-def _pick_platform(manifests: list[Descriptor], where: Path) -> Descriptor:
-    arch = host_architecture()
-    for descriptor in manifests:
-        plat = descriptor.platform or {}
-        if plat.get("os", "linux") == "linux" and plat.get("architecture", arch) == arch:
-            return descriptor
-    raise NotFound(f"{where}: no image for linux/{arch} in the index")
+def _pick_platform(index: Index, where: Path) -> Descriptor:
+    found = index.for_platform(host_architecture())
+    if found is None:
+        raise NotFound(f"{where}: no image for linux/{host_architecture()} in the index")
+    return found
 
 
 def import_oci(store: Store, source: OciSource, name: str | None) -> Image:

@@ -1,7 +1,10 @@
 """OCI image types (descriptor, manifest, image config, index) and their canonical JSON form.
 
 Canonical JSON (sorted keys, no spaces) makes the same content give the same digest. Parsing is
-tolerant of unknown fields and of Docker schema 2 media types, which are read as their OCI twins.
+tolerant of unknown fields and of Docker schema 2 media types, which are read as their OCI twins;
+a document that is not what the spec says (malformed JSON, a missing field, a field of the wrong
+type, a descriptor with an invalid digest or size) raises `InvalidManifest`, one line that says
+which field. The media types and these checks live here only: the other rooms import them.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.digest import Digest
-from storage.errors import CorruptLayer, InvalidReference
+from storage.errors import InvalidReference, StorageError
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -19,6 +22,8 @@ MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_EMPTY = "application/vnd.oci.empty.v1+json"  # the `{}` config of an artifact
+PROFILE_TYPE = "application/vnd.lazyctr.access-profile.v1+json"  # lazyfs's access profiles (artifacts)
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
@@ -31,6 +36,10 @@ LAYER_TYPES = {MEDIA_LAYER_TAR, MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, DOCKER_LAYER
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
+class InvalidManifest(StorageError):
+    """An image manifest, index, config or descriptor that cannot be read as the OCI image spec says."""
+
+
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -39,15 +48,15 @@ def load_json(data: bytes, what: str) -> dict[str, Any]:
     try:
         obj = json.loads(data)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, integers of too many digits
-        raise CorruptLayer(f"{what}: malformed JSON: {e}") from None
+        raise InvalidManifest(f"{what}: malformed JSON: {e}") from None
     except RecursionError:
-        raise CorruptLayer(f"{what}: malformed JSON: nested too deeply") from None
+        raise InvalidManifest(f"{what}: malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise CorruptLayer(f"{what}: expected a JSON object, found {_kind(obj)}")
+        raise InvalidManifest(f"{what}: expected a JSON object, found {_kind(obj)}")
     return obj
 
 
-# -- checking the types of fields read from a document; each failure is one CorruptLayer line --------
+# -- checking the types of fields read from a document; each failure is one InvalidManifest line -----
 
 
 def _kind(value: Any) -> str:
@@ -67,7 +76,7 @@ def _kind(value: Any) -> str:
 
 def _str(value: Any, what: str) -> str:
     if not isinstance(value, str):
-        raise CorruptLayer(f"{what}: expected a string, found {_kind(value)}")
+        raise InvalidManifest(f"{what}: expected a string, found {_kind(value)}")
     return value
 
 
@@ -79,7 +88,7 @@ def _opt_str(obj: dict[str, Any], key: str, what: str) -> str | None:
 def _opt_dict(obj: dict[str, Any], key: str, what: str) -> dict[str, Any] | None:
     value = obj.get(key)
     if value is not None and not isinstance(value, dict):
-        raise CorruptLayer(f"{what}: {key!r} must be an object, found {_kind(value)}")
+        raise InvalidManifest(f"{what}: {key!r} must be an object, found {_kind(value)}")
     return value
 
 
@@ -88,7 +97,7 @@ def _opt_list(obj: dict[str, Any], key: str, what: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise CorruptLayer(f"{what}: {key!r} must be an array, found {_kind(value)}")
+        raise InvalidManifest(f"{what}: {key!r} must be an array, found {_kind(value)}")
     return value
 
 
@@ -119,7 +128,7 @@ def _digest(value: Any, what: str) -> Digest:
         shown = repr(value)
         if len(shown) > 100 or isinstance(value, list | dict):
             shown = _kind(value)
-        raise CorruptLayer(f"{what} {shown}: expected sha256:<64 lowercase hex digits>") from None
+        raise InvalidManifest(f"{what} {shown}: expected sha256:<64 lowercase hex digits>") from None
 
 
 @dataclass
@@ -144,13 +153,15 @@ class Descriptor:
     @classmethod
     def from_json(cls, obj: Any, what: str = "descriptor") -> Descriptor:
         if not isinstance(obj, dict):
-            raise CorruptLayer(f"{what}: expected a descriptor object, found {_kind(obj)}")
+            raise InvalidManifest(f"{what}: expected a descriptor object, found {_kind(obj)}")
         for key in ("mediaType", "digest", "size"):
             if key not in obj:
-                raise CorruptLayer(f"{what}: missing field {key!r}")
+                raise InvalidManifest(f"{what}: missing field {key!r}")
         size = obj["size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise CorruptLayer(f"{what}: invalid size: expected a non-negative integer, found {_kind(size)}")
+            raise InvalidManifest(
+                f"{what}: invalid size: expected a non-negative integer, found {_kind(size)}"
+            )
         return cls(
             media_type=_str(obj["mediaType"], f"{what}: 'mediaType'"),
             digest=_digest(obj["digest"], f"{what}: invalid digest"),
@@ -193,11 +204,11 @@ class Manifest:
         obj = load_json(data, "manifest")
         media_type = _str(obj.get("mediaType", MEDIA_MANIFEST), "manifest: 'mediaType'")
         if media_type not in MANIFEST_TYPES or obj.get("schemaVersion") != 2:
-            raise CorruptLayer(f"manifest: unsupported media type {media_type!r}")
+            raise InvalidManifest(f"manifest: unsupported media type {media_type!r}")
         if not isinstance(obj.get("layers"), list):
-            raise CorruptLayer(f"manifest: 'layers' must be an array, found {_kind(obj.get('layers'))}")
+            raise InvalidManifest(f"manifest: 'layers' must be an array, found {_kind(obj.get('layers'))}")
         if obj.get("config") is None:
-            raise CorruptLayer("manifest: missing field 'config'")
+            raise InvalidManifest("manifest: missing field 'config'")
         subject = obj.get("subject")
         return cls(
             config=Descriptor.from_json(obj["config"], "manifest config"),
@@ -249,7 +260,7 @@ class ImageConfig:
         history = _opt_list(obj, "history", what)
         for item in history:
             if not isinstance(item, dict):
-                raise CorruptLayer(f"{what}: 'history' items must be objects, found {_kind(item)}")
+                raise InvalidManifest(f"{what}: 'history' items must be objects, found {_kind(item)}")
         return cls(
             architecture=_opt_str(obj, "architecture", what) or "",
             os=_opt_str(obj, "os", what) or "",
@@ -278,6 +289,14 @@ def _runtime_config(obj: dict[str, Any], what: str) -> dict[str, Any]:
 class Index:
     manifests: list[Descriptor] = field(default_factory=list)
 
+    def for_platform(self, architecture: str) -> Descriptor | None:
+        """The first image for linux on `architecture`; an entry that names no platform fits any."""
+        for descriptor in self.manifests:
+            plat = descriptor.platform or {}
+            if plat.get("os", "linux") == "linux" and plat.get("architecture", architecture) == architecture:
+                return descriptor
+        return None
+
     def to_bytes(self) -> bytes:
         return canonical_json(
             {
@@ -292,5 +311,5 @@ class Index:
         obj = load_json(data, "image index")
         manifests = obj.get("manifests")
         if not isinstance(manifests, list):
-            raise CorruptLayer(f"image index: 'manifests' must be an array, found {_kind(manifests)}")
+            raise InvalidManifest(f"image index: 'manifests' must be an array, found {_kind(manifests)}")
         return cls([Descriptor.from_json(m, "image index entry") for m in manifests])

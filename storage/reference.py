@@ -1,4 +1,5 @@
-"""Image references (`[host[:port]/]path[:tag][@digest]`) checked against the distribution grammar."""
+"""Image references (`[host[:port]/]path[:tag][@digest]`) checked against the distribution grammar,
+and the origin the store records for a pulled image (`[http://]host[:port]/repository`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def names_registry(name: str) -> bool:
+    """Whether an image name starts with a registry host (`host.domain`, `host:port`, `localhost`),
+    as docker reads names: `library/busybox` names none, `127.0.0.1:5000/busybox` does."""
+    first, slash, _ = name.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """A parsed image reference; `name` may include a registry host."""
@@ -58,10 +66,7 @@ class ImageRef:
 
     @property
     def domain(self) -> str | None:
-        first, slash, _ = self.name.partition("/")
-        if slash and ("." in first or ":" in first or first == "localhost"):
-            return first
-        return None
+        return self.name.partition("/")[0] if names_registry(self.name) else None
 
     @property
     def repository(self) -> str:
@@ -75,3 +80,34 @@ class ImageRef:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+def registry_ref(text: str) -> ImageRef:
+    """A reference that names its registry host, as push and pull need."""
+    ref = ImageRef.parse(text)
+    if ref.domain is None:
+        raise InvalidReference(
+            f"{text!r} names no registry: expected HOST[:PORT]/NAME[:TAG], e.g. 127.0.0.1:5000/{text}"
+        )
+    return ref
+
+
+INSECURE_PREFIX = "http://"  # on an origin: pulled with --insecure, so fetched over plain HTTP too
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The repository a lazily pulled image came from: where its missing layers are fetched."""
+
+    registry: str
+    repository: str
+    insecure: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Origin:
+        ref = registry_ref(text.removeprefix(INSECURE_PREFIX))
+        assert ref.domain is not None
+        return cls(ref.domain, ref.repository, text.startswith(INSECURE_PREFIX))
+
+    def __str__(self) -> str:
+        return f"{INSECURE_PREFIX if self.insecure else ''}{self.registry}/{self.repository}"

@@ -29,6 +29,7 @@ from storage.oci import (
     Descriptor,
     ImageConfig,
     Index,
+    InvalidManifest,
     Manifest,
 )
 from storage.reference import ImageRef
@@ -165,7 +166,7 @@ class Store:
         must be in the store already."""
         artifact = Manifest.parse(data)
         if artifact.subject is None:
-            raise CorruptLayer("an artifact manifest without a subject")
+            raise InvalidManifest("an artifact manifest without a subject")
         annotations = {SUBJECT: str(artifact.subject.digest)}
         entry = Descriptor(MEDIA_MANIFEST, self.put_blob(data), len(data), annotations)
         entry.artifact_type = artifact.artifact_type or artifact.config.media_type
@@ -290,12 +291,12 @@ class Store:
                     continue
                 live.add(descriptor.digest.hex)
                 if descriptor.media_type in MANIFEST_TYPES:
-                    with contextlib.suppress(NotFound, CorruptLayer):
+                    with contextlib.suppress(NotFound, InvalidManifest, CorruptLayer):
                         manifest = Manifest.parse(self.read_blob(descriptor.digest))
                         pending += [manifest.config, *manifest.layers]
                         live.update(_toc_digest(layer) for layer in manifest.layers)
                 elif descriptor.media_type in INDEX_TYPES:
-                    with contextlib.suppress(NotFound, CorruptLayer):
+                    with contextlib.suppress(NotFound, InvalidManifest):
                         pending += Index.parse(self.read_blob(descriptor.digest)).manifests
             removed = freed = 0
             for blob in self.blobs.iterdir():

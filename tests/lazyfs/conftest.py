@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.pull import pull_lazy
+from registry.transfer import pull_lazy
 from storage.importer import add_layer, import_tarball
 from storage.store import Image, Store
 from tests.conftest import cli_command

@@ -15,19 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from registry.client import (
-    RegistryClient,
-    RegistryDigestMismatch,
-    RegistryNotFound,
-    RegistryUnreachable,
-    pull_image,
-    push_image,
-    registry_ref,
-)
+from registry.client import RegistryClient, RegistryDigestMismatch, RegistryNotFound, RegistryUnreachable
+from registry.transfer import pull_image, push_image
 from storage.digest import Digest
 from storage.importer import import_tarball
 from storage.oci import MEDIA_CONFIG, MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, ImageConfig
-from storage.reference import ImageRef
+from storage.reference import ImageRef, registry_ref
 from storage.store import Image, Store
 from tests.conftest import require_tools
 from tests.registry.conftest import Registry, free_port, sha256

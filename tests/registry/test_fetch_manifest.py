@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from registry.client import RegistryClient, RegistryNotFound, fetch_manifest
+from registry.client import RegistryClient, RegistryNotFound
+from registry.transfer import fetch_manifest
 from storage.digest import Digest
 from storage.importer import host_architecture
 from storage.reference import ImageRef

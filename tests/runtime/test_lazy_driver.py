@@ -22,7 +22,7 @@ import pytest
 
 from lazyfs.mount import MountState
 from lazyfs.profile import load_profile
-from lazyfs.pull import pull_lazy
+from registry.transfer import pull_lazy
 from runtime.cgroups import Cgroup
 from storage.pieces import Piece, file_pieces
 from storage.store import Image, Store

@@ -1,7 +1,7 @@
 """Malformed metadata and odd input end in one clean error line, never a crash or a bad store.
 
 OCI layouts are crafted from a real export: one field of a config, manifest or index.json is
-made wrong, every blob on the way up is re-hashed, and importing must fail with CorruptLayer before
+made wrong, every blob on the way up is re-hashed, and importing must fail with InvalidManifest before
 anything is named in the store. Also here: ASCII-only tags, `ls` times datetime cannot show, and
 rootfs tools that fail.
 """
@@ -23,8 +23,8 @@ from builder.rootfs import apt_mirror
 from lazyctr.display import ls_line, ls_time
 from lazyfs.source import node_stat
 from storage.digest import Digest
-from storage.errors import CorruptLayer, InvalidReference, NotFound
-from storage.oci import Descriptor, ImageConfig, Index, Manifest
+from storage.errors import InvalidReference, NotFound
+from storage.oci import Descriptor, ImageConfig, Index, InvalidManifest, Manifest
 from storage.reference import ImageRef, validate_tag
 from storage.toc import NS, TocEntry
 from storage.tree import Node
@@ -163,7 +163,7 @@ def test_malformed_fields_fail_the_import_cleanly(
     rewrite(layout, part, edit)
     result = lazyctr("import", f"oci:{layout}:bb", "x", ok=False)
     assert_clean_error(result, fragment)
-    assert result.code == 1  # CorruptLayer: not a usage error, not an internal one
+    assert result.code == 1  # InvalidManifest: not a usage error, not an internal one
     assert_nothing_named(lazyctr)
 
 
@@ -214,8 +214,8 @@ def test_good_documents_parse() -> None:
         {**GOOD_DESCRIPTOR, "platform": ["linux"]},
     ],
 )
-def test_bad_descriptors_are_corrupt_layer(obj: Any) -> None:
-    with pytest.raises(CorruptLayer):
+def test_bad_descriptors_are_invalid_manifests(obj: Any) -> None:
+    with pytest.raises(InvalidManifest):
         Descriptor.from_json(obj)
 
 
@@ -224,15 +224,15 @@ def test_bad_descriptors_are_corrupt_layer(obj: Any) -> None:
     [b"\xff", b"[1]", b"null", DEEP, b"{" * 50_000, b'{"a":' + b"1" * 10_000 + b"}", b'{"x": NaN'],
 )
 @pytest.mark.parametrize("parse", [Manifest.parse, ImageConfig.parse, Index.parse])
-def test_bad_json_is_corrupt_layer(parse: Callable[[bytes], object], data: bytes) -> None:
-    with pytest.raises(CorruptLayer):
+def test_bad_json_is_an_invalid_manifest(parse: Callable[[bytes], object], data: bytes) -> None:
+    with pytest.raises(InvalidManifest):
         parse(data)
 
 
-def test_an_invalid_diff_id_is_corrupt_layer_not_invalid_reference() -> None:
-    with pytest.raises(CorruptLayer, match=r"^image config: invalid diff_id 5"):
+def test_an_invalid_diff_id_is_an_invalid_manifest_not_invalid_reference() -> None:
+    with pytest.raises(InvalidManifest, match=r"^image config: invalid diff_id 5"):
         ImageConfig.parse(b'{"rootfs": {"diff_ids": [5]}}')
-    with pytest.raises(CorruptLayer, match=r"invalid diff_id 'sha256:x'"):
+    with pytest.raises(InvalidManifest, match=r"invalid diff_id 'sha256:x'"):
         ImageConfig.parse(b'{"rootfs": {"diff_ids": ["sha256:x"]}}')
 
 

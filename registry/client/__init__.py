@@ -1,0 +1,31 @@
+"""The registry client: the OCI distribution API of any registry, as calls.
+
+- `api`: `RegistryClient`, the calls (manifests, blobs, uploads, referrers, byte ranges) and the
+  checks of what comes back;
+- `transport`: the HTTP session, retries, redirects and reading answer bodies;
+- `auth`: the answer to a registry's 401 challenge (basic, bearer tokens), stored credentials;
+- `byteranges`: byte ranges out of `206` and `multipart/byteranges` answers;
+- `errors`: the client's errors.
+
+The workflows that push and pull images (and write into the store) are in registry/transfer.py.
+"""
+
+from registry.client.api import RegistryClient
+from registry.client.errors import (
+    RegistryAuthFailed,
+    RegistryAuthRequired,
+    RegistryClientError,
+    RegistryDigestMismatch,
+    RegistryNotFound,
+    RegistryUnreachable,
+)
+
+__all__ = [
+    "RegistryAuthFailed",
+    "RegistryAuthRequired",
+    "RegistryClient",
+    "RegistryClientError",
+    "RegistryDigestMismatch",
+    "RegistryNotFound",
+    "RegistryUnreachable",
+]

@@ -1,0 +1,409 @@
+"""The OCI distribution API as calls: manifests, blobs, uploads, referrers and byte ranges of blobs.
+
+Nothing a registry sends is trusted until its digest is checked: manifests against the digest
+they were asked by (or the `Docker-Content-Digest` the registry claims), blobs while they stream
+to disk. Byte ranges cannot be checked against the blob's digest: their callers check them
+against the digests they hold (a TOC entry's chunk digest).
+
+Byte ranges are what lazyfs reads with: `read_ranges` asks for many ranges in one request
+(`multipart/byteranges`) and falls back, once and for the client's life, to one range a request
+when a registry will not. One client serves many concurrent callers on pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from yarl import URL
+
+from registry.client.auth import Authenticator
+from registry.client.byteranges import (
+    beyond_the_end,
+    check_ranges,
+    cut,
+    merge,
+    parse_content_range,
+    range_header,
+    read_part,
+    read_parts,
+    slice_stream,
+)
+from registry.client.errors import (
+    RegistryAuthFailed,
+    RegistryAuthRequired,
+    RegistryClientError,
+    RegistryDigestMismatch,
+)
+from registry.client.transport import READ_SIZE, Body, CountedBytes, Transport, read_body
+from registry.credentials import Credentials
+from storage.digest import Digest
+from storage.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    Descriptor,
+    Index,
+)
+from storage.reference import validate_repository
+
+CHUNK_SIZE = 16 << 20  # blobs larger than this are pushed in PATCH chunks of this size
+MANIFEST_LIMIT = 4 << 20
+REFERRERS_LIMIT = 4 << 20
+MANIFEST_ACCEPT = ", ".join([MEDIA_MANIFEST, MEDIA_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST])
+SINGLE_RANGES_IN_FLIGHT = 64  # single-range requests at once per client when multi-range does not work
+SINGLE_RANGES_PER_CALL = 8  # ... and per read_ranges call, so one large call cannot take them all
+OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+
+Progress = Callable[[int], None]  # told the bytes moved so far, as they go
+
+
+class RegistryClient:
+    """One registry (`host[:port]`); use as `async with RegistryClient(...) as client`."""
+
+    def __init__(
+        self,
+        registry: str,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        read_auth_file: bool = True,
+    ) -> None:
+        """`credentials` default to those stored for `registry` (unless `read_auth_file` is False)."""
+        self.registry = registry
+        self.auth = Authenticator(registry, credentials, read_auth_file)
+        self.transport = Transport(registry, insecure, self.auth)
+        self._multi_range = True  # until the registry answers a multi-range request with 200/400/416
+        self._ranges_ignored = False  # the registry answered a single Range with the whole blob
+        self._single_ranges: asyncio.Semaphore | None = None
+
+    @property
+    def multi_range(self) -> bool:
+        """False once the registry refused or ignored a multi-range request: then one range a request."""
+        return self._multi_range
+
+    async def __aenter__(self) -> RegistryClient:
+        self.transport.open()
+        self._single_ranges = asyncio.Semaphore(SINGLE_RANGES_IN_FLIGHT)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.transport.close()
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the registry speaks the distribution API (a 401 still counts as an answer)."""
+        async with self.transport.send("GET", self.transport.base.with_path("/v2/")) as response:
+            if response.status not in (200, 401):
+                raise await self.transport.error(response, "ping")
+
+    async def login(self) -> None:
+        """Check that the registry takes our credentials (raises RegistryAuthFailed when not)."""
+        failed = RegistryAuthFailed(f"{self.registry}: login failed: credentials refused")
+        try:
+            async with self.transport.send("GET", self.transport.base.with_path("/v2/")) as response:
+                if response.status == 401:
+                    raise failed
+                if response.status != 200:
+                    raise await self.transport.error(response, "login")
+        except RegistryAuthRequired as e:  # from a token service
+            raise failed from e
+
+    async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, Digest]:
+        """The manifest or index `ref` (tag or digest) of `repo`: its bytes, media type and digest."""
+        what = f"{repo}@{ref}" if ref.startswith("sha256:") else f"{repo}:{ref}"
+        expected = Digest(ref) if ":" in ref else None
+        url = self.transport.url(repo, f"manifests/{ref}")
+        async with self.transport.send("GET", url, {"Accept": MANIFEST_ACCEPT}) as response:
+            if response.status != 200:
+                raise await self.transport.error(response, what)
+            data = await read_body(response.content, MANIFEST_LIMIT + 1)
+            if len(data) > MANIFEST_LIMIT:
+                raise RegistryClientError(f"{self.registry}: {what}: manifest larger than {MANIFEST_LIMIT}")
+            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+            claimed = response.headers.get("Docker-Content-Digest")
+        found = Digest.of(data)
+        if expected is None and claimed:
+            expected = Digest(claimed)
+        if expected is not None and found != expected:
+            raise RegistryDigestMismatch(
+                f"{self.registry}: manifest {what} does not match its digest: expected {expected}, "
+                f"found {found}"
+            )
+        if media_type not in MANIFEST_TYPES | INDEX_TYPES:
+            with contextlib.suppress(Exception):
+                media_type = str(json.loads(data).get("mediaType") or media_type)
+        return data, media_type, found
+
+    async def referrers(
+        self, repo: str, subject: Digest, artifact_type: str | None = None
+    ) -> list[Descriptor]:
+        """The manifests that refer to `subject` (of `artifact_type`); none from a registry without
+        the referrers API (a 404)."""
+        url = self.transport.url(repo, f"referrers/{subject}")
+        if artifact_type is not None:
+            url = url.with_query({"artifactType": artifact_type})
+        what = f"referrers of {repo}@{subject}"
+        async with self.transport.send("GET", url, {"Accept": MEDIA_INDEX}) as response:
+            if response.status == 404:
+                return []
+            if response.status != 200:
+                raise await self.transport.error(response, what)
+            data = await read_body(response.content, REFERRERS_LIMIT)
+        # The filter is the client's to apply too: a registry may ignore it (the spec allows that).
+        return [d for d in Index.parse(data).manifests if artifact_type in (None, d.artifact_type)]
+
+    async def head_blob(self, repo: str, digest: str) -> int | None:
+        """The size of blob `digest` in `repo`, or None when the repository does not have it."""
+        url = self.transport.url(repo, f"blobs/{Digest(digest)}")
+        async with self.transport.send("HEAD", url) as response:
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                raise await self.transport.error(response, f"blob {repo}@{digest}")
+            return response.content_length or 0
+
+    async def get_blob(
+        self,
+        repo: str,
+        digest: str,
+        dest: BinaryIO,
+        size: int | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> int:
+        """Stream blob `digest` into `dest` (from its start), checking it; returns its size.
+
+        On a mismatch `dest` holds unverified bytes: the caller's temporary file must be dropped.
+        """
+        digest = Digest(digest)
+        what = f"blob {repo}@{digest}"
+        url = self.transport.url(repo, f"blobs/{digest}")
+
+        async def attempt() -> tuple[Digest, int]:
+            dest.seek(0)
+            dest.truncate()
+            hasher = hashlib.sha256()
+            written = 0
+            async with self.transport.send("GET", url) as response:
+                if response.status != 200:
+                    raise await self.transport.error(response, what)
+                async for piece in response.content.iter_chunked(READ_SIZE):
+                    written += len(piece)
+                    if size is not None and written > size:
+                        raise RegistryDigestMismatch(
+                            f"{self.registry}: {what} is larger than its {size} bytes"
+                        )
+                    hasher.update(piece)
+                    dest.write(piece)
+                    if progress is not None:
+                        progress(written)
+            return Digest.from_hasher(hasher), written
+
+        found, written = await self.transport.retrying(attempt)
+        dest.flush()
+        if found != digest or (size is not None and written != size):
+            raise RegistryDigestMismatch(
+                f"{self.registry}: {what} does not match its digest: found {found}, {written} bytes"
+            )
+        return written
+
+    # -- byte ranges -----------------------------------------------------------------------------
+
+    async def stream_range(self, repo: str, digest: str, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Bytes [offset, offset+length) of a blob as they arrive, in pieces, with one Range GET
+        (a 200 answer is skipped to the offset). Unverified, as for `read_range`."""
+        check_ranges([(offset, length)])
+        what = f"blob {repo}@{Digest(digest)} bytes {offset}+{length}"
+        headers = {"Range": range_header([(offset, offset + length)])}
+        async with self.transport.send(
+            "GET", self.transport.url(repo, f"blobs/{digest}"), headers
+        ) as response:
+            if response.status == 206:
+                start, _ = parse_content_range(response.headers.get("Content-Range"), what)
+                skip = offset - start
+            elif response.status == 200:
+                skip = offset
+            else:
+                raise await self.transport.error(response, what)
+            if skip < 0:
+                raise RegistryClientError(f"{self.registry}: {what}: the answer starts at byte {start}")
+            left = length
+            async for piece in response.content.iter_chunked(READ_SIZE):
+                if skip:
+                    trim = min(skip, len(piece))
+                    piece, skip = piece[trim:], skip - trim
+                if piece:
+                    yield piece[:left]
+                    left -= min(left, len(piece))
+                if not left:
+                    return
+        if left:
+            raise RegistryClientError(f"{self.registry}: {what}: the answer ended {left} bytes short")
+
+    async def read_range(self, repo: str, digest: str, offset: int, length: int) -> bytes:
+        """Bytes [offset, offset+length) of a blob, with one Range GET (a 200 answer is sliced)."""
+        check_ranges([(offset, length)])
+        what = f"blob {repo}@{Digest(digest)} bytes {offset}+{length}"
+        where = f"{self.registry}: {what}"
+        headers = {"Range": range_header([(offset, offset + length)])}
+        url = self.transport.url(repo, f"blobs/{digest}")
+
+        async def attempt() -> bytes:
+            async with self.transport.send("GET", url, headers) as response:
+                if response.status == 206:
+                    start, data = await read_part(response, where)
+                    if start != offset or len(data) != length:
+                        raise RegistryClientError(f"{where}: got {len(data)} bytes from offset {start}")
+                    return data
+                if response.status == 200:  # a server without ranges: skip to the offset
+                    self._ranges_ignored = True
+                    return (await slice_stream(response.content, [(offset, length)], where))[0]
+                raise await self.transport.error(response, what)
+
+        return await self.transport.retrying(attempt)
+
+    async def read_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each (offset, length) range of a blob, in the order asked, in one request.
+
+        The request asks for every range at once (`Range: bytes=a-b,c-d`, answered with
+        `multipart/byteranges`). A registry that answers that with the whole blob (200) is read
+        only as far as the last range; one that refuses it (400, 416) is asked again range by
+        range, a few at a time. Either way the client remembers, and later calls go straight to
+        single ranges. As with `read_range`, the caller checks the bytes against its own digests.
+        """
+        check_ranges(ranges)
+        if not ranges:
+            return []
+        if len(ranges) == 1:
+            return [await self.read_range(repo, digest, *ranges[0])]
+        spans = merge(ranges)
+        if len(spans) == 1 or (not self._multi_range and not self._ranges_ignored):
+            return await self._read_spans_one_by_one(repo, digest, spans, ranges)
+        what = f"blob {repo}@{Digest(digest)} ({len(ranges)} ranges)"
+        where = f"{self.registry}: {what}"
+        headers = {"Range": range_header(spans)}
+        url = self.transport.url(repo, f"blobs/{digest}")
+
+        async def attempt() -> list[bytes] | None:
+            """The ranges, or None when the registry will not answer several at once."""
+            async with self.transport.send("GET", url, headers) as response:
+                if response.status == 206:
+                    parts = await read_parts(response, spans, where)
+                    return [cut(parts, offset, length, where) for offset, length in ranges]
+                if response.status == 200:
+                    self._multi_range = False  # the next call will not download whole blobs
+                    return await slice_stream(response.content, ranges, where)
+                if response.status in (400, 416) and not beyond_the_end(response, spans):
+                    self._multi_range = False
+                    return None
+                raise await self.transport.error(response, what)
+
+        found = await self.transport.retrying(attempt)
+        if found is not None:
+            return found
+        return await self._read_spans_one_by_one(repo, digest, spans, ranges)
+
+    async def _read_spans_one_by_one(
+        self, repo: str, digest: str, spans: list[tuple[int, int]], ranges: list[tuple[int, int]]
+    ) -> list[bytes]:
+        """`ranges` cut out of the merged `spans`, read with one Range GET each, a few at a time."""
+        assert self._single_ranges is not None
+        per_call = asyncio.Semaphore(SINGLE_RANGES_PER_CALL)
+
+        async def one(start: int, end: int) -> tuple[int, bytes]:
+            assert self._single_ranges is not None
+            async with per_call, self._single_ranges:
+                return start, await self.read_range(repo, digest, start, end - start)
+
+        tasks = [asyncio.ensure_future(one(start, end)) for start, end in spans]
+        try:
+            parts = list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:  # the first failure is the answer: the others are not waited for
+                task.cancel()
+            raise
+        what = f"{self.registry}: blob {repo}@{Digest(digest)} ({len(ranges)} ranges)"
+        return [cut(parts, offset, length, what) for offset, length in ranges]
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _uploads(self, repo: str, digest: Digest, mount_from: str | None) -> URL:
+        """Where an upload starts; with `mount_from`, it asks to link the blob from that repository."""
+        uploads = self.transport.url(repo, "blobs/uploads/")
+        if mount_from is None:
+            return uploads
+        validate_repository(mount_from)
+        return uploads.with_query({"mount": digest, "from": mount_from})
+
+    async def mount_blob(self, repo: str, digest: str, mount_from: str) -> bool:
+        """Link blob `digest` of `mount_from` into `repo` (same registry); True when the registry did."""
+        url = self._uploads(repo, Digest(digest), mount_from)
+        async with self.transport.send("POST", url, {"Content-Length": "0"}) as response:
+            return response.status == 201
+
+    async def push_blob(
+        self,
+        repo: str,
+        digest: str,
+        path: Path,
+        *,
+        mount_from: str | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Upload the blob at `path`; returns "exists", "mounted" or "pushed"."""
+        digest = Digest(digest)
+        if await self.head_blob(repo, digest) is not None:
+            return "exists"
+        what = f"upload of {repo}@{digest}"
+        uploads = self._uploads(repo, digest, mount_from)
+        async with self.transport.send("POST", uploads, {"Content-Length": "0"}) as response:
+            if response.status == 201:
+                return "mounted"
+            if response.status != 202:
+                raise await self.transport.error(response, what)
+            location = self.transport.resolve(response.headers.get("Location"))
+        size = path.stat().st_size
+
+        def counted(piece: bytes, offset: int) -> Body:
+            if progress is None:
+                return piece
+            return CountedBytes(piece, lambda sent: progress(offset + sent))
+
+        with open(path, "rb") as f:
+            if size <= CHUNK_SIZE:
+                body = f.read()
+            else:
+                offset, body = 0, b""
+                while piece := f.read(CHUNK_SIZE):
+                    headers = {**OCTET_STREAM, "Content-Range": f"{offset}-{offset + len(piece) - 1}"}
+                    async with self.transport.send(
+                        "PATCH", location, headers, counted(piece, offset)
+                    ) as response:
+                        if response.status != 202:
+                            raise await self.transport.error(response, what)
+                        location = self.transport.resolve(response.headers.get("Location"))
+                    offset += len(piece)
+        final = location.update_query({"digest": digest})
+        async with self.transport.send(
+            "PUT", final, OCTET_STREAM, counted(body, size - len(body))
+        ) as response:
+            if response.status != 201:
+                raise await self.transport.error(response, what)
+        return "pushed"
+
+    async def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> Digest:
+        what = f"manifest {repo}:{ref}"
+        url = self.transport.url(repo, f"manifests/{ref}")
+        async with self.transport.send("PUT", url, {"Content-Type": media_type}, data) as response:
+            if response.status != 201:
+                raise await self.transport.error(response, what)
+        return Digest.of(data)

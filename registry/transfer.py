@@ -1,0 +1,293 @@
+"""Images between a registry and the store: push, eager pull, lazy pull, and their referrers.
+
+A push sends the config and layers (in parallel), then the manifest; the store's referrers of the
+image (access profiles, signatures) follow, their blobs first, then their manifests by digest. A
+layer of a lazily pulled image is not in the store: it is fine where the target has it already, or
+can mount it from the repository it came from.
+
+An eager pull fetches every blob, verified, into a temporary OCI layout next to the store, which
+the importer then reads like any other layout (layers without a zstd:chunked TOC are converted
+there). Nothing is named in the store unless every blob checked out.
+
+A lazy pull fetches the manifest, the config and each layer's TOC, and none of the file contents.
+A TOC is fetched by byte range at the position the layer descriptor's annotation gives, and kept
+only if it hashes to the digest the annotation promises (the manifest digest vouches for the
+annotation); it is then parsed and validated (no path escaping the root, no duplicate entries, no
+chunk outside the blob, no absurd sizes) before anything is stored. The image is named in the
+store with its origin, so lazyfs knows where to fetch contents later; an access profile the
+registry holds for it (a referrer) comes along. An image with a layer that has no TOC (plain tar,
+gzip, zstd without the chunked annotations) is pulled eagerly: its layers must be converted, which
+changes the manifest anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.client import RegistryClient, RegistryClientError, RegistryNotFound
+from registry.progress import TransferProgress, human_size
+from storage.digest import Digest, verify
+from storage.errors import InvalidReference, NotFound
+from storage.importer import OciSource, host_architecture, import_oci
+from storage.oci import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    MEDIA_LAYER_ZSTD,
+    PROFILE_TYPE,
+    REF_NAME,
+    Descriptor,
+    Index,
+    Manifest,
+)
+from storage.reference import ImageRef, Origin, registry_ref
+from storage.store import OCI_LAYOUT, SOURCE, Image, Store
+from storage.toc import LayerToc
+from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
+
+
+def local_name(ref: ImageRef) -> str:
+    """The store names images `repository:tag`; one pulled by digest alone is tagged with it."""
+    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
+    return f"{ref.name}:{tag}"
+
+
+# -- push --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BlobResult:
+    digest: Digest
+    size: int
+    outcome: str  # "pushed", "exists", "mounted"
+
+    def line(self) -> str:
+        return f"{self.outcome} {self.digest} {human_size(self.size)}"
+
+
+async def push_image(
+    store: Store,
+    image: Image,
+    ref: ImageRef,
+    insecure: bool = False,
+    report: Callable[[BlobResult], None] = lambda _: None,
+    progress: TransferProgress | None = None,
+) -> Digest:
+    """Push config, layers (in parallel) and manifest of `image` to `ref`; the manifest digest."""
+    progress = progress or TransferProgress()
+    assert ref.domain is not None
+    if ref.digest is not None:
+        raise InvalidReference(f"cannot push to a digest: {ref}")
+    repo, tag = ref.repository, ref.tag or "latest"
+    with store.ingesting():  # gc must not remove the blobs while they are sent
+        manifest_bytes = store.read_blob(image.descriptor.digest)
+
+        async def push_one(descriptor: Descriptor) -> None:
+            path = store.blob_path(descriptor.digest)
+            progress.start(descriptor.digest, descriptor.size)
+            if not path.exists():  # a lazily pulled layer: fine where the registry has it already
+                outcome = await _push_absent_blob(client, repo, descriptor, image)
+            else:
+                outcome = await client.push_blob(
+                    repo, descriptor.digest, path, progress=lambda n: progress.advance(descriptor.digest, n)
+                )
+            progress.done(descriptor.digest, outcome)
+            report(BlobResult(descriptor.digest, descriptor.size, outcome))
+
+        async with RegistryClient(ref.domain, insecure) as client:
+            await client.ping()
+            await asyncio.gather(*(push_one(d) for d in [image.manifest.config, *image.manifest.layers]))
+            return await client.put_manifest(repo, tag, manifest_bytes, image.descriptor.media_type)
+
+
+async def _push_absent_blob(client: RegistryClient, repo: str, blob: Descriptor, image: Image) -> str:
+    """A blob of `image` that is not in the store (lazily pulled): "exists" if the target has it,
+    "mounted" if it comes from another repository of the same registry, else an error."""
+    if await client.head_blob(repo, blob.digest) is not None:
+        return "exists"
+    origin = Origin.parse(image.source) if image.source else None
+    source_repo = origin.repository if origin is not None and origin.registry == client.registry else None
+    if (
+        source_repo is not None
+        and source_repo != repo
+        and await client.mount_blob(repo, blob.digest, source_repo)
+    ):
+        return "mounted"
+    raise NotFound(
+        f"blob {blob.digest} of {image.name} is not in the store (the image was pulled lazily): "
+        "pull it with --eager to push it to another registry"
+    )
+
+
+async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bool = False) -> int:
+    """Push the store's artifacts referring to `image` (pushed before) to `ref`; returns how many."""
+    subject = image.descriptor.digest
+    referrers = store.referrers(subject)
+    if not referrers:
+        return 0
+    assert ref.domain is not None
+    async with RegistryClient(ref.domain, insecure) as client:
+        for descriptor in referrers:
+            data = store.read_blob(descriptor.digest)
+            artifact = Manifest.parse(data)
+            for blob in [artifact.config, *artifact.layers]:
+                await client.push_blob(ref.repository, blob.digest, store.blob_path(blob.digest))
+            await client.put_manifest(ref.repository, str(descriptor.digest), data, descriptor.media_type)
+    return len(referrers)
+
+
+# -- pull --------------------------------------------------------------------------------------------
+
+
+def _pick_platform(index: Index, what: str) -> Descriptor:
+    found = index.for_platform(host_architecture())
+    if found is None:
+        raise RegistryNotFound(f"{what}: no image for linux/{host_architecture()} in the index")
+    return found
+
+
+async def fetch_manifest(client: RegistryClient, ref: ImageRef) -> tuple[bytes, str, Digest]:
+    """The image manifest `ref` names (by digest, tag or `latest`): its bytes, media type and digest.
+
+    When `ref` names an index, the manifest for linux on this machine's architecture is fetched
+    from it. The bytes are checked against the digest (see `RegistryClient.get_manifest`).
+    """
+    repo = ref.repository
+    data, media_type, digest = await client.get_manifest(repo, ref.digest or ref.tag or "latest")
+    if media_type in INDEX_TYPES:
+        chosen = _pick_platform(Index.parse(data), f"{client.registry}/{repo}")
+        data, media_type, digest = await client.get_manifest(repo, chosen.digest)
+    if media_type not in MANIFEST_TYPES:
+        raise RegistryClientError(f"{client.registry}/{repo}: not an image manifest: {media_type!r}")
+    return data, media_type, digest
+
+
+async def pull_image(
+    store: Store, text: str, insecure: bool = False, progress: TransferProgress | None = None
+) -> Image:
+    """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`."""
+    ref = registry_ref(text)
+    assert ref.domain is not None
+    shown = progress or TransferProgress()
+    name = local_name(ref)
+    repo = ref.repository
+    with store.ingesting(), tempfile.TemporaryDirectory(dir=store.tmp, prefix="pull-") as tmp:
+        layout = Path(tmp)
+        blobs = layout / "blobs" / "sha256"
+        blobs.mkdir(parents=True)
+        async with RegistryClient(ref.domain, insecure) as client:
+            data, media_type, digest = await fetch_manifest(client, ref)
+            manifest = Manifest.parse(data)
+            (blobs / digest.hex).write_bytes(data)
+
+            async def fetch(descriptor: Descriptor) -> None:
+                target = blobs / descriptor.digest.hex
+                if target.exists():
+                    return
+                if store.has_blob(descriptor.digest):  # already here: no need to fetch it again
+                    with contextlib.suppress(OSError):
+                        os.link(store.blob_path(descriptor.digest), target)
+                        shown.done(descriptor.digest, "exists")
+                        return
+                shown.start(descriptor.digest, descriptor.size)
+                with open(target, "w+b") as f:
+                    await client.get_blob(
+                        repo,
+                        descriptor.digest,
+                        f,
+                        descriptor.size,
+                        progress=lambda n: shown.advance(descriptor.digest, n),
+                    )
+                shown.done(descriptor.digest, "pulled")
+
+            await asyncio.gather(*(fetch(d) for d in [manifest.config, *manifest.layers]))
+        (layout / "oci-layout").write_bytes(OCI_LAYOUT)
+        entry = Descriptor(media_type, digest, len(data), {REF_NAME: name})
+        (layout / "index.json").write_bytes(Index([entry]).to_bytes())
+        return await asyncio.to_thread(import_oci, store, OciSource(layout, None), name)
+
+
+def _toc_position(layer: Descriptor) -> TocPosition | None:
+    if layer.media_type != MEDIA_LAYER_ZSTD:
+        return None
+    promised = position_from_annotations(layer.annotations, layer.size)
+    return promised[1] if promised is not None else None
+
+
+async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
+    """Pull `text` lazily (see the module docstring); returns the image as named in the store."""
+    ref = registry_ref(text)
+    assert ref.domain is not None
+    name = local_name(ref)
+    repo = ref.repository
+    async with RegistryClient(ref.domain, insecure) as client:
+        data, media_type, digest = await fetch_manifest(client, ref)
+        manifest = Manifest.parse(data)
+        if not all(_toc_position(layer) for layer in manifest.layers):
+            return await pull_image(store, text, insecure)
+        with store.ingesting():
+            await asyncio.gather(
+                _fetch_blob(store, client, repo, manifest.config),
+                *(_fetch_toc(store, client, repo, layer) for layer in manifest.layers),
+            )
+            store.put_blob(data)
+            origin = Origin(ref.domain, repo, insecure)
+            store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: str(origin)}))
+            # An access profile is a bonus: a registry without one (or without the API) is fine.
+            with contextlib.suppress(RegistryClientError):
+                await _pull_referrers(client, store, repo, digest, PROFILE_TYPE)
+    return store.image(name)
+
+
+async def _fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor) -> None:
+    """Blob `blob` of `repo` into the store (verified), unless it is there already."""
+    if store.has_blob(blob.digest):
+        return
+    with store.temp_file() as (tmp, f):
+        await client.get_blob(repo, blob.digest, f, blob.size)
+        store.adopt(tmp, f, blob.digest)
+
+
+async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Descriptor) -> None:
+    toc_digest, position = position_from_annotations(layer.annotations, layer.size) or (None, None)
+    assert toc_digest is not None and position is not None  # checked by pull_lazy
+    if store.has_blob(layer.digest) or store.has_blob(toc_digest):
+        return
+    compressed = await client.read_range(repo, layer.digest, position.offset, position.length)
+    verify(compressed, toc_digest, f"TOC of layer {layer.digest}")
+    await asyncio.to_thread(LayerToc.parse, decompress_toc(compressed, position), position.frames_end)
+    store.put_blob(compressed)
+
+
+async def _pull_referrers(
+    client: RegistryClient, store: Store, repo: str, subject: Digest, artifact_type: str | None = None
+) -> int:
+    """Keep every artifact referring to `subject` (of `artifact_type`); returns how many."""
+    count = 0
+    for descriptor in await client.referrers(repo, subject, artifact_type):
+        data, _, _ = await client.get_manifest(repo, descriptor.digest)
+        artifact = Manifest.parse(data)
+        if artifact.subject is None or artifact.subject.digest != subject:
+            what = f"{client.registry}/{repo}@{descriptor.digest}"
+            raise RegistryClientError(f"{what} is listed as a referrer of {subject} but does not refer to it")
+        for blob in [artifact.config, *artifact.layers]:
+            await _fetch_blob(store, client, repo, blob)
+        store.add_referrer(data)
+        count += 1
+    return count
+
+
+__all__ = [
+    "BlobResult",
+    "fetch_manifest",
+    "local_name",
+    "pull_image",
+    "pull_lazy",
+    "push_image",
+    "push_referrers",
+]
