@@ -30,6 +30,10 @@ class NotFound(StorageError):
     """An image, blob or file that was asked for is not there."""
 
 
+class InvalidManifest(StorageError):
+    """An image manifest, index, config or descriptor that cannot be read as the OCI image spec says."""
+
+
 class BadArchive(StorageError):
     """An input tarball that is malformed, truncated or uses something we do not support."""
 

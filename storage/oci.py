@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.digest import Digest
-from storage.errors import InvalidReference, StorageError
+from storage.errors import InvalidManifest, InvalidReference
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -34,10 +34,6 @@ MANIFEST_TYPES = {MEDIA_MANIFEST, DOCKER_MANIFEST}
 INDEX_TYPES = {MEDIA_INDEX, DOCKER_MANIFEST_LIST}
 LAYER_TYPES = {MEDIA_LAYER_TAR, MEDIA_LAYER_GZIP, MEDIA_LAYER_ZSTD, DOCKER_LAYER_TAR, DOCKER_LAYER_GZIP}
 REF_NAME = "org.opencontainers.image.ref.name"
-
-
-class InvalidManifest(StorageError):
-    """An image manifest, index, config or descriptor that cannot be read as the OCI image spec says."""
 
 
 def canonical_json(obj: Any) -> bytes:

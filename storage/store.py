@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from storage.digest import Digest, verify
-from storage.errors import CorruptLayer, InvalidReference, NotFound, StorageError
+from storage.errors import CorruptLayer, InvalidManifest, InvalidReference, NotFound, StorageError
 from storage.files import atomic_write, file_lock, fsync_dir, publish
 from storage.layer_reader import FileRangeSource, LayerReader
 from storage.oci import (
@@ -29,7 +29,6 @@ from storage.oci import (
     Descriptor,
     ImageConfig,
     Index,
-    InvalidManifest,
     Manifest,
 )
 from storage.reference import ImageRef

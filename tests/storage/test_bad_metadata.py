@@ -23,8 +23,8 @@ from builder.rootfs import apt_mirror
 from lazyctr.display import ls_line, ls_time
 from lazyfs.source import node_stat
 from storage.digest import Digest
-from storage.errors import InvalidReference, NotFound
-from storage.oci import Descriptor, ImageConfig, Index, InvalidManifest, Manifest
+from storage.errors import InvalidManifest, InvalidReference, NotFound
+from storage.oci import Descriptor, ImageConfig, Index, Manifest
 from storage.reference import ImageRef, validate_tag
 from storage.toc import NS, TocEntry
 from storage.tree import Node
