@@ -1,4 +1,4 @@
-"""The `lazyctr` command line: the group and its options; the commands live in images.py and containers.py."""
+"""The `lazyctr` command line: the group and its options; each command module registers its commands."""
 
 from __future__ import annotations
 
