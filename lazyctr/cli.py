@@ -1,18 +1,115 @@
-"""The `lazyctr` command line: the group and its options; each command module registers its commands."""
+"""The `lazyctr` command line: the group, its options, and where each command lives.
+
+A command's module is imported only when that command runs: importing every room costs several
+times Python's own start, and `lazyctr run` of a present image should pay for the runtime only.
+`lazyctr --help` lists the commands from the table below without importing any of them;
+tests/lazyctr/test_cli_lazy.py holds the table to the commands themselves.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
-from lazyctr import bench, build, containers, distribution, images, mounts  # noqa: F401 (importing registers their commands)
 from lazyctr.context import COMMANDS, Context, default_root
 from lazyctr.errors import run_with_error_mapping
 
+# name -> (the module that defines the command, its one-line help as `get_short_help_str` gives it)
+COMMAND_TABLE: dict[str, tuple[str, str]] = {
+    "bench": ("lazyctr.bench", "Benchmark suites (need root; plots need `pip install 'lazyctr[bench]'`)."),
+    "build": (
+        "lazyctr.build",
+        "Build an image from a Dockerfile and the CONTEXT directory; prints the image ID.",
+    ),
+    "cat": ("lazyctr.images", "Print a file of an image, reading only the byte ranges that hold it."),
+    "commit": (
+        "lazyctr.containers",
+        "Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed.",
+    ),
+    "exec": ("lazyctr.containers", "Run COMMAND in a running container, joining its namespaces and cgroup."),
+    "export": (
+        "lazyctr.images",
+        "Write IMAGE to an OCI layout, oci:DIR[:REF], that skopeo, umoci and podman read.",
+    ),
+    "gc": (
+        "lazyctr.images",
+        "Delete blobs no image refers to, and extracted layers no image or container uses.",
+    ),
+    "images": ("lazyctr.images", "List the images in the store."),
+    "import": ("lazyctr.images", "Import SOURCE as image NAME[:TAG]."),
+    "info": (
+        "lazyctr.containers",
+        "What lazyctr runs with here: root, images, containers, cgroups, drivers, security features.",
+    ),
+    "inspect": ("lazyctr.images", "Show an image's configuration and layers."),
+    "kill": ("lazyctr.containers", "Send a signal to containers' main process."),
+    "login": (
+        "lazyctr.distribution",
+        "Check USERNAME's password with REGISTRY (HOST[:PORT]) and save it for push and pull.",
+    ),
+    "logout": ("lazyctr.distribution", "Forget the credentials saved for REGISTRY."),
+    "logs": ("lazyctr.containers", "Print what a detached container wrote to stdout and stderr."),
+    "ls": ("lazyctr.images", "List files of an image, read from its layers' tables of contents."),
+    "mount": ("lazyctr.mounts", "Mount IMAGE read-only at DIR; file contents are fetched when first read."),
+    "ps": ("lazyctr.containers", "List containers."),
+    "pull": (
+        "lazyctr.distribution",
+        "Pull the image REF (HOST[:PORT]/NAME[:TAG|@DIGEST]) and name it REF; prints its ID.",
+    ),
+    "push": (
+        "lazyctr.distribution",
+        "Push IMAGE to REF (default: IMAGE's own name, which must then name a registry host).",
+    ),
+    "rm": ("lazyctr.containers", "Remove containers."),
+    "rmi": ("lazyctr.images", "Remove images (by name, or every name of an image ID) and free their blobs."),
+    "rootfs": (
+        "lazyctr.images",
+        "Make a base root file system tarball from Debian packages (busybox-static or debootstrap).",
+    ),
+    "run": (
+        "lazyctr.containers",
+        "Run COMMAND in a new container of IMAGE (its own root and namespaces); exits with its status.",
+    ),
+    "serve": (
+        "lazyctr.distribution",
+        "Serve an OCI distribution registry (pull, push, ranges) until interrupted.",
+    ),
+    "serve-token": (
+        "lazyctr.distribution",
+        "Serve a Docker token endpoint (GET /token?service=&scope=) until interrupted.",
+    ),
+    "stop": ("lazyctr.containers", "Stop containers: SIGTERM, then SIGKILL after the timeout."),
+    "tag": ("lazyctr.images", "Give the image SOURCE another name TARGET."),
+    "umount": ("lazyctr.mounts", "Unmount the lazyfs mount at DIRECTORY."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported from COMMAND_TABLE's modules on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_TABLE)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMAND_TABLE:
+            return None
+        importlib.import_module(COMMAND_TABLE[cmd_name][0])
+        return next(command for command in COMMANDS if command.name == cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        limit = formatter.width - 6 - max(len(name) for name in COMMAND_TABLE)
+        rows = [
+            (name, click.Command(name, help=short_help).get_short_help_str(limit))  # click's own cut
+            for name, (_, short_help) in sorted(COMMAND_TABLE.items())
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -26,10 +123,6 @@ from lazyctr.errors import run_with_error_mapping
 def cli(ctx: click.Context, root: Path, debug: bool) -> None:
     """Build, ship and lazily start OCI containers."""
     ctx.obj = Context(root)
-
-
-for _command in COMMANDS:
-    cli.add_command(_command)
 
 
 def main() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from storage.store import Store
+if TYPE_CHECKING:
+    from storage.store import Store
 
 
 def default_root() -> Path:
@@ -27,6 +28,8 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from storage.store import Store  # here, not at import: `--help` and `ps` need no store
+
             self._store = Store(self.root)
         return self._store
 
