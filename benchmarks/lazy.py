@@ -73,7 +73,7 @@ def prepare(cache: Path) -> Path:
         big_tar.write_bytes(_tar_of_random_file("big.bin", BIG_SIZE))  # random: it does not compress
         lazyctr(publisher, "import", str(big_tar), BIG_IMAGE)
     address = f"127.0.0.1:{free_port()}"
-    with serving(registry, address):
+    with serving(registry, address, log=cache / "lazy-registry.log"):
         for image, name in ((PYTHON_IMAGE, PYTHON_IMAGE), (PYTHON_IMAGE, NO_PROFILE), (BIG_IMAGE, BIG_IMAGE)):
             lazyctr(publisher, "push", image, f"{address}/{name}")
         # The profile: one lazy run recorded, then pushed with the image (as a referrer).
@@ -189,7 +189,7 @@ def main() -> None:
     with shaped_link_of(spec) as link:
         link.verify()  # prints what the link does
         address = f"{link.server_ip}:{PORT}"
-        with serving(registry, address, link):
+        with serving(registry, address, link, log=args.cache / "lazy-registry.log"):
             modes = ["eager", "lazy", "lazy+profile"]
             for run in range(args.runs):
                 for mode in modes[run % 3 :] + modes[: run % 3]:  # rotating order: drift hits all alike
