@@ -30,7 +30,7 @@ apt:
 $(VENV)/.installed: pyproject.toml | apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
 	@touch $@
 
 # Compiled bytecode up to date: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise

@@ -16,7 +16,6 @@ import click
 from lazyctr.context import Context, command, pass_context
 from runtime import seccomp, supervise
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
-from runtime.commit import commit
 from runtime.container import Container
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
 from runtime.enter import exec_in
@@ -245,6 +244,8 @@ def exec_(
 @pass_context
 def commit_container(ctx: Context, container: str, name: str) -> None:
     """Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed."""
+    from runtime.commit import commit  # the layer writer and importer: only this command needs them
+
     image = commit(ctx.store, find(_containers(ctx), container), name)
     click.echo(image.id)
 

@@ -12,14 +12,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.state import all_states, containers_dir
 from storage.digest import Digest
 from storage.errors import DigestMismatch
-from storage.extract import HashingReader, Whiteouts, extract_layer
 from storage.files import file_lock, fsync_dir
 from storage.oci import Descriptor
 from storage.store import Store
+
+if TYPE_CHECKING:
+    from storage.extract import Whiteouts
 
 
 class LayerCache:
@@ -41,14 +44,7 @@ class LayerCache:
                 return target
             staging = Path(tempfile.mkdtemp(dir=self.dir, prefix=".extracting-"))
             try:
-                with open(self.store.blob_path(layer.digest), "rb") as f:
-                    blob = HashingReader(f)
-                    extract_layer(blob, layer.media_type, staging, whiteouts="overlay")
-                    blob.read()  # the digest covers the whole blob, TOC and footer included
-                if blob.digest != layer.digest:
-                    raise DigestMismatch(
-                        f"layer {layer.digest} is corrupted: its content hashes to {blob.digest}"
-                    )
+                extract_verified(self.store, layer, staging, "overlay")
                 os.chmod(staging, 0o755)
                 os.rename(staging, target)
                 fsync_dir(self.dir)
@@ -86,6 +82,9 @@ def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whi
     The blob digest, not the diff_id, is the check: podman 4 records diff_ids its own zstd:chunked
     layers do not match.
     """
+    # Here, not at import: a container of layers already extracted should not load the tar codec.
+    from storage.extract import HashingReader, extract_layer
+
     with open(store.blob_path(layer.digest), "rb") as f:
         blob = HashingReader(f)
         extract_layer(blob, layer.media_type, dest, whiteouts=whiteouts)
