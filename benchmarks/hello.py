@@ -603,6 +603,23 @@ def medians(results: dict[str, Any]) -> dict[tuple[str, str], dict[str, float | 
     return table
 
 
+def physical_limit(
+    results: dict[str, Any], table: dict[tuple[str, str], dict[str, float | None]], image: str
+) -> float | None:
+    """The fastest a lazy start of `image` could be on this link: the bytes it must fetch at the
+    link's measured rate, plus three round trips (the manifest, then the config and TOCs, then the
+    first read). The bytes are those of our lazy start with a profile (else without one)."""
+    link = results.get("link") or {}
+    if "rate_mbit" not in link or "rtt_median_ms" not in link:
+        return None
+    for driver in ("lazy+profile", "lazy"):
+        fetched = table.get((image, driver), {}).get("bytes")
+        if fetched is not None:
+            rate, rtt = float(link["rate_mbit"]) * 1e6, float(link["rtt_median_ms"]) / 1000
+            return fetched * 8 / rate + 3 * rtt
+    return None
+
+
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "-" if value is None else f"{value / scale:.{digits}f}"
 
@@ -716,6 +733,29 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
             f"{_ratio(e['ready_s'], o['ready_s'])}; median bytes fetched {_pct(fraction)} of the image "
             "(target < 10%; Slacker saw 6.4% read).",
         ]
+
+    limits = {image: physical_limit(results, table, image) for image in images}
+    if any(limit is not None for limit in limits.values()):
+        lines += ["", "## Against the physical limit", ""]
+        lines.append(
+            "limit = the bytes our lazy start (with a profile, else without) fetched / the link's measured "
+            "rate + 3 RTT; each cell is that driver's or peer's time to ready over the limit (1.00x: "
+            "at the limit)."
+        )
+        lines += ["", _row(["image", "limit s", *columns]), _row(["---"] * (2 + len(columns)))]
+        times_limit: dict[str, list[float]] = {d: [] for d in columns}
+        for image in images:
+            limit = limits[image]
+            cells = [image, _fmt(limit)]
+            for d in columns:
+                ready = table.get((image, d), {}).get("ready_s")
+                if limit and ready is not None:
+                    times_limit[d].append(ready / limit)
+                cells.append(_ratio(ready, limit))
+            lines.append(_row(cells))
+        medians_row = ["median", ""]
+        medians_row += [_fmt(_median(times_limit[d])) + ("x" if times_limit[d] else "") for d in columns]
+        lines.append(_row(medians_row))
 
     lines += ["", "## Per group (median over the group's images of the per-image medians, ready s)", ""]
     lines += ["| group | images | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]

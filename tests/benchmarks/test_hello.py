@@ -142,6 +142,9 @@ def test_report_and_plots_from_results(tmp_path: Path) -> None:
     assert "python lazy run 0: lazyctr run failed (1)" in text
     assert "stargz skipped for distro: no snapshotter here" in text
     assert "one edit of Dockerfile" in text
+    # The physical limit: 5 MB (lazy+profile's bytes) at 96 Mbit/s + 3 x 20.6 ms = 0.478 s.
+    limit = next(line for line in text.splitlines() if line.startswith("| distro | 0.48 |"))
+    assert "| 2.09x |" in limit and "| 20.90x |" in limit  # lazy+profile 1 s, podman 10 s over 0.478 s
     per_image = next(line for line in text.splitlines() if line.startswith("| distro | lazy+profile |"))
     assert per_image.rstrip().endswith("| 10.00x |")  # podman's ready over ours
     assert not list((tmp_path / "out").glob(".*.tmp"))
@@ -166,6 +169,7 @@ def test_report_without_baseline_or_peers() -> None:
     results["skipped"], results["dev_cycle"] = {}, None
     text = render_report(results)
     assert "| distro | distro | 100.0 | 2.00 | 8.0 |" in text
+    assert "| distro | 0.73 | 2.75x |" in text  # without a profile, the limit is lazy's 8 MB
     assert "Targets" not in text
 
 
