@@ -231,17 +231,27 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
         if not all(_toc_position(layer) for layer in manifest.layers):
             return await pull_image(store, text, insecure)
         with store.ingesting():
-            await asyncio.gather(
+            # One round trip for all of them: the profile needs only the manifest's digest.
+            _, _, profiles = await asyncio.gather(
                 _fetch_blob(store, client, repo, manifest.config),
-                *(_fetch_toc(store, client, repo, layer) for layer in manifest.layers),
+                asyncio.gather(*(_fetch_toc(store, client, repo, layer) for layer in manifest.layers)),
+                _fetch_profiles(client, store, repo, digest),
             )
             store.put_blob(data)
             origin = Origin(ref.domain, repo, insecure)
             store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: str(origin)}))
-            # An access profile is a bonus: a registry without one (or without the API) is fine.
-            with contextlib.suppress(RegistryClientError):
-                await _pull_referrers(client, store, repo, digest, PROFILE_TYPE)
+            for profile in profiles:  # named only with the image: a failed pull leaves no referrer
+                store.add_referrer(profile)
     return store.image(name)
+
+
+async def _fetch_profiles(client: RegistryClient, store: Store, repo: str, subject: Digest) -> list[bytes]:
+    """The access profiles referring to `subject`, their blobs stored; an access profile is a bonus:
+    a registry without one (or without the referrers API) gives none."""
+    try:
+        return await _fetch_referrers(client, store, repo, subject, PROFILE_TYPE)
+    except RegistryClientError:
+        return []
 
 
 async def _fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor) -> None:
@@ -264,22 +274,26 @@ async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Des
     store.put_blob(compressed)
 
 
-async def _pull_referrers(
+async def _fetch_referrers(
     client: RegistryClient, store: Store, repo: str, subject: Digest, artifact_type: str | None = None
-) -> int:
-    """Keep every artifact referring to `subject` (of `artifact_type`); returns how many."""
-    count = 0
-    for descriptor in await client.referrers(repo, subject, artifact_type):
+) -> list[bytes]:
+    """The manifests of the artifacts referring to `subject` (of `artifact_type`), each checked to
+    refer to it, with their blobs fetched into the store; naming them is the caller's."""
+
+    async def fetch(descriptor: Descriptor) -> bytes:
         data, _, _ = await client.get_manifest(repo, descriptor.digest)
         artifact = Manifest.parse(data)
         if artifact.subject is None or artifact.subject.digest != subject:
             what = f"{client.registry}/{repo}@{descriptor.digest}"
             raise RegistryClientError(f"{what} is listed as a referrer of {subject} but does not refer to it")
-        for blob in [artifact.config, *artifact.layers]:
-            await _fetch_blob(store, client, repo, blob)
-        store.add_referrer(data)
-        count += 1
-    return count
+        await asyncio.gather(
+            *(_fetch_blob(store, client, repo, blob) for blob in [artifact.config, *artifact.layers])
+        )
+        return data
+
+    return list(
+        await asyncio.gather(*(fetch(d) for d in await client.referrers(repo, subject, artifact_type)))
+    )
 
 
 __all__ = [

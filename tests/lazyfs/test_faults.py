@@ -20,7 +20,7 @@ from aiohttp import web
 from lazyfs.host import is_mounted
 from storage.digest import Digest
 from storage.errors import StorageError
-from storage.oci import MEDIA_CONFIG, MEDIA_LAYER_ZSTD, MEDIA_MANIFEST
+from storage.oci import MEDIA_CONFIG, MEDIA_EMPTY, MEDIA_LAYER_ZSTD, MEDIA_MANIFEST, PROFILE_TYPE
 from storage.store import Store
 from storage.zstd_chunked import (
     LEGACY_CHECKSUM_KEY,
@@ -30,7 +30,7 @@ from storage.zstd_chunked import (
     skippable_frame,
 )
 from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
-from tests.registry.conftest import free_port
+from tests.registry.conftest import Registry, free_port
 
 pytestmark = pytest.mark.privileged
 
@@ -247,11 +247,34 @@ def test_a_lying_toc_is_rejected_at_pull_time(case: str, published: Published, t
         ],
     }
     assert registry.push_manifest("bad/toc", "1", manifest).status == 201
+    manifest_bytes = json.dumps(manifest).encode()
+    subject = Digest.of(manifest_bytes)
+    _push_profile(
+        registry, "bad/toc", subject, len(manifest_bytes)
+    )  # fetched alongside the TOCs: it must not be kept
     root = tmp_path / "client"
     with pytest.raises(StorageError) as caught:
         pull_lazily(root, f"{registry.address}/bad/toc:1")
     assert "TOC" in str(caught.value) or "escapes" in str(caught.value), caught.value
     assert Store(root).names() == []
+    assert Store(root).referrers(subject) == []
+
+
+def _push_profile(registry: Registry, name: str, subject: Digest, size: int) -> None:
+    """An access profile (an OCI artifact) referring to the manifest `subject` of `name`."""
+    empty, profile = b"{}", json.dumps([]).encode()
+    artifact = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "artifactType": PROFILE_TYPE,
+        "config": {"mediaType": MEDIA_EMPTY, "digest": registry.push_blob(name, empty), "size": len(empty)},
+        "layers": [
+            {"mediaType": PROFILE_TYPE, "digest": registry.push_blob(name, profile), "size": len(profile)}
+        ],
+        "subject": {"mediaType": MEDIA_MANIFEST, "digest": str(subject), "size": size},
+    }
+    data = json.dumps(artifact).encode()
+    assert registry.push_manifest(name, str(Digest.of(data)), data).status == 201
 
 
 def test_pulls_through_a_registry_that_trickles_its_answers(
