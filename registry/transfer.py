@@ -32,6 +32,7 @@ from pathlib import Path
 
 from registry.client import RegistryClient, RegistryClientError, RegistryNotFound
 from registry.progress import TransferProgress, human_size
+from storage import timeline
 from storage.digest import Digest, verify
 from storage.errors import InvalidReference, NotFound
 from storage.importer import OciSource, host_architecture, import_oci
@@ -227,20 +228,28 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
     repo = ref.repository
     async with RegistryClient(ref.domain, insecure) as client:
         data, media_type, digest = await fetch_manifest(client, ref)
+        timeline.mark("manifest")
         manifest = Manifest.parse(data)
         if not all(_toc_position(layer) for layer in manifest.layers):
             return await pull_image(store, text, insecure)
         with store.ingesting():
+
+            async def config() -> None:
+                await _fetch_blob(store, client, repo, manifest.config)
+                timeline.mark("config")
+
             await asyncio.gather(
-                _fetch_blob(store, client, repo, manifest.config),
+                config(),
                 *(_fetch_toc(store, client, repo, layer) for layer in manifest.layers),
             )
+            timeline.mark("TOCs")
             store.put_blob(data)
             origin = Origin(ref.domain, repo, insecure)
             store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: str(origin)}))
             # An access profile is a bonus: a registry without one (or without the API) is fine.
             with contextlib.suppress(RegistryClientError):
                 await _pull_referrers(client, store, repo, digest, PROFILE_TYPE)
+            timeline.mark("profile")  # looked for, found or not
     return store.image(name)
 
 
