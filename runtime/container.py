@@ -77,10 +77,12 @@ class Container:
         try:
             status = self._start_and_wait()
         finally:
-            timeline.settle()  # what the driver holds (a lazy mount's statistics) is still there
-            # Before the state says `exited`: whoever waits for that (stop, rm -f) finds the
-            # driver's resources (a shared lazy mount) already let go.
-            self.driver.release(self.dir)
+            try:
+                timeline.settle()  # while what the driver holds (a lazy mount's statistics) is there
+            finally:
+                # Before the state says `exited`: whoever waits for that (stop, rm -f) finds the
+                # driver's resources (a shared lazy mount) already let go.
+                self.driver.release(self.dir)
         self.state.status, self.state.exit_code, self.state.oom_killed = "exited", status, self.oom_killed
         self.state.save(self.dir)
         return status
