@@ -22,6 +22,7 @@ from runtime.enter import exec_in
 from runtime.process import ContainerError
 from runtime.spec import Volume, spec_for
 from runtime.state import LOG_FILE, all_states, containers_dir, find
+from storage import timeline
 from storage.errors import StorageError
 from storage.store import Image
 
@@ -57,6 +58,9 @@ from storage.store import Image
 @click.option("--profile-seconds", type=float,
               help=f"With --record-profile: record for this many seconds at most, or until the container"
               f" ends  [default: {DEFAULT_PROFILE_SECONDS:g}].")  # fmt: skip
+@click.option("--timings", is_flag=True,
+              help="When the command has ended, print on stderr how long each phase of the start took"
+              " (pull, mount, exec, first read...) and the requests and bytes received in it.")  # fmt: skip
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
@@ -83,6 +87,7 @@ def run(
     driver: str | None,
     record_profile: bool,
     profile_seconds: float | None,
+    timings: bool,
     image: str,
     command: tuple[str, ...],
 ) -> None:
@@ -91,6 +96,12 @@ def run(
     An IMAGE that is not here but names a registry (HOST[:PORT]/NAME[:TAG]) is pulled lazily first:
     the container starts once the image's tables of contents are here, and reads the rest on demand.
     """
+    if timings:
+        if detach:
+            raise ContainerError("--timings shows the start when the command has ended: it needs a container"
+                                 " in the foreground, not -d")  # fmt: skip
+        timeline.enable()
+        timeline.mark("imports done")
     found = _image(ctx, image)
     try:
         limits = Limits(
@@ -125,6 +136,8 @@ def run(
         click.echo(spec.id)
         return
     status = supervise.run_to_end(container, remove)
+    if timings:
+        click.echo(timeline.report(), err=True)
     note = supervise.recording_note(container)
     if note:
         click.echo(note, err=True)

@@ -4,8 +4,12 @@
 directory) in the calling process, then forks the daemon and returns once the kernel has
 mounted the file system. The daemon keeps its state in `<root>/mounts/<key>/` (key: a hash of
 the mount point): `mount.json` (pid, mount point, image), `stats.json` (refreshed while it runs
-and written last when it stops), `accesses.json` (the pieces read so far, in first-read order,
-written on SIGUSR1 and at the end: what an access profile is made of) and `log`.
+and written last when it stops; `first_read` says when the first read of a file's contents came, in
+CLOCK_BOOTTIME, and what had been fetched by then), `accesses.json` (the pieces read so far, in
+first-read order, written on SIGUSR1 and at the end: what an access profile is made of) and `log`.
+
+A mount made for `run --timings` marks `mount up` on the timeline, and adds the daemon's first read
+and fetches to it when the command has ended (storage/timeline.py).
 
 `umount` always succeeds on a live mount: a busy file system is detached lazily, and the daemon
 ends when its last user lets go.
@@ -35,6 +39,7 @@ from lazyfs.fs import LazyFS
 from lazyfs.host import is_mounted, process_alive
 from lazyfs.image import MountableImage
 from lazyfs.source import ImageSource
+from storage import timeline
 from storage.errors import StorageError
 from storage.files import atomic_write
 from storage.pieces import Piece
@@ -147,7 +152,21 @@ def mount(
     info = {"pid": pid, "mountpoint": str(mountpoint.resolve()), "image": image.name}
     info["manifest"] = str(image.descriptor.digest)
     atomic_write(state.directory / "mount.json", json.dumps(info).encode())
+    timeline.mark("mount up")
+    timeline.at_end(lambda: _add_to_timeline(state))
     return state
+
+
+def _add_to_timeline(state: MountState) -> None:
+    """The daemon's part of the timeline: its first read and what it fetched before and after."""
+    try:
+        stats = state.stats()
+    except (MountError, OSError):
+        return  # it left no statistics: no phase of its own, and its fetches are not known
+    if (first := stats.get("first_read")) is not None:
+        at, requests, fetched = first["boottime_ns"], first["requests"], first["bytes_fetched"]
+        timeline.other("lazyfs", "first read", at, requests, fetched)
+    timeline.other("lazyfs", None, timeline.now_ns(), stats["requests"], stats["bytes_fetched"])
 
 
 def umount(root: Path, mountpoint: Path, wait: float = 10.0) -> None:
@@ -227,15 +246,31 @@ def _daemon(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal that mounted us is not for us
 
-    accesses: dict[Piece, None] = {}  # dicts keep insertion order: the first-read order
-
-    def record(piece: Piece) -> None:
-        if piece not in accesses:
-            accesses[piece] = None
-
-    with mountable.fetching(store, timeout, record) as fetcher:
+    reads = Reads()
+    with mountable.fetching(store, timeout, reads.record) as fetcher:
+        reads.fetcher = fetcher
         source = ImageSource(mountable.tree, fetcher, mountable.image.name)
-        return _serve(source, fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, accesses)
+        return _serve(source, fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, reads)
+
+
+class Reads:
+    """The pieces read so far, in first-read order, and when the first read came (for the timeline)."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[Piece, None] = {}  # dicts keep insertion order: the first-read order
+        self.first: dict[str, int] | None = None
+        self.fetcher: Fetcher | None = None
+
+    def record(self, piece: Piece) -> None:
+        if self.first is None and self.fetcher is not None:
+            stats = self.fetcher.stats
+            self.first = {
+                "boottime_ns": timeline.now_ns(),
+                "requests": stats.requests,
+                "bytes_fetched": stats.bytes_fetched,
+            }
+        if piece not in self.pieces:
+            self.pieces[piece] = None
 
 
 def _serve(
@@ -247,18 +282,18 @@ def _serve(
     prefetch: Sequence[dict[str, Any]],
     fill: bool,
     ready_fd: int,
-    accesses: dict[Piece, None],
+    reads: Reads,
 ) -> int:
     fs = LazyFS(source)
     layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
 
     def write_stats_now() -> None:
-        stats = json.dumps(fetcher.stats.to_json(), sort_keys=True)
+        stats = json.dumps({**fetcher.stats.to_json(), "first_read": reads.first}, sort_keys=True)
         atomic_write(state.directory / "stats.json", stats.encode())
 
     def write_accesses(*_: Any) -> None:
         write_stats_now()
-        out = [{"layer": layers[p.layer], "digest": str(p.digest)} for p in list(accesses)]
+        out = [{"layer": layers[p.layer], "digest": str(p.digest)} for p in list(reads.pieces)]
         atomic_write(state.directory / "accesses.json", json.dumps(out).encode())
 
     signal.signal(signal.SIGUSR1, write_accesses)

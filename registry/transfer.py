@@ -26,12 +26,14 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from registry.client import RegistryClient, RegistryClientError, RegistryNotFound
 from registry.progress import TransferProgress, human_size
+from storage import timeline
 from storage.digest import Digest, verify
 from storage.errors import InvalidReference, NotFound
 from storage.importer import OciSource, host_architecture, import_oci
@@ -49,6 +51,8 @@ from storage.reference import ImageRef, Origin, registry_ref
 from storage.store import OCI_LAYOUT, SOURCE, Image, Store
 from storage.toc import LayerToc
 from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
+
+T = TypeVar("T")
 
 
 def local_name(ref: ImageRef) -> str:
@@ -227,15 +231,20 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
     repo = ref.repository
     async with RegistryClient(ref.domain, insecure) as client:
         data, media_type, digest = await fetch_manifest(client, ref)
+        timeline.mark("manifest")
         manifest = Manifest.parse(data)
         if not all(_toc_position(layer) for layer in manifest.layers):
             return await pull_image(store, text, insecure)
         with store.ingesting():
-            # One round trip for all of them: the profile needs only the manifest's digest.
+            # One round trip for all of them: the profile needs only the manifest's digest. Each
+            # marks the timeline when it is done, in whatever order that is.
             _, _, profiles = await asyncio.gather(
-                _fetch_blob(store, client, repo, manifest.config),
-                asyncio.gather(*(_fetch_toc(store, client, repo, layer) for layer in manifest.layers)),
-                _fetch_profiles(client, store, repo, digest),
+                _marked("config", _fetch_blob(store, client, repo, manifest.config)),
+                _marked(
+                    "TOCs",
+                    asyncio.gather(*(_fetch_toc(store, client, repo, layer) for layer in manifest.layers)),
+                ),
+                _marked("profile", _fetch_profiles(client, store, repo, digest)),  # found or not
             )
             store.put_blob(data)
             origin = Origin(ref.domain, repo, insecure)
@@ -243,6 +252,13 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
             for profile in profiles:  # named only with the image: a failed pull leaves no referrer
                 store.add_referrer(profile)
     return store.image(name)
+
+
+async def _marked(phase: str, work: Awaitable[T]) -> T:
+    """`work`'s result, the timeline marked with `phase` when it is done."""
+    result = await work
+    timeline.mark(phase)
+    return result
 
 
 async def _fetch_profiles(client: RegistryClient, store: Store, repo: str, subject: Digest) -> list[bytes]:

@@ -5,7 +5,9 @@ mount, UTS, IPC, network and PID namespaces, mounts the storage driver's root in
 namespace (so the kernel removes it when the container ends, whatever happens to us) and forks the
 container's PID 1, which prepares the root file system (runtime/rootfs.py), sets up its terminal,
 host name and loopback, and finalizes itself into the command (runtime/finalize.py). Every step is
-one function named after it, and its error names it.
+one function named after it, and its error names it. The lazyctr process learns that the command
+was exec'd from a close-on-exec pipe, and that it ended from the monitor's exit: the `exec` and
+`exit` marks of `run --timings` (storage/timeline.py).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from pathlib import Path
 from runtime import syscalls as sc
 from runtime.cgroups import Cgroup, Limits
 from runtime.drivers import Driver
-from runtime.finalize import finalize
+from runtime.finalize import EXEC_TRYING, finalize
 from runtime.process import EXIT_SETUP_FAILED, ContainerError, run_in_child, wait_status
 from runtime.rootfs import prepare_rootfs, write_network_files
 from runtime.spec import Spec
 from runtime.state import ContainerState, all_states, containers_dir
 from runtime.steps import setup_step
 from runtime.tty import become_terminal_owner, proxy
+from storage import timeline
 from storage.files import file_lock
 from storage.store import Image, Store
 
@@ -74,9 +77,12 @@ class Container:
         try:
             status = self._start_and_wait()
         finally:
-            # Before the state says `exited`: whoever waits for that (stop, rm -f) finds the
-            # driver's resources (a shared lazy mount) already let go.
-            self.driver.release(self.dir)
+            try:
+                timeline.settle()  # while what the driver holds (a lazy mount's statistics) is there
+            finally:
+                # Before the state says `exited`: whoever waits for that (stop, rm -f) finds the
+                # driver's resources (a shared lazy mount) already let go.
+                self.driver.release(self.dir)
         self.state.status, self.state.exit_code, self.state.oom_killed = "exited", status, self.oom_killed
         self.state.save(self.dir)
         return status
@@ -84,14 +90,17 @@ class Container:
     def _start_and_wait(self) -> int:
         cgroup = create_cgroup(self.spec.id, self.limits)
         report_read, report_write = os.pipe()
+        exec_read, exec_write = os.pipe()  # close-on-exec: PID 1's end closes when it execs the command
         # With -t, PID 1 opens a terminal in the container's own devpts and hands us its master.
         self.terminal, terminal_here = socket.socketpair() if self.spec.tty else (None, None)
         try:
             monitor = os.fork()
             if monitor == 0:
                 os.close(report_read)
-                run_in_child(lambda: self._monitor(cgroup, report_write))
+                os.close(exec_read)
+                run_in_child(lambda: self._monitor(cgroup, report_write, exec_write))
             os.close(report_write)
+            os.close(exec_write)
             if self.terminal is not None:
                 self.terminal.close()
             forward = {
@@ -107,6 +116,8 @@ class Container:
                         "running",
                     )
                     self.state.save(self.dir)
+                if command_execd(exec_read):
+                    timeline.mark("exec")
                 if terminal_here is not None:
                     _, fds, _, _ = socket.recv_fds(terminal_here, 1, 1)
                     terminal_here.close()
@@ -114,11 +125,13 @@ class Container:
                         proxy(master)
                         os.close(master)
                 status = wait_status(monitor)
+                timeline.mark("exit")
             finally:
                 for sig, handler in forward.items():
                     signal.signal(sig, handler)
         finally:
             os.close(report_read)
+            os.close(exec_read)
             self.oom_killed = cgroup.oom_killed()
             cgroup.remove()
         return status
@@ -128,7 +141,7 @@ class Container:
 
     # -- inside the monitor: new namespaces, overlay root ------------------------------------------
 
-    def _monitor(self, cgroup: Cgroup, report: int) -> int:
+    def _monitor(self, cgroup: Cgroup, report: int, exec_report: int) -> int:
         unshare_namespaces(self.spec.network)
         make_mounts_private()
         rootfs = mount_rootfs(self.driver, self.dir)
@@ -141,8 +154,9 @@ class Container:
             if os.read(go_read, 1) != b"g":
                 os._exit(EXIT_SETUP_FAILED)
             os.close(go_read)
-            run_in_child(lambda: self._init(rootfs))
+            run_in_child(lambda: self._init(rootfs, exec_report))
         os.close(go_read)
+        os.close(exec_report)
         if self.terminal is not None:
             self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
         join_cgroup(cgroup, init)  # only the container's processes: the monitor's memory is not theirs
@@ -156,7 +170,7 @@ class Container:
 
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
-    def _init(self, rootfs: Path) -> int:
+    def _init(self, rootfs: Path, exec_report: int) -> int:
         unshare_cgroup_namespace()  # now rooted at the container's own cgroup
         if not self.spec.interactive and not self.spec.tty:
             detach_stdin()
@@ -166,7 +180,16 @@ class Container:
         set_hostname(self.hostname)
         if self.spec.network != "host":
             loopback_up()
-        return finalize(self.spec.process())
+        return finalize(self.spec.process(), exec_report)
+
+
+def command_execd(exec_report: int) -> bool:
+    """Whether PID 1 exec'd the command: it said it would, and its end closed without a word more
+    (see runtime/finalize.py). Returns when that end closes."""
+    said = b""
+    while piece := os.read(exec_report, 8):
+        said += piece
+    return said == EXEC_TRYING
 
 
 # -- the monitor's steps (and the cgroup it joins PID 1 to, made before it) ------------------------

@@ -4,6 +4,11 @@ As runc's finalizeNamespace and the exec that follows it: drop capabilities to d
 set no_new_privs, become the user (and its groups), load the seccomp profile, reset the signals and
 exec the command (under a minimal init with `--init`). What comes before (a new root for `run`,
 joined namespaces for `exec`) differs; from here on it does not.
+
+Whoever waits for the exec can pass `exec_report`, the write end of a close-on-exec pipe: the process
+writes EXEC_TRYING to it just before the exec and EXEC_FAILED if that failed, so its reader knows
+the command was exec'd when its end closes after EXEC_TRYING alone (and that it was not when
+the process ended without a word: a setup step failed).
 """
 
 from __future__ import annotations
@@ -28,19 +33,21 @@ from runtime.process import (
 from runtime.spec import Process
 from runtime.steps import setup_step
 
+EXEC_TRYING, EXEC_FAILED = b"x", b"!"
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGWINCH)  # fmt: skip
 
 
-def finalize(process: Process) -> int:
-    """Become `process` (in this already forked child); returns only if the command could not start."""
+def finalize(process: Process, exec_report: int | None = None) -> int:
+    """Become `process` (in this already forked child); returns only if the command could not start,
+    or with `--init`, once it ended."""
     drop_capabilities()
     set_no_new_privs()
     env = switch_user(process.user, process.env)
     apply_seccomp(process.seccomp)
     if process.init:
-        return run_as_init(lambda: exec_command(process.argv, env, process.cwd))
-    return exec_command(process.argv, env, process.cwd)
+        return run_as_init(lambda: exec_command(process.argv, env, process.cwd, exec_report), exec_report)
+    return exec_command(process.argv, env, process.cwd, exec_report)
 
 
 @setup_step
@@ -94,13 +101,15 @@ def apply_seccomp(profile: str) -> None:
     seccomp.apply(profile)
 
 
-def run_as_init(start: Callable[[], int]) -> int:
+def run_as_init(start: Callable[[], int], exec_report: int | None = None) -> int:
     """`--init`: stay PID 1, forward signals to the command, reap every orphan, exit as it does."""
     child = os.fork()
     if child == 0:
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         run_in_child(start)
+    if exec_report is not None:
+        os.close(exec_report)  # the child's exec is what its reader waits for, not our end
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda s, _f: os.kill(child, s))
     while True:
@@ -128,7 +137,7 @@ def reset_signals() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
-def exec_command(argv: list[str], env_list: list[str], cwd: str) -> int:
+def exec_command(argv: list[str], env_list: list[str], cwd: str, exec_report: int | None = None) -> int:
     """Exec `argv`; returns docker's status for a working directory or command that is not there."""
     env = dict(item.split("=", 1) for item in env_list if "=" in item)
     try:
@@ -137,8 +146,12 @@ def exec_command(argv: list[str], env_list: list[str], cwd: str) -> int:
         print(f"lazyctr: error: working directory {cwd}: {e.strerror}", file=sys.stderr)
         return EXIT_SETUP_FAILED
     reset_signals()
+    if exec_report is not None:
+        os.write(exec_report, EXEC_TRYING)
     try:
         os.execvpe(argv[0], argv, env)
     except OSError as e:
+        if exec_report is not None:
+            os.write(exec_report, EXEC_FAILED)
         print(f"lazyctr: error: {argv[0]}: {e.strerror}", file=sys.stderr)
         return EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE

@@ -4,7 +4,8 @@ Requests are retried with backoff on 429, 5xx and connection errors; `retrying` 
 callers whose answer body is cut off half way. A 401 is handed once to the authorizer (see
 registry/client/auth.py), and the request sent again when it got what the challenge asked for.
 Redirects are followed by hand so that `Authorization` never goes to another host: registries
-redirect blob GETs to their storage. An error answer becomes one line (`error`).
+redirect blob GETs to their storage. An error answer becomes one line (`error`). Every request
+sent and the body bytes received are counted for `run --timings` (storage/timeline.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from registry.client.errors import RegistryClientError, RegistryNotFound, unreachable
+from storage import timeline
 from storage.reference import validate_repository
 
 T = TypeVar("T")
@@ -48,6 +50,12 @@ Body = bytes | aiohttp.BytesPayload
 def is_local(registry: str) -> bool:
     host = registry.rsplit(":", 1)[0] if not registry.endswith("]") else registry
     return host in _LOCAL_HOSTS or registry in _LOCAL_HOSTS
+
+
+def release(response: aiohttp.ClientResponse) -> None:
+    """Let the connection go, counting the body bytes that came for `run --timings`."""
+    timeline.count_received(response.content.total_bytes)
+    response.release()
 
 
 def origin(url: URL) -> tuple[str | None, str | None, int | None]:
@@ -160,20 +168,20 @@ class Transport:
                     challenge = response.headers.get("WWW-Authenticate", "")
                     retry = await self.auth.answer(challenge, url, self.session)
                 except BaseException:
-                    response.release()
+                    release(response)
                     raise
                 if retry:
-                    response.release()
+                    release(response)
                     continue
             elif (response.status == 429 or response.status >= 500) and not last:
-                response.release()
+                release(response)
                 await backoff(attempt)
                 attempt += 1
                 continue
             try:
                 yield response
             finally:
-                response.release()
+                release(response)
             return
 
     async def _request(
@@ -186,11 +194,12 @@ class Transport:
                 authorization = self.auth.authorization(url)
                 if authorization is not None:
                     sent["Authorization"] = authorization
+            timeline.count_request()
             response = await self.session.request(method, url, headers=sent, data=data, allow_redirects=False)
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or not location or method not in ("GET", "HEAD"):
                 return response
-            response.release()
+            release(response)
             url = url.join(URL(location))
         raise RegistryClientError(f"{self.registry}: more than {MAX_REDIRECTS} redirects")
 

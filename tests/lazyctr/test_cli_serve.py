@@ -28,6 +28,7 @@ def free_port() -> int:
 class FirstReply:
     status: int
     headers: Message
+    address: str  # where the registry listens, HOST:PORT
 
 
 @contextlib.contextmanager
@@ -36,17 +37,17 @@ def serving(root: Path, *options: str, context: ssl.SSLContext | None = None) ->
 
     On leaving, the server gets SIGTERM and must stop cleanly (status 0).
     """
-    port = free_port()
-    proc = subprocess.Popen(cli_command(root, "serve", "--addr", f"127.0.0.1:{port}", *options))
-    url = f"{'https' if context else 'http'}://127.0.0.1:{port}/v2/"
+    address = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(cli_command(root, "serve", "--addr", address, *options))
+    url = f"{'https' if context else 'http'}://{address}/v2/"
     try:
         deadline = time.monotonic() + 15
         while True:
             try:
                 with urllib.request.urlopen(url, timeout=1, context=context) as response:
-                    reply = FirstReply(response.status, response.headers)
+                    reply = FirstReply(response.status, response.headers, address)
             except urllib.error.HTTPError as e:
-                reply = FirstReply(e.code, e.headers)
+                reply = FirstReply(e.code, e.headers, address)
             except OSError:
                 assert time.monotonic() < deadline, "the registry never answered"
                 time.sleep(0.1)
