@@ -33,7 +33,9 @@ from storage.oci import (
 )
 from storage.reference import ImageRef
 from storage.toc import LayerToc
-from storage.zstd_chunked import decompress_toc, position_from_annotations
+from storage.tocindex import INDEX_DIR as TOC_INDEX_DIR
+from storage.tocindex import cached_toc
+from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 # On a lazily pulled image's index entry: `registry/repository` its missing layer blobs come from.
@@ -249,12 +251,25 @@ class Store:
 
     def layer_toc(self, layer: Descriptor) -> LayerToc:
         """The verified TOC of a zstd:chunked layer: from its blob, or for a lazily pulled layer
-        from the TOC blob pulled beside it (checked against the digest the descriptor promises)."""
+        from the TOC blob pulled beside it (checked against the digest the descriptor promises);
+        once parsed, from its index (storage.tocindex)."""
+        promised = position_from_annotations(layer.annotations, layer.size)
+        toc_digest, position = promised or (None, None)
+        if toc_digest is None or position is None:
+            return self._parse_layer_toc(layer, None, None)
+        return cached_toc(
+            self.root,
+            toc_digest,
+            position.frames_end,
+            lambda: self._parse_layer_toc(layer, toc_digest, position),
+        )
+
+    def _parse_layer_toc(
+        self, layer: Descriptor, toc_digest: Digest | None, position: TocPosition | None
+    ) -> LayerToc:
         if self.has_blob(layer.digest):
             with self.open_layer(layer) as reader:
                 return reader.toc
-        promised = position_from_annotations(layer.annotations, layer.size)
-        toc_digest, position = promised or (None, None)
         if toc_digest is None or position is None:
             raise NotFound(f"layer {layer.digest} is not in the store")
         return LayerToc.parse(decompress_toc(self.read_blob(toc_digest), position), position.frames_end)
@@ -304,6 +319,9 @@ class Store:
                     blob.unlink()
                     removed += not blob.name.startswith(".")  # dot files: temporaries, not blobs
             fsync_dir(self.blobs)
+            for toc_index in (self.root / TOC_INDEX_DIR).glob("*"):  # of TOCs gone with their images
+                if toc_index.name not in live:
+                    toc_index.unlink()
             for leftover in self.layout.glob(".*.tmp"):  # of index.json writers that crashed
                 leftover.unlink()
             shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of crashed writers

@@ -17,12 +17,13 @@ from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, resolve
 from storage.toc import LayerToc, TocEntry
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     entry: TocEntry  # the metadata (mode, owner, times) of this path
     layer: int  # index of the layer the entry comes from
     children: dict[str, Node] | None = None  # for directories
     data: TocEntry | None = None  # for a hard link, the entry it links to (in the same layer)
+    ino: int = 0  # its inode number, for a reader that numbers the tree (lazyfs)
 
     @property
     def is_dir(self) -> bool:
@@ -128,6 +129,22 @@ class ImageTree:
 
         parts = resolve(path, link_at, follow_last)
         return parts, node_at(parts)
+
+    def node(self, path: str) -> Node | None:
+        """The node at exactly `path` (`a/b`, the root ``), no symlink followed; None if there is none."""
+        node: Node | None = self.root
+        for part in path.split("/") if path else []:
+            children = node.children if node is not None else None
+            node = children.get(part) if children is not None else None
+        return node
+
+    def nodes(self, node: Node | None = None) -> Iterator[Node]:
+        """Every node below `node` in the order of `walk`, without making their paths."""
+        node = node or self.root
+        yield node
+        if node.children:
+            for name in sorted(node.children):
+                yield from self.nodes(node.children[name])
 
     def walk(self, node: Node | None = None, path: str = "") -> Iterator[tuple[str, Node]]:
         """Every path below `node` (depth first, sorted), the root as ``."""
