@@ -17,10 +17,13 @@ from lazyfs.source import ImageSource, image_tree
 from registry.client import RegistryClient
 from storage.chunks import ChunkCache
 from storage.errors import NotFound
+from storage.oci import Descriptor
 from storage.pieces import Piece
 from storage.reference import Origin
 from storage.store import Image, Store
+from storage.tocindex import is_indexed
 from storage.tree import ImageTree
+from storage.zstd_chunked import position_from_annotations
 
 
 class RegistryLayerSource:
@@ -40,17 +43,25 @@ class RegistryLayerSource:
 
 @dataclass
 class MountableImage:
+    """An image checked to be mountable; its tree is made on first use, which for a mount is in the
+    daemon: the process that asked for the mount (a container's supervisor, which lives on, and
+    forks the container's init) keeps none of it."""
+
     image: Image
-    tree: ImageTree
+    store: Store
     local: list[bool]  # per layer: is the blob in the store?
     registry: str | None = None
     repository: str | None = None
     insecure: bool = False
+    _tree: ImageTree | None = None
     _files: list[FileLayerSource] = field(default_factory=list)
 
     @classmethod
     def load(cls, store: Store, image: Image) -> MountableImage:
-        tree = image_tree(store, image)
+        """The image, once each layer's TOC is known to be valid (raises if one is not)."""
+        for layer in image.manifest.layers:
+            if not _indexed(store, layer):
+                store.layer_toc(layer)  # parsed here, so a bad one fails the caller; and indexed
         local = [store.has_blob(layer.digest) for layer in image.manifest.layers]
         registry = repository = None
         insecure = False
@@ -59,7 +70,13 @@ class MountableImage:
                 raise NotFound(f"{image.name}: layers are missing from the store and the image has no source")
             origin = Origin.parse(image.source)
             registry, repository, insecure = origin.registry, origin.repository, origin.insecure
-        return cls(image, tree, local, registry, repository, insecure)
+        return cls(image, store, local, registry, repository, insecure)
+
+    @property
+    def tree(self) -> ImageTree:
+        if self._tree is None:
+            self._tree = image_tree(self.store, self.image)
+        return self._tree
 
     def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:
         """Where each layer's bytes come from (`client`: the registry's, opened by the caller)."""
@@ -107,3 +124,13 @@ class MountableImage:
         """The image as a file system whose file contents come from a running fetch engine."""
         with self.fetching(store, timeout, on_access) as fetcher:
             yield ImageSource(self.tree, fetcher, self.image.name)
+
+
+def _indexed(store: Store, layer: Descriptor) -> bool:
+    """Whether the layer's TOC has a sound index, which only a valid TOC gets (storage.tocindex)."""
+    promised = position_from_annotations(layer.annotations, layer.size)
+    return (
+        promised is not None
+        and promised[1] is not None
+        and is_indexed(store.root, promised[0], promised[1].frames_end)
+    )

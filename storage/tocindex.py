@@ -29,8 +29,10 @@ from typing import Any
 import zstandard
 
 from storage.digest import Digest
+from storage.errors import CorruptLayer
 from storage.files import atomic_write
 from storage.toc import Chunk, LayerToc, TocEntry
+from storage.tree import check_hard_links
 
 INDEX_DIR = "toc-index"  # under the lazyctr root, beside `store/`
 MAGIC = b"lazyctr-toc-index-1\n"  # a new layout of the tuples gets a new magic: old ones are ignored
@@ -42,6 +44,8 @@ _TYPE, _MODTIME, _XATTRS, _DIGEST, _CHUNK_DIGEST, _CHUNKS = (
     _ENTRY_FIELDS.index(name) for name in ("type", "modtime", "xattrs", "digest", "chunk_digest", "chunks")
 )
 _DIGEST_OF_CHUNK = _CHUNK_FIELDS.index("digest")
+_NO_XATTRS: dict[str, str] = {}
+_NO_CHUNKS: list[Chunk] = []
 
 
 def index_path(root: Path, toc_digest: Digest) -> Path:
@@ -60,6 +64,10 @@ def cached_toc(root: Path, toc_digest: Digest, frames_end: int, parse: Callable[
 def remember(root: Path, toc_digest: Digest, frames_end: int, toc: LayerToc) -> None:
     """Index `toc`, just parsed from the TOC blob `toc_digest` (verified) for a layer whose frames
     end at `frames_end`; a store that cannot be written to does without (it parses every time)."""
+    try:
+        check_hard_links(toc)  # what else stacking the layer could refuse: an indexed TOC mounts
+    except CorruptLayer:
+        return  # never indexed: each use parses it again, and fails as it did
     with contextlib.suppress(OSError):
         save_index(index_path(root, toc_digest), toc_digest, frames_end, toc)
 
@@ -92,8 +100,13 @@ def _plain(digest: Digest | None) -> str | None:
     return str(digest) if digest else None
 
 
-def load_index(path: Path, toc_digest: Digest, frames_end: int) -> LayerToc | None:
-    """The TOC kept in the index at `path`, or None if there is none that matches and checks out."""
+def is_indexed(root: Path, toc_digest: Digest, frames_end: int) -> bool:
+    """Whether the TOC has an index that checks out: it was valid, and loads without fail."""
+    return _checked_body(index_path(root, toc_digest), toc_digest, frames_end) is not None
+
+
+def _checked_body(path: Path, toc_digest: Digest, frames_end: int) -> memoryview | None:
+    """The body of the index at `path` if its header is the expected one and the body hashes to it."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -104,12 +117,22 @@ def load_index(path: Path, toc_digest: Digest, frames_end: int) -> LayerToc | No
     body = memoryview(data)[_HEADER.size :]
     if (magic, digest, end) != (MAGIC, str(toc_digest).encode(), frames_end):
         return None
-    if hashlib.sha256(body).digest() != body_hash:
+    return body if hashlib.sha256(body).digest() == body_hash else None
+
+
+def load_index(path: Path, toc_digest: Digest, frames_end: int) -> LayerToc | None:
+    """The TOC kept in the index at `path`, or None if there is none that matches and checks out."""
+    body = _checked_body(path, toc_digest, frames_end)
+    if body is None:
         return None
     try:
         version, rows = marshal.loads(zstandard.ZstdDecompressor().decompress(body))
         interned = _Interned()
-        return LayerToc([interned.entry(row) for row in rows], version)
+        entries = []
+        for at, row in enumerate(rows):
+            entries.append(interned.entry(row))
+            rows[at] = None  # the row goes as its entry comes: rows and entries never all live at once
+        return LayerToc(entries, version)
     except (ValueError, TypeError, EOFError, zstandard.ZstdError):
         return None
 
@@ -128,10 +151,12 @@ class _Interned:
         for at in (_TYPE, _MODTIME):
             if (value := values[at]) is not None:
                 values[at] = strings.setdefault(value, value)
-        values[_XATTRS] = values[_XATTRS] or {}
+        # Entries without xattrs or chunks share one empty dict and list: a TOC's entries are not
+        # changed once parsed, and an image's thousands of empty containers would cost ~0.5 MB.
+        values[_XATTRS] = values[_XATTRS] or _NO_XATTRS
         values[_DIGEST] = self.digest(values[_DIGEST])
         values[_CHUNK_DIGEST] = self.digest(values[_CHUNK_DIGEST])
-        values[_CHUNKS] = [self.chunk(chunk) for chunk in values[_CHUNKS]]
+        values[_CHUNKS] = [self.chunk(chunk) for chunk in values[_CHUNKS]] if values[_CHUNKS] else _NO_CHUNKS
         return TocEntry(*values)
 
     def chunk(self, row: tuple[Any, ...]) -> Chunk:
