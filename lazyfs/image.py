@@ -17,13 +17,10 @@ from lazyfs.source import ImageSource, image_tree
 from registry.client import RegistryClient
 from storage.chunks import ChunkCache
 from storage.errors import NotFound
-from storage.oci import Descriptor
 from storage.pieces import Piece
 from storage.reference import Origin
 from storage.store import Image, Store
-from storage.tocindex import is_indexed
 from storage.tree import ImageTree
-from storage.zstd_chunked import position_from_annotations
 
 # Chunks a mount keeps in memory: the kernel keeps the file pages it was given (lazyfs.fs), so these
 # only bridge the reads of one piece and read-ahead on its way to a reader; more would only add to
@@ -65,8 +62,7 @@ class MountableImage:
     def load(cls, store: Store, image: Image) -> MountableImage:
         """The image, once each layer's TOC is known to be valid (raises if one is not)."""
         for layer in image.manifest.layers:
-            if not _indexed(store, layer):
-                store.layer_toc(layer)  # parsed here, so a bad one fails the caller; and indexed
+            store.check_layer_toc(layer)  # a bad one fails the caller, not the daemon
         local = [store.has_blob(layer.digest) for layer in image.manifest.layers]
         registry = repository = None
         insecure = False
@@ -129,13 +125,3 @@ class MountableImage:
         """The image as a file system whose file contents come from a running fetch engine."""
         with self.fetching(store, timeout, on_access) as fetcher:
             yield ImageSource(self.tree, fetcher, self.image.name)
-
-
-def _indexed(store: Store, layer: Descriptor) -> bool:
-    """Whether the layer's TOC has a sound index, which only a valid TOC gets (storage.tocindex)."""
-    promised = position_from_annotations(layer.annotations, layer.size)
-    return (
-        promised is not None
-        and promised[1] is not None
-        and is_indexed(store.root, promised[0], promised[1].frames_end)
-    )

@@ -34,7 +34,7 @@ from storage.oci import (
 from storage.reference import ImageRef
 from storage.toc import LayerToc
 from storage.tocindex import INDEX_DIR as TOC_INDEX_DIR
-from storage.tocindex import cached_toc
+from storage.tocindex import cached_toc, is_indexed
 from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
@@ -251,28 +251,46 @@ class Store:
 
     def layer_toc(self, layer: Descriptor) -> LayerToc:
         """The verified TOC of a zstd:chunked layer: from its blob, or for a lazily pulled layer
-        from the TOC blob pulled beside it (checked against the digest the descriptor promises);
-        once parsed, from its index (storage.tocindex)."""
-        promised = position_from_annotations(layer.annotations, layer.size)
-        toc_digest, position = promised or (None, None)
-        if toc_digest is None or position is None:
-            return self._parse_layer_toc(layer, None, None)
+        from the TOC blob pulled beside it (checked against the digest the descriptor promises).
+        The bytes are read and checked every time; their parse is done once and kept as an index
+        (storage.tocindex)."""
+        promised = self._promised_toc(layer)
+        if promised is None:  # no position in the annotations: the blob's footer says where
+            with self.open_layer(layer) as reader:
+                return reader.toc
+        toc_digest, position, compressed = promised
         return cached_toc(
             self.root,
             toc_digest,
             position.frames_end,
-            lambda: self._parse_layer_toc(layer, toc_digest, position),
+            lambda: LayerToc.parse(decompress_toc(compressed, position), position.frames_end),
         )
 
-    def _parse_layer_toc(
-        self, layer: Descriptor, toc_digest: Digest | None, position: TocPosition | None
-    ) -> LayerToc:
+    def check_layer_toc(self, layer: Descriptor) -> None:
+        """Raise what `layer_toc` would, without making the TOC's objects where it has an index
+        (only a valid TOC gets one): for a process that only needs to know the layer mounts."""
+        promised = self._promised_toc(layer)
+        if promised is None or not is_indexed(self.root, promised[0], promised[1].frames_end):
+            self.layer_toc(layer)
+
+    def _promised_toc(self, layer: Descriptor) -> tuple[Digest, TocPosition, bytes] | None:
+        """The digest, position and compressed bytes (checked against the digest) of the TOC the
+        layer descriptor promises; None if the annotations give no position."""
         if self.has_blob(layer.digest):
-            with self.open_layer(layer) as reader:
-                return reader.toc
+            with FileRangeSource(self.blob_path(layer.digest)) as source:
+                toc_digest, position = position_from_annotations(layer.annotations, source.size) or (
+                    None,
+                    None,
+                )
+                if toc_digest is None or position is None:
+                    return None
+                compressed = source.read_range(position.offset, position.length)
+            verify(compressed, toc_digest, "layer TOC")
+            return toc_digest, position, compressed
+        toc_digest, position = position_from_annotations(layer.annotations, layer.size) or (None, None)
         if toc_digest is None or position is None:
             raise NotFound(f"layer {layer.digest} is not in the store")
-        return LayerToc.parse(decompress_toc(self.read_blob(toc_digest), position), position.frames_end)
+        return toc_digest, position, self.read_blob(toc_digest)
 
     def is_complete(self, image: Image) -> bool:
         """Whether every layer blob is here (a lazily pulled image has only their TOCs)."""

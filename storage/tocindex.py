@@ -8,11 +8,12 @@ zstd-compressed, which load in a few ms straight into `TocEntry` and `Chunk` obj
 
 Nothing untrusted comes in this way. An index is only ever written from a `LayerToc` that
 `LayerToc.parse` made of a TOC whose bytes hashed to the digest the layer descriptor promises, so it
-holds exactly what that check vouched for. Its header names that TOC digest and the layer's
-`frames_end` (part of the validation: no chunk lies outside the frames), and carries the sha256 of
-the body; an index whose header does not match what the caller expects, or whose body does not hash
-to its header, is ignored (and rewritten from the TOC), never loaded. The index is trusted as much
-as the store it lies in (like `index.json`, which names what the digests chain starts from).
+holds exactly what that check vouched for (and only if its hard links stack, the one thing a tree
+could still refuse). Its header names that TOC digest and the layer's `frames_end` (part of the
+validation: no chunk lies outside the frames), and carries the sha256 of the body; an index whose
+header does not match what the caller expects, or whose body does not hash to its header, is
+ignored (and rewritten from the TOC), never loaded. The store still reads the TOC's bytes and checks
+them against the digest at every use (`Store.layer_toc`: ~1 ms): the index only spares the parse.
 """
 
 from __future__ import annotations

@@ -95,3 +95,19 @@ def test_gc_drops_the_index_with_its_toc(store: Store, tmp_path: Path) -> None:
     store.gc()
     assert is_indexed(store.root, *promised(kept))  # the base image still has it
     assert not is_indexed(store.root, *promised(image.manifest.layers[1]))
+
+
+def test_an_indexed_toc_is_still_read_and_checked_at_every_use(store: Store) -> None:
+    layer = store.image("rich:1").manifest.layers[0]
+    store.layer_toc(layer)
+    digest, frames_end = promised(layer)
+    assert is_indexed(store.root, digest, frames_end)
+    found = position_from_annotations(layer.annotations, layer.size)
+    assert found is not None and found[1] is not None
+    blob = store.blob_path(layer.digest)
+    data = bytearray(blob.read_bytes())
+    data[found[1].offset + 10] ^= 0xFF  # a byte of the TOC in the layer blob
+    blob.write_bytes(data)
+    for use in (store.layer_toc, store.check_layer_toc):
+        with pytest.raises(DigestMismatch):
+            use(layer)
