@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
@@ -50,17 +51,9 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     def __init__(self, source: ImageSource) -> None:
         self.source = source
         self.on_ready: Callable[[], None] | None = None  # called once the kernel has mounted us
-        self.listings: list[list[DirEntry]] = []  # by directory handle: readdir gets no path (nullpath_ok)
-        self.directories: dict[str, int] = {}  # path -> handle
-        for path, node in source.nodes.items():
-            if node.is_dir:
-                prefix = path.rstrip("/") + "/"
-                listing: list[DirEntry] = [(".", {}, 0), ("..", {}, 0)]
-                for name in source.entries(path):
-                    child = source.stat(prefix + name)
-                    listing.append((name, {"st_mode": child["st_mode"], "st_ino": child["st_ino"]}, 0))
-                self.directories[path] = len(self.listings)
-                self.listings.append(listing)
+        # By directory handle, while open: readdir gets no path (nullpath_ok), only the handle.
+        self.listings: dict[int, list[DirEntry]] = {}
+        self._handles = itertools.count(1)
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         config.entry_timeout = CACHE_SECONDS
@@ -78,14 +71,24 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
         return self.source.stat(path)
 
+    @_errno
     def opendir(self, path: str) -> int:
-        handle = self.directories.get(path)
-        if handle is None:
-            raise mfusepy.FuseOSError(errno.ENOTDIR if path in self.source.stats else errno.ENOENT)
+        """Make the directory's listing (the kernel asks once, then keeps it: see CACHE_SECONDS)."""
+        prefix = path.rstrip("/") + "/"
+        listing: list[DirEntry] = [(".", {}, 0), ("..", {}, 0)]
+        for name in self.source.entries(path):
+            child = self.source.stat(prefix + name)
+            listing.append((name, {"st_mode": child["st_mode"], "st_ino": child["st_ino"]}, 0))
+        handle = next(self._handles)
+        self.listings[handle] = listing
         return handle
 
     def readdir(self, path: str | None, fh: int) -> Iterable[DirEntry]:
         return self.listings[fh]
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        self.listings.pop(fh, None)
+        return 0
 
     @_errno
     def readlink(self, path: str) -> str:

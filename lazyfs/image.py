@@ -22,6 +22,11 @@ from storage.reference import Origin
 from storage.store import Image, Store
 from storage.tree import ImageTree
 
+# Chunks a mount keeps in memory: the kernel keeps the file pages it was given (lazyfs.fs), so these
+# only bridge the reads of one piece and read-ahead on its way to a reader; more would only add to
+# the daemon's RSS (the disk cache has them all, verified again when read back).
+MEMORY_CHUNKS = 8 << 20
+
 
 class RegistryLayerSource:
     """One layer blob in a registry; the client is opened on the fetch engine's loop."""
@@ -40,17 +45,24 @@ class RegistryLayerSource:
 
 @dataclass
 class MountableImage:
+    """An image checked to be mountable; its tree is made on first use, which for a mount is in the
+    daemon: the process that asked for the mount (a container's supervisor, which lives on, and
+    forks the container's init) keeps none of it."""
+
     image: Image
-    tree: ImageTree
+    store: Store
     local: list[bool]  # per layer: is the blob in the store?
     registry: str | None = None
     repository: str | None = None
     insecure: bool = False
+    _tree: ImageTree | None = None
     _files: list[FileLayerSource] = field(default_factory=list)
 
     @classmethod
     def load(cls, store: Store, image: Image) -> MountableImage:
-        tree = image_tree(store, image)
+        """The image, once each layer's TOC is known to be valid (raises if one is not)."""
+        for layer in image.manifest.layers:
+            store.check_layer_toc(layer)  # a bad one fails the caller, not the daemon
         local = [store.has_blob(layer.digest) for layer in image.manifest.layers]
         registry = repository = None
         insecure = False
@@ -59,7 +71,13 @@ class MountableImage:
                 raise NotFound(f"{image.name}: layers are missing from the store and the image has no source")
             origin = Origin.parse(image.source)
             registry, repository, insecure = origin.registry, origin.repository, origin.insecure
-        return cls(image, tree, local, registry, repository, insecure)
+        return cls(image, store, local, registry, repository, insecure)
+
+    @property
+    def tree(self) -> ImageTree:
+        if self._tree is None:
+            self._tree = image_tree(self.store, self.image)
+        return self._tree
 
     def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:
         """Where each layer's bytes come from (`client`: the registry's, opened by the caller)."""
@@ -84,7 +102,7 @@ class MountableImage:
         self, store: Store, timeout: float = 30.0, on_access: Callable[[Piece], None] | None = None
     ) -> Iterator[Fetcher]:
         """A running fetch engine for this image's layers (a registry client on its loop if needed)."""
-        fetcher = Fetcher([], ChunkCache(store.root), timeout, on_access)
+        fetcher = Fetcher([], ChunkCache(store.root, MEMORY_CHUNKS), timeout, on_access)
         fetcher.start()
         client: RegistryClient | None = None
         try:

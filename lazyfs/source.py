@@ -5,9 +5,10 @@ ratarmount's mount source: this module knows the image, `lazyfs.fs.LazyFS` only 
 it. Paths are absolute and exact ("/etc/passwd"), as the kernel asks for them; `resolve` turns a
 user's path, symlinks followed inside the image root, into one.
 
-Everything about the tree is computed once (an image never changes): each path's stat, each
-directory's entries, each file's layout, so a lookup costs a dict access. Inode numbers are stable
-(the order of a sorted walk of the tree); hard links share one. File contents come from a
+Nothing is computed per path ahead of time but its inode number: a stat or a directory listing is
+made when asked, from the tree's nodes (a few dict lookups), since the kernel keeps what it is told
+(lazyfs.fs); a file's layout is made when it is first opened. Inode numbers are stable (the order of
+a sorted walk of the tree); hard links share one. File contents come from a
 `PieceReader` (lazyfs's fetch engine): read, verified and cached by piece.
 """
 
@@ -58,39 +59,43 @@ class ImageSource:
         self.tree = tree
         self.reader = reader  # None: metadata only (`ls`), no file contents
         self.name = name
-        self.stats: dict[str, Stat] = {}
-        self.nodes: dict[str, Node] = {}
         self.files: dict[int, FileLayout] = {}  # by inode, built on first open
+        self.paths = 0
         self.total_size = 0
+        self._links: dict[int, int] = {}  # id of a hard-linked file's entry -> its link count
         self._all_pieces: list[Piece] | None = None
-        self._index()
+        self._number()
 
-    def _index(self) -> None:
-        inodes: dict[int, int] = {}  # id of the entry holding the data -> inode
-        links: dict[int, int] = {}
-        walked = list(self.tree.walk())
-        for _, node in walked:
-            links[id(node.content)] = links.get(id(node.content), 0) + 1
-        for path, node in walked:
-            key = "/" + path
+    def _number(self) -> None:
+        """Give every node its inode number, in the order of a sorted walk of the tree (so they are
+        stable); the paths of a hard-linked file share one."""
+        nodes = list(self.tree.nodes())
+        linked = {id(node.data) for node in nodes if node.data is not None}
+        inodes: dict[int, int] = {}  # id of a hard-linked file's entry -> its inode
+        number = 0
+        for node in nodes:
             content = node.content
-            self.nodes[key] = node
-            self.stats[key] = node_stat(
-                node, inodes.setdefault(id(content), len(inodes) + 1), links[id(content)]
-            )
+            if id(content) in linked:
+                self._links[id(content)] = self._links.get(id(content), 0) + 1
+                if id(content) in inodes:
+                    node.ino = inodes[id(content)]
+                    continue
+                inodes[id(content)] = number + 1
+            number += 1
+            node.ino = number
             if node.kind == "reg":
                 self.total_size += content.size
-            if node.children is not None:
-                subdirs = sum(1 for child in node.children.values() if child.is_dir)
-                self.stats[key]["st_nlink"] = 2 + subdirs
+        self.paths = len(nodes)
 
     # -- metadata -------------------------------------------------------------------------------
 
     def stat(self, path: str) -> Stat:
-        try:
-            return self.stats[path]
-        except KeyError:
-            raise FileNotFoundError(errno.ENOENT, f"no such file or directory in {self.name}", path) from None
+        """What `stat` says of `path`, made when asked: the kernel keeps it (see lazyfs.fs)."""
+        node = self._node(path)
+        out = node_stat(node, node.ino, self._links.get(id(node.content), 1))
+        if node.children is not None:
+            out["st_nlink"] = 2 + sum(1 for child in node.children.values() if child.is_dir)
+        return out
 
     def entries(self, path: str) -> list[str]:
         """A directory's entry names in the layers' order, not sorted: a reader going through the
@@ -122,7 +127,7 @@ class ImageSource:
             "f_blocks": (self.total_size + BLOCK_SIZE - 1) // BLOCK_SIZE,
             "f_bfree": 0,
             "f_bavail": 0,
-            "f_files": len(self.stats),
+            "f_files": self.paths,
             "f_ffree": 0,
             "f_namemax": 255,
         }
@@ -136,17 +141,17 @@ class ImageSource:
         """What `ls -l PATH` shows: a directory's entries (with -R every path below it, by full
         name), or the file itself; a symlink to a directory lists the directory."""
         exact = self.resolve(path, follow_last=False)  # a dangling or looping symlink still lists
-        if self.nodes[exact].kind == "symlink":
+        if self._node(exact).kind == "symlink":
             try:
                 target = self.resolve(path)
             except (NotFound, UnsafePath):  # dangling or looping: the link itself is listed
                 target = exact
-            exact = target if self.nodes[target].is_dir else exact
-        if not self.nodes[exact].is_dir:
+            exact = target if self._node(target).is_dir else exact
+        if not self._node(exact).is_dir:
             yield self._listed(path, exact)
         elif recursive:
             shown = path.strip("/")
-            for relative, _ in self.tree.walk(self.nodes[exact]):
+            for relative, _ in self.tree.walk(self._node(exact)):
                 if relative:
                     yield self._listed("/" + (f"{shown}/{relative}" if shown else relative), exact, relative)
         else:
@@ -155,7 +160,7 @@ class ImageSource:
 
     def _listed(self, shown: str, exact: str, below: str = "") -> Listed:
         key = f"{exact.rstrip('/')}/{below}" if below else exact
-        attrs = self.stats[key]
+        attrs = self.stat(key)
         return Listed(shown, attrs, self.readlink(key) if stat.S_ISLNK(attrs["st_mode"]) else "")
 
     # -- contents -------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ class ImageSource:
         node = self._node(path)
         if flags & WRITE_FLAGS:
             raise OSError(errno.EROFS, "read-only file system", path)
-        ino = self.stats[path]["st_ino"]
+        ino = node.ino
         if ino not in self.files and node.kind == "reg":
             self.files[ino] = FileLayout.of(node.content, node.layer)  # a hard link's data is in its layer
         return ino
@@ -189,7 +194,7 @@ class ImageSource:
         if self._all_pieces is not None:
             return self._all_pieces
         seen: dict[tuple[int, str], Piece] = {}
-        for node in self.nodes.values():
+        for node in self.tree.nodes():
             if node.kind == "reg":
                 for p in file_pieces(node.content, node.layer):
                     if isinstance(p, Piece):
@@ -203,10 +208,10 @@ class ImageSource:
         return [by_key[key] for item in profile if (key := (item.get("layer"), item.get("digest"))) in by_key]
 
     def _node(self, path: str) -> Node:
-        try:
-            return self.nodes[path]
-        except KeyError:
-            raise FileNotFoundError(errno.ENOENT, f"no such file or directory in {self.name}", path) from None
+        node = self.tree.node(path.strip("/")) if path.startswith("/") else None
+        if node is None:
+            raise FileNotFoundError(errno.ENOENT, f"no such file or directory in {self.name}", path)
+        return node
 
     def _reader(self) -> PieceReader:
         if self.reader is None:

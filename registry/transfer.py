@@ -50,6 +50,7 @@ from storage.oci import (
 from storage.reference import ImageRef, Origin, registry_ref
 from storage.store import OCI_LAYOUT, SOURCE, Image, Store
 from storage.toc import LayerToc
+from storage.tocindex import remember
 from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
 
 T = TypeVar("T")
@@ -286,8 +287,9 @@ async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Des
         return
     compressed = await client.read_range(repo, layer.digest, position.offset, position.length)
     verify(compressed, toc_digest, f"TOC of layer {layer.digest}")
-    await asyncio.to_thread(LayerToc.parse, decompress_toc(compressed, position), position.frames_end)
+    toc = await asyncio.to_thread(LayerToc.parse, decompress_toc(compressed, position), position.frames_end)
     store.put_blob(compressed)
+    remember(store.root, toc_digest, position.frames_end, toc)  # so a mount need not parse it again
 
 
 async def _fetch_referrers(

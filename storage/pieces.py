@@ -26,7 +26,7 @@ from storage.zstd_chunked import compressed_bound, decompress_frames
 HOLE_BLOCK = 1 << 20  # a hole is made up in blocks this large: it may be gigabytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frame:
     """Where one chunk's bytes lie: the zstd frame(s) [start, end) of the blob, the chunk at `inner`."""
 
@@ -42,7 +42,7 @@ class Frame:
         return cls(chunk.frame_start, end, chunk.inner_offset, chunk.size)
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Piece:
     layer: int
     digest: Digest
@@ -109,7 +109,7 @@ def unpack(piece: Piece, blob: bytes, blob_offset: int) -> bytes:
     return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileLayout:
     """A regular file as the pieces and holes that tile it, and where each starts."""
 

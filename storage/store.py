@@ -33,7 +33,9 @@ from storage.oci import (
 )
 from storage.reference import ImageRef
 from storage.toc import LayerToc
-from storage.zstd_chunked import decompress_toc, position_from_annotations
+from storage.tocindex import INDEX_DIR as TOC_INDEX_DIR
+from storage.tocindex import cached_toc, is_indexed
+from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 # On a lazily pulled image's index entry: `registry/repository` its missing layer blobs come from.
@@ -249,15 +251,46 @@ class Store:
 
     def layer_toc(self, layer: Descriptor) -> LayerToc:
         """The verified TOC of a zstd:chunked layer: from its blob, or for a lazily pulled layer
-        from the TOC blob pulled beside it (checked against the digest the descriptor promises)."""
-        if self.has_blob(layer.digest):
+        from the TOC blob pulled beside it (checked against the digest the descriptor promises).
+        The bytes are read and checked every time; their parse is done once and kept as an index
+        (storage.tocindex)."""
+        promised = self._promised_toc(layer)
+        if promised is None:  # no position in the annotations: the blob's footer says where
             with self.open_layer(layer) as reader:
                 return reader.toc
-        promised = position_from_annotations(layer.annotations, layer.size)
-        toc_digest, position = promised or (None, None)
+        toc_digest, position, compressed = promised
+        return cached_toc(
+            self.root,
+            toc_digest,
+            position.frames_end,
+            lambda: LayerToc.parse(decompress_toc(compressed, position), position.frames_end),
+        )
+
+    def check_layer_toc(self, layer: Descriptor) -> None:
+        """Raise what `layer_toc` would, without making the TOC's objects where it has an index
+        (only a valid TOC gets one): for a process that only needs to know the layer mounts."""
+        promised = self._promised_toc(layer)
+        if promised is None or not is_indexed(self.root, promised[0], promised[1].frames_end):
+            self.layer_toc(layer)
+
+    def _promised_toc(self, layer: Descriptor) -> tuple[Digest, TocPosition, bytes] | None:
+        """The digest, position and compressed bytes (checked against the digest) of the TOC the
+        layer descriptor promises; None if the annotations give no position."""
+        if self.has_blob(layer.digest):
+            with FileRangeSource(self.blob_path(layer.digest)) as source:
+                toc_digest, position = position_from_annotations(layer.annotations, source.size) or (
+                    None,
+                    None,
+                )
+                if toc_digest is None or position is None:
+                    return None
+                compressed = source.read_range(position.offset, position.length)
+            verify(compressed, toc_digest, "layer TOC")
+            return toc_digest, position, compressed
+        toc_digest, position = position_from_annotations(layer.annotations, layer.size) or (None, None)
         if toc_digest is None or position is None:
             raise NotFound(f"layer {layer.digest} is not in the store")
-        return LayerToc.parse(decompress_toc(self.read_blob(toc_digest), position), position.frames_end)
+        return toc_digest, position, self.read_blob(toc_digest)
 
     def is_complete(self, image: Image) -> bool:
         """Whether every layer blob is here (a lazily pulled image has only their TOCs)."""
@@ -304,6 +337,9 @@ class Store:
                     blob.unlink()
                     removed += not blob.name.startswith(".")  # dot files: temporaries, not blobs
             fsync_dir(self.blobs)
+            for toc_index in (self.root / TOC_INDEX_DIR).glob("*"):  # of TOCs gone with their images
+                if toc_index.name not in live:
+                    toc_index.unlink()
             for leftover in self.layout.glob(".*.tmp"):  # of index.json writers that crashed
                 leftover.unlink()
             shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of crashed writers

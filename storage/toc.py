@@ -34,7 +34,7 @@ MAX_ENTRY_SIZE = 1 << 44  # 16 TiB: anything larger in a TOC is an attack or cor
 MAX_CHUNK_SIZE = 64 << 20  # a chunk with data is read into memory whole: refuse absurd ones
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     """One chunk of a file: `size` bytes at `file_offset`, stored in the frame [frame_start, frame_end)."""
 
@@ -47,7 +47,7 @@ class Chunk:
     inner_offset: int = 0  # where the chunk starts inside the decompressed frame(s)
 
 
-@dataclass
+@dataclass(slots=True)
 class TocEntry:
     type: str
     name: str  # as written; `path` is its canonical form

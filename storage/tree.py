@@ -17,12 +17,13 @@ from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, resolve
 from storage.toc import LayerToc, TocEntry
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     entry: TocEntry  # the metadata (mode, owner, times) of this path
     layer: int  # index of the layer the entry comes from
     children: dict[str, Node] | None = None  # for directories
     data: TocEntry | None = None  # for a hard link, the entry it links to (in the same layer)
+    ino: int = 0  # its inode number, for a reader that numbers the tree (lazyfs)
 
     @property
     def is_dir(self) -> bool:
@@ -56,7 +57,7 @@ class ImageTree:
     def add_layer(self, layer: int, toc: LayerToc) -> None:
         """Stack one layer: its whiteouts first (they hide only what lies below, wherever they
         stand in the tar), then its entries."""
-        by_path = {entry.path: entry for entry in toc.entries}
+        by_path: dict[str, TocEntry] = {}  # made when the layer's first hard link needs it
         entries = []
         for entry in toc.entries:
             parent_path, _, base = entry.path.rpartition("/")
@@ -82,7 +83,7 @@ class ImageTree:
             if entry.type == "dir" and existing is not None and existing.is_dir:
                 existing.entry, existing.layer = entry, layer
             else:
-                data = _link_target(entry, by_path) if entry.type == "hardlink" else None
+                data = _link_target(entry, toc, by_path) if entry.type == "hardlink" else None
                 children: dict[str, Node] | None = {} if entry.type == "dir" else None
                 parent.children[base] = Node(entry, layer, children, data)
 
@@ -129,6 +130,22 @@ class ImageTree:
         parts = resolve(path, link_at, follow_last)
         return parts, node_at(parts)
 
+    def node(self, path: str) -> Node | None:
+        """The node at exactly `path` (`a/b`, the root ``), no symlink followed; None if there is none."""
+        node: Node | None = self.root
+        for part in path.split("/") if path else []:
+            children = node.children if node is not None else None
+            node = children.get(part) if children is not None else None
+        return node
+
+    def nodes(self, node: Node | None = None) -> Iterator[Node]:
+        """Every node below `node` in the order of `walk`, without making their paths."""
+        node = node or self.root
+        yield node
+        if node.children:
+            for name in sorted(node.children):
+                yield from self.nodes(node.children[name])
+
     def walk(self, node: Node | None = None, path: str = "") -> Iterator[tuple[str, Node]]:
         """Every path below `node` (depth first, sorted), the root as ``."""
         node = node or self.root
@@ -138,7 +155,20 @@ class ImageTree:
             yield from self.walk(child, posixpath.join(path, name) if path else name)
 
 
-def _link_target(entry: TocEntry, by_path: dict[str, TocEntry]) -> TocEntry:
+def check_hard_links(toc: LayerToc) -> None:
+    """Raise CorruptLayer unless each hard link of the layer points to a file in it, as stacking
+    the layer in a tree would (whiteouts aside): a TOC indexed for mounts has passed this."""
+    by_path: dict[str, TocEntry] = {}
+    for entry in toc.entries:
+        base = entry.path.rpartition("/")[2]
+        if entry.type == "hardlink" and base and not base.startswith(WHITEOUT_PREFIX):
+            _link_target(entry, toc, by_path)
+
+
+def _link_target(entry: TocEntry, toc: LayerToc, by_path: dict[str, TocEntry]) -> TocEntry:
+    """The file a hard link's data is in; `by_path` (the layer's entries by path) is filled on first use."""
+    if not by_path:
+        by_path.update((e.path, e) for e in toc.entries)
     target = by_path.get(entry.link_name)
     seen = {entry.path}
     while target is not None and target.type == "hardlink" and target.path not in seen:

@@ -14,6 +14,9 @@ import pytest
 from lazyfs.host import is_mounted
 from storage.extract import extract_layer
 from storage.store import Store
+from storage.toc import LayerToc
+from storage.tocindex import index_path, load_index
+from storage.zstd_chunked import decompress_toc, position_from_annotations
 from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
 from tests.tarfiles import info, make_tar
 
@@ -80,6 +83,20 @@ def test_lazy_pull_fetches_metadata_only(published: Published, tmp_path: Path) -
     assert len(blobs) == 2 + len(image.manifest.layers)  # manifest, config, one TOC per layer
     assert image.descriptor.digest == published.image.descriptor.digest  # the image is unchanged
     assert published.ref.rsplit(":", 1)[0] in run_cli(root, "images").stdout
+
+
+def test_lazy_pull_indexes_each_toc_so_a_mount_parses_no_json(published: Published, tmp_path: Path) -> None:
+    root = tmp_path / "client"
+    image = pull_lazily(root, published.ref)
+    store = Store(root)
+    for layer in image.manifest.layers:
+        found = position_from_annotations(layer.annotations, layer.size)
+        assert found is not None and found[1] is not None
+        digest, position = found[0], found[1]
+        indexed = load_index(index_path(store.root, digest), digest, position.frames_end)
+        assert indexed is not None
+        toc = LayerToc.parse(decompress_toc(store.read_blob(digest), position), position.frames_end)
+        assert indexed.entries == toc.entries
 
 
 def test_mounted_tree_equals_extracted_tree(published: Published, tmp_path: Path, mount: Mounter) -> None:
