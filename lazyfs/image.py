@@ -22,11 +22,6 @@ from storage.reference import Origin
 from storage.store import Image, Store
 from storage.tree import ImageTree
 
-# Chunks a mount keeps in memory: the kernel keeps the file pages it was given (lazyfs.fs), so these
-# only bridge the reads of one piece and read-ahead on its way to a reader; more would only add to
-# the daemon's RSS (the disk cache has them all, verified again when read back).
-MEMORY_CHUNKS = 8 << 20
-
 
 class RegistryLayerSource:
     """One layer blob in a registry; the client is opened on the fetch engine's loop."""
@@ -102,7 +97,7 @@ class MountableImage:
         self, store: Store, timeout: float = 30.0, on_access: Callable[[Piece], None] | None = None
     ) -> Iterator[Fetcher]:
         """A running fetch engine for this image's layers (a registry client on its loop if needed)."""
-        fetcher = Fetcher([], ChunkCache(store.root, MEMORY_CHUNKS), timeout, on_access)
+        fetcher = Fetcher([], ChunkCache(store.root), timeout, on_access)
         fetcher.start()
         client: RegistryClient | None = None
         try:
