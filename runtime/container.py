@@ -1,10 +1,11 @@
 """Running one container: its namespaces, cgroup and PID 1, set up in runc's order.
 
 The lazyctr process stays in the host's namespaces and only waits. A forked monitor unshares the
-mount, UTS, IPC, network and PID namespaces, mounts the storage driver's root inside its own mount
-namespace (so the kernel removes it when the container ends, whatever happens to us) and forks the
-container's PID 1, which prepares the root file system (runtime/rootfs.py), sets up its terminal,
-host name and loopback, and finalizes itself into the command (runtime/finalize.py). Every step is
+mount, UTS, IPC, network and PID namespaces and forks the container's PID 1, which mounts the
+storage driver's root inside that mount namespace (so the kernel removes it when the container
+ends, whatever happens to us), prepares the root file system (runtime/rootfs.py), sets up its
+terminal, host name and loopback, and finalizes itself into the command (runtime/finalize.py) once
+the monitor has moved it into the container's cgroup, which it does meanwhile. Every step is
 one function named after it, and its error names it. The lazyctr process learns that the command
 was exec'd from a close-on-exec pipe, and that it ended from the monitor's exit: the `exec` and
 `exit` marks of `run --timings` (storage/timeline.py).
@@ -12,19 +13,22 @@ was exec'd from a close-on-exec pipe, and that it ended from the monitor's exit:
 
 from __future__ import annotations
 
+# socket.py's own start costs a few ms of every run: hostname and loopback need only its C core.
+import _socket
+import contextlib
 import fcntl
 import os
 import shutil
 import signal
-import socket
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime import syscalls as sc
-from runtime.cgroups import Cgroup, Limits
+from runtime.cgroups import Cgroup, Entrance, Limits
 from runtime.drivers import Driver
 from runtime.finalize import EXEC_TRYING, finalize
-from runtime.process import EXIT_SETUP_FAILED, ContainerError, run_in_child, wait_status
+from runtime.process import EXIT_SETUP_FAILED, ContainerError, exit_status, run_in_child, wait_status
 from runtime.rootfs import prepare_rootfs, write_network_files
 from runtime.spec import Spec
 from runtime.state import ContainerState, all_states, containers_dir
@@ -33,6 +37,9 @@ from runtime.tty import become_terminal_owner, proxy
 from storage import timeline
 from storage.files import file_lock
 from storage.store import Image, Store
+
+if TYPE_CHECKING:
+    import socket
 
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
 
@@ -92,7 +99,11 @@ class Container:
         report_read, report_write = os.pipe()
         exec_read, exec_write = os.pipe()  # close-on-exec: PID 1's end closes when it execs the command
         # With -t, PID 1 opens a terminal in the container's own devpts and hands us its master.
-        self.terminal, terminal_here = socket.socketpair() if self.spec.tty else (None, None)
+        terminal_here: socket.socket | None = None
+        if self.spec.tty:
+            import socket  # only a terminal's hand-over needs more than socket.py's core
+
+            self.terminal, terminal_here = socket.socketpair()
         try:
             monitor = os.fork()
             if monitor == 0:
@@ -119,6 +130,8 @@ class Container:
                 if command_execd(exec_read):
                     timeline.mark("exec")
                 if terminal_here is not None:
+                    import socket
+
                     _, fds, _, _ = socket.recv_fds(terminal_here, 1, 1)
                     terminal_here.close()
                     for master in fds:
@@ -139,30 +152,40 @@ class Container:
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    # -- inside the monitor: new namespaces, overlay root ------------------------------------------
+    # -- inside the monitor: new namespaces, PID 1 moved into the cgroup ----------------------------
 
     def _monitor(self, cgroup: Cgroup, report: int, exec_report: int) -> int:
         unshare_namespaces(self.spec.network)
-        make_mounts_private()
-        rootfs = mount_rootfs(self.driver, self.dir)
+        # Opened here: once PID 1 has pivoted, /sys/fs/cgroup is out of our reach too (we share its
+        # mount namespace, and pivot_root moves the root of every process in it).
+        entrance = open_cgroup(cgroup)
         go_read, go_write = os.pipe()
         init = os.fork()
         if init == 0:
+            entrance.close()
             os.close(go_write)
-            # Wait until we are in the cgroup: limits hold from the first instruction. Nothing came:
-            # the monitor failed (and said why).
-            if os.read(go_read, 1) != b"g":
-                os._exit(EXIT_SETUP_FAILED)
-            os.close(go_read)
-            run_in_child(lambda: self._init(rootfs, exec_report))
+            run_in_child(lambda: self._init(go_read, exec_report))
         os.close(go_read)
         os.close(exec_report)
         if self.terminal is not None:
             self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
-        join_cgroup(cgroup, init)  # only the container's processes: the monitor's memory is not theirs
+        # Only the container's processes: the monitor's memory is not theirs. On cgroup v1 the move
+        # waits for an RCU grace period (~15 ms), so PID 1 sets up its root meanwhile and waits for
+        # the word only before it unshares its cgroup namespace and becomes the command.
+        with entrance:
+            try:
+                join_cgroup(entrance, init)
+            except ContainerError as e:
+                # PID 1's setup failed before it was moved in: its own error says why, its status tells.
+                gone = isinstance(e.__cause__, ProcessLookupError)
+                ended, status = os.waitpid(init, 0 if gone else os.WNOHANG)
+                if ended == init:
+                    return exit_status(status)
+                raise
         os.write(report, str(init).encode())
         os.close(report)
-        os.write(go_write, b"g")
+        with contextlib.suppress(BrokenPipeError):  # PID 1's setup failed: its status tells
+            os.write(go_write, b"g")
         os.close(go_write)
         signal.signal(signal.SIGINT, lambda s, _f: os.kill(init, s))
         signal.signal(signal.SIGTERM, lambda s, _f: os.kill(init, s))
@@ -170,8 +193,9 @@ class Container:
 
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
-    def _init(self, rootfs: Path, exec_report: int) -> int:
-        unshare_cgroup_namespace()  # now rooted at the container's own cgroup
+    def _init(self, go: int, exec_report: int) -> int:
+        make_mounts_private()
+        rootfs = mount_rootfs(self.driver, self.dir)
         if not self.spec.interactive and not self.spec.tty:
             detach_stdin()
         prepare_rootfs(rootfs, self.dir, self.spec)
@@ -180,6 +204,11 @@ class Container:
         set_hostname(self.hostname)
         if self.spec.network != "host":
             loopback_up()
+        # Limits hold from the command's first instruction. Nothing came: the monitor failed (and said why).
+        if os.read(go, 1) != b"g":
+            return EXIT_SETUP_FAILED
+        os.close(go)
+        unshare_cgroup_namespace()  # now rooted at the container's own cgroup
         return finalize(self.spec.process(), exec_report)
 
 
@@ -218,8 +247,13 @@ def mount_rootfs(driver: Driver, container_dir: Path) -> Path:
 
 
 @setup_step
-def join_cgroup(cgroup: Cgroup, pid: int) -> None:
-    cgroup.add(pid)
+def open_cgroup(cgroup: Cgroup) -> Entrance:
+    return cgroup.entrance()
+
+
+@setup_step
+def join_cgroup(entrance: Entrance, pid: int) -> None:
+    entrance.add(pid)
 
 
 # -- PID 1's steps besides the root file system ----------------------------------------------------
@@ -239,6 +273,8 @@ def detach_stdin() -> None:
 @setup_step
 def open_terminal(terminal: socket.socket) -> None:
     """-t: a pseudo-terminal of the container's own devpts; its master goes to lazyctr to proxy."""
+    import socket
+
     master, slave = os.openpty()  # /dev/ptmx is the container's: its own /dev/pts/0
     socket.send_fds(terminal, [b"t"], [master])
     os.close(master)
@@ -248,14 +284,17 @@ def open_terminal(terminal: socket.socket) -> None:
 
 @setup_step
 def set_hostname(hostname: str) -> None:
-    socket.sethostname(hostname)
+    _socket.sethostname(hostname)
 
 
 @setup_step
 def loopback_up() -> None:
     """`ip link set lo up`, without needing `ip` in the image."""
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, request))[1]
-        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), siocgifflags, request))[1]
+        fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+    finally:
+        s.close()
