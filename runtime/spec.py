@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,7 @@ class Spec:
     tty: bool = False  # -t: a pseudo-terminal
     init: bool = False  # --init: a minimal init as PID 1 that reaps zombies and forwards signals
     seccomp: str = seccomp.DEFAULT  # `--security-opt seccomp=unconfined`: none (kept in the state for exec)
-    id: str = field(default_factory=lambda: secrets.token_hex(32))
+    id: str = field(default_factory=lambda: os.urandom(32).hex())  # as secrets.token_hex(32)
 
     def process(self) -> Process:
         """The container's first process."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,7 +204,7 @@ def umount2(target: StrPath, flags: int = 0) -> None:
 def pivot_root(new_root: StrPath, put_old: StrPath) -> None:
     """Make the mount at `new_root` the root of this mount namespace; the old root moves to `put_old`."""
     what = f"pivot_root({os.fspath(new_root)}, {os.fspath(put_old)})"
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() says, without importing it
     number = SYS_PIVOT_ROOT.get(machine)
     if number is None:
         raise OSError(

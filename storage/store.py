@@ -15,12 +15,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from storage.digest import Digest, verify
 from storage.errors import CorruptLayer, InvalidManifest, InvalidReference, NotFound, StorageError
 from storage.files import atomic_write, file_lock, fsync_dir, publish
-from storage.layer_reader import FileRangeSource, LayerReader
 from storage.oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
@@ -32,10 +31,13 @@ from storage.oci import (
     Manifest,
 )
 from storage.reference import ImageRef
-from storage.toc import LayerToc
-from storage.tocindex import INDEX_DIR as TOC_INDEX_DIR
-from storage.tocindex import cached_toc, is_indexed
-from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
+
+if TYPE_CHECKING:
+    # Imported where used: the layer codec (TOCs, their index, zstd) is a third of what `run` of an
+    # image whose layers are extracted would otherwise import, and it reads no layer.
+    from storage.layer_reader import LayerReader
+    from storage.toc import LayerToc
+    from storage.zstd_chunked import TocPosition
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 # On a lazily pulled image's index entry: `registry/repository` its missing layer blobs come from.
@@ -244,6 +246,8 @@ class Store:
     @contextlib.contextmanager
     def open_layer(self, layer: Descriptor) -> Iterator[LayerReader]:
         """Random access to a zstd:chunked layer blob in the store."""
+        from storage.layer_reader import FileRangeSource, LayerReader
+
         if not self.has_blob(layer.digest):
             raise NotFound(f"layer {layer.digest} is not in the store")
         with FileRangeSource(self.blob_path(layer.digest)) as source:
@@ -254,6 +258,10 @@ class Store:
         from the TOC blob pulled beside it (checked against the digest the descriptor promises).
         The bytes are read and checked every time; their parse is done once and kept as an index
         (storage.tocindex)."""
+        from storage.toc import LayerToc
+        from storage.tocindex import cached_toc
+        from storage.zstd_chunked import decompress_toc
+
         promised = self._promised_toc(layer)
         if promised is None:  # no position in the annotations: the blob's footer says where
             with self.open_layer(layer) as reader:
@@ -269,6 +277,8 @@ class Store:
     def check_layer_toc(self, layer: Descriptor) -> None:
         """Raise what `layer_toc` would, without making the TOC's objects where it has an index
         (only a valid TOC gets one): for a process that only needs to know the layer mounts."""
+        from storage.tocindex import is_indexed
+
         promised = self._promised_toc(layer)
         if promised is None or not is_indexed(self.root, promised[0], promised[1].frames_end):
             self.layer_toc(layer)
@@ -276,6 +286,9 @@ class Store:
     def _promised_toc(self, layer: Descriptor) -> tuple[Digest, TocPosition, bytes] | None:
         """The digest, position and compressed bytes (checked against the digest) of the TOC the
         layer descriptor promises; None if the annotations give no position."""
+        from storage.layer_reader import FileRangeSource
+        from storage.zstd_chunked import position_from_annotations
+
         if self.has_blob(layer.digest):
             with FileRangeSource(self.blob_path(layer.digest)) as source:
                 toc_digest, position = position_from_annotations(layer.annotations, source.size) or (
@@ -306,6 +319,8 @@ class Store:
 
     def gc(self) -> tuple[int, int]:
         """Remove every blob no named image reaches; returns (blobs removed, bytes freed)."""
+        from storage.tocindex import INDEX_DIR as TOC_INDEX_DIR
+
         with file_lock(self.locks / "gc.lock"):
             live: set[str] = set()
             index = self._index()
@@ -349,6 +364,8 @@ class Store:
 
 def _toc_digest(layer: Descriptor) -> str:
     """The hex digest of the TOC blob a lazily pulled layer keeps in the store ('' for none)."""
+    from storage.zstd_chunked import position_from_annotations
+
     with contextlib.suppress(StorageError):
         promised = position_from_annotations(layer.annotations, layer.size)
         if promised is not None:
