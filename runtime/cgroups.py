@@ -142,20 +142,13 @@ def _check_name(name: str) -> None:
 
 
 def _write(path: Path, value: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY)
-    except OSError as e:
-        raise OSError(e.errno, f"{e.strerror} (writing {value!r})", str(path)) from None
-    try:
-        _write_open(fd, path, value)
-    finally:
-        os.close(fd)
-
-
-def _write_open(fd: int, path: Path, value: str) -> None:
     # One write(2) per value: the kernel parses each write to a control file on its own.
     try:
-        os.write(fd, value.encode())
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
     except OSError as e:
         raise OSError(e.errno, f"{e.strerror} (writing {value!r})", str(path)) from None
 
@@ -332,12 +325,8 @@ class Cgroup:
 
     def add(self, pid: int) -> None:
         """Move process `pid` (all its threads) into the container's cgroup in every hierarchy."""
-        with self.entrance() as entrance:
-            entrance.add(pid)
-
-    def entrance(self) -> Entrance:
-        """The cgroup's cgroup.procs files, opened now, to move processes in through later."""
-        return Entrance(self.paths)
+        for path in self.paths:
+            _write(path / "cgroup.procs", str(pid))
 
     def pids(self) -> list[int]:
         """The processes in the cgroup, sorted; empty once it is removed."""
@@ -389,40 +378,6 @@ class Cgroup:
             self.kill_all(signal.SIGKILL)
             time.sleep(0.005)
         _remove_directories(self.paths, deadline=deadline)
-
-
-class Entrance:
-    """The cgroup.procs file of each of a cgroup's directories, open for writing (close-on-exec).
-
-    Opened once, they move processes in for a process whose paths no longer reach /sys/fs/cgroup:
-    the container's monitor shares PID 1's mount namespace, so PID 1's pivot_root changes the
-    monitor's root too, while the monitor moves PID 1 in (see runtime/container.py)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.files: list[tuple[Path, int]] = []
-        try:
-            for path in paths:
-                procs = path / "cgroup.procs"
-                self.files.append((procs, os.open(procs, os.O_WRONLY | os.O_CLOEXEC)))
-        except BaseException:
-            self.close()
-            raise
-
-    def add(self, pid: int) -> None:
-        """Move process `pid` (all its threads) in, in every hierarchy."""
-        for procs, fd in self.files:
-            _write_open(fd, procs, str(pid))
-
-    def close(self) -> None:
-        for _, fd in self.files:
-            os.close(fd)
-        self.files = []
-
-    def __enter__(self) -> Entrance:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _remove_directories(leaves: list[Path], *, deadline: float) -> None:

@@ -1,14 +1,15 @@
 """Running one container: its namespaces, cgroup and PID 1, set up in runc's order.
 
-The lazyctr process stays in the host's namespaces and only waits. A forked monitor unshares the
-mount, UTS, IPC, network and PID namespaces and forks the container's PID 1, which mounts the
-storage driver's root inside that mount namespace (so the kernel removes it when the container
-ends, whatever happens to us), prepares the root file system (runtime/rootfs.py), sets up its
-terminal, host name and loopback, and finalizes itself into the command (runtime/finalize.py) once
-the monitor has moved it into the container's cgroup, which it does meanwhile. Every step is
-one function named after it, and its error names it. The lazyctr process learns that the command
-was exec'd from a close-on-exec pipe, and that it ended from the monitor's exit: the `exec` and
-`exit` marks of `run --timings` (storage/timeline.py).
+The lazyctr process stays in the host's namespaces, with no process between it and the container:
+it forks the container's PID 1 into a new PID namespace (its own children after that are born in
+its own namespace again), and PID 1 unshares the mount, UTS, IPC and network namespaces, mounts the
+storage driver's root in its mount namespace (so the kernel removes it when the container ends,
+whatever happens to us), prepares the root file system (runtime/rootfs.py), sets up its terminal,
+host name and loopback, and finalizes itself into the command (runtime/finalize.py) once lazyctr
+has moved it into the container's cgroup, which lazyctr does meanwhile. Every step is one function
+named after it, and its error names it. The lazyctr process learns that the command was exec'd
+from a close-on-exec pipe, and that it ended from PID 1's exit: the `exec` and `exit` marks of
+`run --timings` (storage/timeline.py).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import os
 import shutil
 import signal
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runtime import syscalls as sc
-from runtime.cgroups import Cgroup, Entrance, Limits
+from runtime.cgroups import Cgroup, Limits
 from runtime.drivers import Driver
 from runtime.finalize import EXEC_TRYING, finalize
 from runtime.process import EXIT_SETUP_FAILED, ContainerError, exit_status, run_in_child, wait_status
@@ -41,7 +43,8 @@ from storage.store import Image, Store
 if TYPE_CHECKING:
     import socket
 
-NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
+# PID 1 unshares these; the PID namespace is made by its parent (see fork_in_new_pid_namespace).
+NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
 
 class Container:
@@ -96,7 +99,7 @@ class Container:
 
     def _start_and_wait(self) -> int:
         cgroup = create_cgroup(self.spec.id, self.limits)
-        report_read, report_write = os.pipe()
+        go_read, go_write = os.pipe()  # a word from us: PID 1 is in its cgroup, it may exec
         exec_read, exec_write = os.pipe()  # close-on-exec: PID 1's end closes when it execs the command
         # With -t, PID 1 opens a terminal in the container's own devpts and hands us its master.
         terminal_here: socket.socket | None = None
@@ -105,28 +108,19 @@ class Container:
 
             self.terminal, terminal_here = socket.socketpair()
         try:
-            monitor = os.fork()
-            if monitor == 0:
-                os.close(report_read)
-                os.close(exec_read)
-                run_in_child(lambda: self._monitor(cgroup, report_write, exec_write))
-            os.close(report_write)
+            init = fork_in_new_pid_namespace(lambda: self._init(go_read, exec_write))
+            os.close(go_read)
             os.close(exec_write)
             if self.terminal is not None:
-                self.terminal.close()
-            forward = {
-                sig: signal.signal(sig, lambda s, _f: os.kill(monitor, s))
-                for sig in (signal.SIGINT, signal.SIGTERM)
-            }
+                self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
+            signals = (signal.SIGINT, signal.SIGTERM)
+            forward = {sig: signal.signal(sig, lambda s, _f: os.kill(init, s)) for sig in signals}
             try:
-                pid = os.read(report_read, 32)
-                if pid:
-                    self.state.pid, self.state.supervisor, self.state.status = (
-                        int(pid),
-                        os.getpid(),
-                        "running",
-                    )
-                    self.state.save(self.dir)
+                ended = self._admit(cgroup, init, go_write)
+                if ended is not None:
+                    return ended
+                self.state.pid, self.state.supervisor, self.state.status = init, os.getpid(), "running"
+                self.state.save(self.dir)
                 if command_execd(exec_read):
                     timeline.mark("exec")
                 if terminal_here is not None:
@@ -137,63 +131,47 @@ class Container:
                     for master in fds:
                         proxy(master)
                         os.close(master)
-                status = wait_status(monitor)
+                status = wait_status(init)
                 timeline.mark("exit")
             finally:
                 for sig, handler in forward.items():
                     signal.signal(sig, handler)
         finally:
-            os.close(report_read)
-            os.close(exec_read)
+            for fd in (go_write, exec_read):
+                with contextlib.suppress(OSError):  # go_write: closed already once the word is out
+                    os.close(fd)
             self.oom_killed = cgroup.oom_killed()
             cgroup.remove()
         return status
 
+    def _admit(self, cgroup: Cgroup, init: int, go: int) -> int | None:
+        """Move PID 1 into the container's cgroup, then let it exec; its status if it ended first.
+
+        On cgroup v1 the move waits for an RCU grace period (~15 ms): PID 1 sets up its root
+        meanwhile, and waits for the word only before it unshares its cgroup namespace and execs."""
+        try:
+            join_cgroup(cgroup, init)
+        except ContainerError as e:
+            # PID 1's setup failed before it was moved in: its own error says why, its status tells.
+            gone = isinstance(e.__cause__, ProcessLookupError)
+            ended, status = os.waitpid(init, 0 if gone else os.WNOHANG)
+            if ended == init:
+                return exit_status(status)
+            os.close(go)  # no word: PID 1 gives up before it execs
+            wait_status(init)
+            raise
+        with contextlib.suppress(BrokenPipeError):  # PID 1's setup failed: its status tells
+            os.write(go, b"g")
+        os.close(go)
+        return None
+
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    # -- inside the monitor: new namespaces, PID 1 moved into the cgroup ----------------------------
-
-    def _monitor(self, cgroup: Cgroup, report: int, exec_report: int) -> int:
-        unshare_namespaces(self.spec.network)
-        # Opened here: once PID 1 has pivoted, /sys/fs/cgroup is out of our reach too (we share its
-        # mount namespace, and pivot_root moves the root of every process in it).
-        entrance = open_cgroup(cgroup)
-        go_read, go_write = os.pipe()
-        init = os.fork()
-        if init == 0:
-            entrance.close()
-            os.close(go_write)
-            run_in_child(lambda: self._init(go_read, exec_report))
-        os.close(go_read)
-        os.close(exec_report)
-        if self.terminal is not None:
-            self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
-        # Only the container's processes: the monitor's memory is not theirs. On cgroup v1 the move
-        # waits for an RCU grace period (~15 ms), so PID 1 sets up its root meanwhile and waits for
-        # the word only before it unshares its cgroup namespace and becomes the command.
-        with entrance:
-            try:
-                join_cgroup(entrance, init)
-            except ContainerError as e:
-                # PID 1's setup failed before it was moved in: its own error says why, its status tells.
-                gone = isinstance(e.__cause__, ProcessLookupError)
-                ended, status = os.waitpid(init, 0 if gone else os.WNOHANG)
-                if ended == init:
-                    return exit_status(status)
-                raise
-        os.write(report, str(init).encode())
-        os.close(report)
-        with contextlib.suppress(BrokenPipeError):  # PID 1's setup failed: its status tells
-            os.write(go_write, b"g")
-        os.close(go_write)
-        signal.signal(signal.SIGINT, lambda s, _f: os.kill(init, s))
-        signal.signal(signal.SIGTERM, lambda s, _f: os.kill(init, s))
-        return wait_status(init)
 
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
     def _init(self, go: int, exec_report: int) -> int:
+        unshare_namespaces(self.spec.network)
         make_mounts_private()
         rootfs = mount_rootfs(self.driver, self.dir)
         if not self.spec.interactive and not self.spec.tty:
@@ -204,7 +182,7 @@ class Container:
         set_hostname(self.hostname)
         if self.spec.network != "host":
             loopback_up()
-        # Limits hold from the command's first instruction. Nothing came: the monitor failed (and said why).
+        # Limits hold from the command's first instruction. Nothing came: lazyctr failed (and says why).
         if os.read(go, 1) != b"g":
             return EXIT_SETUP_FAILED
         os.close(go)
@@ -221,7 +199,7 @@ def command_execd(exec_report: int) -> bool:
     return said == EXEC_TRYING
 
 
-# -- the monitor's steps (and the cgroup it joins PID 1 to, made before it) ------------------------
+# -- lazyctr's steps: PID 1's cgroup and PID namespace ---------------------------------------------
 
 
 @setup_step
@@ -229,9 +207,39 @@ def create_cgroup(name: str, limits: Limits) -> Cgroup:
     return Cgroup.create(name, limits)
 
 
+def fork_in_new_pid_namespace(child: Callable[[], int]) -> int:
+    """Fork `child` as PID 1 of a new PID namespace; returns its PID. Our own children after it
+    are born in our PID namespace again (a helper we run later, say)."""
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        unshare_pid_namespace()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                run_in_child(child)
+        finally:
+            sc.setns(own, sc.CLONE_NEWPID)  # the namespace our children are born in: ours again
+    finally:
+        os.close(own)
+    return pid
+
+
+@setup_step
+def unshare_pid_namespace() -> None:
+    sc.unshare(sc.CLONE_NEWPID)
+
+
+@setup_step
+def join_cgroup(cgroup: Cgroup, pid: int) -> None:
+    cgroup.add(pid)
+
+
+# -- PID 1's steps besides the root file system ----------------------------------------------------
+
+
 @setup_step
 def unshare_namespaces(network: str) -> None:
-    """New mount, UTS, IPC, PID and (unless on the host's network) network namespaces."""
+    """New mount, UTS, IPC and (unless on the host's network) network namespaces."""
     sc.unshare(NAMESPACES if network != "host" else NAMESPACES & ~sc.CLONE_NEWNET)
 
 
@@ -244,19 +252,6 @@ def make_mounts_private() -> None:
 @setup_step
 def mount_rootfs(driver: Driver, container_dir: Path) -> Path:
     return driver.mount(container_dir)
-
-
-@setup_step
-def open_cgroup(cgroup: Cgroup) -> Entrance:
-    return cgroup.entrance()
-
-
-@setup_step
-def join_cgroup(entrance: Entrance, pid: int) -> None:
-    entrance.add(pid)
-
-
-# -- PID 1's steps besides the root file system ----------------------------------------------------
 
 
 @setup_step
