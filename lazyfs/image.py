@@ -11,16 +11,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource
-from lazyfs.source import ImageSource, image_tree
-from registry.client import RegistryClient
-from storage.chunks import ChunkCache
 from storage.errors import NotFound
-from storage.pieces import Piece
 from storage.reference import Origin
 from storage.store import Image, Store
-from storage.tree import ImageTree
+
+if TYPE_CHECKING:
+    # Imported where an image is served: a process that only checks an image mounts (the caller of a
+    # mount, which lives on as a container's supervisor) need not carry the fetch engine, asyncio
+    # and the registry client (aiohttp: about 25 MB).
+    from lazyfs.fetcher import Fetcher, FileLayerSource, LayerSource
+    from lazyfs.source import ImageSource
+    from registry.client import RegistryClient
+    from storage.pieces import Piece
+    from storage.tree import ImageTree
 
 
 class RegistryLayerSource:
@@ -71,11 +76,15 @@ class MountableImage:
     @property
     def tree(self) -> ImageTree:
         if self._tree is None:
+            from lazyfs.source import image_tree
+
             self._tree = image_tree(self.store, self.image)
         return self._tree
 
     def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:
         """Where each layer's bytes come from (`client`: the registry's, opened by the caller)."""
+        from lazyfs.fetcher import FileLayerSource
+
         out: list[LayerSource] = []
         for layer, local in zip(self.image.manifest.layers, self.local, strict=True):
             if local:
@@ -97,11 +106,16 @@ class MountableImage:
         self, store: Store, timeout: float = 30.0, on_access: Callable[[Piece], None] | None = None
     ) -> Iterator[Fetcher]:
         """A running fetch engine for this image's layers (a registry client on its loop if needed)."""
+        from lazyfs.fetcher import Fetcher
+        from storage.chunks import ChunkCache
+
         fetcher = Fetcher([], ChunkCache(store.root), timeout, on_access)
         fetcher.start()
         client: RegistryClient | None = None
         try:
             if self.registry is not None:
+                from registry.client import RegistryClient
+
                 client = RegistryClient(self.registry, self.insecure)
                 fetcher.call(client.__aenter__())
             fetcher.sources = self.sources(store, client)
@@ -118,5 +132,7 @@ class MountableImage:
         self, store: Store, timeout: float = 30.0, on_access: Callable[[Piece], None] | None = None
     ) -> Iterator[ImageSource]:
         """The image as a file system whose file contents come from a running fetch engine."""
+        from lazyfs.source import ImageSource
+
         with self.fetching(store, timeout, on_access) as fetcher:
             yield ImageSource(self.tree, fetcher, self.image.name)

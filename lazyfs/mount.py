@@ -18,6 +18,7 @@ ends when its last user lets go.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -30,22 +31,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mfusepy
-
-from lazyfs.fetcher import Fetcher
-from lazyfs.fs import LazyFS
 from lazyfs.host import is_mounted, process_alive
 from lazyfs.image import MountableImage
-from lazyfs.source import ImageSource
 from storage import timeline
 from storage.errors import StorageError
 from storage.files import atomic_write
 from storage.pieces import Piece
 from storage.store import Image, Store
 
+if TYPE_CHECKING:
+    from lazyfs.fetcher import Fetcher
+    from lazyfs.source import ImageSource
+
 STATS_INTERVAL = 0.5
+LIBFUSE = "libfuse3.so.3"
 READY_TIMEOUT = 30.0
 
 
@@ -238,6 +239,15 @@ def _daemon(
     ready_fd: int,
 ) -> int:
     os.write(ready_fd, f"{os.getpid()} ".encode())
+    # The serving side is imported here, in the daemon: the caller (a container's supervisor, which
+    # forks the container's init) need not carry FUSE, the fetch engine and the registry client.
+    # mfusepy finds libfuse with ctypes.util.find_library (ldconfig and gcc in subprocesses, tens of
+    # ms): named by its soname, it is loaded at once; where it is not there, mfusepy searches.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(LIBFUSE)
+        os.environ.setdefault("FUSE_LIBRARY_PATH", LIBFUSE)
+    from lazyfs.source import ImageSource
+
     log_fd = os.open(state.directory / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -284,6 +294,10 @@ def _serve(
     ready_fd: int,
     reads: Reads,
 ) -> int:
+    import mfusepy
+
+    from lazyfs.fs import LazyFS
+
     fs = LazyFS(source)
     layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
 
