@@ -5,6 +5,12 @@ A chunk is written to a temporary file and renamed into place, without an fsync:
 a truncated or empty file under a digest name, so every chunk read back from disk is checked
 against its name before use (a mismatch is a miss, and the file is removed). That check costs a
 sha256 per chunk loaded, which is far cheaper than an fsync per chunk written on the hot path.
+
+Verified chunks are also kept in memory, in two parts: those fetched (read ahead, prefetched) that
+no reader has taken yet, until their first read (a read-ahead stream counts on them: a reader
+following it takes them without reading and hashing them again; a cap bounds what a fill of a whole
+image that nobody reads would keep); and the few last read, so that a reader taking one chunk in
+several FUSE reads hashes it once. A chunk read once is otherwise on disk, in the page cache.
 """
 
 from __future__ import annotations
@@ -18,14 +24,18 @@ from pathlib import Path
 
 from storage.digest import Digest
 
+UNREAD_LIMIT = 64 << 20  # fetched chunks kept until their first read (what read-ahead is ahead by)
+RECENT_LIMIT = 8 << 20  # chunks read last: a reader's FUSE reads of the same chunks
+
 
 class ChunkCache:
-    def __init__(self, root: Path, memory_limit: int = 64 << 20) -> None:
+    def __init__(
+        self, root: Path, unread_limit: int = UNREAD_LIMIT, recent_limit: int = RECENT_LIMIT
+    ) -> None:
         self.root = root / "chunks"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._memory: OrderedDict[str, bytes] = OrderedDict()  # recently used chunks, verified
-        self._memory_size = 0
-        self._memory_limit = memory_limit
+        self._unread = _Memory(unread_limit)  # fetched, verified, not read yet
+        self._recent = _Memory(recent_limit)  # read last, verified
         self._lock = threading.Lock()
 
     def path(self, digest: Digest) -> Path:
@@ -45,13 +55,14 @@ class ChunkCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return None
-        self._remember(digest, data)
+        with self._lock:
+            self._recent.add(digest, data)
         return data
 
     def advise(self, digests: list[Digest]) -> None:
         """Start reading these chunks from disk into the page cache (a sequential reader's next ones)."""
         for digest in digests:
-            if digest in self._memory:
+            if digest in self._unread or digest in self._recent:
                 continue
             try:
                 fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
@@ -63,19 +74,24 @@ class ChunkCache:
                 os.close(fd)
 
     def get_from_memory(self, digest: Digest) -> bytes | None:
+        """The chunk if it is in memory; a first read moves it from the unread part to the recent one."""
         with self._lock:
-            data = self._memory.get(digest)
+            data = self._recent.take(digest)
+            if data is None:
+                data = self._unread.take(digest)
             if data is not None:
-                self._memory.move_to_end(digest)
+                self._recent.add(digest, data)
             return data
 
     def contains(self, digest: Digest) -> bool:
         """Whether the chunk is cached (unverified: for counting and planning, not for serving)."""
-        return digest in self._memory or self.path(digest).exists()
+        return digest in self._unread or digest in self._recent or self.path(digest).exists()
 
     def put(self, digest: Digest, data: bytes) -> None:
-        """Store a chunk the caller has verified against `digest`."""
-        self._remember(digest, data)
+        """Store a chunk the caller has verified against `digest`; in memory too until it is read."""
+        with self._lock:
+            if digest not in self._recent:
+                self._unread.add(digest, data)
         path = self.path(digest)
         if path.exists():
             return
@@ -90,14 +106,32 @@ class ChunkCache:
                 os.unlink(tmp)
             raise
 
-    def _remember(self, digest: Digest, data: bytes) -> None:
-        if len(data) > self._memory_limit // 4:
+
+class _Memory:
+    """Chunks in memory up to `limit` bytes, the oldest added dropped first (the caller locks)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._chunks: OrderedDict[Digest, bytes] = OrderedDict()
+
+    def __contains__(self, digest: Digest) -> bool:
+        return digest in self._chunks
+
+    def add(self, digest: Digest, data: bytes) -> None:
+        if len(data) > self.limit // 4:
+            return  # one chunk would push out too many others
+        if digest in self._chunks:
+            self._chunks.move_to_end(digest)
             return
-        with self._lock:
-            if digest in self._memory:
-                return
-            self._memory[digest] = data
-            self._memory_size += len(data)
-            while self._memory_size > self._memory_limit:
-                _, dropped = self._memory.popitem(last=False)
-                self._memory_size -= len(dropped)
+        self._chunks[digest] = data
+        self.size += len(data)
+        while self.size > self.limit:
+            _, dropped = self._chunks.popitem(last=False)
+            self.size -= len(dropped)
+
+    def take(self, digest: Digest) -> bytes | None:
+        data = self._chunks.pop(digest, None)
+        if data is not None:
+            self.size -= len(data)
+        return data
