@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -116,7 +115,7 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     envvar="LAZYCTR_ROOT",
     default=default_root,
     show_default="/var/lib/lazyctr for root",
@@ -124,9 +123,11 @@ class LazyGroup(click.Group):
 )
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.pass_context
-def cli(ctx: click.Context, root: Path, debug: bool) -> None:
+def cli(ctx: click.Context, root: str, debug: bool) -> None:
     """Build, ship and lazily start OCI containers."""
-    ctx.obj = Context(root)
+    from pathlib import Path  # here: `--help` returns before this runs, and needs no paths
+
+    ctx.obj = Context(Path(root))
 
 
 def main() -> None:

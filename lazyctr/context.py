@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 if TYPE_CHECKING:
+    from pathlib import Path  # not imported for real: `--help` needs no paths (pathlib is ~4 ms)
+
     from storage.store import Store
 
 
-def default_root() -> Path:
+def default_root() -> str:
     if os.geteuid() == 0:
-        return Path("/var/lib/lazyctr")
+        return "/var/lib/lazyctr"
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data_home) / "lazyctr"
+    return os.path.join(data_home, "lazyctr")
 
 
 class Context:
