@@ -4,12 +4,17 @@ Times the whole command, from exec to exit, for:
   - lazyctr: a private store (--root) holding busybox imported from `lazyctr rootfs busybox`;
   - podman: the same image (exported by lazyctr, pulled from an OCI layout) in private storage;
   - runc: an OCI bundle from `runc spec` whose rootfs is the same tarball, extracted;
-  - and, for reference, `lazyctr --help`: what starting Python and our CLI costs before any container.
+  - and, for reference, `lazyctr --help`: what starting Python and our CLI costs before any container;
+  - with --baseline DIR, lazyctr from the checkout DIR too (say, main's), on the same store: a
+    change's before and after in one run.
 Each tool gets one untimed check run (for lazyctr it extracts the layer; a peer that fails it is
 skipped with the reason) and --warmup untimed runs; then the timed runs go round-robin, in a rotating
 order, so that drift in the machine's load falls on every tool alike.
-Usage: python -m benchmarks.startup [--runs N] [--warmup K]. Needs root. Everything lives in one
-temporary directory, removed at the end, also after a failure.
+After the timed rounds, one more untimed run of each lazyctr measures its memory: the peak of the
+summed RSS (and PSS, which shares a page among the processes mapping it) of the processes of its
+session, sampled every few ms.
+Usage: python -m benchmarks.startup [--runs N] [--warmup K] [--baseline DIR]. Needs root. Everything
+lives in one temporary directory, removed at the end, also after a failure.
 """
 
 from __future__ import annotations
@@ -101,8 +106,22 @@ class Contender:
     after: Callable[[int], None] | None = None  # untimed cleanup after each run
     teardown: Callable[[], None] | None = None  # stops what an interrupted run left behind
     peer: bool = True  # False for a reference figure that is not a container tool
+    metered: bool = False  # measure its memory in one more run
     times: list[float] = field(default_factory=list)
+    memory: tuple[int, int] | None = None  # peak summed (RSS, PSS) of its processes, bytes
     skipped: str = ""
+
+    def start(self, n: int, stderr: int) -> subprocess.Popen[bytes]:
+        """The N-th run, started in a session of its own (Ctrl-C reaches only us)."""
+        return subprocess.Popen(
+            self.argv(n),
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
 
     def run(self, n: int) -> float:
         """Wall time of one run, from exec to exit; raises Unavailable when the run fails."""
@@ -110,36 +129,80 @@ class Contender:
         with INTERRUPTIONS.held():
             start = time.perf_counter()
             try:
-                proc = subprocess.run(
-                    argv,
-                    env=self.env,
-                    cwd=self.cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    timeout=RUN_TIMEOUT,
-                    start_new_session=True,
-                )
+                with self.start(n, subprocess.PIPE) as proc:
+                    try:
+                        _, errors = proc.communicate(timeout=RUN_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        raise
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise Unavailable(f"{argv[0]}: {e}") from None
             elapsed = time.perf_counter() - start
             if self.after is not None:
                 self.after(n)
         if proc.returncode != 0:
-            raise Unavailable(f"`{' '.join(argv)}` exited {proc.returncode}: {stderr_tail(proc.stderr)}")
+            raise Unavailable(f"`{' '.join(argv)}` exited {proc.returncode}: {stderr_tail(errors)}")
         return elapsed
 
+    def measure_memory(self) -> None:
+        """One more run, its session's processes sampled: the peak of their summed RSS and PSS."""
+        with INTERRUPTIONS.held():
+            proc = self.start(-100, subprocess.DEVNULL)
+            peak_rss = peak_pss = 0
+            while proc.poll() is None:
+                rss, pss = session_memory(proc.pid)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                time.sleep(0.002)
+            if self.after is not None:
+                self.after(-100)
+        if proc.returncode == 0:
+            self.memory = (peak_rss, peak_pss)
 
-def setup_lazyctr(base: Path, rootfs: Path) -> list[Contender]:
+
+def session_memory(session: int) -> tuple[int, int]:
+    """Summed RSS and PSS of the processes of `session`, bytes."""
+    rss = pss = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError, ValueError, IndexError):
+            stat = Path(entry.path, "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) != session:  # field 6, after the command's name
+                continue
+            for line in Path(entry.path, "smaps_rollup").read_text().splitlines():
+                if line.startswith(("Rss:", "Pss:")):
+                    kib = int(line.split()[1]) * 1024
+                    rss, pss = (rss + kib, pss) if line.startswith("Rss:") else (rss, pss + kib)
+    return rss, pss
+
+
+def setup_lazyctr(base: Path, rootfs: Path, baseline: Path | None) -> list[Contender]:
     exe = lazyctr_executable()
     root = base / "lazyctr-root"
     run_quietly([exe, "--root", str(root), "import", str(rootfs), IMAGE])
+    does = (
+        "Python CLI; overlay root on the extracted layer; new mount/UTS/IPC/net/PID namespaces, lo up;"
+        " a cgroup per container"
+    )
     run = Contender(
         name="lazyctr",
-        does="Python CLI; overlay root on the extracted layer; new mount/UTS/IPC/net/PID namespaces, "
-        "lo up; a cgroup per container",
+        does=does,
         argv=lambda _: [exe, "--root", str(root), "run", "--rm", IMAGE, COMMAND],
+        metered=True,
     )
+    contenders = [run]
+    if baseline is not None:
+        contenders.append(
+            Contender(
+                name="baseline",
+                does=f"lazyctr from {baseline}, the same store and command",
+                argv=run.argv,
+                env={**os.environ, "PYTHONPATH": str(baseline)},
+                cwd=baseline,
+                peer=False,
+                metered=True,
+            )
+        )
     cli = Contender(
         name="cli only",
         does="`lazyctr --help`: the interpreter's start and the CLI's imports, no container: "
@@ -147,7 +210,7 @@ def setup_lazyctr(base: Path, rootfs: Path) -> list[Contender]:
         argv=lambda _: [exe, "--help"],
         peer=False,
     )
-    return [run, cli]
+    return [*contenders, cli]
 
 
 def setup_podman(base: Path) -> Contender:
@@ -251,6 +314,9 @@ def measure(contenders: list[Contender], runs: int, warmup: int) -> None:
             c.times.append(c.run(n))
         except Unavailable as e:
             c.skipped = f"timed run {n} failed: {e}"
+    for c in contenders:
+        if c.metered and not c.skipped:
+            c.measure_memory()
 
 
 @dataclass(frozen=True)
@@ -296,14 +362,22 @@ def report(contenders: list[Contender], runs: int, warmup: int, isolation: str) 
         print(f"{name:<8} {s.median * 1e3:>10.1f} {s.p10 * 1e3:>8.1f} {s.p90 * 1e3:>8.1f} {ratio:>10}")
     if base is None:
         return 1
+    metered = [c for c in contenders if c.memory is not None]
+    if metered:
+        print()
+        print(f"{'memory':<8} {'peak summed RSS MB':>19} {'peak summed PSS MB':>19}  (one untimed run)")
+        for c in metered:
+            assert c.memory is not None
+            print(f"{c.name:<8} {c.memory[0] / 1e6:>19.1f} {c.memory[1] / 1e6:>19.1f}")
     print()
+    ours = {name: s for name, s in done.items() if name in ("lazyctr", "baseline")}
     for name, s in done.items():
-        if name != "lazyctr" and peers[name]:
-            verdict = "faster" if base.median < s.median else "slower"
-            factor = max(s.median / base.median, base.median / s.median)
-            print(
-                f"lazyctr vs {name}: {base.median / s.median:.2f}x its median time ({factor:.2f}x {verdict})"
-            )
+        if name in ours or not peers[name]:
+            continue
+        for mine, m in ours.items():
+            verdict = "faster" if m.median < s.median else "slower"
+            factor = max(s.median / m.median, m.median / s.median)
+            print(f"{mine} vs {name}: {m.median / s.median:.2f}x its median time ({factor:.2f}x {verdict})")
     return 0
 
 
@@ -311,9 +385,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="timed runs per tool (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per tool after the check run")
+    parser.add_argument(
+        "--baseline", type=Path, help="also time lazyctr from this checkout (e.g. main's worktree)"
+    )
     args = parser.parse_args()
     if args.runs < 1 or args.warmup < 0:
         parser.error("--runs must be at least 1 and --warmup at least 0")
+    if args.baseline is not None and not (args.baseline / "lazyctr" / "cli.py").is_file():
+        parser.error(f"--baseline {args.baseline}: not a lazyctr checkout (no lazyctr/cli.py)")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
     compile_sources()
     if os.geteuid() != 0:
         sys.exit("startup.py needs root (namespaces, mounts, runc and podman as root)")
@@ -326,7 +407,7 @@ def main() -> None:
         try:
             try:
                 run_quietly([lazyctr_executable(), "rootfs", IMAGE, str(rootfs)])
-                contenders.extend(setup_lazyctr(base, rootfs))
+                contenders.extend(setup_lazyctr(base, rootfs, args.baseline))
             except Unavailable as e:
                 sys.exit(f"cannot set up lazyctr: {e}")
             skipped: list[Contender] = []
