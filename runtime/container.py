@@ -108,15 +108,20 @@ class Container:
 
             self.terminal, terminal_here = socket.socketpair()
         try:
-            init = fork_in_new_pid_namespace(lambda: self._init(go_read, exec_write))
-            os.close(go_read)
-            os.close(exec_write)
+            try:
+                init = fork_in_new_pid_namespace(lambda: self._init(go_read, exec_write))
+            finally:
+                os.close(go_read)
+                os.close(exec_write)
             if self.terminal is not None:
                 self.terminal.close()  # only PID 1 holds it: if setup fails, we see the socket close
             signals = (signal.SIGINT, signal.SIGTERM)
             forward = {sig: signal.signal(sig, lambda s, _f: os.kill(init, s)) for sig in signals}
             try:
-                ended = self._admit(cgroup, init, go_write)
+                try:
+                    ended = self._admit(cgroup, init, go_write)
+                finally:
+                    os.close(go_write)
                 if ended is not None:
                     return ended
                 self.state.pid, self.state.supervisor, self.state.status = init, os.getpid(), "running"
@@ -137,9 +142,7 @@ class Container:
                 for sig, handler in forward.items():
                     signal.signal(sig, handler)
         finally:
-            for fd in (go_write, exec_read):
-                with contextlib.suppress(OSError):  # go_write: closed already once the word is out
-                    os.close(fd)
+            os.close(exec_read)
             self.oom_killed = cgroup.oom_killed()
             cgroup.remove()
         return status
@@ -157,12 +160,11 @@ class Container:
             ended, status = os.waitpid(init, 0 if gone else os.WNOHANG)
             if ended == init:
                 return exit_status(status)
-            os.close(go)  # no word: PID 1 gives up before it execs
+            os.kill(init, signal.SIGKILL)  # it must not exec outside its cgroup
             wait_status(init)
             raise
         with contextlib.suppress(BrokenPipeError):  # PID 1's setup failed: its status tells
             os.write(go, b"g")
-        os.close(go)
         return None
 
     def remove(self) -> None:
