@@ -50,3 +50,30 @@ def umount(ctx: Context, directory: Path) -> None:
     from lazyfs.mount import umount as umount_image
 
     umount_image(ctx.root, directory)
+
+
+@command()
+@click.option(
+    "--address",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/run/lazyctr/snapshotter.sock"),
+    show_default=True,
+    help="The unix socket containerd's proxy_plugins entry names.",
+)
+@click.option(
+    "--snapshots",
+    "snapshots_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where snapshots and their records are kept.  [default: ROOT/snapshotter]",
+)
+@pass_context
+def snapshotter(ctx: Context, address: Path, snapshots_root: Path | None) -> None:
+    """Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted."""
+    from lazyfs.snapshotter.service import serve
+
+    serve(
+        address,
+        (snapshots_root or ctx.root / "snapshotter").resolve(),
+        lambda: click.echo(f"serving on {address}"),
+    )

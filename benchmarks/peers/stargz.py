@@ -208,12 +208,16 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen[Any], log: Path, what: s
 
 
 class Containerd:
-    """A containerd of our own under `base`, optionally with the stargz snapshotter proxied to a socket."""
+    """A containerd of our own under `base`, optionally with a remote snapshotter (stargz's, or
+    lazyctr's) proxied to a socket under the name `snapshotter_name`."""
 
-    def __init__(self, base: Path, snapshotter_socket: Path | None = None) -> None:
+    def __init__(
+        self, base: Path, snapshotter_socket: Path | None = None, snapshotter_name: str = "stargz"
+    ) -> None:
         self.base = base
         self.socket = base / "containerd.sock"
         self.snapshotter_socket = snapshotter_socket
+        self.snapshotter_name = snapshotter_name
         self.env = dict(os.environ, TMPDIR=str(base / "tmp"))
 
     def config(self) -> str:
@@ -230,7 +234,10 @@ class Containerd:
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{b}/opt"\n'
         )
         if self.snapshotter_socket is not None:
-            text += f'[proxy_plugins.stargz]\n  type = "snapshot"\n  address = "{self.snapshotter_socket}"\n'
+            text += (
+                f"[proxy_plugins.{self.snapshotter_name}]\n"
+                f'  type = "snapshot"\n  address = "{self.snapshotter_socket}"\n'
+            )
         return text
 
     def client(self, tool: str, *args: str) -> list[str]:
@@ -256,12 +263,16 @@ class Containerd:
 
 @contextlib.contextmanager
 def running_containerd(
-    base: Path, *, netns: str | None = None, snapshotter_socket: Path | None = None
+    base: Path,
+    *,
+    netns: str | None = None,
+    snapshotter_socket: Path | None = None,
+    snapshotter_name: str = "stargz",
 ) -> Iterator[Containerd]:
     """A private containerd, stopped on exit with its tasks and shims, even after an error."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "tmp").mkdir(exist_ok=True)
-    daemon = Containerd(base, snapshotter_socket)
+    daemon = Containerd(base, snapshotter_socket, snapshotter_name)
     config = base / "config.toml"
     config.write_text(daemon.config())
     log_path = base / "containerd.log"
