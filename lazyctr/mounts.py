@@ -67,13 +67,20 @@ def umount(ctx: Context, directory: Path) -> None:
     default=None,
     help="Where snapshots and their records are kept.  [default: ROOT/snapshotter]",
 )
+@click.option(
+    "--insecure-registry",
+    "insecure",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Fetch lazily served layers from this registry over plain HTTP (always so for localhost).",
+)
+@click.option("--fill", is_flag=True, help="Fetch the rest of each lazily served image in the background.")
 @pass_context
-def snapshotter(ctx: Context, address: Path, snapshots_root: Path | None) -> None:
+def snapshotter(
+    ctx: Context, address: Path, snapshots_root: Path | None, insecure: tuple[str, ...], fill: bool
+) -> None:
     """Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted."""
     from lazyfs.snapshotter.service import serve
 
-    serve(
-        address,
-        (snapshots_root or ctx.root / "snapshotter").resolve(),
-        lambda: click.echo(f"serving on {address}"),
-    )
+    root = (snapshots_root or ctx.root / "snapshotter").resolve()
+    serve(address, root, frozenset(insecure), fill, lambda: click.echo(f"serving on {address}"))

@@ -61,6 +61,8 @@ class Snapshot:
     updated: float = 0.0
     size: int = 0  # bytes and inodes of a committed snapshot, counted when it was committed
     inodes: int = 0
+    image: str = ""  # a remote layer's: the lazily mounted image it is a layer of ("": a local one)
+    layer: int = -1  # and its place in that image's manifest
 
 
 _SCHEMA = """
@@ -73,10 +75,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     size INTEGER NOT NULL DEFAULT 0,
-    inodes INTEGER NOT NULL DEFAULT 0
+    inodes INTEGER NOT NULL DEFAULT 0,
+    image TEXT NOT NULL DEFAULT '',
+    layer INTEGER NOT NULL DEFAULT -1
 )
 """
-_COLUMNS = "id, key, kind, parent, labels, created, updated, size, inodes"
+_COLUMNS = "id, key, kind, parent, labels, created, updated, size, inodes, image, layer"
 
 
 class Metadata:
@@ -98,7 +102,10 @@ class Metadata:
         with self._transaction() as db:
             return _get(db, key)
 
-    def create(self, key: str, kind: Kind, parent: str, labels: dict[str, str]) -> Snapshot:
+    def create(
+        self, key: str, kind: Kind, parent: str, labels: dict[str, str], image: str = "", layer: int = -1
+    ) -> Snapshot:
+        """A new snapshot; with `image`, a remote layer (committed from the start)."""
         if not key:
             raise InvalidSnapshotRequest("a snapshot key must not be empty")
         with self._transaction() as db:
@@ -112,12 +119,12 @@ class Metadata:
                     raise SnapshotError(f"parent snapshot {parent!r} is not committed")
             now = time.time()
             cursor = db.execute(
-                "INSERT INTO snapshots (key, kind, parent, labels, created, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key, int(kind), parent, json.dumps(labels), now, now),
+                "INSERT INTO snapshots (key, kind, parent, labels, created, updated, image, layer)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, int(kind), parent, json.dumps(labels), now, now, image, layer),
             )
             assert cursor.lastrowid is not None
-            return Snapshot(cursor.lastrowid, key, kind, parent, dict(labels), now, now)
+            return Snapshot(cursor.lastrowid, key, kind, parent, dict(labels), now, now, 0, 0, image, layer)
 
     def commit(self, name: str, key: str, labels: dict[str, str] | None, size: int, inodes: int) -> Snapshot:
         """The active snapshot `key`, committed as `name` (with `labels` if given, else its own)."""
@@ -208,9 +215,11 @@ class _Transaction:
             self._lock.release()
 
 
-def _record(row: tuple[int, str, int, str, str, float, float, int, int]) -> Snapshot:
-    ident, key, kind, parent, labels, created, updated, size, inodes = row
-    return Snapshot(ident, key, Kind(kind), parent, json.loads(labels), created, updated, size, inodes)
+def _record(row: tuple[int, str, int, str, str, float, float, int, int, str, int]) -> Snapshot:
+    ident, key, kind, parent, labels, created, updated, size, inodes, image, layer = row
+    return Snapshot(
+        ident, key, Kind(kind), parent, json.loads(labels), created, updated, size, inodes, image, layer
+    )
 
 
 def _find(db: sqlite3.Connection, key: str) -> Snapshot | None:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from lazyfs.snapshotter.api import Api, load
 from lazyfs.snapshotter.metadata import Kind, Snapshot, SnapshotError
+from lazyfs.snapshotter.remote import RemoteImages
 from lazyfs.snapshotter.snapshots import Mount, Snapshots
 
 log = logging.getLogger("lazyfs.snapshotter")
@@ -125,12 +126,22 @@ class SnapshotsService:
         return empty_pb2.Empty()
 
 
-def serve(address: Path, root: Path, ready: Callable[[], None] = lambda: None) -> None:
-    """Answer containerd on the unix socket `address` until SIGTERM or SIGINT."""
+def serve(
+    address: Path,
+    root: Path,
+    insecure: frozenset[str] = frozenset(),
+    fill: bool = False,
+    ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Answer containerd on the unix socket `address` until SIGTERM or SIGINT; layers served lazily
+    are fetched over plain HTTP from the `insecure` registries (and localhost), and with `fill`
+    fetched whole in the background."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    remote = RemoteImages(root, insecure, fill)  # forks the mounter: before gRPC is loaded
     import grpc
 
     api = load()
-    snapshots = Snapshots(root)
+    snapshots = Snapshots(root, remote)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="snapshots"))
     api.services.add_SnapshotsServicer_to_server(SnapshotsService(snapshots, api), server)
     address.parent.mkdir(parents=True, exist_ok=True)
@@ -151,5 +162,6 @@ def serve(address: Path, root: Path, ready: Callable[[], None] = lambda: None) -
     finally:
         server.stop(grace=5).wait()
         snapshots.close()
+        remote.close()
         with contextlib.suppress(FileNotFoundError):
             address.unlink()

@@ -20,7 +20,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazyfs.snapshotter.metadata import Kind, Metadata, Snapshot, SnapshotError
+from lazyfs.snapshotter.metadata import Kind, Metadata, Snapshot, SnapshotError, SnapshotExists
+from lazyfs.snapshotter.remote import TARGET_LABEL, LayerRequest, RemoteImages, RemoteLayer
 
 
 @dataclass(frozen=True)
@@ -37,21 +38,37 @@ class Usage:
 
 
 class Snapshots:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: RemoteImages | None = None) -> None:
         self.root = root
         self.directories = root / "snapshots"
         self.trash = self.directories / ".trash"
         self.trash.mkdir(parents=True, exist_ok=True)
         self.metadata = Metadata(root / "metadata.db")
+        self.remote = remote
+        if remote is not None:
+            remote.restore({s.image for s in self.metadata.all() if s.image})
 
     def close(self) -> None:
         self.metadata.close()
 
     def fs(self, snapshot: Snapshot) -> Path:
+        if snapshot.image and self.remote is not None:
+            return self.remote.path(RemoteLayer(snapshot.image, snapshot.layer))
         return self.directories / str(snapshot.id) / "fs"
 
     def prepare(self, key: str, parent: str, labels: dict[str, str], kind: Kind = Kind.ACTIVE) -> list[Mount]:
-        """A new active snapshot (or view) `key` on `parent`; the mounts that make its root."""
+        """A new active snapshot (or view) `key` on `parent`; the mounts that make its root.
+
+        A layer containerd is about to unpack (`TARGET_LABEL` names the snapshot it will commit)
+        that can be served lazily is committed under that name at once, and containerd is told
+        it exists (ALREADY_EXISTS), as remote snapshotters do: it then skips the layer's download."""
+        target = labels.get(TARGET_LABEL)
+        request = LayerRequest.from_labels(labels) if target and kind == Kind.ACTIVE else None
+        if target and request is not None and self.remote is not None:
+            layer = self.remote.prepare(request)
+            if layer is not None:
+                self.metadata.create(target, Kind.COMMITTED, parent, labels, layer.image, layer.index)
+                raise SnapshotExists(f"snapshot {target!r} is served lazily (a remote layer)")
         snapshot = self.metadata.create(key, kind, parent, labels)
         try:
             directory = self.directories / str(snapshot.id)
@@ -92,6 +109,9 @@ class Snapshots:
     def remove(self, key: str) -> None:
         snapshot = self.metadata.remove(key)
         self._discard(self.directories / str(snapshot.id))
+        last = snapshot.image and not any(s.image == snapshot.image for s in self.metadata.all())
+        if last and self.remote is not None:  # no snapshot stands on its image any more
+            self.remote.release(snapshot.image)
 
     def usage(self, key: str) -> Usage:
         snapshot = self.metadata.get(key)

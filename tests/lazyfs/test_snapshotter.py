@@ -60,25 +60,28 @@ class Snapshotter:
 
 
 def start(root: Path, address: Path) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        cli_command(root, "snapshotter", "--address", str(address)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """The snapshotter, its log in `root`/snapshotter.log."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "snapshotter.log", "a") as log:
+        process = subprocess.Popen(
+            cli_command(root, "snapshotter", "--address", str(address)),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     assert process.stdout is not None
     line = process.stdout.readline()  # printed once the socket answers
     if "serving on" not in line:
         process.kill()
-        raise AssertionError(f"the snapshotter did not start: {line}{process.communicate()[1]}")
+        process.wait()
+        raise AssertionError(f"the snapshotter did not start: {line}{(root / 'snapshotter.log').read_text()}")
     return process
 
 
-def stop(process: subprocess.Popen[str]) -> str:
+def stop(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=20)
-    assert process.returncode == 0, err
-    return err
+    process.communicate(timeout=20)
+    assert process.returncode == 0
 
 
 @pytest.fixture
