@@ -75,12 +75,29 @@ def umount(ctx: Context, directory: Path) -> None:
     help="Fetch lazily served layers from this registry over plain HTTP (always so for localhost).",
 )
 @click.option("--fill", is_flag=True, help="Fetch the rest of each lazily served image in the background.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a read of a lazily served layer waits for the registry before it fails with EIO.",
+)
 @pass_context
 def snapshotter(
-    ctx: Context, address: Path, snapshots_root: Path | None, insecure: tuple[str, ...], fill: bool
+    ctx: Context,
+    address: Path,
+    snapshots_root: Path | None,
+    insecure: tuple[str, ...],
+    fill: bool,
+    timeout: float,
 ) -> None:
     """Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted."""
+    from lazyfs.snapshotter.remote import RemoteImages
     from lazyfs.snapshotter.service import serve
 
     root = (snapshots_root or ctx.root / "snapshotter").resolve()
-    serve(address, root, frozenset(insecure), fill, lambda: click.echo(f"serving on {address}"))
+    remote = RemoteImages(root, frozenset(insecure), fill, timeout)  # forks the mounter: before gRPC loads
+    try:
+        serve(address, root, remote, lambda: click.echo(f"serving on {address}"))
+    finally:
+        remote.close()

@@ -82,12 +82,18 @@ class RemoteLayer:
 class RemoteImages:
     """The lazily mounted images under `<root>/images/<manifest hex>/`, from the store `<root>/store`."""
 
-    def __init__(self, root: Path, insecure: frozenset[str] = frozenset(), fill: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        insecure: frozenset[str] = frozenset(),
+        fill: bool = False,
+        timeout: float = READ_TIMEOUT,
+    ) -> None:
         """Forks the mounter (mounter.py): to be made before gRPC is loaded."""
         self.store = Store(root / "store")
         self.mounts = root / "images"
         self.insecure = insecure
-        self.mounter = Mounter(self.store.root, READ_TIMEOUT, fill)
+        self.mounter = Mounter(self.store.root, timeout, fill)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 

@@ -126,20 +126,13 @@ class SnapshotsService:
         return empty_pb2.Empty()
 
 
-def serve(
-    address: Path,
-    root: Path,
-    insecure: frozenset[str] = frozenset(),
-    fill: bool = False,
-    ready: Callable[[], None] = lambda: None,
-) -> None:
-    """Answer containerd on the unix socket `address` until SIGTERM or SIGINT; layers served lazily
-    are fetched over plain HTTP from the `insecure` registries (and localhost), and with `fill`
-    fetched whole in the background."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    remote = RemoteImages(root, insecure, fill)  # forks the mounter: before gRPC is loaded
+def serve(address: Path, root: Path, remote: RemoteImages, ready: Callable[[], None] = lambda: None) -> None:
+    """Answer containerd on the unix socket `address` until SIGTERM or SIGINT, with the snapshots
+    under `root` and the remote layers of `remote` (made first: it forks, and gRPC must not be
+    loaded in a process that forks)."""
     import grpc
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = load()
     snapshots = Snapshots(root, remote)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="snapshots"))
@@ -162,6 +155,5 @@ def serve(
     finally:
         server.stop(grace=5).wait()
         snapshots.close()
-        remote.close()
         with contextlib.suppress(FileNotFoundError):
             address.unlink()

@@ -7,7 +7,9 @@ overlayfs reads them."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import subprocess
 import tarfile
 import time
@@ -15,16 +17,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
 from benchmarks.common import unmount_under
 from benchmarks.peers.stargz import PeerError, running_containerd
 from lazyfs.host import mount_points
+from lazyfs.snapshotter.api import load
 from storage.importer import add_layer, import_tarball
 from storage.store import Store
 from tests.conftest import require_tools
 from tests.e2e.conftest import Containerd, ContainerTools
 from tests.lazyfs.conftest import run_cli
+from tests.lazyfs.test_faults import Proxy
 from tests.lazyfs.test_snapshotter import start, stop
 from tests.registry.conftest import Registry
 from tests.tarfiles import info, make_tar
@@ -33,6 +38,8 @@ pytestmark = pytest.mark.privileged
 
 SNAPSHOTTER = "lazyctr"
 MOTD = "served lazily\n"
+READ_TIMEOUT = 3.0  # the snapshotter's: a read the registry does not answer fails after this
+BIG = os.urandom(3 << 20)  # many chunks, none fetched before it is read
 
 
 @dataclass
@@ -71,7 +78,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_tools("containerd", "ctr", "ctr-remote")
     base = tmp_path_factory.mktemp("containerd-lazyctr")
     socket = base / "lazyctr" / "snapshotter.sock"
-    ours = Stack(None, base / "lazyctr-root", socket, start(base / "lazyctr-root", socket))  # type: ignore[arg-type]
+    snapshotter = start(base / "lazyctr-root", socket, "--timeout", str(READ_TIMEOUT))
+    ours = Stack(None, base / "lazyctr-root", socket, snapshotter)  # type: ignore[arg-type]
     try:
         with contextlib.ExitStack() as stack:
             try:
@@ -133,8 +141,10 @@ def images(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path, registry
         base / "other.tar", [(info("etc", tarfile.DIRTYPE), None), (info("etc/other"), b"gzip\n")]
     )
     add_layer(store, busybox, other, "other:1", "a layer no other image has")
+    big = make_tar(base / "big.tar", [(info("big.bin"), BIG)])
+    add_layer(store, busybox, big, "big:1", "a big file")
     refs = {}
-    for name in ("busybox:1", "layered:1", "other:1"):
+    for name in ("busybox:1", "layered:1", "other:1", "big:1"):
         refs[name] = f"{registry.address}/test/{name}"
         run_cli(base / "root", "push", name, refs[name])
     return refs
@@ -229,3 +239,63 @@ def test_layers_without_a_toc_are_unpacked_by_containerd(
     assert stack.lazy_mounts() == mounts  # and unpacked by it: nothing served lazily
     out = c.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, ref, "gzip", "cat", "/etc/other")
     assert out.decode() == "gzip\n"
+
+
+@pytest.fixture
+def proxy(registry: Registry) -> Iterator[Proxy]:
+    server = Proxy(registry.address)
+    yield server
+    server.stop()
+
+
+def run_status(c: Containerd, ref: str, name: str, *argv: str) -> subprocess.CompletedProcess[bytes]:
+    """`ctr run` of a container whose command may fail: its status and output, in bounded time."""
+    command = ["ctr", "--address", str(c.socket), "--namespace", c.NAMESPACE, "run", "--rm"]
+    command += ["--snapshotter", SNAPSHOTTER, ref, name, *argv]
+    return subprocess.run(command, capture_output=True, timeout=READ_TIMEOUT + 60, env=c.env)
+
+
+def test_registry_down_and_lying_registry_fail_reads_never_serve_bad_bytes(
+    stack: Stack, images: dict[str, str], proxy: Proxy
+) -> None:
+    """Behind a proxy that stops answering, a read of a layer's unfetched chunks fails with EIO within
+    the snapshotter's timeout; a proxy that flips bytes gets reads refused, never its bytes served."""
+    c = stack.containerd
+    ref = images["big:1"].replace(images["big:1"].split("/")[0], proxy.address)
+    c.ctr_remote("image", "rpull", "--plain-http", "--snapshotter", SNAPSHOTTER, ref)
+    proxy.corrupt = True
+    lied = run_status(c, ref, "lied", "sha256sum", "/big.bin")
+    assert lied.returncode != 0 and b"Input/output error" in lied.stderr + lied.stdout
+    proxy.corrupt = False
+    proxy.answering.clear()
+    started = time.monotonic()
+    down = run_status(c, ref, "down", "sha256sum", "/big.bin")
+    assert down.returncode != 0 and b"Input/output error" in down.stderr + down.stdout
+    assert time.monotonic() - started < READ_TIMEOUT + 30
+    proxy.answering.set()
+    good = run_status(c, ref, "good", "sha256sum", "/big.bin")
+    assert good.stdout.decode().split()[0] == hashlib.sha256(BIG).hexdigest()
+
+
+def test_unusable_labels_fall_back_to_unpacking(stack: Stack, images: dict[str, str]) -> None:
+    """Labels that name no image we can read (a bad digest, an unknown registry) are not an error:
+    the layer is unpacked as containerd's own snapshotter would, and the snapshotter goes on."""
+    api = load()
+    channel = grpc.insecure_channel(f"unix://{stack.socket}")
+    stub = api.services.SnapshotsStub(channel)
+    ref, digest = (
+        "containerd.io/snapshot/remote/stargz.reference",
+        "containerd.io/snapshot/remote/stargz.digest",
+    )
+    variants = [
+        {ref: images["big:1"], digest: "sha256:not-a-digest"},
+        {ref: "127.0.0.1:1/no/such:1", digest: "sha256:" + "0" * 64},
+    ]
+    for number, variant in enumerate(variants):
+        key = f"bad-labels-{number}"
+        variant["containerd.io/snapshot.ref"] = f"target-{number}"
+        response = stub.Prepare(api.snapshots.PrepareSnapshotRequest(key=key, labels=variant), timeout=30)
+        assert [m.type for m in response.mounts] == ["bind"]  # an ordinary, empty snapshot to unpack into
+        stub.Remove(api.snapshots.RemoveSnapshotRequest(key=key), timeout=10)
+    channel.close()
+    assert stack.snapshotter.poll() is None

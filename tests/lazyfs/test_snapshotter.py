@@ -59,12 +59,12 @@ class Snapshotter:
         return code
 
 
-def start(root: Path, address: Path) -> subprocess.Popen[str]:
+def start(root: Path, address: Path, *options: str) -> subprocess.Popen[str]:
     """The snapshotter, its log in `root`/snapshotter.log."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "snapshotter.log", "a") as log:
         process = subprocess.Popen(
-            cli_command(root, "snapshotter", "--address", str(address)),
+            cli_command(root, "snapshotter", "--address", str(address), *options),
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
