@@ -299,3 +299,23 @@ def test_unusable_labels_fall_back_to_unpacking(stack: Stack, images: dict[str, 
         stub.Remove(api.snapshots.RemoveSnapshotRequest(key=key), timeout=10)
     channel.close()
     assert stack.snapshotter.poll() is None
+
+
+def test_podman_zstd_chunked_image_is_served_lazily(
+    stack: Stack, registry: Registry, container_tools: ContainerTools, busybox_tar: Path
+) -> None:
+    """An image podman pushed in zstd:chunked (its own TOCs, rolling chunks, the legacy footer)."""
+    require_tools("podman", "unshare")
+    container_tools.podman("import", "--quiet", str(busybox_tar), "localhost/podman-chunked:latest")
+    ref = f"{registry.address}/test/podman-chunked:1"
+    container_tools.podman(
+        "push", "--tls-verify=false", "--compression-format", "zstd:chunked",
+        "localhost/podman-chunked:latest", f"docker://{ref}",
+    )  # fmt: skip
+    c = stack.containerd
+    mounts = len(stack.lazy_mounts())
+    c.ctr_remote("image", "rpull", "--plain-http", "--snapshotter", SNAPSHOTTER, ref)
+    assert not set(layer_digests(c, ref)) & set(c.ctr("content", "ls", "-q").decode().split())
+    assert len(stack.lazy_mounts()) == mounts + 1
+    out = c.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, ref, "podman", "busybox", "echo", "podman's")
+    assert out.decode() == "podman's\n"
