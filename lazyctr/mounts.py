@@ -82,6 +82,13 @@ def umount(ctx: Context, directory: Path) -> None:
     show_default=True,
     help="Seconds a read of a lazily served layer waits for the registry before it fails with EIO.",
 )
+@click.option(
+    "--hosts-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/etc/containerd/certs.d"),
+    show_default=True,
+    help="containerd's registry configuration: HOST/hosts.toml naming an http:// server means plain HTTP.",
+)
 @pass_context
 def snapshotter(
     ctx: Context,
@@ -90,13 +97,15 @@ def snapshotter(
     insecure: tuple[str, ...],
     fill: bool,
     timeout: float,
+    hosts_dir: Path,
 ) -> None:
     """Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted."""
     from lazyfs.snapshotter.remote import RemoteImages
     from lazyfs.snapshotter.service import serve
 
     root = (snapshots_root or ctx.root / "snapshotter").resolve()
-    remote = RemoteImages(root, frozenset(insecure), fill, timeout)  # forks the mounter: before gRPC loads
+    # Forks the mounter: before gRPC is loaded.
+    remote = RemoteImages(root, frozenset(insecure), fill, timeout, hosts_dir)
     try:
         serve(address, root, remote, lambda: click.echo(f"serving on {address}"))
     finally:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import shutil
 import threading
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ TARGET_LABEL = "containerd.io/snapshot.ref"  # the name containerd will look the
 MANIFEST_LABEL = "containerd.io/snapshot/cri.manifest-digest"
 REF_LABELS = ("containerd.io/snapshot/cri.image-ref", "containerd.io/snapshot/remote/stargz.reference")
 LAYER_LABELS = ("containerd.io/snapshot/cri.layer-digest", "containerd.io/snapshot/remote/stargz.digest")
+HOSTS_DIR = Path("/etc/containerd/certs.d")  # containerd's per-registry configuration (hosts.toml)
 READ_TIMEOUT = 30.0  # seconds a read waits for the registry before EIO, as for `lazyctr run`
 
 
@@ -88,11 +90,13 @@ class RemoteImages:
         insecure: frozenset[str] = frozenset(),
         fill: bool = False,
         timeout: float = READ_TIMEOUT,
+        hosts_dir: Path = HOSTS_DIR,
     ) -> None:
         """Forks the mounter (mounter.py): to be made before gRPC is loaded."""
         self.store = Store(root / "store")
         self.mounts = root / "images"
         self.insecure = insecure
+        self.hosts_dir = hosts_dir
         self.mounter = Mounter(self.store.root, timeout, fill)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -108,13 +112,28 @@ class RemoteImages:
         """The directory overlayfs stacks for this layer."""
         return self.mountpoint(self.store.image(layer.image)) / str(layer.index)
 
+    def plain_http(self, host: str) -> bool:
+        """Whether `host` is reached over plain HTTP: named with --insecure-registry, or so configured
+        for containerd (`<hosts dir>/<host>/hosts.toml` naming an http:// server or host)."""
+        if host in self.insecure:
+            return True
+        try:
+            with open(self.hosts_dir / host / "hosts.toml", "rb") as f:
+                config = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            return False
+        hosts = config.get("host")
+        servers = [str(config.get("server", "")), *(hosts if isinstance(hosts, dict) else {})]
+        return any(server.startswith("http://") for server in servers)
+
     def prepare(self, request: LayerRequest) -> RemoteLayer | None:
         """The layer served lazily, its image mounted if it was not; None where it cannot be (no
         TOC, or the registry does not answer): containerd then unpacks it as usual."""
         ref = registry_ref(request.pinned)
+        assert ref.domain is not None
         with self._lock(local_name(ref)):  # the image's name in the store, once pulled
             try:
-                image = self._image(request.pinned, ref.domain in self.insecure)
+                image = self._image(request.pinned, self.plain_http(ref.domain))
                 digests = [layer.digest for layer in image.manifest.layers]
                 index = digests.index(request.layer) if request.layer in digests else None
                 if index is None:

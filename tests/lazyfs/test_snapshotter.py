@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from lazyfs.snapshotter.api import Api, load, rewrite
+from lazyfs.snapshotter.remote import RemoteImages
 from tests.conftest import cli_command
 from tests.lazyfs.conftest import run_cli
 
@@ -255,3 +256,21 @@ def test_the_service_has_containerd_s_full_name() -> None:
     assert {m.name for m in service.methods} == {
         "Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "List", "Usage", "Cleanup",
     }  # fmt: skip
+
+
+def test_plain_http_as_containerd_hosts_configuration_says(tmp_path: Path) -> None:
+    hosts = tmp_path / "certs.d"
+    for host, text in {
+        "10.0.0.1:5000": 'server = "http://10.0.0.1:5000"\n',
+        "10.0.0.2:5000": '[host."http://10.0.0.2:5000"]\n  capabilities = ["pull"]\n',
+        "10.0.0.3:5000": 'server = "https://10.0.0.3:5000"\n',
+        "10.0.0.4:5000": "server = [not toml\n",
+    }.items():
+        (hosts / host).mkdir(parents=True)
+        (hosts / host / "hosts.toml").write_text(text)
+    remote = RemoteImages(tmp_path / "root", frozenset({"10.0.0.9:5000"}), hosts_dir=hosts)
+    try:
+        plain = {host for host in (f"10.0.0.{n}:5000" for n in range(1, 10)) if remote.plain_http(host)}
+        assert plain == {"10.0.0.1:5000", "10.0.0.2:5000", "10.0.0.9:5000"}
+    finally:
+        remote.close()
