@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import time
@@ -302,11 +304,16 @@ def test_unusable_labels_fall_back_to_unpacking(stack: Stack, images: dict[str, 
 
 
 def test_podman_zstd_chunked_image_is_served_lazily(
-    stack: Stack, registry: Registry, container_tools: ContainerTools, busybox_tar: Path
+    stack: Stack, registry: Registry, container_tools: ContainerTools, busybox_tar: Path, tmp_path: Path
 ) -> None:
     """An image podman pushed in zstd:chunked (its own TOCs, rolling chunks, the legacy footer)."""
     require_tools("podman", "unshare")
-    container_tools.podman("import", "--quiet", str(busybox_tar), "localhost/podman-chunked:latest")
+    unique = tmp_path / "busybox-podman.tar"  # a layer no image of the module has: it must be prepared
+    shutil.copy(busybox_tar, unique)
+    with tarfile.open(unique, "a") as tar:
+        entry = tarfile.TarInfo("podman-was-here")
+        tar.addfile(entry, io.BytesIO(b""))
+    container_tools.podman("import", "--quiet", str(unique), "localhost/podman-chunked:latest")
     ref = f"{registry.address}/test/podman-chunked:1"
     container_tools.podman(
         "push", "--tls-verify=false", "--compression-format", "zstd:chunked",
