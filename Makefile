@@ -10,10 +10,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # docker-registry (the CNCF distribution registry).
 # debootstrap makes a Debian base; python3-venv for the virtualenv; iproute2 and util-linux (nsenter)
 # for the shaped link of the demo and the benchmarks; Go and the stargz library build the
-# stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz).
+# stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz); containerd's .proto files make the
+# stubs of `lazyctr snapshotter` (lazyfs/snapshotter/api.py), generated at install.
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
-	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev
+	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 
@@ -31,6 +32,7 @@ $(VENV)/.installed: pyproject.toml | apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	$(PY) -m lazyfs.snapshotter.api
 	@touch $@
 
 # Compiled bytecode up to date: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise

@@ -83,7 +83,7 @@ GROUPS: dict[str, str] = {
 }
 DRIVERS = ("copy", "overlay", "lazy", "lazy+profile")
 EAGER = "overlay"  # the eager baseline: overlay driver after `pull --eager`
-PEERS = ("podman", "stargz")
+PEERS = ("podman", "stargz", "containerd-lazyctr")
 QUICK_IMAGES = ("distro", "redis", "flask")  # `--images quick`: a database and the dev-cycle image
 # The image whose development cycle is measured (first of these in the suite) and the file edited.
 DEV_SOURCES = {"flask": "app.py", "gcc": "hello.c", "openjdk": "Hello.java", "python": "Dockerfile"}
@@ -363,6 +363,31 @@ def stargz_peer(
     return samples or f"measure() returned no timings: {str(result)[:200]}"
 
 
+def containerd_lazyctr_peer(
+    link: Link, address: str, name: str, probe: list[str], runs: int, with_profile: bool
+) -> list[dict[str, Any]] | str:
+    """Samples of benchmarks.peers.containerd_lazyctr.measure (our snapshotter under containerd, from
+    the repository without a profile and, with `with_profile`, the one with it), or why it is skipped."""
+    from benchmarks.peers import containerd_lazyctr
+
+    refs = {"": f"{address}/{repository(name, 'lazy')}"}
+    if with_profile:
+        refs["+profile"] = f"{address}/{repository(name, 'lazy+profile')}"
+    try:
+        result = containerd_lazyctr.measure(link, refs, probe, runs)
+    except Exception as e:  # a peer's failure must not end the suite
+        return f"measure() failed: {type(e).__name__}: {e}".splitlines()[0]
+    if isinstance(result, str):
+        return result
+    samples = []
+    for kind, figures in sorted(result.items()):
+        for one in figures["samples"]:
+            sample = {"image": name, "driver": f"containerd-lazyctr{kind}", "ok": True, "bytes": one["bytes"]}
+            sample.update(pull_s=one["pull_s"], run_s=one["run_s"], ready_s=one["total_s"])
+            samples.append(sample)
+    return samples
+
+
 def development_cycle(link: Link, address: str, publisher: Path, work: Path, name: str) -> dict[str, Any]:
     """One edit of a source file, then build (cached steps stay cached), push, pull and run (lazy, eager)."""
     source = DEV_SOURCES[name]
@@ -523,6 +548,20 @@ def run_suite(config: Config) -> Path:
                                 samples.append(sample)
                                 print(_line(sample), flush=True)
                             save_partial(results, config.out)
+                if "containerd-lazyctr" in config.peers:
+                    with_profile = "lazy+profile" in config.drivers  # its repository is pushed only then
+                    for name in published:
+                        probe = infos[name]["probe"]
+                        got = containerd_lazyctr_peer(link, address, name, probe, config.runs, with_profile)
+                        if isinstance(got, str):
+                            results["skipped"].setdefault("containerd-lazyctr", {})[name] = got
+                            print(f"containerd-lazyctr {name}: skipped: {got}", flush=True)
+                            continue
+                        for i, sample in enumerate(got):
+                            sample.setdefault("run", i)
+                            samples.append(sample)
+                            print(_line(sample), flush=True)
+                        save_partial(results, config.out)
                 dev = next((n for n in DEV_SOURCES if n in published), None)
                 if dev is not None:
                     print(f"development cycle of {dev}...", flush=True)

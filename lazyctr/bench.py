@@ -62,7 +62,12 @@ COMMANDS.append(bench)
     help="Built images (kept between runs) and the working files.  [default: .cache/bench of a checkout,"
     " else ~/.cache/lazyctr/bench]",
 )
-@click.option("--peers", default="podman,stargz", show_default=True, help="Comma-separated peers, or `none`.")
+@click.option(
+    "--peers",
+    default="podman,stargz,containerd-lazyctr",
+    show_default=True,
+    help="Comma-separated peers, or `none`.",
+)
 def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Path | None, peers: str) -> None:
     """HelloBench-style suite: real images from pull to ready over a shaped link, per driver and peer."""
     from benchmarks.common import CACHE

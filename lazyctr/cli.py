@@ -84,6 +84,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.distribution",
         "Serve a Docker token endpoint (GET /token?service=&scope=) until interrupted.",
     ),
+    "snapshotter": (
+        "lazyctr.mounts",
+        "Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted.",
+    ),
     "stop": ("lazyctr.containers", "Stop containers: SIGTERM, then SIGKILL after the timeout."),
     "tag": ("lazyctr.images", "Give the image SOURCE another name TARGET."),
     "umount": ("lazyctr.mounts", "Unmount the lazyfs mount at DIRECTORY."),

@@ -50,3 +50,63 @@ def umount(ctx: Context, directory: Path) -> None:
     from lazyfs.mount import umount as umount_image
 
     umount_image(ctx.root, directory)
+
+
+@command()
+@click.option(
+    "--address",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/run/lazyctr/snapshotter.sock"),
+    show_default=True,
+    help="The unix socket containerd's proxy_plugins entry names.",
+)
+@click.option(
+    "--snapshots",
+    "snapshots_root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where snapshots and their records are kept.  [default: ROOT/snapshotter]",
+)
+@click.option(
+    "--insecure-registry",
+    "insecure",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="Fetch lazily served layers from this registry over plain HTTP (always so for localhost).",
+)
+@click.option("--fill", is_flag=True, help="Fetch the rest of each lazily served image in the background.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a read of a lazily served layer waits for the registry before it fails with EIO.",
+)
+@click.option(
+    "--hosts-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/etc/containerd/certs.d"),
+    show_default=True,
+    help="containerd's registry configuration: HOST/hosts.toml naming an http:// server means plain HTTP.",
+)
+@pass_context
+def snapshotter(
+    ctx: Context,
+    address: Path,
+    snapshots_root: Path | None,
+    insecure: tuple[str, ...],
+    fill: bool,
+    timeout: float,
+    hosts_dir: Path,
+) -> None:
+    """Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted."""
+    from lazyfs.snapshotter.remote import RemoteImages
+    from lazyfs.snapshotter.service import serve
+
+    root = (snapshots_root or ctx.root / "snapshotter").resolve()
+    # Forks the mounter: before gRPC is loaded.
+    remote = RemoteImages(root, frozenset(insecure), fill, timeout, hosts_dir)
+    try:
+        serve(address, root, remote, lambda: click.echo(f"serving on {address}"))
+    finally:
+        remote.close()

@@ -55,27 +55,39 @@ class MountableImage:
     registry: str | None = None
     repository: str | None = None
     insecure: bool = False
+    lowers: list[int] | None = None  # the layers served as overlay lower directories, or None: merged
     _tree: ImageTree | None = None
     _files: list[FileLayerSource] = field(default_factory=list)
 
     @classmethod
-    def load(cls, store: Store, image: Image) -> MountableImage:
-        """The image, once each layer's TOC is known to be valid (raises if one is not)."""
-        for layer in image.manifest.layers:
-            store.check_layer_toc(layer)  # a bad one fails the caller, not the daemon
-        local = [store.has_blob(layer.digest) for layer in image.manifest.layers]
+    def load(cls, store: Store, image: Image, lowers: bool = False) -> MountableImage:
+        """The image, once each layer's TOC is known to be valid (raises if one is not). With
+        `lowers`, its layers with a TOC served side by side, one directory each, as overlayfs lower
+        directories (containerd's snapshotter); the others are not served."""
+        from storage.zstd_chunked import toc_position
+
+        layers = image.manifest.layers
+        served = [i for i, layer in enumerate(layers) if not lowers or toc_position(layer) is not None]
+        for index in served:
+            store.check_layer_toc(layers[index])  # a bad one fails the caller, not the daemon
+        local = [store.has_blob(layer.digest) for layer in layers]
         registry = repository = None
         insecure = False
-        if not all(local):
+        if not all(local[i] for i in served):
             if image.source is None:
                 raise NotFound(f"{image.name}: layers are missing from the store and the image has no source")
             origin = Origin.parse(image.source)
             registry, repository, insecure = origin.registry, origin.repository, origin.insecure
-        return cls(image, store, local, registry, repository, insecure)
+        return cls(image, store, local, registry, repository, insecure, served if lowers else None)
 
     @property
     def tree(self) -> ImageTree:
-        if self._tree is None:
+        if self._tree is None and self.lowers is not None:
+            from storage.tree import ImageTree
+
+            layers = self.image.manifest.layers
+            self._tree = ImageTree.overlay_lowers({i: self.store.layer_toc(layers[i]) for i in self.lowers})
+        elif self._tree is None:
             from lazyfs.source import image_tree
 
             self._tree = image_tree(self.store, self.image)

@@ -108,13 +108,15 @@ def mount(
     timeout: float = 30.0,
     prefetch: Sequence[dict[str, Any]] = (),
     fill: bool = False,
+    lowers: bool = False,
 ) -> MountState:
-    """Mount `image` read-only at `mountpoint`; returns once the mount is up."""
+    """Mount `image` read-only at `mountpoint`; returns once the mount is up. `lowers`: its layers
+    side by side, as overlayfs lower directories (see MountableImage.load), not merged."""
     if not mountpoint.is_dir():
         raise MountError(f"{mountpoint}: not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: something is already mounted there")
-    mountable = MountableImage.load(store, image)
+    mountable = MountableImage.load(store, image, lowers)
     state = MountState.of(store.root, mountpoint)
     state.directory.mkdir(parents=True, exist_ok=True)
     for stale in ("stats.json", "accesses.json"):

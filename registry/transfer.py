@@ -40,7 +40,6 @@ from storage.importer import OciSource, host_architecture, import_oci
 from storage.oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
-    MEDIA_LAYER_ZSTD,
     PROFILE_TYPE,
     REF_NAME,
     Descriptor,
@@ -51,7 +50,7 @@ from storage.reference import ImageRef, Origin, registry_ref
 from storage.store import OCI_LAYOUT, SOURCE, Image, Store
 from storage.toc import LayerToc
 from storage.tocindex import remember
-from storage.zstd_chunked import TocPosition, decompress_toc, position_from_annotations
+from storage.zstd_chunked import decompress_toc, position_from_annotations, toc_position
 
 T = TypeVar("T")
 
@@ -217,15 +216,10 @@ async def pull_image(
         return await asyncio.to_thread(import_oci, store, OciSource(layout, None), name)
 
 
-def _toc_position(layer: Descriptor) -> TocPosition | None:
-    if layer.media_type != MEDIA_LAYER_ZSTD:
-        return None
-    promised = position_from_annotations(layer.annotations, layer.size)
-    return promised[1] if promised is not None else None
-
-
-async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
-    """Pull `text` lazily (see the module docstring); returns the image as named in the store."""
+async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bool = False) -> Image:
+    """Pull `text` lazily (see the module docstring); returns the image as named in the store.
+    An image with a layer that has no TOC is pulled eagerly, unless `partial`: then only the TOCs
+    there are come (containerd's snapshotter unpacks the other layers itself)."""
     ref = registry_ref(text)
     assert ref.domain is not None
     name = local_name(ref)
@@ -234,7 +228,8 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
         data, media_type, digest = await fetch_manifest(client, ref)
         timeline.mark("manifest")
         manifest = Manifest.parse(data)
-        if not all(_toc_position(layer) for layer in manifest.layers):
+        with_toc = [layer for layer in manifest.layers if toc_position(layer)]
+        if len(with_toc) < len(manifest.layers) and not partial:
             return await pull_image(store, text, insecure)
         with store.ingesting():
             # One round trip for all of them: the profile needs only the manifest's digest. Each
@@ -243,7 +238,7 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False) -> Image:
                 _marked("config", _fetch_blob(store, client, repo, manifest.config)),
                 _marked(
                     "TOCs",
-                    asyncio.gather(*(_fetch_toc(store, client, repo, layer) for layer in manifest.layers)),
+                    asyncio.gather(*(_fetch_toc(store, client, repo, layer) for layer in with_toc)),
                 ),
                 _marked("profile", _fetch_profiles(client, store, repo, digest)),  # found or not
             )
@@ -282,7 +277,7 @@ async def _fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Des
 
 async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Descriptor) -> None:
     toc_digest, position = position_from_annotations(layer.annotations, layer.size) or (None, None)
-    assert toc_digest is not None and position is not None  # checked by pull_lazy
+    assert toc_digest is not None and position is not None  # pull_lazy fetches only TOCs there are
     if store.has_blob(layer.digest) or store.has_blob(toc_digest):
         return
     compressed = await client.read_range(repo, layer.digest, position.offset, position.length)

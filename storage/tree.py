@@ -8,8 +8,10 @@ the entry that holds their data in the same layer. lazyfs's image source serves 
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from storage.errors import CorruptLayer, NotFound
@@ -39,6 +41,9 @@ class Node:
         return self.content.type
 
 
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
+
+
 def _implicit_dir(path: str) -> TocEntry:
     return TocEntry(type="dir", name="./" + path, mode=0o755, path=path or "")
 
@@ -53,6 +58,39 @@ class ImageTree:
         for index, toc in enumerate(tocs):
             tree.add_layer(index, toc)
         return tree
+
+    @classmethod
+    def overlay_lowers(cls, tocs: Mapping[int, LayerToc]) -> ImageTree:
+        """One directory per layer, named by its index, holding that layer alone as overlayfs reads
+        a lower directory (what containerd stacks a remote snapshotter's layers with): `.wh.NAME` is
+        a 0/0 character device NAME, `.wh..wh..opq` the opaque xattr on its directory."""
+        tree = cls()
+        assert tree.root.children is not None
+        for index, toc in tocs.items():
+            alone = cls()
+            alone.add_layer(index, toc)
+            alone._overlay_whiteouts(index, toc)
+            tree.root.children[str(index)] = alone.root
+        return tree
+
+    def _overlay_whiteouts(self, layer: int, toc: LayerToc) -> None:
+        for entry in toc.entries:
+            parent_path, _, base = entry.path.rpartition("/")
+            if not base.startswith(WHITEOUT_PREFIX):
+                continue
+            parent = self._make_dirs(parent_path, layer)
+            assert parent.children is not None
+            if base == OPAQUE_WHITEOUT:
+                xattrs = {**parent.entry.xattrs, OVERLAY_OPAQUE: base64.b64encode(b"y").decode()}
+                # A copy: the TOC's own entry stays as it is.
+                parent.entry = dataclasses.replace(parent.entry, xattrs=xattrs)
+            else:
+                name = base.removeprefix(WHITEOUT_PREFIX)
+                whiteout = dataclasses.replace(
+                    entry, type="char", mode=0, size=0, dev_major=0, dev_minor=0, xattrs={},
+                    name=posixpath.join(parent_path, name), path=posixpath.join(parent_path, name),
+                )  # fmt: skip
+                parent.children[name] = Node(whiteout, layer)
 
     def add_layer(self, layer: int, toc: LayerToc) -> None:
         """Stack one layer: its whiteouts first (they hide only what lies below, wherever they

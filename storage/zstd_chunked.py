@@ -15,6 +15,7 @@ import zstandard
 
 from storage.digest import Digest
 from storage.errors import CorruptLayer, InvalidReference
+from storage.oci import MEDIA_LAYER_ZSTD, Descriptor
 
 SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
 SKIPPABLE_HEADER = 8
@@ -136,3 +137,11 @@ def decompress_frames(data: bytes, want: int) -> bytes:
 def compressed_bound(size: int) -> int:
     """The most compressed bytes `size` bytes can need (ZSTD_compressBound, plus frame headers)."""
     return size + (size >> 7) + (64 << 10)
+
+
+def toc_position(layer: Descriptor) -> TocPosition | None:
+    """Where a layer's TOC is, as its descriptor promises; None for a layer without one."""
+    if layer.media_type != MEDIA_LAYER_ZSTD:
+        return None
+    promised = position_from_annotations(layer.annotations, layer.size)
+    return promised[1] if promised is not None else None

@@ -151,7 +151,7 @@ def build_snapshotter(cache: Path) -> Path | str:
 # -- processes, namespaces, mounts --------------------------------------------------------------
 
 
-def _in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
     """`argv` in a network namespace only: unlike `ip netns exec`, the mount namespace stays the host's."""
     if netns is None:
         return list(argv)
@@ -193,7 +193,7 @@ def _shims_of(address: Path) -> list[int]:
     return pids
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen[Any], log: Path, what: str) -> None:
+def wait_for_socket(path: Path, proc: subprocess.Popen[Any], log: Path, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if path.exists():
@@ -208,12 +208,16 @@ def _wait_for_socket(path: Path, proc: subprocess.Popen[Any], log: Path, what: s
 
 
 class Containerd:
-    """A containerd of our own under `base`, optionally with the stargz snapshotter proxied to a socket."""
+    """A containerd of our own under `base`, optionally with a remote snapshotter (stargz's, or
+    lazyctr's) proxied to a socket under the name `snapshotter_name`."""
 
-    def __init__(self, base: Path, snapshotter_socket: Path | None = None) -> None:
+    def __init__(
+        self, base: Path, snapshotter_socket: Path | None = None, snapshotter_name: str = "stargz"
+    ) -> None:
         self.base = base
         self.socket = base / "containerd.sock"
         self.snapshotter_socket = snapshotter_socket
+        self.snapshotter_name = snapshotter_name
         self.env = dict(os.environ, TMPDIR=str(base / "tmp"))
 
     def config(self) -> str:
@@ -230,14 +234,17 @@ class Containerd:
             f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{b}/opt"\n'
         )
         if self.snapshotter_socket is not None:
-            text += f'[proxy_plugins.stargz]\n  type = "snapshot"\n  address = "{self.snapshotter_socket}"\n'
+            text += (
+                f"[proxy_plugins.{self.snapshotter_name}]\n"
+                f'  type = "snapshot"\n  address = "{self.snapshotter_socket}"\n'
+            )
         return text
 
     def client(self, tool: str, *args: str) -> list[str]:
         return [tool, "--address", str(self.socket), "--namespace", NAMESPACE, *args]
 
     def run(self, tool: str, *args: str, netns: str | None = None, timeout: float = TOOL_TIMEOUT) -> str:
-        argv = _in_netns(netns, self.client(tool, *args))
+        argv = in_netns(netns, self.client(tool, *args))
         return _run(
             argv, f"{tool} {args[0]} {args[1]}" if len(args) > 1 else tool, timeout=timeout, env=self.env
         )
@@ -256,18 +263,22 @@ class Containerd:
 
 @contextlib.contextmanager
 def running_containerd(
-    base: Path, *, netns: str | None = None, snapshotter_socket: Path | None = None
+    base: Path,
+    *,
+    netns: str | None = None,
+    snapshotter_socket: Path | None = None,
+    snapshotter_name: str = "stargz",
 ) -> Iterator[Containerd]:
     """A private containerd, stopped on exit with its tasks and shims, even after an error."""
     base.mkdir(parents=True, exist_ok=True)
     (base / "tmp").mkdir(exist_ok=True)
-    daemon = Containerd(base, snapshotter_socket)
+    daemon = Containerd(base, snapshotter_socket, snapshotter_name)
     config = base / "config.toml"
     config.write_text(daemon.config())
     log_path = base / "containerd.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            _in_netns(netns, ["containerd", "--config", str(config)]),
+            in_netns(netns, ["containerd", "--config", str(config)]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -275,7 +286,7 @@ def running_containerd(
             start_new_session=True,
         )
     try:
-        _wait_for_socket(daemon.socket, proc, log_path, "containerd")
+        wait_for_socket(daemon.socket, proc, log_path, "containerd")
         yield daemon
     finally:
         try:
@@ -297,14 +308,14 @@ def running_snapshotter(binary: Path, base: Path, *, netns: str | None = None) -
     log_path = base / "snapshotter.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            _in_netns(netns, [str(binary), "-address", str(sock), "-root", str(base / "root")]),
+            in_netns(netns, [str(binary), "-address", str(sock), "-root", str(base / "root")]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        _wait_for_socket(sock, proc, log_path, "the stargz snapshotter")
+        wait_for_socket(sock, proc, log_path, "the stargz snapshotter")
         yield sock
     finally:
         stop(proc, 15)
@@ -563,7 +574,7 @@ def _convert(
                 with open(errors, "wb") as err:
                     converters[name] = (
                         subprocess.Popen(
-                            _in_netns(netns, argv),
+                            in_netns(netns, argv),
                             stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL,
                             stderr=err,
@@ -668,10 +679,28 @@ def deploy(
 def _deploy(
     binary: Path, base: Path, link: Link, ref: str, probe: Sequence[str], run_id: str
 ) -> dict[str, Any]:
+    snapshotter = running_snapshotter(binary, base / "snapshotter", netns=link.client_ns)
+    return cold_run(snapshotter, "stargz", base, link, ref, probe, run_id)
+
+
+def cold_run(
+    snapshotter: contextlib.AbstractContextManager[Path],
+    name: str,
+    base: Path,
+    link: Link,
+    ref: str,
+    probe: Sequence[str],
+    run_id: str,
+) -> dict[str, Any]:
+    """One cold `ctr-remote image rpull` and `ctr run` of `ref` to the probe's exit, under a private
+    containerd whose snapshotter `name` is `snapshotter` (entered here: it yields its socket, its
+    files under `base`/snapshotter); times in seconds and bytes received over the link."""
     netns = link.client_ns
     with (
-        running_snapshotter(binary, base / "snapshotter", netns=netns) as sock,
-        running_containerd(base / "containerd", netns=netns, snapshotter_socket=sock) as containerd,
+        snapshotter as sock,
+        running_containerd(
+            base / "containerd", netns=netns, snapshotter_socket=sock, snapshotter_name=name
+        ) as containerd,
     ):
         # `ctr run` gives no /etc/hosts (docker, podman, nerdctl and CRI do): without one, "localhost"
         # does not resolve and servers that listen on it (postgresql) do not start.
@@ -686,7 +715,7 @@ def _deploy(
             "rpull",
             "--plain-http",
             "--snapshotter",
-            "stargz",
+            name,
             ref,
             netns=netns,
             timeout=RUN_TIMEOUT,
@@ -698,7 +727,7 @@ def _deploy(
             "ctr",
             "run",
             "--snapshotter",
-            "stargz",
+            name,
             "--rm",
             "--mount",
             f"type=bind,src={hosts},dst=/etc/hosts,options=rbind:ro",
@@ -719,7 +748,7 @@ def _deploy(
     }
 
 
-def _missing_tools() -> list[str]:
+def missing_tools() -> list[str]:
     return [
         tool for tool in ("containerd", "ctr", "ctr-remote", "runc", "nsenter") if shutil.which(tool) is None
     ]
@@ -748,7 +777,7 @@ def measure(
     both formats at once, so the same figure for both) and "push_s" (from the cache into the registry)."""
     if os.geteuid() != 0:
         return "the stargz peer needs root (containerd, mounts, namespaces)"
-    missing = _missing_tools()
+    missing = missing_tools()
     if missing:
         return f"missing tools: {', '.join(missing)}"
     if runs < 1:
@@ -773,7 +802,7 @@ def measure(
         result: dict[str, Any] = {}
         for name, runs_of in samples.items():
             made = refs[name]
-            result[name] = _summary(runs_of)
+            result[name] = summary(runs_of)
             result[name].update(
                 ref=made.ref, converted=made.how, convert_s=made.convert_s, push_s=made.push_s
             )
@@ -788,7 +817,7 @@ def measure(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(samples: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         key: statistics.median(sample[key] for sample in samples) for key in ("pull_s", "run_s", "total_s")
     }
