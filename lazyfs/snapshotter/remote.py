@@ -41,6 +41,7 @@ log = logging.getLogger("lazyfs.snapshotter")
 TARGET_LABEL = "containerd.io/snapshot.ref"  # the name containerd will look the snapshot up by
 MANIFEST_LABEL = "containerd.io/snapshot/cri.manifest-digest"
 REF_LABELS = ("containerd.io/snapshot/cri.image-ref", "containerd.io/snapshot/remote/stargz.reference")
+LAYERS_LABELS = ("containerd.io/snapshot/cri.image-layers", "containerd.io/snapshot/remote/stargz.layers")
 LAYER_LABELS = ("containerd.io/snapshot/cri.layer-digest", "containerd.io/snapshot/remote/stargz.digest")
 HOSTS_DIR = Path("/etc/containerd/certs.d")  # containerd's per-registry configuration (hosts.toml)
 READ_TIMEOUT = 30.0  # seconds a read waits for the registry before EIO, as for `lazyctr run`
@@ -53,6 +54,7 @@ class LayerRequest:
     reference: str  # the image as the client named it (HOST/REPO[:TAG][@DIGEST])
     layer: Digest
     manifest: Digest | None  # None: the client did not say; the reference's manifest is asked for
+    layers: tuple[Digest, ...] = ()  # this layer and those above it, as far as the label could hold
 
     @classmethod
     def from_labels(cls, labels: dict[str, str]) -> LayerRequest | None:
@@ -60,9 +62,11 @@ class LayerRequest:
         layer = next((labels[k] for k in LAYER_LABELS if labels.get(k)), None)
         if reference is None or layer is None:
             return None
+        listed = next((labels[k] for k in LAYERS_LABELS if labels.get(k)), "")
         try:
             manifest = Digest(labels[MANIFEST_LABEL]) if labels.get(MANIFEST_LABEL) else None
-            return cls(reference, Digest(layer), manifest)
+            layers = tuple(Digest(d) for d in listed.split(",") if d)
+            return cls(reference, Digest(layer), manifest, layers)
         except StorageError:
             return None
 
@@ -133,7 +137,7 @@ class RemoteImages:
         assert ref.domain is not None
         with self._lock(local_name(ref)):  # the image's name in the store, once pulled
             try:
-                image = self._image(request.pinned, self.plain_http(ref.domain))
+                image = self._image(request, self.plain_http(ref.domain))
                 digests = [layer.digest for layer in image.manifest.layers]
                 index = digests.index(request.layer) if request.layer in digests else None
                 if index is None:
@@ -147,12 +151,19 @@ class RemoteImages:
                 return None
         return RemoteLayer(image.name, index)
 
-    def _image(self, pinned: str, insecure: bool) -> Image:
-        ref = registry_ref(pinned)
-        if ref.digest is not None:  # pulled before? The digest says it is the same image
-            with contextlib.suppress(StorageError):
-                return self.store.image(local_name(ref))
-        return asyncio.run(pull_lazy(self.store, pinned, insecure, partial=True))
+    def _image(self, request: LayerRequest, insecure: bool) -> Image:
+        """The image, from the store if it was pulled before: the same digest, or (named by a tag
+        alone, as ctr-remote does) the same layers from this one up, as containerd resolved them for
+        this pull, whose layers are prepared one after the other; otherwise pulled now."""
+        ref = registry_ref(request.pinned)
+        with contextlib.suppress(StorageError):
+            known = self.store.image(local_name(ref))
+            digests = [layer.digest for layer in known.manifest.layers]
+            above = tuple(digests[digests.index(request.layer) :]) if request.layer in digests else ()
+            # A long list is cut where the label's size limit is: what it holds must match.
+            if ref.digest is not None or (request.layers and above[: len(request.layers)] == request.layers):
+                return known
+        return asyncio.run(pull_lazy(self.store, request.pinned, insecure, partial=True))
 
     def _mount(self, image: Image) -> None:
         point = self.mountpoint(image)
