@@ -56,6 +56,12 @@ RANGES_PER_REQUEST = 32
 WORKERS = 4  # requests in flight, but a reader's: enough to fill a long fat link, few enough to be quick
 DEMAND, AHEAD, FILL = 0, 1, 2  # priorities: what a reader waits for, read-ahead and profiles, fill
 FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
+# First-read guesses go in requests of at most this many bytes: a reader who then wants one of them
+# waits for its request, not for all of them (about one round trip's worth at 100 Mbit/s, 20 ms).
+GUESS_REQUEST = 256 << 10
+# While a reader waits, read-ahead and guesses keep no more requests in flight than this: they
+# share the link with it, and its answer queues behind theirs.
+AHEAD_BESIDE_A_READER = 2
 
 
 class FetchError(OSError):
@@ -132,12 +138,13 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lazyfs-fetch", daemon=True)
         self._inflight: dict[Digest, asyncio.Future[bytes]] = {}
-        # Not yet batched, by (layer, priority, order): order is a profile's, else 0.
-        self._queued: dict[tuple[int, int, int], list[Piece]] = {}
+        # Not yet batched, by (layer, priority, order, request): order is a profile's, else 0;
+        # request: the most bytes one request of them may ask for (0: no limit).
+        self._queued: dict[tuple[int, int, int, int], list[Piece]] = {}
         self._flush_scheduled = False
         self._pending: list[Batch] = []  # batches not started yet
         self._batch_of: dict[Digest, Batch] = {}
-        self._requests: set[asyncio.Task[None]] = set()  # batches in flight
+        self._requests: dict[asyncio.Task[None], Batch] = {}  # in flight
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
         self.read_ahead = ReadAhead()
@@ -202,11 +209,17 @@ class Fetcher:
             self.stats.cache_misses += len(missing)
         along = self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1])
         first_read = self.first_read
+        log.warning(
+            missing[0].name,
+            missing[0].file_offset,
+            first_read is not None,
+            time.monotonic(),
+        )
         guesses = first_read.on_miss(missing[0]) if first_read is not None and not along else []
-        ahead = [*ahead, *along, *guesses]
-        wanted = missing + [p for p in ahead if not self.cache.contains(p.digest)]
+        ahead = [p for p in [*ahead, *along] if not self.cache.contains(p.digest)]
+        guesses = [p for p in guesses if not self.cache.contains(p.digest)]
         future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
-            self._wait(missing, wanted), self._loop
+            self._wait(missing, ahead, guesses), self._loop
         )
         try:
             fetched = iter(future.result(self.timeout))
@@ -287,9 +300,10 @@ class Fetcher:
 
     # -- the loop's side ----------------------------------------------------------------------------
 
-    async def _wait(self, missing: list[Piece], wanted: list[Piece]) -> list[bytes]:
+    async def _wait(self, missing: list[Piece], ahead: list[Piece], guesses: list[Piece]) -> list[bytes]:
         futures = await self._want(missing, DEMAND)
-        futures.update(await self._want(wanted[len(missing) :], AHEAD))
+        await self._want(ahead, AHEAD)
+        await self._want(guesses, AHEAD, request=GUESS_REQUEST)
         with self._lock:
             for piece in missing:
                 if piece.digest in self._prefetched:
@@ -298,7 +312,7 @@ class Fetcher:
         return list(await asyncio.gather(*(futures[p.digest] for p in missing)))
 
     async def _want(
-        self, pieces: list[Piece], priority: int, order: int = 0
+        self, pieces: list[Piece], priority: int, order: int = 0, request: int = 0
     ) -> dict[Digest, asyncio.Future[bytes]]:
         futures: dict[Digest, asyncio.Future[bytes]] = {}
         for piece in pieces:
@@ -316,7 +330,7 @@ class Fetcher:
                     future.set_result(data)
                 else:
                     self._inflight[piece.digest] = future
-                    self._queued.setdefault((piece.layer, priority, order), []).append(piece)
+                    self._queued.setdefault((piece.layer, priority, order, request), []).append(piece)
             futures[piece.digest] = future
         if self._queued and not self._flush_scheduled:
             self._flush_scheduled = True
@@ -325,21 +339,21 @@ class Fetcher:
 
     def _flush(self) -> None:
         """Turn what was asked for in this tick into batches: neighbours coalesced into ranges,
-        small ranges several to a (multi-range) request, large ones a request each."""
+        small ranges several to a (multi-range) request, large ones a request each; read-ahead
+        next to what a reader waits for joins the reader's ranges."""
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
-        for layer, priority, order in list(queued):
-            ahead = queued.get((layer, AHEAD, 0))
-            if priority == DEMAND and order == 0 and ahead:
-                riders = set(ride_along(coalesce(queued[layer, priority, order]), ahead))
-                queued[layer, priority, order] += riders
-                queued[layer, AHEAD, 0] = [p for p in ahead if p not in riders]
-        for (layer, priority, order), pieces in queued.items():
-            ranges = coalesce(pieces)
-            small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
-            large = [r for r in ranges if r.end - r.start >= MAX_RANGE // 4]
-            groups = [small[i : i + RANGES_PER_REQUEST] for i in range(0, len(small), RANGES_PER_REQUEST)]
-            for group in groups + [[r] for r in large]:
+        for key, pieces in queued.items():
+            layer, priority, order, _ = key
+            if priority != DEMAND:
+                continue
+            demand = coalesce(pieces)
+            for other in [k for k in queued if k[:3] == (layer, AHEAD, 0)]:
+                riders = set(ride_along(demand, queued[other]))
+                pieces += riders
+                queued[other] = [p for p in queued[other] if p not in riders]
+        for (layer, priority, order, request), pieces in queued.items():
+            for group in requests(pieces, request):
                 batch = Batch(layer, group, priority, order)
                 self._pending.append(batch)
                 for r in group:
@@ -352,18 +366,21 @@ class Fetcher:
         the others while fewer than WORKERS requests are in flight."""
         while self._pending and not self._stopping:
             batch = min(self._pending, key=lambda b: (b.priority, b.order, b.layer, b.ranges[0].start))
-            if batch.priority != DEMAND and len(self._requests) >= WORKERS:
-                return
+            if batch.priority != DEMAND:
+                readers = sum(1 for running in self._requests.values() if running.priority == DEMAND)
+                others = len(self._requests) - readers
+                if len(self._requests) >= WORKERS or (readers and others >= AHEAD_BESIDE_A_READER):
+                    return
             self._pending.remove(batch)
             for r in batch.ranges:
                 for piece in r.pieces:
                     self._batch_of.pop(piece.digest, None)
             request = self._loop.create_task(self._fetch(batch.layer, batch.ranges))
-            self._requests.add(request)
+            self._requests[request] = batch
             request.add_done_callback(self._done)
 
     def _done(self, request: asyncio.Task[None]) -> None:
-        self._requests.discard(request)
+        self._requests.pop(request, None)
         self._dispatch()
 
     async def _stream(self, layer: int, pieces: list[Piece]) -> None:
@@ -499,15 +516,35 @@ def ride_along(demand: list[Range], ahead: list[Piece]) -> list[Piece]:
     ]
 
 
-def coalesce(pieces: list[Piece]) -> list[Range]:
-    """Neighbouring pieces of one layer blob, merged into ranges (gaps up to COALESCE_GAP fetched)."""
+def requests(pieces: list[Piece], limit: int = 0) -> list[list[Range]]:
+    """Pieces of one layer as the ranges of each request: small ranges several to a (multi-range)
+    request, large ones a request each; with a `limit`, no request asks for more bytes than that
+    (unless a single piece is larger)."""
+    longest = min(limit, MAX_RANGE) if limit else MAX_RANGE
+    ranges = coalesce(pieces, longest)
+    small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
+    large = [[r] for r in ranges if r.end - r.start >= MAX_RANGE // 4]
+    groups: list[list[Range]] = []
+    size = 0
+    for r in small:
+        if not groups or len(groups[-1]) == RANGES_PER_REQUEST or (limit and size + r.end - r.start > limit):
+            groups.append([])
+            size = 0
+        groups[-1].append(r)
+        size += r.end - r.start
+    return groups + large
+
+
+def coalesce(pieces: list[Piece], longest: int = MAX_RANGE) -> list[Range]:
+    """Neighbouring pieces of one layer blob, merged into ranges (gaps up to COALESCE_GAP fetched)
+    of at most `longest` bytes (unless a single piece is longer)."""
     ranges: list[Range] = []
     for piece in sorted(pieces, key=lambda p: p.start):
         last = ranges[-1] if ranges else None
         if (
             last is not None
             and piece.start - last.end <= COALESCE_GAP
-            and max(last.end, piece.end) - last.start <= MAX_RANGE
+            and max(last.end, piece.end) - last.start <= longest
         ):
             last.end = max(last.end, piece.end)
             last.pieces.append(piece)
