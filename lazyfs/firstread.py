@@ -23,11 +23,11 @@ what to fetch; the fetch engine verifies every piece like any other, and serves 
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from storage.digest import Digest
 from storage.pieces import Piece
 
 RTT_BYTES = 256 << 10  # 100 Mbit/s x 20 ms: what the link carries in the time of one round trip
@@ -56,17 +56,14 @@ class Directory:
 
 @dataclass
 class Layer:
-    pieces: list[Piece]  # in blob order
-    starts: list[int]  # where each begins in the blob: a piece's identity in its layer
+    pieces: list[Piece]  # in blob order, one per digest (the image's pieces are)
+    # Where each digest's piece is in `pieces`: a miss on a copy of a file (ruby's rubygems are in
+    # two directories) is the miss of its first copy, whose fetch serves both.
+    position: dict[Digest, int]
     size: int  # compressed bytes of all its pieces
     directories: dict[str, Directory]
     opened: int = 0
-    taken: set[int] = field(default_factory=set)  # starts of the pieces missed or guessed so far
-
-    def position(self, piece: Piece) -> int | None:
-        """Where `piece` (the engine's, or a file's own copy of it) is in `pieces`."""
-        i = bisect.bisect_left(self.starts, piece.start)
-        return i if i < len(self.starts) and self.starts[i] == piece.start else None
+    taken: set[Digest] = field(default_factory=set)  # the pieces missed or guessed so far
 
 
 class FirstRead:
@@ -80,11 +77,12 @@ class FirstRead:
     def on_miss(self, miss: Piece) -> list[Piece]:
         """The pieces worth fetching along with `miss` (nothing unless it opens a file)."""
         layer = self._layers.get(miss.layer)
-        position = None if layer is None or miss.file_offset else layer.position(miss)
+        position = None if layer is None or miss.file_offset else layer.position.get(miss.digest)
         if layer is None or position is None:
             return []
+        miss = layer.pieces[position]
         with self._lock:
-            layer.taken.add(miss.start)
+            layer.taken.add(miss.digest)
             guesses = Guesses(layer.taken)
             guesses.add(_rest_of_file(layer.pieces, position), WHOLE_FILE)
             layer.opened += 1
@@ -101,9 +99,9 @@ class FirstRead:
 
 
 class Guesses:
-    """Pieces chosen for one miss, within MISS_BUDGET, none chosen before (`taken`: their starts)."""
+    """Pieces chosen for one miss, within MISS_BUDGET, none chosen before (`taken`)."""
 
-    def __init__(self, taken: set[int]) -> None:
+    def __init__(self, taken: set[Digest]) -> None:
         self.pieces: list[Piece] = []
         self.size = 0
         self._taken = taken
@@ -115,12 +113,12 @@ class Guesses:
         for piece in candidates:
             if small_only and not _small(piece):
                 return
-            if piece.start in self._taken:
+            if piece.digest in self._taken:
                 continue
             size = piece.end - piece.start
             if spent + size > budget or self.size + size > MISS_BUDGET:
                 return
-            self._taken.add(piece.start)
+            self._taken.add(piece.digest)
             self.pieces.append(piece)
             spent += size
             self.size += size
@@ -133,7 +131,7 @@ def _index(pieces: list[Piece]) -> Layer:
         if _small(piece):
             directory.small.append(piece)
     size = sum(piece.end - piece.start for piece in pieces)
-    return Layer(pieces, [piece.start for piece in pieces], size, directories)
+    return Layer(pieces, {piece.digest: i for i, piece in enumerate(pieces)}, size, directories)
 
 
 def _directory(piece: Piece) -> str:

@@ -24,7 +24,7 @@ from lazyfs.firstread import (
 from lazyfs.readahead import blob_order
 from lazyfs.source import ImageSource, image_tree
 from storage.importer import add_layer, import_tarball
-from storage.pieces import Piece
+from storage.pieces import FileLayout, Piece
 from storage.store import Store
 from tests.lazyfs.conftest import Mounter, pull_lazily, run_cli
 from tests.registry.conftest import Registry
@@ -48,6 +48,8 @@ def base_layer() -> list[tuple[tarfile.TarInfo, bytes | None]]:
         *((info(name), data) for name, data in CONFIGS.items()),
         (info("share", tarfile.DIRTYPE), None),
         *((info(name), data) for name, data in SHARED.items()),
+        (info("var", tarfile.DIRTYPE), None),  # the configs again: a directory of duplicates
+        *((info(name.replace("etc/", "var/")), data) for name, data in CONFIGS.items()),
     ]
 
 
@@ -63,16 +65,21 @@ def image_pieces(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Pie
         tmp / "app.tar", [(info("app", tarfile.DIRTYPE), None), *((info(k), v) for k, v in APP.items())]
     )
     image = add_layer(store, base, app_tar, "app:1", "the app")
-    pieces = ImageSource(image_tree(store, image)).all_pieces()
+    tree = image_tree(store, image)
     by_name: dict[str, list[Piece]] = {}
-    for piece in pieces:
+    for piece in ImageSource(tree).all_pieces():  # one per digest: copies are not there
         by_name.setdefault(piece.name.removeprefix("./"), []).append(piece)
+    for name in CONFIGS:  # a copy's piece, as a read of the copy asks for it
+        copy = tree.node(name.replace("etc/", "var/"))
+        assert copy is not None
+        by_name[copy.entry.name.removeprefix("./")] = FileLayout.of(copy.content, copy.layer).pieces
     return by_name
 
 
 def first_read(image_pieces: dict[str, list[Piece]]) -> FirstRead:
-    """A fresh policy (it remembers what it named) over the image's pieces."""
-    return FirstRead(blob_order([p for pieces in image_pieces.values() for p in pieces]))
+    """A fresh policy (it remembers what it named) over the image's pieces (the copies' own are not)."""
+    image = [p for name, pieces in image_pieces.items() if not name.startswith("var/") for p in pieces]
+    return FirstRead(blob_order(image))
 
 
 def names(pieces: list[Piece]) -> set[str]:
@@ -130,6 +137,19 @@ def test_neighbours_in_the_blob_come_along_across_directories(image_pieces: dict
     assert names(guesses) == {"etc/b.conf", *list(SHARED)[: len(names(guesses)) - 1]}
     assert size(guesses) <= size([image_pieces["etc/b.conf"][0]]) + NEIGHBOURS
     assert all(p.end - p.start <= SMALL_FILE for p in guesses)
+
+
+def test_a_copy_of_a_file_counts_as_the_file(image_pieces: dict[str, list[Piece]]) -> None:
+    """The image has one piece per digest: a read of a copy fetches the first copy's bytes, and the
+    guesses are made from where that copy lies (its siblings serve the copies' siblings too)."""
+    policy = first_read(image_pieces)
+    copies = [image_pieces[name.replace("etc/", "var/")][0] for name in CONFIGS]
+    originals = [image_pieces[name][0] for name in CONFIGS]
+    assert copies[0] is not originals[0] and copies[0].start != originals[0].start
+    assert policy.on_miss(copies[0]) == []
+    named = set(policy.on_miss(copies[2]))
+    assert originals[1] in named
+    assert not named & set(policy.on_miss(originals[1]))  # nothing named twice
 
 
 def test_a_small_layer_comes_whole_from_its_second_file(image_pieces: dict[str, list[Piece]]) -> None:
