@@ -138,8 +138,8 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lazyfs-fetch", daemon=True)
         self._inflight: dict[Digest, asyncio.Future[bytes]] = {}
-        # Not yet batched, by (layer, priority, order, request): order is a profile's, else 0;
-        # request: the most bytes one request of them may ask for (0: no limit).
+        # Not yet batched, by (layer, priority, order, request): order is a profile's, or a guess's
+        # tier, else 0; request: the most bytes one request of them may ask for (0: no limit).
         self._queued: dict[tuple[int, int, int, int], list[Piece]] = {}
         self._flush_scheduled = False
         self._pending: list[Batch] = []  # batches not started yet
@@ -215,9 +215,9 @@ class Fetcher:
             first_read is not None,
             time.monotonic(),
         )
-        guesses = first_read.on_miss(missing[0]) if first_read is not None and not along else []
+        tiers = first_read.on_miss(missing[0]) if first_read is not None and not along else []
         ahead = [p for p in [*ahead, *along] if not self.cache.contains(p.digest)]
-        guesses = [p for p in guesses if not self.cache.contains(p.digest)]
+        guesses = [[p for p in tier if not self.cache.contains(p.digest)] for tier in tiers]
         future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
             self._wait(missing, ahead, guesses), self._loop
         )
@@ -300,10 +300,13 @@ class Fetcher:
 
     # -- the loop's side ----------------------------------------------------------------------------
 
-    async def _wait(self, missing: list[Piece], ahead: list[Piece], guesses: list[Piece]) -> list[bytes]:
+    async def _wait(
+        self, missing: list[Piece], ahead: list[Piece], guesses: list[list[Piece]]
+    ) -> list[bytes]:
         futures = await self._want(missing, DEMAND)
         await self._want(ahead, AHEAD)
-        await self._want(guesses, AHEAD, request=GUESS_REQUEST)
+        for order, tier in enumerate(guesses):  # the most urgent tier's requests start first
+            await self._want(tier, AHEAD, order, GUESS_REQUEST)
         with self._lock:
             for piece in missing:
                 if piece.digest in self._prefetched:
@@ -348,7 +351,7 @@ class Fetcher:
             if priority != DEMAND:
                 continue
             demand = coalesce(pieces)
-            for other in [k for k in queued if k[:3] == (layer, AHEAD, 0)]:
+            for other in [k for k in queued if k[:2] == (layer, AHEAD)]:
                 riders = set(ride_along(demand, queued[other]))
                 pieces += riders
                 queued[other] = [p for p in queued[other] if p not in riders]
@@ -496,7 +499,7 @@ class Batch:
     layer: int
     ranges: list[Range]
     priority: int
-    order: int = 0  # within a priority: a profile's order first, then blob order
+    order: int = 0  # within a priority: a profile's order (or a guess's tier) first, then blob order
 
 
 @dataclass

@@ -74,8 +74,10 @@ class FirstRead:
         self._layers = {number: _index(pieces) for number, pieces in layers.items()}
         self._lock = threading.Lock()
 
-    def on_miss(self, miss: Piece) -> list[Piece]:
-        """The pieces worth fetching along with `miss` (nothing unless it opens a file)."""
+    def on_miss(self, miss: Piece) -> list[list[Piece]]:
+        """The pieces worth fetching along with `miss` (nothing unless it opens a file), most
+        urgent first, in tiers: the file's last piece (ELF's dynamic section, a zip's directory: a
+        reader of the first goes there next), the rest of the file, then the other guesses."""
         layer = self._layers.get(miss.layer)
         position = None if layer is None or miss.file_offset else layer.position.get(miss.digest)
         if layer is None or position is None:
@@ -84,7 +86,9 @@ class FirstRead:
         with self._lock:
             layer.taken.add(miss.digest)
             guesses = Guesses(layer.taken)
-            guesses.add(_rest_of_file(layer.pieces, position), WHOLE_FILE)
+            rest = list(_rest_of_file(layer.pieces, position))
+            spent = guesses.add(rest[-1:], WHOLE_FILE)
+            guesses.add(rest, WHOLE_FILE - spent)
             layer.opened += 1
             if layer.size <= SMALL_LAYER and layer.opened == 2:
                 guesses.add(layer.pieces, SMALL_LAYER)
@@ -95,33 +99,37 @@ class FirstRead:
                     directory.window = min(max(2 * directory.window, DIRECTORY_WINDOW), MAX_DIRECTORY_WINDOW)
                     guesses.add(_after(layer.pieces, position), NEIGHBOURS, small_only=True)
                     guesses.add(_siblings(directory.small, miss), directory.window)
-            return guesses.pieces
+            return [tier for tier in guesses.tiers if tier]
 
 
 class Guesses:
-    """Pieces chosen for one miss, within MISS_BUDGET, none chosen before (`taken`)."""
+    """Pieces chosen for one miss, a tier per `add`, within MISS_BUDGET, none chosen before (`taken`)."""
 
     def __init__(self, taken: set[Digest]) -> None:
-        self.pieces: list[Piece] = []
+        self.tiers: list[list[Piece]] = []
         self.size = 0
         self._taken = taken
 
-    def add(self, candidates: Iterable[Piece], budget: int, small_only: bool = False) -> None:
-        """Candidates in order, until `budget` bytes of them (or the miss's budget) are chosen; with
-        `small_only`, up to the first one that is not a small file."""
+    def add(self, candidates: Iterable[Piece], budget: int, small_only: bool = False) -> int:
+        """Candidates in order, as the next tier, until `budget` bytes of them (or the miss's budget)
+        are chosen; with `small_only`, up to the first one that is not a small file. Returns the bytes
+        chosen."""
+        tier: list[Piece] = []
+        self.tiers.append(tier)
         spent = 0
         for piece in candidates:
             if small_only and not _small(piece):
-                return
+                break
             if piece.digest in self._taken:
                 continue
             size = piece.end - piece.start
             if spent + size > budget or self.size + size > MISS_BUDGET:
-                return
+                break
             self._taken.add(piece.digest)
-            self.pieces.append(piece)
+            tier.append(piece)
             spent += size
             self.size += size
+        return spent
 
 
 def _index(pieces: list[Piece]) -> Layer:
