@@ -9,9 +9,9 @@ MISS_BUDGET compressed bytes in all:
 - the rest of the file, up to WHOLE_FILE: programs and libraries are mapped and paged in all over
   (ld.so reads libc's first chunk, then its last, then the rest);
 - from the second file opened in a layer smaller than SMALL_LAYER, the whole layer;
-- from the second file opened in a directory, its other small files (SMALL_FILE or less), a window
-  that starts at RTT_BYTES and doubles with every further file opened there (python's
-  `__pycache__`, ruby's library directories, a package's modules);
+- from the second small file (SMALL_FILE or less) opened in a directory, its other small files, a
+  window that starts at RTT_BYTES and doubles with every further one opened there (python's
+  `__pycache__`, ruby's library directories, a package's modules; not /usr/lib for its libraries);
 - with it, the run of small files that follows the file in the blob (its neighbours in tar
   order), up to NEIGHBOURS bytes: they come in the same range as the miss.
 The first file opened in a directory or small layer brings only itself: a lone read (`cat` of one
@@ -92,7 +92,9 @@ class FirstRead:
             layer.opened += 1
             if layer.size <= SMALL_LAYER and layer.opened == 2:
                 guesses.add(layer.pieces, SMALL_LAYER)
-            directory = layer.directories.get(_directory(miss))
+            # Only small files say a start goes through a directory's files: two libraries opened
+            # from /usr/lib are no reason to fetch the other small ones there.
+            directory = layer.directories.get(_directory(miss)) if _small(miss) else None
             if directory is not None:
                 directory.opened += 1
                 if directory.opened >= 2:

@@ -138,6 +138,13 @@ def test_the_second_file_opened_in_a_directory_brings_its_small_files(
     assert len(missed) <= 6  # a few misses brought the whole directory's small files
 
 
+def test_large_files_of_a_directory_bring_no_small_ones(image_pieces: dict[str, list[Piece]]) -> None:
+    policy = first_read(image_pieces)
+    library, huge = image_pieces["lib/libbig.so"], image_pieces["lib/huge.bin"]
+    assert guessed(policy, library[0]) == [library[-1], *library[1:-1]]
+    assert names(guessed(policy, huge[0])) == {"lib/huge.bin"}  # libraries opened: not the modules
+
+
 def test_neighbours_in_the_blob_come_along_across_directories(image_pieces: dict[str, list[Piece]]) -> None:
     policy = first_read(image_pieces)
     guessed(policy, image_pieces["etc/a.conf"][0])
