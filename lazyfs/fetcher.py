@@ -8,13 +8,18 @@ their pieces are verified (or the deadline passes: then the read fails with EIO,
 What makes it fast over a slow link:
 - one fetch per piece however many readers want it (in-flight futures by digest);
 - pieces asked for in the same loop tick are batched per layer, neighbours in the blob coalesced
-  into ranges, several small ranges to one multi-range request;
-- a few workers take the batches by priority: what a reader waits for first, then read-ahead and
-  access profiles (in the profile's order), then background fill;
+  into ranges, several small ranges to one multi-range request; read-ahead pieces that lie next
+  to what a reader waits for come in the reader's range (`ride_along`);
+- batches start by priority: what a reader waits for at once, whatever else is in flight; then
+  read-ahead and access profiles (in the profile's order), then background fill, while fewer than
+  WORKERS requests are in flight (a reader never queues behind them);
 - read-ahead: a miss also asks for the rest of its file's next MiB; a reader going on in blob
   order (through a big file, or file after file) gets a window that doubles and is renewed before
   it runs out (`Stream`), and past STREAM_AT the rest comes in one streaming GET (`_stream`),
-  each piece handed over as soon as its bytes are in.
+  each piece handed over as soon as its bytes are in;
+- first reads: a miss elsewhere also asks for what lazyfs.firstread guesses the starting program
+  reads next (the rest of the file, small files of its directory, its neighbours, a small layer),
+  unless an access profile is being prefetched: the profile knows, guesses would only compete.
 Nothing leaves the engine unverified: each piece's bytes are decompressed and hashed against the
 TOC's digest (`storage.pieces.unpack`), and a mismatch fails the read (EIO) and is counted, never
 returned.
@@ -34,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lazyfs.readahead import ReadAhead
+from lazyfs.firstread import FirstRead
+from lazyfs.readahead import ReadAhead, blob_order
 from storage.chunks import ChunkCache
 from storage.digest import Digest
 from storage.errors import CorruptLayer, DigestMismatch, StorageError
@@ -47,9 +53,15 @@ log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; 
 COALESCE_GAP = 64 << 10  # fetch a gap this small rather than pay a second range
 MAX_RANGE = 2 << 20  # one range no longer than this: a reader waits for the whole range it needs
 RANGES_PER_REQUEST = 32
-WORKERS = 4  # requests in flight: enough to fill a long fat link, few enough that each is quick
+WORKERS = 4  # requests in flight, but a reader's: enough to fill a long fat link, few enough to be quick
 DEMAND, AHEAD, FILL = 0, 1, 2  # priorities: what a reader waits for, read-ahead and profiles, fill
 FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
+# First-read guesses go in requests of at most this many bytes: a reader who then wants one of them
+# waits for its request, not for all of them (about one round trip's worth at 100 Mbit/s, 20 ms).
+GUESS_REQUEST = 256 << 10
+# While a reader waits, read-ahead and guesses keep no more requests in flight than this: they
+# share the link with it, and its answer queues behind theirs.
+AHEAD_BESIDE_A_READER = 2
 
 
 class FetchError(OSError):
@@ -126,20 +138,22 @@ class Fetcher:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="lazyfs-fetch", daemon=True)
         self._inflight: dict[Digest, asyncio.Future[bytes]] = {}
-        # Not yet batched, by (layer, priority, order): order is a profile's, else 0.
-        self._queued: dict[tuple[int, int, int], list[Piece]] = {}
+        # Not yet batched, by (layer, priority, order, request): order is a profile's, or a guess's
+        # tier, else 0; request: the most bytes one request of them may ask for (0: no limit).
+        self._queued: dict[tuple[int, int, int, int], list[Piece]] = {}
         self._flush_scheduled = False
-        self._pending: list[Batch] = []  # batches waiting for a worker
+        self._pending: list[Batch] = []  # batches not started yet
         self._batch_of: dict[Digest, Batch] = {}
-        self._work = asyncio.Event()
+        self._requests: dict[asyncio.Task[None], Batch] = {}  # in flight
         self._prefetched: set[Digest] = set()
         self._lock = threading.Lock()
         self.read_ahead = ReadAhead()
+        self.first_read: FirstRead | None = None  # once the layout is known
+        self._profiled = False  # an access profile is prefetched: it knows what a start reads
+        self._stopping = False
 
     def start(self) -> None:
         self._thread.start()
-        for _ in range(WORKERS):
-            asyncio.run_coroutine_threadsafe(self._worker(), self._loop)
 
     def stop(self) -> None:
         """Cancel what is still being fetched and end the loop."""
@@ -147,6 +161,7 @@ class Fetcher:
             return
 
         async def wind_down() -> None:
+            self._stopping = True  # what was waiting to start does not start now
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
@@ -192,10 +207,19 @@ class Fetcher:
             return out  # type: ignore[return-value]
         with self._lock:
             self.stats.cache_misses += len(missing)
-        ahead = [*ahead, *self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1])]
-        wanted = missing + [p for p in ahead if not self.cache.contains(p.digest)]
+        along = self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1])
+        first_read = self.first_read
+        log.warning(
+            missing[0].name,
+            missing[0].file_offset,
+            first_read is not None,
+            time.monotonic(),
+        )
+        tiers = first_read.on_miss(missing[0]) if first_read is not None and not along else []
+        ahead = [p for p in [*ahead, *along] if not self.cache.contains(p.digest)]
+        guesses = [[p for p in tier if not self.cache.contains(p.digest)] for tier in tiers]
         future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
-            self._wait(missing, wanted), self._loop
+            self._wait(missing, ahead, guesses), self._loop
         )
         try:
             fetched = iter(future.result(self.timeout))
@@ -209,8 +233,10 @@ class Fetcher:
         return [data if data is not None else next(fetched) for data in out]
 
     def know_layout(self, pieces: Sequence[Piece]) -> None:
-        """Every piece of the image, for read-ahead along the layers."""
-        self.read_ahead.know_layout(pieces)
+        """Every piece of the image, for read-ahead along the layers and guesses at first reads."""
+        layers = blob_order(pieces)
+        self.read_ahead.know_layout(layers)
+        self.first_read = None if self._profiled else FirstRead(layers)
 
     def _read_on(self, piece: Piece) -> None:
         """Ask for what the read-ahead wants next, if anything, as it says: a window, or a stream."""
@@ -226,6 +252,7 @@ class Fetcher:
 
     def prefetch(self, pieces: Sequence[Piece]) -> None:
         """Start fetching `pieces` (an access profile) without waiting; they go in the given order."""
+        self._profiled, self.first_read = True, None  # guesses would only compete with the profile
         todo = [p for p in pieces if not self.cache.contains(p.digest)]
         with self._lock:
             self._prefetched.update(p.digest for p in todo)
@@ -273,9 +300,13 @@ class Fetcher:
 
     # -- the loop's side ----------------------------------------------------------------------------
 
-    async def _wait(self, missing: list[Piece], wanted: list[Piece]) -> list[bytes]:
+    async def _wait(
+        self, missing: list[Piece], ahead: list[Piece], guesses: list[list[Piece]]
+    ) -> list[bytes]:
         futures = await self._want(missing, DEMAND)
-        futures.update(await self._want(wanted[len(missing) :], AHEAD))
+        await self._want(ahead, AHEAD)
+        for order, tier in enumerate(guesses):  # the most urgent tier's requests start first
+            await self._want(tier, AHEAD, order, GUESS_REQUEST)
         with self._lock:
             for piece in missing:
                 if piece.digest in self._prefetched:
@@ -284,7 +315,7 @@ class Fetcher:
         return list(await asyncio.gather(*(futures[p.digest] for p in missing)))
 
     async def _want(
-        self, pieces: list[Piece], priority: int, order: int = 0
+        self, pieces: list[Piece], priority: int, order: int = 0, request: int = 0
     ) -> dict[Digest, asyncio.Future[bytes]]:
         futures: dict[Digest, asyncio.Future[bytes]] = {}
         for piece in pieces:
@@ -293,6 +324,7 @@ class Fetcher:
                 batch = self._batch_of.get(piece.digest)
                 if batch is not None and priority < batch.priority:
                     batch.priority = priority
+                    self._loop.call_soon(self._dispatch)
             else:
                 future = self._loop.create_future()
                 # Fetched between the caller's cache miss and now? Then it is in the cache.
@@ -301,7 +333,7 @@ class Fetcher:
                     future.set_result(data)
                 else:
                     self._inflight[piece.digest] = future
-                    self._queued.setdefault((piece.layer, priority, order), []).append(piece)
+                    self._queued.setdefault((piece.layer, priority, order, request), []).append(piece)
             futures[piece.digest] = future
         if self._queued and not self._flush_scheduled:
             self._flush_scheduled = True
@@ -310,21 +342,49 @@ class Fetcher:
 
     def _flush(self) -> None:
         """Turn what was asked for in this tick into batches: neighbours coalesced into ranges,
-        small ranges several to a (multi-range) request, large ones a request each."""
+        small ranges several to a (multi-range) request, large ones a request each; read-ahead
+        next to what a reader waits for joins the reader's ranges."""
         self._flush_scheduled = False
         queued, self._queued = self._queued, {}
-        for (layer, priority, order), pieces in queued.items():
-            ranges = coalesce(pieces)
-            small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
-            large = [r for r in ranges if r.end - r.start >= MAX_RANGE // 4]
-            groups = [small[i : i + RANGES_PER_REQUEST] for i in range(0, len(small), RANGES_PER_REQUEST)]
-            for group in groups + [[r] for r in large]:
+        for key, pieces in queued.items():
+            layer, priority, order, _ = key
+            if priority != DEMAND:
+                continue
+            demand = coalesce(pieces)
+            for other in [k for k in queued if k[:2] == (layer, AHEAD)]:
+                riders = set(ride_along(demand, queued[other]))
+                pieces += riders
+                queued[other] = [p for p in queued[other] if p not in riders]
+        for (layer, priority, order, request), pieces in queued.items():
+            for group in requests(pieces, request):
                 batch = Batch(layer, group, priority, order)
                 self._pending.append(batch)
                 for r in group:
                     for piece in r.pieces:
                         self._batch_of[piece.digest] = batch
-        self._work.set()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start the batches that may start, the most urgent first: every one a reader waits for,
+        the others while fewer than WORKERS requests are in flight."""
+        while self._pending and not self._stopping:
+            batch = min(self._pending, key=lambda b: (b.priority, b.order, b.layer, b.ranges[0].start))
+            if batch.priority != DEMAND:
+                readers = sum(1 for running in self._requests.values() if running.priority == DEMAND)
+                others = len(self._requests) - readers
+                if len(self._requests) >= WORKERS or (readers and others >= AHEAD_BESIDE_A_READER):
+                    return
+            self._pending.remove(batch)
+            for r in batch.ranges:
+                for piece in r.pieces:
+                    self._batch_of.pop(piece.digest, None)
+            request = self._loop.create_task(self._fetch(batch.layer, batch.ranges))
+            self._requests[request] = batch
+            request.add_done_callback(self._done)
+
+    def _done(self, request: asyncio.Task[None]) -> None:
+        self._requests.pop(request, None)
+        self._dispatch()
 
     async def _stream(self, layer: int, pieces: list[Piece]) -> None:
         """Fetch a run of pieces with one streaming GET, handing each over as soon as its bytes
@@ -380,20 +440,6 @@ class Fetcher:
         finally:
             for piece in own[done:]:  # cancelled (the mount is going away): nobody waits forever
                 self._settle(piece, error=FetchError(5, "the fetch was cancelled"))
-
-    async def _worker(self) -> None:
-        """Fetch the most urgent batch, one at a time."""
-        while True:
-            await self._work.wait()
-            if not self._pending:
-                self._work.clear()
-                continue
-            batch = min(self._pending, key=lambda b: (b.priority, b.order, b.layer, b.ranges[0].start))
-            self._pending.remove(batch)
-            for r in batch.ranges:
-                for piece in r.pieces:
-                    self._batch_of.pop(piece.digest, None)
-            await self._fetch(batch.layer, batch.ranges)
 
     async def _fetch(self, layer: int, ranges: list[Range]) -> None:
         started = time.monotonic()
@@ -453,7 +499,7 @@ class Batch:
     layer: int
     ranges: list[Range]
     priority: int
-    order: int = 0  # within a priority: a profile's order first, then blob order
+    order: int = 0  # within a priority: a profile's order (or a guess's tier) first, then blob order
 
 
 @dataclass
@@ -463,15 +509,45 @@ class Range:
     pieces: list[Piece]
 
 
-def coalesce(pieces: list[Piece]) -> list[Range]:
-    """Neighbouring pieces of one layer blob, merged into ranges (gaps up to COALESCE_GAP fetched)."""
+def ride_along(demand: list[Range], ahead: list[Piece]) -> list[Piece]:
+    """The pieces of `ahead` that lie within COALESCE_GAP of a range a reader waits for: fetched in
+    that range, they cost the reader a few ms more (64 KiB at 100 Mbit/s: 5 ms) and no request."""
+    return [
+        piece
+        for piece in ahead
+        if any(r.start - COALESCE_GAP <= piece.start and piece.end <= r.end + COALESCE_GAP for r in demand)
+    ]
+
+
+def requests(pieces: list[Piece], limit: int = 0) -> list[list[Range]]:
+    """Pieces of one layer as the ranges of each request: small ranges several to a (multi-range)
+    request, large ones a request each; with a `limit`, no request asks for more bytes than that
+    (unless a single piece is larger)."""
+    longest = min(limit, MAX_RANGE) if limit else MAX_RANGE
+    ranges = coalesce(pieces, longest)
+    small = [r for r in ranges if r.end - r.start < MAX_RANGE // 4]
+    large = [[r] for r in ranges if r.end - r.start >= MAX_RANGE // 4]
+    groups: list[list[Range]] = []
+    size = 0
+    for r in small:
+        if not groups or len(groups[-1]) == RANGES_PER_REQUEST or (limit and size + r.end - r.start > limit):
+            groups.append([])
+            size = 0
+        groups[-1].append(r)
+        size += r.end - r.start
+    return groups + large
+
+
+def coalesce(pieces: list[Piece], longest: int = MAX_RANGE) -> list[Range]:
+    """Neighbouring pieces of one layer blob, merged into ranges (gaps up to COALESCE_GAP fetched)
+    of at most `longest` bytes (unless a single piece is longer)."""
     ranges: list[Range] = []
     for piece in sorted(pieces, key=lambda p: p.start):
         last = ranges[-1] if ranges else None
         if (
             last is not None
             and piece.start - last.end <= COALESCE_GAP
-            and max(last.end, piece.end) - last.start <= MAX_RANGE
+            and max(last.end, piece.end) - last.start <= longest
         ):
             last.end = max(last.end, piece.end)
             last.pieces.append(piece)

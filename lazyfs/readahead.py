@@ -40,18 +40,23 @@ class Stream:
     files: int = 0
 
 
+def blob_order(pieces: Sequence[Piece]) -> dict[int, list[Piece]]:
+    """Pieces by layer, each layer's in the order of its blob."""
+    by_layer: dict[int, list[Piece]] = {}
+    for piece in sorted(pieces, key=lambda p: (p.layer, p.start)):
+        by_layer.setdefault(piece.layer, []).append(piece)
+    return by_layer
+
+
 class ReadAhead:
     def __init__(self) -> None:
         self._layout: dict[int, tuple[list[Piece], list[int]]] = {}
         self._streams: dict[int, Stream] = {}
         self._lock = threading.Lock()
 
-    def know_layout(self, pieces: Sequence[Piece]) -> None:
-        """Every piece of the image: read-ahead along a layer needs its pieces in blob order."""
-        by_layer: dict[int, list[Piece]] = {}
-        for piece in sorted(pieces, key=lambda p: (p.layer, p.start)):
-            by_layer.setdefault(piece.layer, []).append(piece)
-        self._layout = {layer: (ps, [p.start for p in ps]) for layer, ps in by_layer.items()}
+    def know_layout(self, layers: dict[int, list[Piece]]) -> None:
+        """Every piece of the image by layer, in blob order (`blob_order`): what read-ahead goes along."""
+        self._layout = {layer: (ps, [p.start for p in ps]) for layer, ps in layers.items()}
 
     def on_miss(self, miss: Piece, last: Piece) -> list[Piece]:
         """The pieces to fetch along with a miss (`last`: the last piece asked for with it)."""
