@@ -2,20 +2,23 @@
 
 Every image shares it, so a file present in two images (or two layers) is fetched and stored once.
 A chunk is written to a temporary file and renamed into place, without an fsync: a crash may leave
-a truncated or empty file under a digest name, so every chunk read back from disk is checked
-against its name before use (a mismatch is a miss, and the file is removed). That check costs a
-sha256 per chunk loaded, which is far cheaper than an fsync per chunk written on the hot path.
+a truncated or empty file under a digest name, and a file may be changed on disk later. So a chunk
+file read back from disk is checked against its name (a mismatch is a miss, and the file is
+removed), which is far cheaper than an fsync per chunk written on the hot path, unless it is sealed
+(storage/chunkseals.py): still the very file whose bytes were verified, by this process or another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from storage.chunkseals import ChunkSeals, seal_of
 from storage.digest import Digest
 
 
@@ -23,6 +26,7 @@ class ChunkCache:
     def __init__(self, root: Path, memory_limit: int = 64 << 20) -> None:
         self.root = root / "chunks"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.seals = ChunkSeals(root)
         self._memory: OrderedDict[str, bytes] = OrderedDict()  # recently used chunks, verified
         self._memory_size = 0
         self._memory_limit = memory_limit
@@ -36,15 +40,22 @@ class ChunkCache:
         data = self.get_from_memory(digest)
         if data is not None:
             return data
-        path = self.path(digest)
+        path = f"{self.root}/{digest.hex[:2]}/{digest.hex}"  # not pathlib: this is the warm read path
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        if Digest.of(data) != digest:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return None
+        try:
+            data = os.read(fd, os.fstat(fd).st_size)
+            seal = seal_of(os.fstat(fd))  # after the read: a write during it has changed the ctime
+        finally:
+            os.close(fd)
+        if not self.seals.matches(digest.hex, seal):
+            if hashlib.sha256(data).hexdigest() != digest.hex:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return None
+            self.seals.record(digest.hex, seal)
         self._remember(digest, data)
         return data
 
@@ -84,7 +95,11 @@ class ChunkCache:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.rename(tmp, path)
+                f.flush()
+                os.rename(tmp, path)
+                self.seals.record(
+                    digest.hex, seal_of(os.fstat(f.fileno()))
+                )  # after the rename: it sets the ctime
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
