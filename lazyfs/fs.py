@@ -5,10 +5,15 @@ image never changes, the kernel is told to keep what it learns: entries, attribu
 misses are cached for a day, page-cache contents are kept across opens, and reads come in large
 blocks. So after the first look, metadata costs the kernel nothing here, and each file's bytes
 cross into Python once.
+
+A directory listing carries every entry's full attributes (readdirplus): a walk of the tree costs
+one round trip per directory, not one lookup per entry. mfusepy's readdir passes only a name's type
+and inode, so `LazyFUSE` is mfusepy's FUSE with that one callback of its own.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -21,6 +26,7 @@ from lazyfs.source import BLOCK_SIZE, ImageSource
 from storage.errors import StorageError
 
 CACHE_SECONDS = 86400.0
+FILL_DIR_PLUS = 1 << 1  # libfuse's FUSE_FILL_DIR_PLUS: the stat given with an entry is complete
 
 Args = ParamSpec("Args")
 Result = TypeVar("Result")
@@ -73,12 +79,12 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
     @_errno
     def opendir(self, path: str) -> int:
-        """Make the directory's listing (the kernel asks once, then keeps it: see CACHE_SECONDS)."""
+        """Make the directory's listing, every entry with its full stat (see LazyFUSE); the kernel
+        asks once, then keeps it (see CACHE_SECONDS)."""
         prefix = path.rstrip("/") + "/"
-        listing: list[DirEntry] = [(".", {}, 0), ("..", {}, 0)]
-        for name in self.source.entries(path):
-            child = self.source.stat(prefix + name)
-            listing.append((name, {"st_mode": child["st_mode"], "st_ino": child["st_ino"]}, 0))
+        dot = {"st_mode": self.source.stat(path)["st_mode"]}
+        listing: list[DirEntry] = [(".", dot, 0), ("..", dot, 0)]
+        listing += [(name, self.source.stat(prefix + name), 0) for name in self.source.entries(path)]
         handle = next(self._handles)
         self.listings[handle] = listing
         return handle
@@ -112,3 +118,23 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 
     def statfs(self, path: str) -> dict[str, int]:
         return self.source.statfs()
+
+
+class LazyFUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE, whose readdir hands the kernel each entry's full attributes.
+
+    mfusepy fills only st_mode and st_ino of an entry and never sets FUSE_FILL_DIR_PLUS, so the
+    kernel, which asks for a listing with attributes (READDIRPLUS), would still look up every entry
+    on its own. libfuse 3's high-level API takes the full stat with the flag; this passes it.
+    """
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        status = mfusepy.c_stat()
+        for name, attrs, _ in self.operations.readdir(None, fip.contents.fh):
+            ctypes.memset(ctypes.byref(status), 0, ctypes.sizeof(status))
+            mfusepy.set_st_attrs(status, attrs, use_ns=True)
+            if filler(buf, name.encode(self.encoding, self.errors), status, 0, FILL_DIR_PLUS) != 0:
+                break
+        return 0

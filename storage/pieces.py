@@ -141,14 +141,15 @@ class FileLayout:
         wanted = self.parts[first : last + 1]
         pieces = [part for part in wanted if isinstance(part, Piece)]
         fetched = iter(reader.get(pieces, self._following(last + 1, ahead)) if pieces else [])
-        out = bytearray()
+        out: list[bytes] = []
         for index, part in enumerate(wanted, first):
             start = self.starts[index]
             if isinstance(part, Piece):
-                out += next(fetched)[max(0, offset - start) : end - start]
+                # A whole piece's slice is the piece itself (no copy): large aligned reads join once.
+                out.append(next(fetched)[max(0, offset - start) : end - start])
             else:  # a hole: only the zeros this read covers
-                out += bytes(min(end, start + part) - max(offset, start))
-        return bytes(out)
+                out.append(bytes(min(end, start + part) - max(offset, start)))
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def chunks(self, reader: PieceReader) -> Iterator[bytes]:
         """The whole file, piece by piece (a hole in blocks of at most HOLE_BLOCK bytes)."""
