@@ -17,7 +17,8 @@ import ctypes
 import errno
 import functools
 import itertools
-from collections.abc import Callable, Iterable
+import stat
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import mfusepy
@@ -81,15 +82,14 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     def opendir(self, path: str) -> int:
         """Make the directory's listing, every entry with its full stat (see LazyFUSE); the kernel
         asks once, then keeps it (see CACHE_SECONDS)."""
-        prefix = path.rstrip("/") + "/"
-        dot = {"st_mode": self.source.stat(path)["st_mode"]}
+        dot = {"st_mode": stat.S_IFDIR}
         listing: list[DirEntry] = [(".", dot, 0), ("..", dot, 0)]
-        listing += [(name, self.source.stat(prefix + name), 0) for name in self.source.entries(path)]
+        listing += [(name, attrs, 0) for name, attrs in self.source.listing(path)]
         handle = next(self._handles)
         self.listings[handle] = listing
         return handle
 
-    def readdir(self, path: str | None, fh: int) -> Iterable[DirEntry]:
+    def readdir(self, path: str | None, fh: int) -> list[DirEntry]:
         return self.listings[fh]
 
     def releasedir(self, path: str | None, fh: int) -> int:
@@ -123,18 +123,41 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
 class LazyFUSE(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy's FUSE, whose readdir hands the kernel each entry's full attributes.
 
-    mfusepy fills only st_mode and st_ino of an entry and never sets FUSE_FILL_DIR_PLUS, so the
-    kernel, which asks for a listing with attributes (READDIRPLUS), would still look up every entry
-    on its own. libfuse 3's high-level API takes the full stat with the flag; this passes it.
+    mfusepy fills only st_mode and st_ino of an entry, never sets FUSE_FILL_DIR_PLUS, and passes
+    offset 0, with which libfuse's high-level API sends no attributes in a READDIRPLUS answer
+    anyway: the kernel would still look up every entry on its own. Here each entry goes with its
+    full stat, the flag and its offset in the listing (libfuse then calls again from an offset
+    when the kernel's buffer is full).
     """
 
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
     ) -> int:
+        listing = self.operations.readdir(None, fip.contents.fh)
         status = mfusepy.c_stat()
-        for name, attrs, _ in self.operations.readdir(None, fip.contents.fh):
-            ctypes.memset(ctypes.byref(status), 0, ctypes.sizeof(status))
-            mfusepy.set_st_attrs(status, attrs, use_ns=True)
-            if filler(buf, name.encode(self.encoding, self.errors), status, 0, FILL_DIR_PLUS) != 0:
+        for index in range(offset, len(listing)):
+            name, attrs, _ = listing[index]
+            _fill(status, attrs)
+            if filler(buf, name.encode(self.encoding, self.errors), status, index + 1, FILL_DIR_PLUS) != 0:
                 break
         return 0
+
+
+def _fill(status: Any, attrs: dict[str, int]) -> None:
+    """A C stat from a stat dict (mfusepy's set_st_attrs, without its generic loop: a listing of a
+    big directory fills thousands)."""
+    ctypes.memset(ctypes.byref(status), 0, ctypes.sizeof(status))
+    status.st_mode = attrs["st_mode"]
+    if len(attrs) == 1:  # "." and "..": only their type
+        return
+    status.st_ino, status.st_nlink = attrs["st_ino"], attrs["st_nlink"]
+    status.st_uid, status.st_gid = attrs["st_uid"], attrs["st_gid"]
+    status.st_size, status.st_blocks, status.st_blksize = (
+        attrs["st_size"],
+        attrs["st_blocks"],
+        attrs["st_blksize"],
+    )
+    status.st_rdev = attrs.get("st_rdev", 0)
+    for name in ("st_atime", "st_mtime", "st_ctime"):
+        timespec = getattr(status, name + "spec")
+        timespec.tv_sec, timespec.tv_nsec = divmod(attrs[name], 1_000_000_000)

@@ -91,7 +91,16 @@ class ImageSource:
 
     def stat(self, path: str) -> Stat:
         """What `stat` says of `path`, made when asked: the kernel keeps it (see lazyfs.fs)."""
-        node = self._node(path)
+        return self._stat(self._node(path))
+
+    def listing(self, path: str) -> list[tuple[str, Stat]]:
+        """A directory's entries with their stats, in the layers' order (see `entries`)."""
+        children = self._node(path).children
+        if children is None:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        return [(name, self._stat(child)) for name, child in children.items()]
+
+    def _stat(self, node: Node) -> Stat:
         out = node_stat(node, node.ino, self._links.get(id(node.content), 1))
         if node.children is not None:
             out["st_nlink"] = 2 + sum(1 for child in node.children.values() if child.is_dir)
