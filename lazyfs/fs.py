@@ -8,7 +8,9 @@ cross into Python once.
 
 A directory listing carries every entry's full attributes (readdirplus): a walk of the tree costs
 one round trip per directory, not one lookup per entry. mfusepy's readdir passes only a name's type
-and inode, so `LazyFUSE` is mfusepy's FUSE with that one callback of its own.
+and inode, so `LazyFUSE` is mfusepy's FUSE with a readdir of its own (and a read that copies a
+reply's parts into libfuse's buffer without joining them first). There is no `open`: a read comes
+with its path, so opening a file costs no call into Python.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     def __init__(self, source: ImageSource) -> None:
         self.source = source
         self.on_ready: Callable[[], None] | None = None  # called once the kernel has mounted us
-        # By directory handle, while open: readdir gets no path (nullpath_ok), only the handle.
+        # By directory handle, while the directory is open.
         self.listings: dict[int, list[DirEntry]] = {}
         self._handles = itertools.count(1)
 
@@ -68,7 +70,6 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         config.negative_timeout = CACHE_SECONDS
         config.use_ino = 1
         config.kernel_cache = 1
-        config.nullpath_ok = 1
         if conn is not None:
             conn.max_readahead = BLOCK_SIZE
         if self.on_ready is not None:
@@ -109,12 +110,9 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return self.source.xattrs(path)
 
     @_errno
-    def open(self, path: str, flags: int) -> int:
-        return self.source.open(path, flags)
-
-    @_errno
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
-        return self.source.read(fh, size, offset)
+    def read(self, path: str, size: int, offset: int, fh: int) -> list[bytes]:
+        """The bytes in parts, which LazyFUSE copies into the reply one by one."""
+        return self.source.read(path, size, offset)
 
     def statfs(self, path: str) -> dict[str, int]:
         return self.source.statfs()
@@ -129,6 +127,16 @@ class LazyFUSE(mfusepy.FUSE):  # type: ignore[misc]
     full stat, the flag and its offset in the listing (libfuse then calls again from an offset
     when the kernel's buffer is full).
     """
+
+    def read(self, path: bytes, buf: Any, size: int, offset: int, fip: Any) -> int:
+        """mfusepy's read, with the bytes copied into libfuse's buffer part by part, not joined first."""
+        parts = self.operations.read(path.decode(self.encoding, self.errors), size, offset, fip.contents.fh)
+        address = ctypes.addressof(buf.contents)
+        done = 0
+        for part in parts:
+            ctypes.memmove(address + done, part, len(part))
+            done += len(part)
+        return done
 
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int

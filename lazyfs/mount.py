@@ -262,7 +262,7 @@ def _daemon(
     reads = Reads()
     with mountable.fetching(store, timeout, reads.record) as fetcher:
         reads.fetcher = fetcher
-        source = ImageSource(mountable.tree, fetcher, mountable.image.name)
+        source = ImageSource(mountable.tree, fetcher, mountable.image.name, warm=fetcher.cache.advise)
         return _serve(source, fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, reads)
 
 

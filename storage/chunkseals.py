@@ -8,9 +8,10 @@ can set back, so a file whose seal no longer matches is hashed again before it i
 changed one is never served. What a seal cannot see is a change below the file system (a disk
 that flips a bit on its own); chunk files are writable by their owner only (mkstemp's 0600).
 
-Seals live in memory and in one append-only log per chunk subdirectory, `<root>/seals/<xx>`, one
-line per seal, `<hex> <ino> <size> <mtime_ns> <ctime_ns>`, appended with O_APPEND so that the
-lines of concurrent mounts never interleave. A new mount reads them instead of hashing every cached
+Seals live in memory and in sixteen append-only logs, `<root>/seals/<x>` by the first hex digit of
+the digest (few files to read at a new mount, each a small part of a big cache's), one line per
+seal, `<hex> <ino> <size> <mtime_ns> <ctime_ns>`, appended with O_APPEND so that the lines of
+concurrent mounts never interleave. A new mount reads them instead of hashing every cached
 chunk again, which is what lets a warm read go at the disk's speed. A line that does not parse is
 skipped, and the last line for a chunk wins; a log mostly made of superseded lines is rewritten.
 """
@@ -34,16 +35,16 @@ def seal_of(status: os.stat_result) -> Seal:
 class ChunkSeals:
     def __init__(self, root: Path) -> None:
         self.root = root / "seals"
-        self._logs: dict[str, dict[str, Seal]] = {}  # by subdirectory (the hex's first two digits)
+        self._logs: dict[str, dict[str, Seal]] = {}  # by the first hex digit
         self._lock = threading.Lock()
 
     def matches(self, hex_digest: str, seal: Seal) -> bool:
         """Whether the chunk's file is still the one that was verified."""
-        return self._log(hex_digest[:2]).get(hex_digest) == seal
+        return self._log(hex_digest[:1]).get(hex_digest) == seal
 
     def record(self, hex_digest: str, seal: Seal) -> None:
         """Remember that the chunk's file, as `seal` describes it, holds the verified bytes."""
-        log = self._log(hex_digest[:2])
+        log = self._log(hex_digest[:1])
         if log.get(hex_digest) == seal:
             return
         log[hex_digest] = seal
@@ -51,24 +52,24 @@ class ChunkSeals:
         with contextlib.suppress(OSError):  # a read-only root: the seal holds for this process only
             self.root.mkdir(exist_ok=True)
             fd = os.open(
-                self.root / hex_digest[:2], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                self.root / hex_digest[:1], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
             )
             try:
                 os.write(fd, line.encode())
             finally:
                 os.close(fd)
 
-    def _log(self, subdirectory: str) -> dict[str, Seal]:
-        log = self._logs.get(subdirectory)
+    def _log(self, shard: str) -> dict[str, Seal]:
+        log = self._logs.get(shard)
         if log is not None:
             return log
         with self._lock:
-            if subdirectory not in self._logs:
-                self._logs[subdirectory] = self._read(subdirectory)
-            return self._logs[subdirectory]
+            if shard not in self._logs:
+                self._logs[shard] = self._read(shard)
+            return self._logs[shard]
 
-    def _read(self, subdirectory: str) -> dict[str, Seal]:
-        path = self.root / subdirectory
+    def _read(self, shard: str) -> dict[str, Seal]:
+        path = self.root / shard
         try:
             lines = path.read_bytes().split(b"\n")
         except FileNotFoundError:

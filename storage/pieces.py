@@ -133,9 +133,15 @@ class FileLayout:
     def read(self, reader: PieceReader, offset: int, size: int, ahead: int = 0) -> bytes:
         """The file's bytes [offset, offset + size), from the pieces that hold them; the reader is
         also told of the file's next pieces, up to `ahead` bytes of them."""
+        out = self.read_parts(reader, offset, size, ahead)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def read_parts(self, reader: PieceReader, offset: int, size: int, ahead: int = 0) -> list[bytes]:
+        """`read`'s bytes, one part per piece or hole: a caller that copies them anyway (into a
+        FUSE reply) need not join them first."""
         end = min(offset + size, self.size)
         if offset >= end:
-            return b""
+            return []
         first = bisect.bisect_right(self.starts, offset) - 1
         last = bisect.bisect_left(self.starts, end) - 1
         wanted = self.parts[first : last + 1]
@@ -145,11 +151,10 @@ class FileLayout:
         for index, part in enumerate(wanted, first):
             start = self.starts[index]
             if isinstance(part, Piece):
-                # A whole piece's slice is the piece itself (no copy): large aligned reads join once.
-                out.append(next(fetched)[max(0, offset - start) : end - start])
+                out.append(next(fetched)[max(0, offset - start) : end - start])  # a whole piece: no copy
             else:  # a hole: only the zeros this read covers
                 out.append(bytes(min(end, start + part) - max(offset, start)))
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out
 
     def chunks(self, reader: PieceReader) -> Iterator[bytes]:
         """The whole file, piece by piece (a hole in blocks of at most HOLE_BLOCK bytes)."""

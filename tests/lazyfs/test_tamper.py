@@ -76,7 +76,7 @@ def test_a_sealed_chunk_is_trusted_until_its_file_changes(tmp_path: Path) -> Non
     data = os.urandom(4096)
     digest = Digest.of(data)
     ChunkCache(tmp_path).put(digest, data)
-    assert (tmp_path / "seals" / digest.hex[:2]).read_text().startswith(digest.hex + " ")
+    assert (tmp_path / "seals" / digest.hex[:1]).read_text().startswith(digest.hex + " ")
     assert ChunkCache(tmp_path).get(digest) == data  # another process: sealed, read as it is
 
     path = ChunkCache(tmp_path).path(digest)
@@ -85,7 +85,7 @@ def test_a_sealed_chunk_is_trusted_until_its_file_changes(tmp_path: Path) -> Non
     assert not path.exists()
 
     ChunkCache(tmp_path).put(digest, data)
-    with open(tmp_path / "seals" / digest.hex[:2], "a") as log:
+    with open(tmp_path / "seals" / digest.hex[:1], "a") as log:
         log.write("not a seal\n" + digest.hex[:10])  # garbage and a torn line are skipped
     assert ChunkCache(tmp_path).get(digest) == data
 
@@ -95,6 +95,6 @@ def test_an_unsealed_chunk_file_is_hashed_before_use(tmp_path: Path) -> None:
     digest = Digest.of(data)
     cache = ChunkCache(tmp_path)
     cache.put(digest, data)
-    (tmp_path / "seals" / digest.hex[:2]).unlink()  # e.g. written by a version that kept no seals
+    (tmp_path / "seals" / digest.hex[:1]).unlink()  # e.g. written by a version that kept no seals
     assert ChunkCache(tmp_path).get(digest) == data  # hashed, found right, sealed again
-    assert (tmp_path / "seals" / digest.hex[:2]).read_text().startswith(digest.hex + " ")
+    assert (tmp_path / "seals" / digest.hex[:1]).read_text().startswith(digest.hex + " ")
