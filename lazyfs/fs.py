@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import itertools
+import posixpath
 import stat
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
@@ -29,6 +29,7 @@ from lazyfs.source import BLOCK_SIZE, ImageSource
 from storage.errors import StorageError
 
 CACHE_SECONDS = 86400.0
+LISTINGS_KEPT = 256  # directory listings kept between a reader's pieces of them
 FILL_DIR_PLUS = 1 << 1  # libfuse's FUSE_FILL_DIR_PLUS: the stat given with an entry is complete
 
 Args = ParamSpec("Args")
@@ -60,9 +61,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     def __init__(self, source: ImageSource) -> None:
         self.source = source
         self.on_ready: Callable[[], None] | None = None  # called once the kernel has mounted us
-        # By directory handle, while the directory is open.
-        self.listings: dict[int, list[DirEntry]] = {}
-        self._handles = itertools.count(1)
+        # Directory listings being read, by path: made at offset 0, dropped once read to the end.
+        self.listings: dict[str, list[DirEntry]] = {}
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         config.entry_timeout = CACHE_SECONDS
@@ -80,22 +80,30 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return self.source.stat(path)
 
     @_errno
-    def opendir(self, path: str) -> int:
-        """Make the directory's listing, every entry with its full stat (see LazyFUSE); the kernel
-        asks once, then keeps it (see CACHE_SECONDS)."""
-        dot = {"st_mode": stat.S_IFDIR}
-        listing: list[DirEntry] = [(".", dot, 0), ("..", dot, 0)]
-        listing += [(name, attrs, 0) for name, attrs in self.source.listing(path)]
-        handle = next(self._handles)
-        self.listings[handle] = listing
-        return handle
-
-    def readdir(self, path: str | None, fh: int) -> list[DirEntry]:
-        return self.listings[fh]
-
-    def releasedir(self, path: str | None, fh: int) -> int:
-        self.listings.pop(fh, None)
-        return 0
+    def readdir_with_offset(self, path: str, offset: int, fh: int) -> list[DirEntry]:
+        """A directory's entries from `offset` on, each with its full stat (see LazyFUSE) and the
+        offset of the next. The kernel reads a listing in pieces of a page, then once more past its
+        end: it is made for the first, kept for the next and dropped after the last. There is no
+        opendir or releasedir, so a directory costs no other call into Python (the kernel keeps
+        what it learns: see CACHE_SECONDS)."""
+        listing = self.listings.get(path) if offset else None
+        if listing is None:
+            # Dots need their inode numbers: a reader skips an entry of inode 0.
+            here, parent = (
+                self.source.stat(path)["st_ino"],
+                self.source.stat(posixpath.dirname(path))["st_ino"],
+            )
+            listing = [(".", {"st_mode": stat.S_IFDIR, "st_ino": here}, 1)]
+            listing.append(("..", {"st_mode": stat.S_IFDIR, "st_ino": parent}, 2))
+            listing += [
+                (name, attrs, index) for index, (name, attrs) in enumerate(self.source.listing(path), 3)
+            ]
+            if len(self.listings) >= LISTINGS_KEPT:  # readers that stopped early: forget theirs
+                self.listings.clear()
+            self.listings[path] = listing
+        if offset >= len(listing):
+            self.listings.pop(path, None)
+        return listing[offset:]
 
     @_errno
     def readlink(self, path: str) -> str:
@@ -138,15 +146,12 @@ class LazyFUSE(mfusepy.FUSE):  # type: ignore[misc]
             done += len(part)
         return done
 
-    def readdir_fuse_3(
-        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
-    ) -> int:
-        listing = self.operations.readdir(None, fip.contents.fh)
+    def readdir_fuse_3(self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        entries = self.operations.readdir_with_offset(path.decode(self.encoding, self.errors), offset, 0)
         status = mfusepy.c_stat()
-        for index in range(offset, len(listing)):
-            name, attrs, _ = listing[index]
+        for name, attrs, following in entries:
             _fill(status, attrs)
-            if filler(buf, name.encode(self.encoding, self.errors), status, index + 1, FILL_DIR_PLUS) != 0:
+            if filler(buf, name.encode(self.encoding, self.errors), status, following, FILL_DIR_PLUS) != 0:
                 break
         return 0
 
@@ -155,10 +160,10 @@ def _fill(status: Any, attrs: dict[str, int]) -> None:
     """A C stat from a stat dict (mfusepy's set_st_attrs, without its generic loop: a listing of a
     big directory fills thousands)."""
     ctypes.memset(ctypes.byref(status), 0, ctypes.sizeof(status))
-    status.st_mode = attrs["st_mode"]
-    if len(attrs) == 1:  # "." and "..": only their type
+    status.st_mode, status.st_ino = attrs["st_mode"], attrs["st_ino"]
+    if len(attrs) == 2:  # "." and "..": only their type and inode (libfuse sends no attributes for them)
         return
-    status.st_ino, status.st_nlink = attrs["st_ino"], attrs["st_nlink"]
+    status.st_nlink = attrs["st_nlink"]
     status.st_uid, status.st_gid = attrs["st_uid"], attrs["st_gid"]
     status.st_size, status.st_blocks, status.st_blksize = (
         attrs["st_size"],
