@@ -5,14 +5,22 @@ image never changes, the kernel is told to keep what it learns: entries, attribu
 misses are cached for a day, page-cache contents are kept across opens, and reads come in large
 blocks. So after the first look, metadata costs the kernel nothing here, and each file's bytes
 cross into Python once.
+
+A directory listing carries every entry's full attributes (readdirplus): a walk of the tree costs
+one round trip per directory, not one lookup per entry. mfusepy's readdir passes only a name's type
+and inode, so `LazyFUSE` is mfusepy's FUSE with a readdir of its own (and a read that copies a
+reply's parts into libfuse's buffer without joining them first). There is no `open`: a read comes
+with its path, so opening a file costs no call into Python.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
-import itertools
-from collections.abc import Callable, Iterable
+import posixpath
+import stat
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 import mfusepy
@@ -21,6 +29,8 @@ from lazyfs.source import BLOCK_SIZE, ImageSource
 from storage.errors import StorageError
 
 CACHE_SECONDS = 86400.0
+LISTINGS_KEPT = 256  # directory listings kept between a reader's pieces of them
+FILL_DIR_PLUS = 1 << 1  # libfuse's FUSE_FILL_DIR_PLUS: the stat given with an entry is complete
 
 Args = ParamSpec("Args")
 Result = TypeVar("Result")
@@ -51,9 +61,8 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
     def __init__(self, source: ImageSource) -> None:
         self.source = source
         self.on_ready: Callable[[], None] | None = None  # called once the kernel has mounted us
-        # By directory handle, while open: readdir gets no path (nullpath_ok), only the handle.
-        self.listings: dict[int, list[DirEntry]] = {}
-        self._handles = itertools.count(1)
+        # Directory listings being read, by path: made at offset 0, dropped once read to the end.
+        self.listings: dict[str, list[DirEntry]] = {}
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         config.entry_timeout = CACHE_SECONDS
@@ -61,7 +70,6 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         config.negative_timeout = CACHE_SECONDS
         config.use_ino = 1
         config.kernel_cache = 1
-        config.nullpath_ok = 1
         if conn is not None:
             conn.max_readahead = BLOCK_SIZE
         if self.on_ready is not None:
@@ -72,23 +80,30 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return self.source.stat(path)
 
     @_errno
-    def opendir(self, path: str) -> int:
-        """Make the directory's listing (the kernel asks once, then keeps it: see CACHE_SECONDS)."""
-        prefix = path.rstrip("/") + "/"
-        listing: list[DirEntry] = [(".", {}, 0), ("..", {}, 0)]
-        for name in self.source.entries(path):
-            child = self.source.stat(prefix + name)
-            listing.append((name, {"st_mode": child["st_mode"], "st_ino": child["st_ino"]}, 0))
-        handle = next(self._handles)
-        self.listings[handle] = listing
-        return handle
-
-    def readdir(self, path: str | None, fh: int) -> Iterable[DirEntry]:
-        return self.listings[fh]
-
-    def releasedir(self, path: str | None, fh: int) -> int:
-        self.listings.pop(fh, None)
-        return 0
+    def readdir_with_offset(self, path: str, offset: int, fh: int) -> list[DirEntry]:
+        """A directory's entries from `offset` on, each with its full stat (see LazyFUSE) and the
+        offset of the next. The kernel reads a listing in pieces of a page, then once more past its
+        end: it is made for the first, kept for the next and dropped after the last. There is no
+        opendir or releasedir, so a directory costs no other call into Python (the kernel keeps
+        what it learns: see CACHE_SECONDS)."""
+        listing = self.listings.get(path) if offset else None
+        if listing is None:
+            # Dots need their inode numbers: a reader skips an entry of inode 0.
+            here, parent = (
+                self.source.stat(path)["st_ino"],
+                self.source.stat(posixpath.dirname(path))["st_ino"],
+            )
+            listing = [(".", {"st_mode": stat.S_IFDIR, "st_ino": here}, 1)]
+            listing.append(("..", {"st_mode": stat.S_IFDIR, "st_ino": parent}, 2))
+            listing += [
+                (name, attrs, index) for index, (name, attrs) in enumerate(self.source.listing(path), 3)
+            ]
+            if len(self.listings) >= LISTINGS_KEPT:  # readers that stopped early: forget theirs
+                self.listings.clear()
+            self.listings[path] = listing
+        if offset >= len(listing):
+            self.listings.pop(path, None)
+        return listing[offset:]
 
     @_errno
     def readlink(self, path: str) -> str:
@@ -103,12 +118,59 @@ class LazyFS(mfusepy.Operations):  # type: ignore[misc]
         return self.source.xattrs(path)
 
     @_errno
-    def open(self, path: str, flags: int) -> int:
-        return self.source.open(path, flags)
-
-    @_errno
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
-        return self.source.read(fh, size, offset)
+    def read(self, path: str, size: int, offset: int, fh: int) -> list[bytes]:
+        """The bytes in parts, which LazyFUSE copies into the reply one by one."""
+        return self.source.read(path, size, offset)
 
     def statfs(self, path: str) -> dict[str, int]:
         return self.source.statfs()
+
+
+class LazyFUSE(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE, whose readdir hands the kernel each entry's full attributes.
+
+    mfusepy fills only st_mode and st_ino of an entry, never sets FUSE_FILL_DIR_PLUS, and passes
+    offset 0, with which libfuse's high-level API sends no attributes in a READDIRPLUS answer
+    anyway: the kernel would still look up every entry on its own. Here each entry goes with its
+    full stat, the flag and its offset in the listing (libfuse then calls again from an offset
+    when the kernel's buffer is full).
+    """
+
+    def read(self, path: bytes, buf: Any, size: int, offset: int, fip: Any) -> int:
+        """mfusepy's read, with the bytes copied into libfuse's buffer part by part, not joined first."""
+        parts = self.operations.read(path.decode(self.encoding, self.errors), size, offset, fip.contents.fh)
+        address = ctypes.addressof(buf.contents)
+        done = 0
+        for part in parts:
+            ctypes.memmove(address + done, part, len(part))
+            done += len(part)
+        return done
+
+    def readdir_fuse_3(self, path: bytes, buf: Any, filler: Any, offset: int, fip: Any, flags: int) -> int:
+        entries = self.operations.readdir_with_offset(path.decode(self.encoding, self.errors), offset, 0)
+        status = mfusepy.c_stat()
+        for name, attrs, following in entries:
+            _fill(status, attrs)
+            if filler(buf, name.encode(self.encoding, self.errors), status, following, FILL_DIR_PLUS) != 0:
+                break
+        return 0
+
+
+def _fill(status: Any, attrs: dict[str, int]) -> None:
+    """A C stat from a stat dict (mfusepy's set_st_attrs, without its generic loop: a listing of a
+    big directory fills thousands)."""
+    ctypes.memset(ctypes.byref(status), 0, ctypes.sizeof(status))
+    status.st_mode, status.st_ino = attrs["st_mode"], attrs["st_ino"]
+    if len(attrs) == 2:  # "." and "..": only their type and inode (libfuse sends no attributes for them)
+        return
+    status.st_nlink = attrs["st_nlink"]
+    status.st_uid, status.st_gid = attrs["st_uid"], attrs["st_gid"]
+    status.st_size, status.st_blocks, status.st_blksize = (
+        attrs["st_size"],
+        attrs["st_blocks"],
+        attrs["st_blksize"],
+    )
+    status.st_rdev = attrs.get("st_rdev", 0)
+    for name in ("st_atime", "st_mtime", "st_ctime"):
+        timespec = getattr(status, name + "spec")
+        timespec.tv_sec, timespec.tv_nsec = divmod(attrs[name], 1_000_000_000)

@@ -7,21 +7,28 @@ user's path, symlinks followed inside the image root, into one.
 
 Nothing is computed per path ahead of time but its inode number: a stat or a directory listing is
 made when asked, from the tree's nodes (a few dict lookups), since the kernel keeps what it is told
-(lazyfs.fs); a file's layout is made when it is first opened. Inode numbers are stable (the order of
+(lazyfs.fs); a file's layout is made when it is first read. Inode numbers are stable (the order of
 a sorted walk of the tree); hard links share one. File contents come from a
 `PieceReader` (lazyfs's fetch engine): read, verified and cached by piece.
+
+A reader that goes through a layer's files in blob order (a copy of the tree, a scan) has the
+chunk files of the next ones read from disk ahead of it (`warm`: the chunk cache's `advise`), so
+that cached files come off the disk as fast as an extracted tree does: many small reads in flight,
+not one after another.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import errno
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from lazyfs.readahead import READ_AHEAD
+from storage.digest import Digest
 from storage.errors import NotFound, UnsafePath
 from storage.pieces import FileLayout, Piece, PieceReader, file_pieces
 from storage.store import Image, Store
@@ -36,7 +43,9 @@ TYPE_BITS = {
     "fifo": stat.S_IFIFO,
 }
 BLOCK_SIZE = 1 << 20  # st_blksize: readers size their reads from it
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC
+WARM_AHEAD = 8 << 20  # blob bytes of chunk files read ahead of a reader going through a layer in order
+IN_ORDER_GAP = 64 << 10  # a file starting this close after the last one read comes next in the blob
+NO_TRAIL = 1 << 62  # where "the last file read" ends in a layer none was read from yet
 
 Stat = dict[str, int]  # os.stat_result's st_* names
 
@@ -55,11 +64,20 @@ def image_tree(store: Store, image: Image) -> ImageTree:
 
 
 class ImageSource:
-    def __init__(self, tree: ImageTree, reader: PieceReader | None = None, name: str = "the image") -> None:
+    def __init__(
+        self,
+        tree: ImageTree,
+        reader: PieceReader | None = None,
+        name: str = "the image",
+        warm: Callable[[list[Digest]], None] | None = None,
+    ) -> None:
         self.tree = tree
         self.reader = reader  # None: metadata only (`ls`), no file contents
         self.name = name
-        self.files: dict[int, FileLayout] = {}  # by inode, built on first open
+        self.warm = warm  # reads cached chunks into the page cache ahead of a reader
+        self._blob_order: dict[int, tuple[list[Piece], list[int]]] = {}  # by layer: pieces, their starts
+        self._trail: dict[int, tuple[int, int]] = {}  # by layer: where the last file read ends, warmed up to
+        self.files: dict[int, FileLayout] = {}  # by inode, made on first read
         self.paths = 0
         self.total_size = 0
         self._links: dict[int, int] = {}  # id of a hard-linked file's entry -> its link count
@@ -91,7 +109,16 @@ class ImageSource:
 
     def stat(self, path: str) -> Stat:
         """What `stat` says of `path`, made when asked: the kernel keeps it (see lazyfs.fs)."""
-        node = self._node(path)
+        return self._stat(self._node(path))
+
+    def listing(self, path: str) -> list[tuple[str, Stat]]:
+        """A directory's entries with their stats, in the layers' order (see `entries`)."""
+        children = self._node(path).children
+        if children is None:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+        return [(name, self._stat(child)) for name, child in children.items()]
+
+    def _stat(self, node: Node) -> Stat:
         out = node_stat(node, node.ino, self._links.get(id(node.content), 1))
         if node.children is not None:
             out["st_nlink"] = 2 + sum(1 for child in node.children.values() if child.is_dir)
@@ -165,22 +192,46 @@ class ImageSource:
 
     # -- contents -------------------------------------------------------------------------------
 
-    def open(self, path: str, flags: int = os.O_RDONLY) -> int:
-        """A handle (the inode) for reading the file at `path`."""
-        node = self._node(path)
-        if flags & WRITE_FLAGS:
-            raise OSError(errno.EROFS, "read-only file system", path)
-        ino = node.ino
-        if ino not in self.files and node.kind == "reg":
-            self.files[ino] = FileLayout.of(node.content, node.layer)  # a hard link's data is in its layer
-        return ino
+    def read(self, path: str, size: int, offset: int) -> list[bytes]:
+        """Bytes of the regular file at `path`, in parts (see FileLayout.read_parts); what it reads
+        next is asked for along (read-ahead).
 
-    def read(self, handle: int, size: int, offset: int) -> bytes:
-        """Bytes of an open file; what it reads next is asked for along (read-ahead)."""
-        layout = self.files.get(handle)
+        By path, not by a handle from an `open` of ours: the kernel's open then costs no call into
+        Python (the mount is read-only, so the kernel refuses writes itself)."""
+        node = self._node(path)
+        layout = self.files.get(node.ino)
         if layout is None:
-            raise IsADirectoryError(errno.EISDIR, "not a regular file")
-        return layout.read(self._reader(), offset, size, READ_AHEAD)
+            if node.kind != "reg":
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+            # A hard link's data is in the layer of what it links to.
+            layout = self.files[node.ino] = FileLayout.of(node.content, node.layer)
+        if offset == 0 and self.warm is not None:
+            self._warm_after(layout.pieces)
+        return layout.read_parts(self._reader(), offset, size, READ_AHEAD)
+
+    def _warm_after(self, pieces: list[Piece]) -> None:
+        """A file read from its start: if it starts where the last one ended in its layer's blob, the
+        chunks of the files that follow it are read ahead (WARM_AHEAD of them, renewed halfway)."""
+        if not pieces:
+            return
+        layer, start, end = pieces[0].layer, pieces[0].start, pieces[-1].end
+        last_end, warmed = self._trail.get(layer, (-NO_TRAIL, -NO_TRAIL))
+        self._trail[layer] = (end, warmed)
+        if not last_end <= start <= last_end + IN_ORDER_GAP or warmed - end > WARM_AHEAD // 2:
+            return
+        order, starts = self._pieces_of_layer(layer)
+        first = bisect.bisect_left(starts, max(end, warmed))
+        stop = bisect.bisect_left(starts, end + WARM_AHEAD, first)
+        if stop > first and self.warm is not None:
+            self._trail[layer] = (end, order[stop - 1].end)
+            self.warm([piece.digest for piece in order[first:stop]])
+
+    def _pieces_of_layer(self, layer: int) -> tuple[list[Piece], list[int]]:
+        known = self._blob_order.get(layer)
+        if known is None:
+            pieces = [piece for piece in self.all_pieces() if piece.layer == layer]  # in blob order
+            known = self._blob_order[layer] = (pieces, [piece.start for piece in pieces])
+        return known
 
     def contents(self, path: str) -> Iterator[bytes]:
         """A regular file's whole contents, piece by piece (what `cat` prints)."""

@@ -2,30 +2,36 @@
 
 Every image shares it, so a file present in two images (or two layers) is fetched and stored once.
 A chunk is written to a temporary file and renamed into place, without an fsync: a crash may leave
-a truncated or empty file under a digest name, so every chunk read back from disk is checked
-against its name before use (a mismatch is a miss, and the file is removed). That check costs a
-sha256 per chunk loaded, which is far cheaper than an fsync per chunk written on the hot path.
+a truncated or empty file under a digest name, and a file may be changed on disk later. So a chunk
+file read back from disk is checked against its name (a mismatch is a miss, and the file is
+removed), which is far cheaper than an fsync per chunk written on the hot path, unless it is sealed
+(storage/chunkseals.py): still the very file whose bytes were verified, by this process or another.
 
 Verified chunks are also kept in memory, in two parts: those fetched (read ahead, prefetched) that
 no reader has taken yet, until their first read (a read-ahead stream counts on them: a reader
 following it takes them without reading and hashing them again; a cap bounds what a fill of a whole
 image that nobody reads would keep); and the few last read, so that a reader taking one chunk in
-several FUSE reads hashes it once. A chunk read once is otherwise on disk, in the page cache.
+several FUSE reads reads it from disk once. A chunk read once is otherwise on disk, in the page cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from storage.chunkseals import ChunkSeals, seal_of
 from storage.digest import Digest
 
 UNREAD_LIMIT = 64 << 20  # fetched chunks kept until their first read (what read-ahead is ahead by)
 RECENT_LIMIT = 8 << 20  # chunks read last: a reader's FUSE reads of the same chunks
+WARM_THREADS = 4  # chunk files read ahead at once
+WARM_GROUP = 8  # chunk files per task of a read-ahead thread
 
 
 class ChunkCache:
@@ -34,9 +40,11 @@ class ChunkCache:
     ) -> None:
         self.root = root / "chunks"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.seals = ChunkSeals(root)
         self._unread = _Memory(unread_limit)  # fetched, verified, not read yet
         self._recent = _Memory(recent_limit)  # read last, verified
         self._lock = threading.Lock()
+        self._warmer: ThreadPoolExecutor | None = None  # made when first asked to read ahead
 
     def path(self, digest: Digest) -> Path:
         return self.root / digest.hex[:2] / digest.hex
@@ -46,24 +54,41 @@ class ChunkCache:
         data = self.get_from_memory(digest)
         if data is not None:
             return data
-        path = self.path(digest)
+        path = f"{self.root}/{digest.hex[:2]}/{digest.hex}"  # not pathlib: this is the warm read path
         try:
-            data = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
-        if Digest.of(data) != digest:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            return None
+        try:
+            data = os.read(fd, os.fstat(fd).st_size)
+            seal = seal_of(os.fstat(fd))  # after the read: a write during it has changed the ctime
+        finally:
+            os.close(fd)
+        if not self.seals.matches(digest.hex, seal):
+            if hashlib.sha256(data).hexdigest() != digest.hex:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                return None
+            self.seals.record(digest.hex, seal)
         with self._lock:
             self._recent.add(digest, data)
         return data
 
     def advise(self, digests: list[Digest]) -> None:
-        """Start reading these chunks from disk into the page cache (a sequential reader's next ones)."""
+        """Have these chunks read from disk into the page cache (a sequential reader's next ones), on
+        background threads, a few chunks each: their opens and reads overlap one another and the
+        reader's, so the disk sees a queue rather than one small read after another."""
+        todo = [digest for digest in digests if digest not in self._unread and digest not in self._recent]
+        if not todo:
+            return
+        with self._lock:
+            if self._warmer is None:
+                self._warmer = ThreadPoolExecutor(WARM_THREADS, thread_name_prefix="chunk-warm")
+        for start in range(0, len(todo), WARM_GROUP):
+            self._warmer.submit(self._read_ahead, todo[start : start + WARM_GROUP])
+
+    def _read_ahead(self, digests: list[Digest]) -> None:
         for digest in digests:
-            if digest in self._unread or digest in self._recent:
-                continue
             try:
                 fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -100,7 +125,10 @@ class ChunkCache:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-            os.rename(tmp, path)
+                f.flush()
+                os.rename(tmp, path)
+                # After the rename, which sets the ctime the seal must match.
+                self.seals.record(digest.hex, seal_of(os.fstat(f.fileno())))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -133,22 +133,28 @@ class FileLayout:
     def read(self, reader: PieceReader, offset: int, size: int, ahead: int = 0) -> bytes:
         """The file's bytes [offset, offset + size), from the pieces that hold them; the reader is
         also told of the file's next pieces, up to `ahead` bytes of them."""
+        out = self.read_parts(reader, offset, size, ahead)
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def read_parts(self, reader: PieceReader, offset: int, size: int, ahead: int = 0) -> list[bytes]:
+        """`read`'s bytes, one part per piece or hole: a caller that copies them anyway (into a
+        FUSE reply) need not join them first."""
         end = min(offset + size, self.size)
         if offset >= end:
-            return b""
+            return []
         first = bisect.bisect_right(self.starts, offset) - 1
         last = bisect.bisect_left(self.starts, end) - 1
         wanted = self.parts[first : last + 1]
         pieces = [part for part in wanted if isinstance(part, Piece)]
         fetched = iter(reader.get(pieces, self._following(last + 1, ahead)) if pieces else [])
-        out = bytearray()
+        out: list[bytes] = []
         for index, part in enumerate(wanted, first):
             start = self.starts[index]
             if isinstance(part, Piece):
-                out += next(fetched)[max(0, offset - start) : end - start]
+                out.append(next(fetched)[max(0, offset - start) : end - start])  # a whole piece: no copy
             else:  # a hole: only the zeros this read covers
-                out += bytes(min(end, start + part) - max(offset, start))
-        return bytes(out)
+                out.append(bytes(min(end, start + part) - max(offset, start)))
+        return out
 
     def chunks(self, reader: PieceReader) -> Iterator[bytes]:
         """The whole file, piece by piece (a hole in blocks of at most HOLE_BLOCK bytes)."""
