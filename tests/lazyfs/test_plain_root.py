@@ -39,6 +39,15 @@ def filled(root: Path, ref: str, mount: Mounter) -> str:
     return outcome
 
 
+def read_lazily(root: Path, ref: str, mount: Mounter, path: str, expected: bytes) -> Image:
+    """Pull `ref` lazily and read one file through a mount of it (no fill): its pieces are cached."""
+    image = pull_lazily(root, ref)
+    point = mount(root, ref)
+    assert (point / path).read_bytes() == expected
+    run_cli(root, "umount", str(point))
+    return image
+
+
 def chunk_of(root: Path, image: Image, path: str) -> Path:
     """The chunk cache's file of `path`'s (only) piece in the image's bottom layer."""
     store = Store(root)
@@ -99,10 +108,7 @@ def test_a_half_fetched_image_gets_no_plain_root(
     published: Published, tmp_path: Path, mount: Mounter
 ) -> None:
     root = tmp_path / "client"
-    image = pull_lazily(root, published.ref)
-    point = mount(root, published.ref)
-    assert (point / "etc/small.txt").read_bytes() == b"second version\n"
-    run_cli(root, "umount", str(point))
+    image = read_lazily(root, published.ref, mount, "etc/small.txt", b"second version\n")
     assert LayerCache(Store(root)).plain_root(image) is None and leftovers(root) == []
 
 
@@ -110,10 +116,7 @@ def test_a_chunk_changed_on_disk_is_never_assembled_and_leaves_nothing(
     published: Published, tmp_path: Path, mount: Mounter
 ) -> None:
     root = tmp_path / "client"
-    image = pull_lazily(root, published.ref)
-    point = mount(root, published.ref)
-    assert (point / "data/tagged").read_bytes() == b"with an xattr\n"
-    run_cli(root, "umount", str(point))
+    image = read_lazily(root, published.ref, mount, "data/tagged", b"with an xattr\n")
     chunk = chunk_of(root, image, "data/tagged")
     chunk.write_bytes(b"WITH AN XATTR\n")  # same size, other bytes
 
