@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import tarfile
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -69,7 +70,14 @@ def materialise_root(store: Store, image: Image, tree: ImageTree | None = None) 
     if tree is None:
         tree = ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
     chunks = VerifiedChunks(ChunkCache(store.root, memory_limit=0))
-    return LayerCache(store).place(name, lambda staging: extract_members(members(tree, chunks), staging))
+
+    def build(staging: Path) -> None:
+        extract_members(members(tree, chunks), staging)
+        # On disk before the rename publishes it: made in the background, it can afford what an
+        # extraction on the way to a container's start does not (a crash must not leave empty files).
+        os.sync()
+
+    return LayerCache(store).place(name, build)
 
 
 class VerifiedChunks:
