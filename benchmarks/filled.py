@@ -153,6 +153,8 @@ def report(times: dict[tuple[str, str], list[float]], runs: int) -> None:
         native = median(label, "eager")
         cells = [f"{median(label, name):13.3f} s" for name in ROOTS]
         print(f"{label:26}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}")
+        spreads = [f"{min(times[(label, name)]):.3f}-{max(times[(label, name)]):.3f}" for name in ROOTS]
+        print(f"{'  spread (s)':26}{spreads[0]:>16}{spreads[1]:>16}{spreads[2]:>16}")
         ratios = [f"{native / median(label, name):14.2f}x" for name in ROOTS]
         print(f"{'  ratio':26}{ratios[0]:>16}{ratios[1]:>16}{ratios[2]:>16}")
 
