@@ -273,9 +273,10 @@ class Fetcher:
 
         asyncio.run_coroutine_threadsafe(want_all(), self._loop)
 
-    def fill(self, pieces: Sequence[Piece]) -> None:
-        """Fetch `pieces` in the background, a few MiB at a time, so reads keep the link first."""
-        asyncio.run_coroutine_threadsafe(self._fill(list(pieces)), self._loop)
+    def fill(self, pieces: Sequence[Piece]) -> Future[None]:
+        """Fetch `pieces` in the background, a few MiB at a time, so reads keep the link first; the
+        future is done when every one was tried."""
+        return asyncio.run_coroutine_threadsafe(self._fill(list(pieces)), self._loop)
 
     async def _fill(self, pieces: list[Piece]) -> None:
         batch: list[Piece] = []

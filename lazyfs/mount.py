@@ -7,6 +7,9 @@ the mount point): `mount.json` (pid, mount point, image), `stats.json` (refreshe
 and written last when it stops; `first_read` says when the first read of a file's contents came, in
 CLOCK_BOOTTIME, and what had been fetched by then), `accesses.json` (the pieces read so far, in
 first-read order, written on SIGUSR1 and at the end: what an access profile is made of) and `log`.
+When a background fill (`fill=True`) is over, the daemon assembles the image's root as a plain
+directory from the chunk cache (storage.materialise) for the containers started after it; stats.json's
+`plain_root` says where it is, or why there is none (null until then).
 
 A mount made for `run --timings` marks `mount up` on the timeline, and adds the daemon's first read
 and fetches to it when the command has ended (storage/timeline.py).
@@ -38,6 +41,7 @@ from lazyfs.image import MountableImage
 from storage import timeline
 from storage.errors import StorageError
 from storage.files import atomic_write
+from storage.materialise import materialise_root
 from storage.pieces import Piece
 from storage.store import Image, Store
 
@@ -315,9 +319,13 @@ def _serve(
 
     fs = LazyFS(source)
     layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
+    plain_root: dict[str, str | None] = {"plain_root": None}
+    assembling = threading.Lock()  # held while the plain root is made: the daemon ends only after
 
     def write_stats_now() -> None:
-        stats = json.dumps({**fetcher.stats.to_json(), "first_read": reads.first}, sort_keys=True)
+        stats = json.dumps(
+            {**fetcher.stats.to_json(), "first_read": reads.first, **plain_root}, sort_keys=True
+        )
         atomic_write(state.directory / "stats.json", stats.encode())
 
     def write_accesses(*_: Any) -> None:
@@ -339,7 +347,9 @@ def _serve(
         if prefetch:
             fetcher.prefetch(source.pieces_for(prefetch, layers))
         if fill:
-            fetcher.fill(pieces)
+            fetcher.fill(pieces).result()
+            with assembling:
+                plain_root["plain_root"] = _assemble_plain_root(mountable)
 
     fs.on_ready = on_ready
 
@@ -364,5 +374,16 @@ def _serve(
             fuse.join(STATS_INTERVAL)
             write_stats_now()
     finally:
-        write_accesses()
+        with assembling:  # a root being assembled is finished, not left half made
+            write_accesses()
     return 0
+
+
+def _assemble_plain_root(mountable: MountableImage) -> str:
+    """The image's root assembled from the filled chunk cache, or why there is none."""
+    try:
+        root = materialise_root(mountable.store, mountable.image, mountable.tree)
+    except (StorageError, OSError) as e:
+        logging.warning("%s: no plain root: %s", mountable.image.name, e)
+        return f"failed: {e}"
+    return str(root) if root is not None else "failed: its layers do not name their TOCs"

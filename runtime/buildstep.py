@@ -23,11 +23,11 @@ from builder.run import RunMount, RunRequest
 from runtime.cgroups import Limits
 from runtime.container import Container
 from runtime.drivers import OverlayDriver
-from runtime.layers import extract_verified
 from runtime.mountpoints import prune_mount_points
 from runtime.process import run_in_child, wait_status
 from runtime.spec import Spec, Volume
 from storage.digest import Digest
+from storage.layers import extract_verified
 from storage.oci import MEDIA_CONFIG, MEDIA_MANIFEST, Descriptor, ImageConfig, Manifest
 from storage.paths import resolve_in_root
 from storage.store import Image, Store

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from runtime import syscalls as sc
-from runtime.layers import LayerCache, extract_verified
 from runtime.process import ContainerError
 from storage.errors import StorageError
+from storage.layers import LayerCache, extract_verified
 from storage.store import Image, Store
 
 if TYPE_CHECKING:
@@ -50,14 +50,19 @@ class OverlayDriver:
             (container_dir / part).mkdir(parents=True, exist_ok=True)
 
     def mount(self, container_dir: Path) -> Path:
-        rootfs = container_dir / "rootfs"
-        lowerdir = ":".join(str(p) for p in reversed(self.lowers))  # overlayfs lists the top layer first
-        options = f"lowerdir={lowerdir},upperdir={container_dir / 'upper'},workdir={container_dir / 'work'}"
-        sc.mount("overlay", rootfs, "overlay", 0, options)
-        return rootfs
+        return mount_overlay(container_dir, self.lowers)
 
     def release(self, container_dir: Path) -> None:
         pass  # extracted layers stay for the next container; gc removes unused ones
+
+
+def mount_overlay(container_dir: Path, lowers: list[Path]) -> Path:
+    """overlayfs at `<container>/rootfs` over `lowers` (bottom first), with the container's upper dir."""
+    rootfs = container_dir / "rootfs"
+    lowerdir = ":".join(str(p) for p in reversed(lowers))  # overlayfs lists the top layer first
+    options = f"lowerdir={lowerdir},upperdir={container_dir / 'upper'},workdir={container_dir / 'work'}"
+    sc.mount("overlay", rootfs, "overlay", 0, options)
+    return rootfs
 
 
 class CopyDriver:
@@ -91,6 +96,11 @@ class LazyDriver:
     host's mount namespace by `prepare`, so the container's namespace inherits it as the lower dir.
     With `record_seconds`, the container gets a private mount of its own and what it reads in its
     first `record_seconds` (or until it ends) is stored as the image's access profile.
+
+    Once a mount's background fill has fetched the whole image, its daemon assembles the image's root
+    as a plain directory (storage.materialise): a container started after that gets overlayfs over it
+    and reads at the local disk's speed, with no FUSE mount at all. Containers already running on the
+    lazyfs mount keep it until they end. Recording a profile always goes through lazyfs.
     """
 
     name = "lazy"
@@ -102,14 +112,19 @@ class LazyDriver:
         self.slot: Slot | None = None
         self.recorder: ProfileRecorder | None = None
         self.recorded: tuple[int, int] | None = None  # (pieces, bytes) of the profile stored, (0, 0): none
+        self.plain_root: Path | None = None  # the image's assembled root, when the container got it
 
     def prepare(self, image: Image, container_dir: Path) -> None:
-        from runtime import lazy  # imports FUSE: only containers that use it pay for it
-
         self.image = image
         for part in ("upper", "work", "rootfs"):
             (container_dir / part).mkdir(parents=True, exist_ok=True)
         recording = self.record_seconds is not None
+        if not recording:
+            self.plain_root = LayerCache(self.store).plain_root(image)
+            if self.plain_root is not None:
+                return
+        from runtime import lazy  # imports FUSE: only containers that use it pay for it
+
         try:
             self.slot = lazy.acquire(self.store, image, container_dir.name, private=recording)
         except StorageError as e:  # no FUSE, a corrupt TOC, an image without a source...
@@ -118,17 +133,10 @@ class LazyDriver:
             self.recorder = lazy.ProfileRecorder(self.slot, self.record_seconds)
 
     def mount(self, container_dir: Path) -> Path:
+        if self.plain_root is not None:
+            return mount_overlay(container_dir, [self.plain_root])
         assert self.slot is not None, "prepare first"
-        rootfs = container_dir / "rootfs"
-        upper, work = container_dir / "upper", container_dir / "work"
-        sc.mount(
-            "overlay",
-            rootfs,
-            "overlay",
-            0,
-            f"lowerdir={self.slot.mountpoint},upperdir={upper},workdir={work}",
-        )
-        return rootfs
+        return mount_overlay(container_dir, [self.slot.mountpoint])
 
     def release(self, container_dir: Path) -> None:
         from runtime import lazy

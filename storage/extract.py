@@ -2,9 +2,10 @@
 
 Owns `open_layer_stream` (gzip, zstd incl. zstd:chunked, or plain tar, told apart by magic bytes,
 hashed as it is read) and `extract_layer` (one OCI layer onto a directory, applying or converting
-its whiteouts). Extraction is our own, not `tarfile.extract`: every name is cleaned and every parent
-resolved as if the destination were `/`, so no entry, symlink or hard link of this or a lower layer
-can make us write outside it; the last component of a path is never followed.
+its whiteouts); `extract_members` applies entries that come with their contents from elsewhere (the
+chunk cache) by the same rules. Extraction is our own, not `tarfile.extract`: every name is cleaned
+and every parent resolved as if the destination were `/`, so no entry, symlink or hard link of this
+or a lower layer can make us write outside it; the last component of a path is never followed.
 
 Errors: a compressed stream that is corrupt or cut short raises CorruptLayer; a tar that is
 malformed or truncated, or uses an entry type we do not support, raises BadArchive; a stream whose
@@ -23,6 +24,7 @@ import shutil
 import stat
 import tarfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal, Protocol, cast
@@ -52,6 +54,7 @@ XATTR_SKIP_ERRNOS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}
 COPY_BUFSIZE = 1 << 20
 MAX_ID = (1 << 32) - 2  # (uid_t)-1 means "leave unchanged" to chown
 Whiteouts = Literal["apply", "overlay"]
+Member = tuple[tarfile.TarInfo, Iterable[bytes] | None]  # an entry, and a regular file's contents
 
 
 def _is_skippable_magic(magic: bytes) -> bool:
@@ -285,7 +288,8 @@ class _Extractor:
     dirs: dict[Path, _DirMetadata] = field(default_factory=dict)
     same_owner: bool = field(default_factory=lambda: os.geteuid() == 0)
 
-    def apply(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def apply(self, member: tarfile.TarInfo, contents: Iterable[bytes] | None) -> None:
+        """Apply one entry; `contents` are a regular file's bytes, in blocks (None for other kinds)."""
         self.stats.entries += 1
         name = clean_name(member.name)
         parent_name, _, base = name.rpartition("/")
@@ -309,7 +313,7 @@ class _Extractor:
                 os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
         elif member.isreg():
             self._replace(path)
-            self._write_file(tar, member, path)
+            self._write_file(member, contents, path)
         elif member.issym():
             if not member.linkname:
                 raise BadArchive(f"{member.name}: symlink with an empty target")
@@ -434,13 +438,12 @@ class _Extractor:
         if stat.S_ISDIR(mode):
             os.setxattr(path, OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
 
-    def _write_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
-        source = tar.extractfile(member)
-        if source is None:  # only for links and devices, which never get here
+    def _write_file(self, member: tarfile.TarInfo, contents: Iterable[bytes] | None, path: Path) -> None:
+        if contents is None:
             raise BadArchive(f"{member.name}: no content")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        with source, os.fdopen(os.open(path, flags, 0o600), "wb") as out:
-            while data := source.read(COPY_BUFSIZE):
+        with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
+            for data in contents:
                 out.write(data)
                 self.stats.bytes += len(data)
 
@@ -512,6 +515,32 @@ class _Extractor:
                     raise
 
 
+def _tar_members(tar: tarfile.TarFile) -> Iterator[Member]:
+    """A tar stream's members, a regular file's with its contents (read before the next member)."""
+    while (member := tar.next()) is not None:
+        source = tar.extractfile(member) if member.isreg() else None
+        yield member, _blocks(source) if source is not None else None
+        # tarfile keeps every header it read, and a layer may have millions of entries.
+        tar.members.clear()  # type: ignore[attr-defined]  # missing from typeshed
+
+
+def _blocks(source: IO[bytes]) -> Iterator[bytes]:
+    while data := source.read(COPY_BUFSIZE):
+        yield data
+
+
+def extract_members(members: Iterable[Member], dest: Path, whiteouts: Whiteouts = "apply") -> ExtractStats:
+    """Apply entries that come from elsewhere than a tar stream (a TOC and the chunk cache, say) onto
+    `dest`, with every check `extract_layer` makes: each is a tar header and, for a regular file, its
+    contents in blocks."""
+    dest.mkdir(parents=True, exist_ok=True)
+    extractor = _Extractor(Path(os.path.realpath(dest)), whiteouts)
+    for member, contents in members:
+        extractor.apply(member, contents)
+    extractor.finish()
+    return extractor.stats
+
+
 def extract_layer(
     blob: Readable,
     media_type: str,
@@ -533,10 +562,8 @@ def extract_layer(
     stream = open_layer_stream(blob, f"layer ({media_type})")
     try:
         with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tar:
-            while (member := tar.next()) is not None:
-                extractor.apply(tar, member)
-                # tarfile keeps every header it read, and a layer may have millions of entries.
-                tar.members.clear()  # type: ignore[attr-defined]  # missing from typeshed
+            for member, contents in _tar_members(tar):
+                extractor.apply(member, contents)
             end = tar.offset
         while stream.read(COPY_BUFSIZE):
             pass

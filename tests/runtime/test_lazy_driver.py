@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -290,6 +291,67 @@ def test_recording_uses_a_mount_of_its_own(lazyctr: CliRunner, image: str, root:
     assert lazy_mounts(root) == [shared_mountpoint(root, image)]  # the private one is gone
     lazyctr("rm", "-f", "reader")
     assert lazy_mounts(root) == [] and list((root / "lazy").iterdir()) == []
+
+
+def root_lower(lazyctr: CliRunner, image: str) -> str:
+    """The lower dir of the root of a new container of `image`, as its own mount table says."""
+    for line in lazyctr("run", "--rm", image, "cat", "/proc/mounts").out.splitlines():
+        _, target, kind, options = line.split()[:4]
+        if target == "/" and kind == "overlay":
+            return dict(o.partition("=")[::2] for o in options.split(","))["lowerdir"]
+    raise AssertionError("the container's root is no overlay")
+
+
+def fill(lazyctr: CliRunner, root: Path, image: str, point: Path) -> str:
+    """Fetch the whole image with a mount's background fill; the assembled root its daemon made."""
+    point.mkdir()
+    lazyctr("mount", "--fill", image, str(point))
+    wait_for(lambda: json.loads(lazyctr("mount", "--stats", str(point)).out)["plain_root"], what="the fill")
+    outcome: str = json.loads(lazyctr("mount", "--stats", str(point)).out)["plain_root"]
+    lazyctr("umount", str(point))
+    return outcome
+
+
+def test_a_container_started_after_the_fill_reads_a_plain_root_while_running_ones_keep_lazyfs(
+    lazyctr: CliRunner, image: str, root: Path, busybox_tar: Path, tmp_path: Path
+) -> None:
+    lazyctr("run", "-d", "--name", "early", image, "sleep", "120")
+    mountpoint = shared_mountpoint(root, image)
+    assert root_lower(lazyctr, image) == str(mountpoint)  # half fetched: lazyfs, as before
+    assembled = fill(lazyctr, root, image, tmp_path / "fill")
+    assert assembled.startswith(str(root / "layers" / "root-"))
+
+    assert root_lower(lazyctr, image) == assembled
+    assert lazy_mounts(root) == [mountpoint]  # only the early container's
+    assert sorted(p.name for p in (mountpoint.parent / "users").iterdir()) == [states(lazyctr)["early"]["id"]]
+    busybox = busybox_file(busybox_tar, "bin/busybox")
+    md5 = hashlib.md5(busybox).hexdigest()
+    assert lazyctr("run", "--rm", image, "md5sum", "/bin/busybox").out.split()[0] == md5
+    assert lazyctr("run", "--rm", image, "stat", "-c", "%a %u %h", "/bin/busybox", "/bin/sh").out == (
+        lazyctr("exec", "early", "stat", "-c", "%a %u %h", "/bin/busybox", "/bin/sh").out
+    )
+    assert lazyctr("exec", "early", "md5sum", "/bin/busybox").out.split()[0] == md5  # still lazyfs
+    assert lazyctr("exec", "early", "cat", "/etc/group").stdout == busybox_file(busybox_tar, "etc/group")
+
+    lazyctr("rm", "-f", "early")
+    assert lazy_mounts(root) == [] and not mountpoint.parent.exists()
+    assert Path(assembled).is_dir()  # the image still has it
+    lazyctr("run", "-d", "--name", "late", image, "sleep", "120")
+    lazyctr("rmi", image)
+    assert Path(assembled).is_dir()  # the late container still runs on it
+    lazyctr("rm", "-f", "late")
+    lazyctr("gc")
+    assert list((root / "layers").iterdir()) == []
+
+
+def test_a_recording_reads_through_lazyfs_even_after_the_fill(
+    lazyctr: CliRunner, image: str, root: Path, tmp_path: Path
+) -> None:
+    fill(lazyctr, root, image, tmp_path / "fill")
+    lazyctr("run", "--rm", "--record-profile", image, "cat", "/etc/passwd")
+    assert piece_of(root, image, "etc/passwd") in [
+        p["digest"] for p in load_profile(Store(root), stored(root, image))
+    ]
 
 
 def test_lazy_driver_on_a_complete_local_image(lazyctr: CliRunner, busybox_tar: Path, root: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime.layers import LayerCache
 from storage.errors import DigestMismatch
 from storage.importer import import_tarball
+from storage.layers import LayerCache
 from storage.store import Image, Store
 from tests.tarfiles import info, make_tar
 
