@@ -69,7 +69,7 @@ def materialise_root(store: Store, image: Image, tree: ImageTree | None = None) 
         return None
     if tree is None:
         tree = ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
-    chunks = VerifiedChunks(ChunkCache(store.root, memory_limit=0))
+    chunks = VerifiedChunks(ChunkCache(store.root))
 
     def build(staging: Path) -> None:
         extract_members(members(tree, chunks), staging)
