@@ -6,6 +6,7 @@ overlayfs reads them."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import bcrypt
 import grpc
 import pytest
 
@@ -26,6 +28,8 @@ from benchmarks.common import unmount_under
 from benchmarks.peers.stargz import PeerError, running_containerd
 from lazyfs.host import mount_points
 from lazyfs.snapshotter.api import load
+from registry.auth import Access
+from registry.htpasswd import load_htpasswd
 from storage.importer import add_layer, import_tarball
 from storage.store import Store
 from tests.conftest import require_tools
@@ -326,3 +330,42 @@ def test_podman_zstd_chunked_image_is_served_lazily(
     assert len(stack.lazy_mounts()) == mounts + 1
     out = c.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, ref, "podman", "busybox", "echo", "podman's")
     assert out.decode() == "podman's\n"
+
+
+def test_credentials_come_from_docker_s_config(
+    stack: Stack, busybox_tar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that wants a password: the snapshotter (and the mounts it starts) read it from
+    docker's ~/.docker/config.json, as containerd's users keep it; ctr-remote passes its own."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt.hashpw(b's3cret', bcrypt.gensalt(rounds=4)).decode()}\n")
+    guarded = Registry(tmp_path / "registry", access=Access(load_htpasswd(htpasswd), ()))
+    try:
+        home = tmp_path / "home"
+        (home / ".docker").mkdir(parents=True)
+        secret = base64.b64encode(b"alice:s3cret").decode()
+        (home / ".docker" / "config.json").write_text(
+            json.dumps({"auths": {guarded.address: {"auth": secret}}})
+        )
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))  # no podman auth file on the way
+        store = Store(tmp_path / "root")
+        with open(busybox_tar, "rb") as f:
+            busybox = import_tarball(store, f, "busybox:1")
+        secret_layer = make_tar(tmp_path / "guarded.tar", [(info("guarded"), b"behind a password\n")])
+        add_layer(store, busybox, secret_layer, "guarded:1", "a layer only the guarded registry has")
+        ref = f"{guarded.address}/test/guarded:1"
+        run_cli(tmp_path / "root", "push", "guarded:1", ref)
+        stack.restart()  # the snapshotter now runs with this HOME
+        c = stack.containerd
+        mounts = len(stack.lazy_mounts())
+        c.ctr_remote(
+            "image", "rpull", "--plain-http", "--user", "alice:s3cret", "--snapshotter", SNAPSHOTTER, ref
+        )
+        guarded_layer = layer_digests(c, ref)[-1]  # busybox's may have been downloaded before
+        assert guarded_layer not in c.ctr("content", "ls", "-q").decode().split()
+        assert len(stack.lazy_mounts()) == mounts + 1
+        out = c.ctr("run", "--rm", "--snapshotter", SNAPSHOTTER, ref, "guarded", "cat", "/guarded")
+        assert out.decode() == "behind a password\n"
+    finally:
+        guarded.stop()
