@@ -21,7 +21,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -208,6 +208,40 @@ class BlobStore:
             return False
         self.driver.put_content(self._layer_link(name, digest), b"")
         return True
+
+    def repositories(self) -> Iterator[str]:
+        """Every repository's name, walking the tree of `repositories/` (one listing a directory).
+
+        A directory holding `_layers` or `_manifests` is a repository; its `tags` directory is not
+        walked into (that would cost a listing a tag), so a repository named `<repository>/tags`
+        is not seen.
+        """
+        pending = [""]
+        while pending:
+            name = pending.pop()
+            entries = self.driver.list(f"{REPOSITORIES}/{name}".rstrip("/"))
+            is_repository = "_layers" in entries or "_manifests" in entries
+            if is_repository:
+                yield name
+            pending += sorted(
+                (
+                    f"{name}/{entry}".lstrip("/")
+                    for entry in entries
+                    if not entry.startswith("_") and not (is_repository and entry == "tags")
+                ),
+                reverse=True,
+            )
+
+    def holder_of(self, digest: Digest, readable: Callable[[str], bool]) -> str | None:
+        """A repository that holds the blob and that `readable` says the caller may read; None if none."""
+        for name in self.repositories():
+            try:
+                self._held(name, digest)
+            except BlobUnknown:
+                continue
+            if readable(name):
+                return name
+        return None
 
     def delete_blob(self, name: str, digest: Digest) -> None:
         # The blob stays: other repositories may hold it. Garbage collection is a separate job.

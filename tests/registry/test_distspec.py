@@ -46,7 +46,16 @@ def test_cancel_belongs_to_the_uploads_repository(served: Registry) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["bytes=500-0", "bytes=abc", "bytes=", "bytes=5-3,1-2", "bytes=1-2,x", "items=0-1", "bytes 0-1", "bytes=--1"],
+    [
+        "bytes=500-0",
+        "bytes=abc",
+        "bytes=",
+        "bytes=5-3,1-2",
+        "bytes=1-2,x",
+        "items=0-1",
+        "bytes 0-1",
+        "bytes=--1",
+    ],
 )
 def test_a_malformed_range_is_ignored(served: Registry, header: str) -> None:
     digest = served.push_blob(REPO, DATA)
@@ -58,7 +67,9 @@ def test_a_malformed_range_is_ignored(served: Registry, header: str) -> None:
         assert reply.body == (DATA if method == "GET" else b"")
 
 
-@pytest.mark.parametrize("header", [f"bytes={len(DATA)}-", f"bytes={len(DATA) + 5}-{len(DATA) + 9}", "bytes=-0"])
+@pytest.mark.parametrize(
+    "header", [f"bytes={len(DATA)}-", f"bytes={len(DATA) + 5}-{len(DATA) + 9}", "bytes=-0"]
+)
 def test_an_unsatisfiable_range_is_416(served: Registry, header: str) -> None:
     digest = served.push_blob(REPO, DATA)
     for method in ("GET", "HEAD"):
@@ -69,6 +80,41 @@ def test_an_unsatisfiable_range_is_416(served: Registry, header: str) -> None:
 
 def test_a_range_past_the_end_is_cut_to_the_blob(served: Registry) -> None:
     digest = served.push_blob(REPO, DATA)
-    reply = served.request("GET", f"/v2/{REPO}/blobs/{digest}", headers={"Range": f"bytes=10-{len(DATA) * 2}"})
+    reply = served.request(
+        "GET", f"/v2/{REPO}/blobs/{digest}", headers={"Range": f"bytes=10-{len(DATA) * 2}"}
+    )
     assert (reply.status, reply.body) == (206, DATA[10:])
     assert reply.headers["Content-Range"] == f"bytes 10-{len(DATA) - 1}/{len(DATA)}"
+
+
+# Mount without `from`.
+
+
+def test_mount_without_from_finds_a_repository_holding_the_blob(served: Registry, store: BlobStore) -> None:
+    served.push_blob("team", b"a blob of a parent repository")
+    digest = served.push_blob("team/deep/source", DATA)
+    reply = served.request("POST", f"/v2/other/target/blobs/uploads/?mount={digest}")
+    assert reply.status == 201
+    assert reply.headers["Location"] == f"/v2/other/target/blobs/{digest}"
+    assert reply.headers["Docker-Content-Digest"] == digest
+    assert served.request("GET", f"/v2/other/target/blobs/{digest}").body == DATA
+    assert stored_files(store.driver, "uploads/") == []
+    assert sorted(store.repositories()) == ["other/target", "team", "team/deep/source"]
+
+
+def test_mount_without_from_of_a_blob_nobody_holds_starts_an_upload(
+    served: Registry, store: BlobStore
+) -> None:
+    digest = served.push_blob("team/source", DATA)
+    assert (
+        served.request("DELETE", f"/v2/team/source/blobs/{digest}").status == 202
+    )  # the file stays: unlinked
+    for unknown in (digest, sha256(b"never pushed")):
+        reply = served.request("POST", f"/v2/team/target/blobs/uploads/?mount={unknown}")
+        assert reply.status == 202 and "/v2/team/target/blobs/uploads/" in reply.headers["Location"]
+        assert served.request("HEAD", f"/v2/team/target/blobs/{unknown}").status == 404
+
+
+def test_mount_of_a_malformed_digest_is_refused(served: Registry) -> None:
+    reply = served.request("POST", "/v2/team/target/blobs/uploads/?mount=sha256:nothex")
+    assert (reply.status, reply.error_code) == (400, "DIGEST_INVALID")

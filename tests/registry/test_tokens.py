@@ -285,3 +285,26 @@ def test_a_mount_needs_pull_on_its_source(guarded: Registry, ec_key: ec.Elliptic
         "POST", f"/v2/team/app/blobs/uploads/?mount={digest}&from=../x", headers=bearer(sign(ec_key, both))
     )
     assert (reply.status, reply.error_code) == (400, "NAME_INVALID")
+
+
+def test_a_mount_without_from_takes_only_what_the_token_may_pull(
+    guarded: Registry, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    data = b"a secret layer" * 100
+    digest = sha256(data)
+    secret: list[Grant] = [{"type": "repository", "name": "secret/app", "actions": ["pull", "push"]}]
+    reply = guarded.request(
+        "POST", f"/v2/secret/app/blobs/uploads/?digest={digest}", data, bearer(sign(ec_key, secret))
+    )
+    assert reply.status == 201
+    mount = f"/v2/team/app/blobs/uploads/?mount={digest}"
+    push_only = bearer(sign(ec_key, PULL_PUSH))
+    # The secret blob is not handed out to a token without pull on secret/app: an upload starts.
+    reply = guarded.request("POST", mount, headers=push_only)
+    assert reply.status == 202 and "/blobs/uploads/" in reply.headers["Location"]
+    assert guarded.request("HEAD", f"/v2/team/app/blobs/{digest}", headers=push_only).status == 404
+    # With pull on secret/app granted, it is mounted from there.
+    both: list[Grant] = [*PULL_PUSH, {"type": "repository", "name": "secret/app", "actions": ["pull"]}]
+    reply = guarded.request("POST", mount, headers=bearer(sign(ec_key, both)))
+    assert reply.status == 201 and reply.headers["Location"] == f"/v2/team/app/blobs/{digest}"
+    assert guarded.request("HEAD", f"/v2/team/app/blobs/{digest}", headers=push_only).status == 200
