@@ -18,6 +18,10 @@ store with its origin, so lazyfs knows where to fetch contents later; an access 
 registry holds for it (a referrer) comes along. An image with a layer that has no TOC (plain tar,
 gzip, zstd without the chunked annotations) is pulled eagerly: its layers must be converted, which
 changes the manifest anyway.
+
+A non-distributable layer (`storage.oci.NON_DISTRIBUTABLE_TYPES`: licensed content a registry may
+not hand out, fetched from its descriptor's `urls` by whoever may) is never pushed, and an image
+that needs one is not pulled: NonDistributableLayer, before a byte of it reaches the store.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from registry.client import RegistryClient, RegistryClientError, RegistryNotFound
+from registry.client import NonDistributableLayer, RegistryClient, RegistryClientError, RegistryNotFound
 from registry.progress import TransferProgress, human_size
 from storage import timeline
 from storage.digest import Digest, verify
@@ -68,7 +72,7 @@ def local_name(ref: ImageRef) -> str:
 class BlobResult:
     digest: Digest
     size: int
-    outcome: str  # "pushed", "exists", "mounted"
+    outcome: str  # "pushed", "exists", "mounted", "skipped" (non-distributable)
 
     def line(self) -> str:
         return f"{self.outcome} {self.digest} {human_size(self.size)}"
@@ -94,7 +98,9 @@ async def push_image(
         async def push_one(descriptor: Descriptor) -> None:
             path = store.blob_path(descriptor.digest)
             progress.start(descriptor.digest, descriptor.size)
-            if not path.exists():  # a lazily pulled layer: fine where the registry has it already
+            if not descriptor.distributable:  # its blob lives at its `urls`, never in a registry
+                outcome = "skipped"
+            elif not path.exists():  # a lazily pulled layer: fine where the registry has it already
                 outcome = await _push_absent_blob(client, repo, descriptor, image)
             else:
                 outcome = await client.push_blob(
@@ -148,6 +154,16 @@ async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bo
 # -- pull --------------------------------------------------------------------------------------------
 
 
+def check_distributable(layers: list[Descriptor]) -> None:
+    """NonDistributableLayer for the first layer whose blob no registry may hand out."""
+    for layer in layers:
+        if not layer.distributable:
+            urls = ", ".join(layer.urls or []) or "none"
+            raise NonDistributableLayer(
+                f"layer {layer.digest} is non-distributable (urls: {urls}) and cannot be fetched"
+            )
+
+
 def _pick_platform(index: Index, what: str) -> Descriptor:
     found = index.for_platform(host_architecture())
     if found is None:
@@ -187,6 +203,7 @@ async def pull_image(
         async with RegistryClient(ref.domain, insecure) as client:
             data, media_type, digest = await fetch_manifest(client, ref)
             manifest = Manifest.parse(data)
+            check_distributable(manifest.layers)
             (blobs / digest.hex).write_bytes(data)
 
             async def fetch(descriptor: Descriptor) -> None:
@@ -228,7 +245,9 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
         data, media_type, digest = await fetch_manifest(client, ref)
         timeline.mark("manifest")
         manifest = Manifest.parse(data)
-        with_toc = [layer for layer in manifest.layers if toc_position(layer)]
+        if not partial:  # containerd fetches a non-distributable layer from its urls itself
+            check_distributable(manifest.layers)
+        with_toc = [layer for layer in manifest.layers if layer.distributable and toc_position(layer)]
         if len(with_toc) < len(manifest.layers) and not partial:
             return await pull_image(store, text, insecure)
         with store.ingesting():
@@ -311,6 +330,7 @@ async def _fetch_referrers(
 
 __all__ = [
     "BlobResult",
+    "check_distributable",
     "fetch_manifest",
     "local_name",
     "pull_image",

@@ -29,6 +29,14 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# Layers whose blob a registry need not hold and a client must not copy (licensing): fetched, where
+# at all, from the descriptor's `urls`. Deprecated by the image spec, still met in the wild.
+NON_DISTRIBUTABLE_TYPES = {
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+}
 
 MANIFEST_TYPES = {MEDIA_MANIFEST, DOCKER_MANIFEST}
 INDEX_TYPES = {MEDIA_INDEX, DOCKER_MANIFEST_LIST}
@@ -135,9 +143,17 @@ class Descriptor:
     annotations: dict[str, str] = field(default_factory=dict)
     platform: dict[str, Any] | None = None
     artifact_type: str | None = None
+    urls: list[str] | None = None
+
+    @property
+    def distributable(self) -> bool:
+        """False for a non-distributable (foreign) layer: its blob is neither pushed nor pulled."""
+        return self.media_type not in NON_DISTRIBUTABLE_TYPES
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        if self.urls is not None:
+            out["urls"] = list(self.urls)
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform:
@@ -165,6 +181,7 @@ class Descriptor:
             annotations=_str_map(obj, "annotations", what),
             platform=_opt_dict(obj, "platform", what),
             artifact_type=_opt_str(obj, "artifactType", what),
+            urls=_str_list(obj, "urls", what),
         )
 
 

@@ -53,8 +53,10 @@ def parse_manifest(data: bytes, content_type: str) -> dict[str, Any]:
 
 
 def check_references(store: BlobStore, name: str, doc: dict[str, Any]) -> None:
-    """Every blob and manifest the document refers to must be in the repository already."""
-    for descriptor in descriptors(doc, "config") + descriptors(doc, "layers") + descriptors(doc, "blobs"):
+    """Every blob and manifest the document refers to must be in the repository already, but for
+    non-distributable layers: their blobs live elsewhere (`urls`) and are never pushed."""
+    layers = [layer for layer in descriptors(doc, "layers") if layer.distributable]
+    for descriptor in descriptors(doc, "config") + layers + descriptors(doc, "blobs"):
         try:
             store.blob_size(name, descriptor.digest)
         except BlobUnknown:
