@@ -38,7 +38,7 @@ from typing import TypeVar
 from registry.client import NonDistributableLayer, RegistryClient, RegistryClientError, RegistryNotFound
 from registry.progress import TransferProgress, human_size
 from storage import timeline
-from storage.digest import Digest, verify
+from storage.digest import CANONICAL, Digest, verify
 from storage.errors import InvalidReference, NotFound
 from storage.importer import OciSource, host_architecture, import_oci
 from storage.oci import (
@@ -61,7 +61,7 @@ T = TypeVar("T")
 
 def local_name(ref: ImageRef) -> str:
     """The store names images `repository:tag`; one pulled by digest alone is tagged with it."""
-    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
+    tag = ref.tag if ref.tag is not None else f"{ref.digest.algorithm}-{ref.digest.hex}" if ref.digest else ""
     return f"{ref.name}:{tag}"
 
 
@@ -112,7 +112,11 @@ async def push_image(
         async with RegistryClient(ref.domain, insecure) as client:
             await client.ping()
             await asyncio.gather(*(push_one(d) for d in [image.manifest.config, *image.manifest.layers]))
-            return await client.put_manifest(repo, tag, manifest_bytes, image.descriptor.media_type)
+            manifest = image.descriptor
+            if manifest.digest.algorithm == CANONICAL:
+                return await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
+            # By tag, a registry names a manifest by its sha256; by digest, it keeps the one it has.
+            return await client.put_manifest(repo, manifest.digest, manifest_bytes, manifest.media_type, tag)
 
 
 async def _push_absent_blob(client: RegistryClient, repo: str, blob: Descriptor, image: Image) -> str:
@@ -152,6 +156,13 @@ async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bo
 
 
 # -- pull --------------------------------------------------------------------------------------------
+
+
+def layout_blob(layout: Path, digest: Digest) -> Path:
+    """Where an OCI layout keeps blob `digest` (`blobs/<algorithm>/<hex>`), its directory made."""
+    path = layout / "blobs" / digest.algorithm / digest.hex
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def check_distributable(layers: list[Descriptor]) -> None:
@@ -198,16 +209,14 @@ async def pull_image(
     repo = ref.repository
     with store.ingesting(), tempfile.TemporaryDirectory(dir=store.tmp, prefix="pull-") as tmp:
         layout = Path(tmp)
-        blobs = layout / "blobs" / "sha256"
-        blobs.mkdir(parents=True)
         async with RegistryClient(ref.domain, insecure) as client:
             data, media_type, digest = await fetch_manifest(client, ref)
             manifest = Manifest.parse(data)
             check_distributable(manifest.layers)
-            (blobs / digest.hex).write_bytes(data)
+            layout_blob(layout, digest).write_bytes(data)
 
             async def fetch(descriptor: Descriptor) -> None:
-                target = blobs / descriptor.digest.hex
+                target = layout_blob(layout, descriptor.digest)
                 if target.exists():
                     return
                 if store.has_blob(descriptor.digest):  # already here: no need to fetch it again
@@ -261,7 +270,7 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
                 ),
                 _marked("profile", _fetch_profiles(client, store, repo, digest)),  # found or not
             )
-            store.put_blob(data)
+            store.put_blob(data, digest.algorithm)
             origin = Origin(ref.domain, repo, insecure)
             store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: str(origin)}))
             for profile in profiles:  # named only with the image: a failed pull leaves no referrer
@@ -302,7 +311,7 @@ async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Des
     compressed = await client.read_range(repo, layer.digest, position.offset, position.length)
     verify(compressed, toc_digest, f"TOC of layer {layer.digest}")
     toc = await asyncio.to_thread(LayerToc.parse, decompress_toc(compressed, position), position.frames_end)
-    store.put_blob(compressed)
+    store.put_blob(compressed, toc_digest.algorithm)
     remember(store.root, toc_digest, position.frames_end, toc)  # so a mount need not parse it again
 
 

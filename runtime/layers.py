@@ -56,8 +56,9 @@ class LayerCache:
     def remove_unused(self, keep: set[str]) -> int:
         """Delete extracted layers whose diff_id is not in `keep`; returns how many went."""
         removed = 0
+        kept = {diff_id.partition(":")[2] for diff_id in keep}  # the directories are named by hex
         for directory in self.dir.iterdir():
-            if directory.name.startswith(".") or f"sha256:{directory.name}" in keep:
+            if directory.name.startswith(".") or directory.name in kept:
                 continue  # dot dirs: extractions in progress
             with file_lock(self.store.locks / f"layer-{directory.name}.lock"):
                 shutil.rmtree(directory, ignore_errors=True)
@@ -86,7 +87,7 @@ def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whi
     from storage.extract import HashingReader, extract_layer
 
     with open(store.blob_path(layer.digest), "rb") as f:
-        blob = HashingReader(f)
+        blob = HashingReader(f, layer.digest.algorithm)
         extract_layer(blob, layer.media_type, dest, whiteouts=whiteouts)
         blob.read()  # the digest covers the whole blob, TOC and footer included
     if blob.digest != layer.digest:

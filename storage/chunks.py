@@ -51,7 +51,7 @@ class ChunkCache:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
-        if Digest.of(data) != digest:
+        if Digest.of(data, digest.algorithm) != digest:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             return None

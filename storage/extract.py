@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Literal, Protocol, cast
 
 import zstandard
 
-from storage.digest import Digest
+from storage.digest import CANONICAL, Digest
 from storage.errors import BadArchive, CorruptLayer, DigestMismatch
 from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, clean_name, resolve_in_root
 from storage.toc import member_time_ns
@@ -198,12 +198,12 @@ class _GzipStream:
 
 
 class HashingReader(io.RawIOBase):
-    """A read-only stream that hashes (sha256) and counts everything read through it."""
+    """A read-only stream that hashes (with `algorithm`) and counts everything read through it."""
 
-    def __init__(self, inner: Readable) -> None:
+    def __init__(self, inner: Readable, algorithm: str = CANONICAL) -> None:
         super().__init__()
         self._inner = inner
-        self._hasher = hashlib.sha256()
+        self._hasher = hashlib.new(algorithm)
         self.size = 0
         self.at_eof = False
 
@@ -227,7 +227,7 @@ class HashingReader(io.RawIOBase):
 
     @property
     def digest(self) -> Digest:
-        """The sha256 of the whole stream; asking before it was read to the end is a bug."""
+        """The digest of the whole stream; asking before it was read to the end is a bug."""
         if not self.at_eof:
             raise ValueError("HashingReader.digest asked for before the stream was read to its end")
         return Digest.from_hasher(self._hasher)

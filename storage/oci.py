@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.digest import Digest
+from storage.digest import ALGORITHMS, Digest
 from storage.errors import InvalidManifest, InvalidReference
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -132,7 +132,10 @@ def _digest(value: Any, what: str) -> Digest:
         shown = repr(value)
         if len(shown) > 100 or isinstance(value, list | dict):
             shown = _kind(value)
-        raise InvalidManifest(f"{what} {shown}: expected sha256:<64 lowercase hex digits>") from None
+        expected = " or ".join(
+            f"{name}:<{digits} lowercase hex digits>" for name, digits in ALGORITHMS.items()
+        )
+        raise InvalidManifest(f"{what} {shown}: expected {expected}") from None
 
 
 @dataclass

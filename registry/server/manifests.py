@@ -1,4 +1,5 @@
-"""Manifests by tag or digest: GET/HEAD, PUT (byte-exact, checked, 4 MiB at most, `OCI-Subject`), DELETE."""
+"""Manifests by tag or digest: GET/HEAD, PUT (byte-exact, checked, 4 MiB at most, `OCI-Subject`,
+`?tag=` for one pushed by digest), DELETE."""
 
 from __future__ import annotations
 
@@ -94,12 +95,18 @@ async def put_manifest(request: web.Request) -> web.Response:
         reference = check_digest(reference)
     else:
         check_tag(reference)
+    # Tags for a manifest pushed by digest: how one named by sha512 gets tags (a push by tag is sha256).
+    tags = tuple(check_tag(tag) for tag in request.query.getall("tag", []))
+    if tags and not is_digest(reference):
+        raise ManifestInvalid("?tag= goes with a push by digest, not by tag", {"tags": list(tags)})
     data = await read_limited(request, MANIFEST_MAX)
     doc = parse_manifest(data, request.headers.get("Content-Type", "").split(";")[0].strip())
     store = store_of(request)
     await asyncio.to_thread(check_references, store, name, doc)
-    digest = await asyncio.to_thread(store.put_manifest, name, reference, data)
+    digest = await asyncio.to_thread(store.put_manifest, name, reference, data, tags)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    if tags:
+        headers["OCI-Tag"] = ",".join(tags)
     subjects = descriptors(doc, "subject")
     if subjects:
         headers["OCI-Subject"] = subjects[0].digest
