@@ -158,7 +158,7 @@ class OciLayout:
             data = self.blob_path(descriptor.digest).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{self.path}: blob {descriptor.digest} is missing") from None
-        if Digest.of(data) != descriptor.digest:
+        if Digest.of(data, descriptor.digest.algorithm) != descriptor.digest:
             raise DigestMismatch(f"{self.path}: blob {descriptor.digest} does not match its digest")
         return data
 
