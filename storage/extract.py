@@ -240,8 +240,9 @@ def _read_exactly(blob: Readable, n: int) -> bytes:
     return data
 
 
-def open_layer_stream(blob: Readable, what: str) -> HashingReader:
-    """The uncompressed tar of a layer blob, hashed as it is read (`.digest` = the diff_id).
+def open_layer_stream(blob: Readable, what: str, algorithm: str = CANONICAL) -> HashingReader:
+    """The uncompressed tar of a layer blob, hashed (with `algorithm`) as it is read (`.digest` = the
+    diff_id).
 
     The compression is told from the blob's first bytes, not from the media type (`what` only names
     the stream in errors): mislabelled layers exist, and a zstd:chunked blob is plain tar+zstd.
@@ -255,7 +256,7 @@ def open_layer_stream(blob: Readable, what: str) -> HashingReader:
         inner = _ZstdStream(source, what)
     else:
         inner = source
-    return HashingReader(inner)
+    return HashingReader(inner, algorithm)
 
 
 @dataclass

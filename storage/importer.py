@@ -85,10 +85,12 @@ class OciSource:
 
 
 @contextlib.contextmanager
-def _spooled_tar(store: Store, source: Readable, what: str) -> Iterator[tuple[Path, Digest]]:
+def _spooled_tar(
+    store: Store, source: Readable, what: str, algorithm: str = CANONICAL
+) -> Iterator[tuple[Path, Digest]]:
     """The uncompressed tar of `source` (plain, gzip or zstd) in a temporary file, and its digest."""
     with store.temp_file() as (path, f):
-        stream = open_layer_stream(source, what)
+        stream = open_layer_stream(source, what, algorithm)
         shutil.copyfileobj(stream, f, COPY_BUFSIZE)
         f.flush()
         yield path, stream.digest
@@ -230,7 +232,10 @@ def _import_layer(store: Store, layout: OciLayout, layer: Descriptor, diff_id: D
                     LayerReader.open(range_source, layer.annotations)
                 store.adopt(tmp, f, layer.digest)
             return Descriptor(MEDIA_LAYER_ZSTD, layer.digest, layer.size, dict(layer.annotations))
-        with _spooled_tar(store, blob, f"layer {layer.digest}") as (tar_path, found_diff_id):
+        with _spooled_tar(store, blob, f"layer {layer.digest}", diff_id.algorithm) as (
+            tar_path,
+            found_diff_id,
+        ):
             blob.read()  # whatever follows the compressed stream still counts for the digest
             _check_blob_digest(blob, layer)
             if found_diff_id != diff_id:

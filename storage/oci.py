@@ -130,7 +130,9 @@ def _digest(value: Any, what: str) -> Digest:
         return Digest(value)
     except InvalidReference:
         shown = repr(value)
-        if len(shown) > 100 or isinstance(value, list | dict):
+        if isinstance(value, str) and len(shown) > 100:
+            shown = repr(value[:60]) + "..."  # the algorithm, and enough of the rest to know it by
+        elif len(shown) > 100 or isinstance(value, list | dict):
             shown = _kind(value)
         expected = " or ".join(
             f"{name}:<{digits} lowercase hex digits>" for name, digits in ALGORITHMS.items()
