@@ -17,8 +17,9 @@ from storage.store import Store
 from tests.conftest import CliRunner, assert_clean_error
 
 
-def as_sha512(layout: Path, diff_id_algorithm: str = "sha512") -> None:
-    """Re-describe every blob of the layout's one image with sha512, its diff_ids with `diff_id_algorithm`."""
+def as_sha512(layout: Path, diff_id_algorithm: str = "sha512", wrong_diff_ids: bool = False) -> None:
+    """Re-describe every blob of the layout's one image with sha512 and its diff_ids with
+    `diff_id_algorithm` (of a slightly different tar, if `wrong_diff_ids`)."""
 
     def put(data: bytes) -> str:
         digest = Digest.of(data, "sha512")
@@ -40,7 +41,9 @@ def as_sha512(layout: Path, diff_id_algorithm: str = "sha512") -> None:
         layer["digest"] = put(blob)
     if diff_id_algorithm != "sha256":
         config["rootfs"]["diff_ids"] = [
-            f"{diff_id_algorithm}:{hashlib.new(diff_id_algorithm, tar).hexdigest()}" for tar in tars if tar
+            f"{diff_id_algorithm}:{hashlib.new(diff_id_algorithm, tar + wrong_diff_ids * b'x').hexdigest()}"
+            for tar in tars
+            if tar
         ]
     config_data = json.dumps(config).encode()
     manifest["config"].update(digest=put(config_data), size=len(config_data))
@@ -86,14 +89,8 @@ def test_a_wrong_sha512_diff_id_is_one_error_line(
     assert_clean_error(lazyctr("import", f"oci:{layout}:bb", "bad", ok=False), "sha384")
 
     lazyctr("export", "--compression", "gzip", "busybox", f"oci:{tmp_path / 'second'}:bb")
-    as_sha512(tmp_path / "second")
-    config_path = next(
-        p for p in (tmp_path / "second" / "blobs" / "sha512").iterdir() if b"diff_ids" in p.read_bytes()
+    as_sha512(tmp_path / "second", wrong_diff_ids=True)
+    assert_clean_error(
+        lazyctr("import", f"oci:{tmp_path / 'second'}:bb", "bad", ok=False), "diff_id mismatch"
     )
-    config = json.loads(config_path.read_bytes())
-    config["rootfs"]["diff_ids"] = ["sha512:" + "0" * 128]
-    # Re-describing the changed config means re-hashing it and the manifest: simpler to check the
-    # store refuses the blob that no longer matches its digest.
-    config_path.write_text(json.dumps(config))
-    assert_clean_error(lazyctr("import", f"oci:{tmp_path / 'second'}:bb", "bad", ok=False), "does not match")
     assert [row["Name"] for row in json.loads(lazyctr("images", "--json").out)] == ["busybox:latest"]
