@@ -149,8 +149,13 @@ def test_cli_push_and_pull_of_sha512(
     assert_clean_error(failed, "DIGEST_INVALID")
 
     lazyctr("rmi", "busybox:sha512", "busybox:latest")
+    lazyctr("gc")
+    assert list((root / "store" / "blobs" / "sha512").iterdir()) == []
     by_digest = f"{registry.address}/test/busybox@{image.descriptor.digest}"
     assert lazyctr("pull", by_digest).out.strip() == image.id
+    lazyctr("gc")  # what the lazily pulled image names stays: its manifest and config
+    kept = {p.name for p in (root / "store" / "blobs" / "sha512").iterdir()}
+    assert kept == {image.descriptor.digest.hex, image.id.hex}
     assert lazyctr("cat", by_digest, "/etc/passwd").stdout.startswith(b"root:")
     assert_clean_error(
         lazyctr("pull", f"{registry.address}/test/x@md5:{'0' * 32}", ok=False), "unsupported digest algorithm"
