@@ -62,13 +62,9 @@ T = TypeVar("T")
 def local_name(ref: ImageRef) -> str:
     """The store names images `repository:tag`; one pulled by digest alone is tagged with it (cut to
     the 128 characters a tag may have: `sha512-` and 121 of its hex digits)."""
-    tag = (
-        ref.tag
-        if ref.tag is not None
-        else f"{ref.digest.algorithm}-{ref.digest.hex}"[:128]
-        if ref.digest
-        else ""
-    )
+    if ref.tag is not None or ref.digest is None:
+        return f"{ref.name}:{ref.tag or 'latest'}"
+    tag = f"{ref.digest.algorithm}-{ref.digest.hex}"[:128]
     return f"{ref.name}:{tag}"
 
 
