@@ -97,9 +97,8 @@ def test_mount_without_from_finds_a_repository_holding_the_blob(served: Registry
     served.push_blob("team", b"a blob of a parent repository")
     digest = served.push_blob("team/deep/source", DATA)
     reply = served.request("POST", f"/v2/other/target/blobs/uploads/?mount={digest}")
-    assert reply.status == 201
-    assert reply.headers["Location"] == f"/v2/other/target/blobs/{digest}"
-    assert reply.headers["Docker-Content-Digest"] == digest
+    created = (reply.status, reply.headers["Location"], reply.headers["Docker-Content-Digest"])
+    assert created == (201, f"/v2/other/target/blobs/{digest}", digest)
     assert served.request("GET", f"/v2/other/target/blobs/{digest}").body == DATA
     assert stored_files(store.driver, "uploads/") == []
     assert sorted(store.repositories()) == ["other/target", "team", "team/deep/source"]
