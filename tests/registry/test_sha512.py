@@ -131,6 +131,13 @@ def test_a_sha512_push_to_docker_registry_is_one_clear_error(
     message = str(caught.value)
     assert "\n" not in message and "DIGEST_INVALID" in message, message
     assert f"manifest test/busybox@{sha512_busybox.descriptor.digest}" in message
+    # Nor can it be asked for a manifest by a sha512 digest: an error of the registry's, in one line.
+    by_digest = f"{docker_registry.address}/test/busybox@{sha512_busybox.descriptor.digest}"
+    other = Store(tmp_path / "other")
+    with pytest.raises(RegistryClientError) as caught:
+        asyncio.run(pull_lazy(other, by_digest))
+    assert "\n" not in str(caught.value) and "test/busybox@sha512:" in str(caught.value)
+    assert other.names() == []
 
 
 def test_cli_push_and_pull_of_sha512(
