@@ -73,7 +73,7 @@ class BlobCache:
 
     def fill(self, digest: Digest, pieces: Iterable[bytes]) -> Path:
         """Put a blob in from its bytes, verified against its digest; BlobUnknown if they do not match."""
-        with content_addressed_file(self.directory) as f:
+        with content_addressed_file(self.directory, Digest(digest).algorithm) as f:
             for piece in pieces:
                 f.write(piece)
             if f.digest != digest:

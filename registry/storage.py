@@ -2,9 +2,9 @@
 
 Layout under the driver's root (`registry.filesystem` or `registry.s3`):
 
-    blobs/sha256/<hex>                         every blob and manifest, byte-exact, once
-    repositories/<name>/_layers/<hex>          the blobs a repository was given (empty link files)
-    repositories/<name>/_manifests/<hex>       the manifests pushed to a repository
+    blobs/<algorithm>/<hex>                    every blob and manifest, byte-exact, once
+    repositories/<name>/_layers/<link>         the blobs a repository was given (empty link files)
+    repositories/<name>/_manifests/<link>      the manifests pushed to a repository
     repositories/<name>/tags/<tag>             a tag; its content is the manifest's digest
     uploads/<uuid>/data, uploads/<uuid>/name   an upload being assembled (appendable) and its repository
 
@@ -12,16 +12,20 @@ A blob is visible only in the repositories that hold a link to it. A blob reache
 only after its digest was checked, so a crash never leaves a half-written blob under its digest.
 Names, tags, digests and upload ids are checked against their grammars (`check_*`, by the server)
 before they become paths.
+
+Every registered digest algorithm (`storage.digest.ALGORITHMS`: sha256, sha512) is served: content
+is verified with the algorithm its digest names. A link is named by the digest's hex for sha256 (as
+the CNCF registry lays it out) and `<algorithm>-<hex>` for the others. A manifest pushed by tag is
+named by its sha256 digest; one pushed by a sha512 digest keeps it, and `?tag=` gives it tags.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,13 +43,13 @@ from registry.errors import (
     NameUnknown,
     RegistryError,
 )
-from storage.digest import Digest
-from storage.errors import InvalidReference
+from storage.digest import ALGORITHMS, CANONICAL, Digest
+from storage.errors import InvalidReference, UnsupportedDigestAlgorithm
 from storage.oci import MEDIA_INDEX, MEDIA_MANIFEST, Descriptor
 from storage.reference import validate_repository, validate_tag
 
 _UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
-BLOBS, REPOSITORIES, UPLOADS = "blobs/sha256", "repositories", "uploads"
+BLOBS, REPOSITORIES, UPLOADS = "blobs", "repositories", "uploads"
 HELD_TTL = 5.0  # seconds a repository's hold on a blob is taken as known, on a remote driver
 HELD_MEMO_MAX = 100_000
 
@@ -76,9 +80,12 @@ def check_tag(tag: str) -> str:
 
 
 def check_reference(reference: str) -> str:
-    """A manifest reference: a digest or a tag. An unparseable one names no manifest."""
+    """A manifest reference: a digest or a tag. An unparseable one names no manifest; a digest of an
+    algorithm we do not know is refused as the invalid digest it is."""
     try:
         return Digest(reference) if is_digest(reference) else validate_tag(reference)
+    except UnsupportedDigestAlgorithm as e:
+        raise DigestInvalid(str(e), {"digest": reference}) from None
     except InvalidReference as e:
         raise ManifestUnknown(str(e), {"reference": reference}) from None
 
@@ -87,6 +94,17 @@ def check_upload_id(upload_id: str) -> str:
     if not _UPLOAD_ID_RE.match(upload_id):
         raise BlobUploadUnknown(f"upload {upload_id!r} not found", {"uuid": upload_id})
     return upload_id
+
+
+def link_name(digest: Digest) -> str:
+    """A repository's link to a blob: the hex digest for sha256, `<algorithm>-<hex>` for the others."""
+    digest = Digest(digest)
+    return digest.hex if digest.algorithm == CANONICAL else f"{digest.algorithm}-{digest.hex}"
+
+
+def digest_of_link(link: str) -> Digest:
+    algorithm, _, hex_digest = link.rpartition("-")
+    return Digest(f"{algorithm or CANONICAL}:{hex_digest}")
 
 
 def media_type_of(doc: dict[str, Any]) -> str:
@@ -115,7 +133,7 @@ class BlobStore:
     def __init__(self, driver: StorageDriver, cache: BlobCache | None = None) -> None:
         self.driver = driver
         self.cache = cache
-        driver.make_dirs(BLOBS, REPOSITORIES, UPLOADS)
+        driver.make_dirs(*(f"{BLOBS}/{algorithm}" for algorithm in ALGORITHMS), REPOSITORIES, UPLOADS)
         self._held_memo: dict[tuple[str, Digest], tuple[int, float]] = {}  # -> (size, valid until)
 
     # Paths.
@@ -123,13 +141,14 @@ class BlobStore:
         return f"{REPOSITORIES}/{validate_repository(name)}"
 
     def _blob(self, digest: Digest) -> str:
-        return f"{BLOBS}/{Digest(digest).hex}"
+        digest = Digest(digest)
+        return f"{BLOBS}/{digest.algorithm}/{digest.hex}"
 
     def _layer_link(self, name: str, digest: Digest) -> str:
-        return f"{self._repo(name)}/_layers/{Digest(digest).hex}"
+        return f"{self._repo(name)}/_layers/{link_name(digest)}"
 
     def _manifest_link(self, name: str, digest: Digest) -> str:
-        return f"{self._repo(name)}/_manifests/{Digest(digest).hex}"
+        return f"{self._repo(name)}/_manifests/{link_name(digest)}"
 
     def _tag(self, name: str, tag: str) -> str:
         return f"{self._repo(name)}/tags/{validate_tag(tag)}"
@@ -209,6 +228,40 @@ class BlobStore:
         self.driver.put_content(self._layer_link(name, digest), b"")
         return True
 
+    def repositories(self) -> Iterator[str]:
+        """Every repository's name, walking the tree of `repositories/` (one listing a directory).
+
+        A directory holding `_layers` or `_manifests` is a repository; its `tags` directory is not
+        walked into (that would cost a listing a tag), so a repository named `<repository>/tags`
+        is not seen.
+        """
+        pending = [""]
+        while pending:
+            name = pending.pop()
+            entries = self.driver.list(f"{REPOSITORIES}/{name}".rstrip("/"))
+            is_repository = "_layers" in entries or "_manifests" in entries
+            if is_repository:
+                yield name
+            pending += sorted(
+                (
+                    f"{name}/{entry}".lstrip("/")
+                    for entry in entries
+                    if not entry.startswith("_") and not (is_repository and entry == "tags")
+                ),
+                reverse=True,
+            )
+
+    def holder_of(self, digest: Digest, readable: Callable[[str], bool]) -> str | None:
+        """A repository that holds the blob and that `readable` says the caller may read; None if none."""
+        for name in self.repositories():
+            try:
+                self._held(name, digest)
+            except BlobUnknown:
+                continue
+            if readable(name):
+                return name
+        return None
+
     def delete_blob(self, name: str, digest: Digest) -> None:
         # The blob stays: other repositories may hold it. Garbage collection is a separate job.
         link = self._layer_link(name, digest)
@@ -242,7 +295,7 @@ class BlobStore:
         """Verify and commit the upload as a blob of `name`; the upload is gone afterwards either way."""
         directory = self._upload(name, upload_id)
         try:
-            hasher = hashlib.sha256()
+            hasher = digest.hasher()
             size = 0
             for piece in self.driver.read_appended(f"{directory}/data"):
                 hasher.update(piece)
@@ -283,8 +336,12 @@ class BlobStore:
         return expired
 
     # Manifests and tags.
-    def put_manifest(self, name: str, reference: str, data: bytes) -> Digest:
-        digest = Digest.of(data)
+    def put_manifest(self, name: str, reference: str, data: bytes, tags: tuple[str, ...] = ()) -> Digest:
+        """Store a manifest under its digest in `name`, and tag it with `reference` (a tag) and `tags`.
+
+        By digest, the manifest is hashed with the digest's algorithm; by tag, with sha256.
+        """
+        digest = Digest.of(data, Digest(reference).algorithm if is_digest(reference) else CANONICAL)
         if is_digest(reference) and reference != digest:
             raise DigestInvalid(
                 f"manifest does not match its digest: expected {reference}, found {digest}",
@@ -293,8 +350,8 @@ class BlobStore:
         if self.driver.stat(self._blob(digest)) is None:
             self.driver.put_content(self._blob(digest), data)
         self.driver.put_content(self._manifest_link(name, digest), b"")
-        if not is_digest(reference):
-            self.driver.put_content(self._tag(name, reference), digest.encode())
+        for tag in (*tags, *(() if is_digest(reference) else (reference,))):
+            self.driver.put_content(self._tag(name, tag), digest.encode())
         return digest
 
     def _resolve(self, name: str, reference: str) -> Digest:
@@ -338,10 +395,7 @@ class BlobStore:
 
     def manifest_digests(self, name: str) -> list[Digest]:
         """Every manifest the repository holds."""
-        return [
-            Digest("sha256:" + hex_digest)
-            for hex_digest in self.driver.list(f"{self._repo(name)}/_manifests")
-        ]
+        return [digest_of_link(link) for link in self.driver.list(f"{self._repo(name)}/_manifests")]
 
     def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> list[Descriptor]:
         """The manifests of `name` whose `subject` is `subject` (of `artifact_type`, if given)."""

@@ -18,6 +18,10 @@ store with its origin, so lazyfs knows where to fetch contents later; an access 
 registry holds for it (a referrer) comes along. An image with a layer that has no TOC (plain tar,
 gzip, zstd without the chunked annotations) is pulled eagerly: its layers must be converted, which
 changes the manifest anyway.
+
+A non-distributable layer (`storage.oci.NON_DISTRIBUTABLE_TYPES`: licensed content a registry may
+not hand out, fetched from its descriptor's `urls` by whoever may) is never pushed, and an image
+that needs one is not pulled: NonDistributableLayer, before a byte of it reaches the store.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from registry.client import RegistryClient, RegistryClientError, RegistryNotFound
+from registry.client import NonDistributableLayer, RegistryClient, RegistryClientError, RegistryNotFound
 from registry.progress import TransferProgress, human_size
 from storage import timeline
-from storage.digest import Digest, verify
+from storage.digest import CANONICAL, Digest, verify
 from storage.errors import InvalidReference, NotFound
 from storage.importer import OciSource, host_architecture, import_oci
 from storage.oci import (
@@ -56,8 +60,11 @@ T = TypeVar("T")
 
 
 def local_name(ref: ImageRef) -> str:
-    """The store names images `repository:tag`; one pulled by digest alone is tagged with it."""
-    tag = ref.tag if ref.tag is not None else f"sha256-{ref.digest.hex if ref.digest else ''}"
+    """The store names images `repository:tag`; one pulled by digest alone is tagged with it (cut to
+    the 128 characters a tag may have: `sha512-` and 121 of its hex digits)."""
+    if ref.tag is not None or ref.digest is None:
+        return f"{ref.name}:{ref.tag or 'latest'}"
+    tag = f"{ref.digest.algorithm}-{ref.digest.hex}"[:128]
     return f"{ref.name}:{tag}"
 
 
@@ -68,7 +75,7 @@ def local_name(ref: ImageRef) -> str:
 class BlobResult:
     digest: Digest
     size: int
-    outcome: str  # "pushed", "exists", "mounted"
+    outcome: str  # "pushed", "exists", "mounted", "skipped" (non-distributable)
 
     def line(self) -> str:
         return f"{self.outcome} {self.digest} {human_size(self.size)}"
@@ -94,7 +101,9 @@ async def push_image(
         async def push_one(descriptor: Descriptor) -> None:
             path = store.blob_path(descriptor.digest)
             progress.start(descriptor.digest, descriptor.size)
-            if not path.exists():  # a lazily pulled layer: fine where the registry has it already
+            if not descriptor.distributable:  # its blob lives at its `urls`, never in a registry
+                outcome = "skipped"
+            elif not path.exists():  # a lazily pulled layer: fine where the registry has it already
                 outcome = await _push_absent_blob(client, repo, descriptor, image)
             else:
                 outcome = await client.push_blob(
@@ -106,7 +115,11 @@ async def push_image(
         async with RegistryClient(ref.domain, insecure) as client:
             await client.ping()
             await asyncio.gather(*(push_one(d) for d in [image.manifest.config, *image.manifest.layers]))
-            return await client.put_manifest(repo, tag, manifest_bytes, image.descriptor.media_type)
+            manifest = image.descriptor
+            if manifest.digest.algorithm == CANONICAL:
+                return await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
+            # By tag, a registry names a manifest by its sha256; by digest, it keeps the one it has.
+            return await client.put_manifest(repo, manifest.digest, manifest_bytes, manifest.media_type, tag)
 
 
 async def _push_absent_blob(client: RegistryClient, repo: str, blob: Descriptor, image: Image) -> str:
@@ -148,6 +161,23 @@ async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bo
 # -- pull --------------------------------------------------------------------------------------------
 
 
+def layout_blob(layout: Path, digest: Digest) -> Path:
+    """Where an OCI layout keeps blob `digest` (`blobs/<algorithm>/<hex>`), its directory made."""
+    path = layout / "blobs" / digest.algorithm / digest.hex
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_distributable(layers: list[Descriptor]) -> None:
+    """NonDistributableLayer for the first layer whose blob no registry may hand out."""
+    for layer in layers:
+        if not layer.distributable:
+            urls = ", ".join(layer.urls or []) or "none"
+            raise NonDistributableLayer(
+                f"layer {layer.digest} is non-distributable (urls: {urls}) and cannot be fetched"
+            )
+
+
 def _pick_platform(index: Index, what: str) -> Descriptor:
     found = index.for_platform(host_architecture())
     if found is None:
@@ -182,15 +212,14 @@ async def pull_image(
     repo = ref.repository
     with store.ingesting(), tempfile.TemporaryDirectory(dir=store.tmp, prefix="pull-") as tmp:
         layout = Path(tmp)
-        blobs = layout / "blobs" / "sha256"
-        blobs.mkdir(parents=True)
         async with RegistryClient(ref.domain, insecure) as client:
             data, media_type, digest = await fetch_manifest(client, ref)
             manifest = Manifest.parse(data)
-            (blobs / digest.hex).write_bytes(data)
+            check_distributable(manifest.layers)
+            layout_blob(layout, digest).write_bytes(data)
 
             async def fetch(descriptor: Descriptor) -> None:
-                target = blobs / descriptor.digest.hex
+                target = layout_blob(layout, descriptor.digest)
                 if target.exists():
                     return
                 if store.has_blob(descriptor.digest):  # already here: no need to fetch it again
@@ -228,7 +257,9 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
         data, media_type, digest = await fetch_manifest(client, ref)
         timeline.mark("manifest")
         manifest = Manifest.parse(data)
-        with_toc = [layer for layer in manifest.layers if toc_position(layer)]
+        if not partial:  # containerd fetches a non-distributable layer from its urls itself
+            check_distributable(manifest.layers)
+        with_toc = [layer for layer in manifest.layers if layer.distributable and toc_position(layer)]
         if len(with_toc) < len(manifest.layers) and not partial:
             return await pull_image(store, text, insecure)
         with store.ingesting():
@@ -242,7 +273,7 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
                 ),
                 _marked("profile", _fetch_profiles(client, store, repo, digest)),  # found or not
             )
-            store.put_blob(data)
+            store.put_blob(data, digest.algorithm)
             origin = Origin(ref.domain, repo, insecure)
             store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: str(origin)}))
             for profile in profiles:  # named only with the image: a failed pull leaves no referrer
@@ -283,7 +314,7 @@ async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Des
     compressed = await client.read_range(repo, layer.digest, position.offset, position.length)
     verify(compressed, toc_digest, f"TOC of layer {layer.digest}")
     toc = await asyncio.to_thread(LayerToc.parse, decompress_toc(compressed, position), position.frames_end)
-    store.put_blob(compressed)
+    store.put_blob(compressed, toc_digest.algorithm)
     remember(store.root, toc_digest, position.frames_end, toc)  # so a mount need not parse it again
 
 
@@ -311,6 +342,7 @@ async def _fetch_referrers(
 
 __all__ = [
     "BlobResult",
+    "check_distributable",
     "fetch_manifest",
     "local_name",
     "pull_image",

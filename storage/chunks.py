@@ -65,7 +65,7 @@ class ChunkCache:
         finally:
             os.close(fd)
         if not self.seals.matches(digest.hex, seal):
-            if hashlib.sha256(data).hexdigest() != digest.hex:
+            if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 return None

@@ -1,4 +1,11 @@
-"""Content digests: the `algorithm:hex` grammar of the OCI spec and sha256 helpers."""
+"""Content digests: the `algorithm:hex` grammar of the OCI spec, its registered algorithms, hashing.
+
+The one place that knows which algorithms exist. A digest names its algorithm, and content is
+verified with that algorithm: `sha256` (what our own writers produce) and `sha512`, the two the
+image spec registers, each with its fixed number of lowercase hex digits. Any other algorithm is
+refused (`InvalidReference`, one line) wherever a digest is parsed: from a URL, a descriptor or the
+command line.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,13 @@ import hashlib
 import re
 from typing import BinaryIO
 
-from storage.errors import DigestMismatch, InvalidReference
+from storage.errors import DigestMismatch, InvalidReference, UnsupportedDigestAlgorithm
 
-# The OCI image spec's digest grammar; sha256 is further pinned to 64 lowercase hex digits.
+# The OCI image spec's digest grammar; each registered algorithm pins its encoded part further.
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_SHA256_HEX_RE = re.compile(r"^[a-f0-9]{64}$")
+ALGORITHMS = {"sha256": 64, "sha512": 128}  # the registered algorithms: how many hex digits each has
+_LOWER_HEX_RE = re.compile(r"^[a-f0-9]+$")
+CANONICAL = "sha256"  # what our writers produce, and what a digest-less push is named by
 
 
 class Digest(str):
@@ -20,10 +29,14 @@ class Digest(str):
         if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):
             raise InvalidReference(f"invalid digest {value!r}: expected algorithm:hex")
         algorithm, _, hex_part = value.partition(":")
-        if algorithm != "sha256":
-            raise InvalidReference(f"unsupported digest algorithm {algorithm!r} in {value!r}")
-        if not _SHA256_HEX_RE.fullmatch(hex_part):
-            raise InvalidReference(f"invalid sha256 digest {value!r}: expected 64 lowercase hex digits")
+        digits = ALGORITHMS.get(algorithm)
+        if digits is None:
+            known = " or ".join(ALGORITHMS)
+            raise UnsupportedDigestAlgorithm(
+                f"unsupported digest algorithm {algorithm!r} in {value!r}: use {known}"
+            )
+        if len(hex_part) != digits or not _LOWER_HEX_RE.fullmatch(hex_part):
+            raise InvalidReference(f"invalid {algorithm} digest {value!r}: expected {digits} lowercase hex")
         return super().__new__(cls, value)
 
     @property
@@ -34,29 +47,33 @@ class Digest(str):
     def hex(self) -> str:
         return self.partition(":")[2]
 
-    @classmethod
-    def of(cls, data: bytes) -> Digest:
-        return cls("sha256:" + hashlib.sha256(data).hexdigest())
+    def hasher(self) -> hashlib._Hash:
+        """A fresh hasher of this digest's algorithm, to verify content against it."""
+        return hashlib.new(self.algorithm)
 
     @classmethod
-    def of_file(cls, path: str, bufsize: int = 1 << 20) -> Digest:
-        hasher = hashlib.sha256()
+    def of(cls, data: bytes, algorithm: str = CANONICAL) -> Digest:
+        return cls.from_hasher(hashlib.new(algorithm, data))
+
+    @classmethod
+    def of_file(cls, path: str, bufsize: int = 1 << 20, algorithm: str = CANONICAL) -> Digest:
+        hasher = hashlib.new(algorithm)
         with open(path, "rb") as f:
             while block := f.read(bufsize):
                 hasher.update(block)
-        return cls("sha256:" + hasher.hexdigest())
+        return cls.from_hasher(hasher)
 
     @classmethod
     def from_hasher(cls, hasher: hashlib._Hash) -> Digest:
-        return cls("sha256:" + hasher.hexdigest())
+        return cls(f"{hasher.name}:{hasher.hexdigest()}")
 
 
 class HashingWriter:
-    """Writes to a file while hashing and counting what went through it."""
+    """Writes to a file while hashing (with `algorithm`) and counting what went through it."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, algorithm: str = CANONICAL) -> None:
         self.out = out
-        self.hasher = hashlib.sha256()
+        self.hasher = hashlib.new(algorithm)
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
@@ -74,7 +91,8 @@ class HashingWriter:
 
 
 def verify(data: bytes, expected: str, what: str) -> None:
-    """Raise DigestMismatch unless `data` hashes to `expected`."""
-    found = Digest.of(data)
+    """Raise DigestMismatch unless `data` hashes to `expected` (with the algorithm it names)."""
+    algorithm = Digest(expected).algorithm
+    found = Digest.of(data, algorithm)
     if found != expected:
         raise DigestMismatch(f"{what}: digest mismatch: expected {expected}, found {found}")

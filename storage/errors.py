@@ -26,6 +26,10 @@ class InvalidReference(StorageError):
     exit_code = EXIT_USAGE
 
 
+class UnsupportedDigestAlgorithm(InvalidReference):
+    """A digest of the OCI grammar whose algorithm is not a registered one (sha256, sha512)."""
+
+
 class NotFound(StorageError):
     """An image, blob or file that was asked for is not there."""
 

@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Literal, Protocol, cast
 
 import zstandard
 
-from storage.digest import Digest
+from storage.digest import CANONICAL, Digest
 from storage.errors import BadArchive, CorruptLayer, DigestMismatch
 from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX, clean_name, resolve_in_root
 from storage.toc import member_time_ns
@@ -201,12 +201,12 @@ class _GzipStream:
 
 
 class HashingReader(io.RawIOBase):
-    """A read-only stream that hashes (sha256) and counts everything read through it."""
+    """A read-only stream that hashes (with `algorithm`) and counts everything read through it."""
 
-    def __init__(self, inner: Readable) -> None:
+    def __init__(self, inner: Readable, algorithm: str = CANONICAL) -> None:
         super().__init__()
         self._inner = inner
-        self._hasher = hashlib.sha256()
+        self._hasher = hashlib.new(algorithm)
         self.size = 0
         self.at_eof = False
 
@@ -230,7 +230,7 @@ class HashingReader(io.RawIOBase):
 
     @property
     def digest(self) -> Digest:
-        """The sha256 of the whole stream; asking before it was read to the end is a bug."""
+        """The digest of the whole stream; asking before it was read to the end is a bug."""
         if not self.at_eof:
             raise ValueError("HashingReader.digest asked for before the stream was read to its end")
         return Digest.from_hasher(self._hasher)
@@ -243,8 +243,9 @@ def _read_exactly(blob: Readable, n: int) -> bytes:
     return data
 
 
-def open_layer_stream(blob: Readable, what: str) -> HashingReader:
-    """The uncompressed tar of a layer blob, hashed as it is read (`.digest` = the diff_id).
+def open_layer_stream(blob: Readable, what: str, algorithm: str = CANONICAL) -> HashingReader:
+    """The uncompressed tar of a layer blob, hashed (with `algorithm`) as it is read (`.digest` = the
+    diff_id).
 
     The compression is told from the blob's first bytes, not from the media type (`what` only names
     the stream in errors): mislabelled layers exist, and a zstd:chunked blob is plain tar+zstd.
@@ -258,7 +259,7 @@ def open_layer_stream(blob: Readable, what: str) -> HashingReader:
         inner = _ZstdStream(source, what)
     else:
         inner = source
-    return HashingReader(inner)
+    return HashingReader(inner, algorithm)
 
 
 @dataclass

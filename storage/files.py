@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.digest import HashingWriter
+from storage.digest import CANONICAL, HashingWriter
 
 
 def fsync_dir(path: Path) -> None:
@@ -55,14 +55,14 @@ def atomic_file(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def content_addressed_file(directory: Path) -> Iterator[HashingWriter]:
-    """Yield a writer whose content lands at `directory/<sha256 hex>` when the block succeeds."""
+def content_addressed_file(directory: Path, algorithm: str = CANONICAL) -> Iterator[HashingWriter]:
+    """Yield a writer whose content lands at `directory/<hex digest>` when the block succeeds."""
     directory.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=".incoming-")
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
-            writer = HashingWriter(f)
+            writer = HashingWriter(f, algorithm)
             yield writer
             f.flush()
             os.fchmod(f.fileno(), 0o644)

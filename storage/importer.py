@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.digest import Digest, HashingWriter
+from storage.digest import CANONICAL, Digest, HashingWriter
 from storage.errors import BadArchive, DigestMismatch, InvalidReference, NotFound
 from storage.extract import HashingReader, Readable, open_layer_stream
 from storage.files import atomic_path, atomic_write, content_addressed_file
@@ -85,10 +85,12 @@ class OciSource:
 
 
 @contextlib.contextmanager
-def _spooled_tar(store: Store, source: Readable, what: str) -> Iterator[tuple[Path, Digest]]:
+def _spooled_tar(
+    store: Store, source: Readable, what: str, algorithm: str = CANONICAL
+) -> Iterator[tuple[Path, Digest]]:
     """The uncompressed tar of `source` (plain, gzip or zstd) in a temporary file, and its digest."""
     with store.temp_file() as (path, f):
-        stream = open_layer_stream(source, what)
+        stream = open_layer_stream(source, what, algorithm)
         shutil.copyfileobj(stream, f, COPY_BUFSIZE)
         f.flush()
         yield path, stream.digest
@@ -158,7 +160,7 @@ class OciLayout:
             data = self.blob_path(descriptor.digest).read_bytes()
         except FileNotFoundError:
             raise NotFound(f"{self.path}: blob {descriptor.digest} is missing") from None
-        if Digest.of(data) != descriptor.digest:
+        if Digest.of(data, descriptor.digest.algorithm) != descriptor.digest:
             raise DigestMismatch(f"{self.path}: blob {descriptor.digest} does not match its digest")
         return data
 
@@ -218,7 +220,7 @@ def _import_layer(store: Store, layout: OciLayout, layer: Descriptor, diff_id: D
     if not blob_path.is_file():
         raise NotFound(f"{layout.path}: layer blob {layer.digest} is missing")
     with open(blob_path, "rb") as src:
-        blob = HashingReader(src)
+        blob = HashingReader(src, layer.digest.algorithm)
         if layer.media_type == MEDIA_LAYER_ZSTD and position_from_annotations(layer.annotations, layer.size):
             # Already zstd:chunked: kept as it is once its digest and TOC check out. Its diff_id is
             # not checked: podman 4 records the diff_id of the padded input tar but drops the padding.
@@ -230,7 +232,10 @@ def _import_layer(store: Store, layout: OciLayout, layer: Descriptor, diff_id: D
                     LayerReader.open(range_source, layer.annotations)
                 store.adopt(tmp, f, layer.digest)
             return Descriptor(MEDIA_LAYER_ZSTD, layer.digest, layer.size, dict(layer.annotations))
-        with _spooled_tar(store, blob, f"layer {layer.digest}") as (tar_path, found_diff_id):
+        with _spooled_tar(store, blob, f"layer {layer.digest}", diff_id.algorithm) as (
+            tar_path,
+            found_diff_id,
+        ):
             blob.read()  # whatever follows the compressed stream still counts for the digest
             _check_blob_digest(blob, layer)
             if found_diff_id != diff_id:
@@ -262,10 +267,10 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
         raise InvalidReference(f"unknown compression {compression!r}: expected one of {EXPORT_COMPRESSIONS}")
     ref = dest.ref or image.name
     with store.ingesting():  # gc must not remove blobs while they are copied out
-        blobs = dest.path / "blobs" / "sha256"
+        blobs = dest.path / "blobs" / CANONICAL  # what is written here; copies keep their algorithm
         blobs.mkdir(parents=True, exist_ok=True)
         manifest = image.descriptor
-        _copy_blob(store, image.manifest.config.digest, blobs)
+        _copy_blob(store, image.manifest.config.digest, dest.path)
         if compression == "gzip":
             layers = [_export_gzip_layer(store, layer, blobs) for layer in image.manifest.layers]
             data = Manifest(image.manifest.config, layers, annotations=image.manifest.annotations).to_bytes()
@@ -273,7 +278,7 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
             atomic_write(blobs / manifest.digest.hex, data)
         else:
             for descriptor in [image.descriptor, *image.manifest.layers]:
-                _copy_blob(store, descriptor.digest, blobs)
+                _copy_blob(store, descriptor.digest, dest.path)
         atomic_write(dest.path / "oci-layout", OCI_LAYOUT)
         index_path = dest.path / "index.json"
         index = Index.parse(index_path.read_bytes()) if index_path.exists() else Index()
@@ -285,13 +290,15 @@ def export_oci(store: Store, image: Image, dest: OciSource, compression: str = "
     return ref
 
 
-def _copy_blob(store: Store, digest: Digest, blobs: Path) -> None:
-    """Copy a blob out of the store, checking it on the way: a corrupted blob is never exported."""
-    target = blobs / digest.hex
+def _copy_blob(store: Store, digest: Digest, layout: Path) -> None:
+    """Copy a blob out of the store into an OCI layout, checking it on the way: a corrupted blob is
+    never exported."""
+    target = layout / "blobs" / digest.algorithm / digest.hex
     if target.exists():
         return
+    target.parent.mkdir(exist_ok=True)
     with atomic_path(target) as tmp, open(store.blob_path(digest), "rb") as src, open(tmp, "wb") as out:
-        copied = HashingWriter(out)
+        copied = HashingWriter(out, digest.algorithm)
         shutil.copyfileobj(src, copied, COPY_BUFSIZE)
         if copied.digest != digest:
             raise DigestMismatch(

@@ -77,7 +77,7 @@ class LayerReader:
         if expected is not None:
             verify(compressed, expected, "layer TOC")
         toc = LayerToc.parse(decompress_toc(compressed, position), position.frames_end)
-        return cls(source, toc, Digest.of(compressed))
+        return cls(source, toc, expected or Digest.of(compressed))  # the digest it was promised by
 
     def entry(self, path: str) -> TocEntry:
         try:

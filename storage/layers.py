@@ -141,7 +141,7 @@ def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whi
     from storage.extract import HashingReader, extract_layer
 
     with open(store.blob_path(layer.digest), "rb") as f:
-        blob = HashingReader(f)
+        blob = HashingReader(f, layer.digest.algorithm)
         extract_layer(blob, layer.media_type, dest, whiteouts=whiteouts)
         blob.read()  # the digest covers the whole blob, TOC and footer included
     if blob.digest != layer.digest:

@@ -95,7 +95,7 @@ class VerifiedChunks:
             data = path.read_bytes()
         except FileNotFoundError:
             raise ChunkNotCached(f"{piece.name}: chunk {piece.digest} is not in the chunk cache") from None
-        found = Digest.of(data)
+        found = Digest.of(data, piece.digest.algorithm)
         if found != piece.digest:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a miss from now on: a fill fetches it again

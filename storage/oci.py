@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.digest import Digest
+from storage.digest import ALGORITHMS, Digest
 from storage.errors import InvalidManifest, InvalidReference
 
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -29,6 +29,14 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+# Layers whose blob a registry need not hold and a client must not copy (licensing): fetched, where
+# at all, from the descriptor's `urls`. Deprecated by the image spec, still met in the wild.
+NON_DISTRIBUTABLE_TYPES = {
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+}
 
 MANIFEST_TYPES = {MEDIA_MANIFEST, DOCKER_MANIFEST}
 INDEX_TYPES = {MEDIA_INDEX, DOCKER_MANIFEST_LIST}
@@ -122,9 +130,14 @@ def _digest(value: Any, what: str) -> Digest:
         return Digest(value)
     except InvalidReference:
         shown = repr(value)
-        if len(shown) > 100 or isinstance(value, list | dict):
+        if isinstance(value, str) and len(shown) > 100:
+            shown = repr(value[:60]) + "..."  # the algorithm, and enough of the rest to know it by
+        elif len(shown) > 100 or isinstance(value, list | dict):
             shown = _kind(value)
-        raise InvalidManifest(f"{what} {shown}: expected sha256:<64 lowercase hex digits>") from None
+        expected = " or ".join(
+            f"{name}:<{digits} lowercase hex digits>" for name, digits in ALGORITHMS.items()
+        )
+        raise InvalidManifest(f"{what} {shown}: expected {expected}") from None
 
 
 @dataclass
@@ -135,9 +148,17 @@ class Descriptor:
     annotations: dict[str, str] = field(default_factory=dict)
     platform: dict[str, Any] | None = None
     artifact_type: str | None = None
+    urls: list[str] | None = None
+
+    @property
+    def distributable(self) -> bool:
+        """False for a non-distributable (foreign) layer: its blob is neither pushed nor pulled."""
+        return self.media_type not in NON_DISTRIBUTABLE_TYPES
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        if self.urls is not None:
+            out["urls"] = list(self.urls)
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform:
@@ -165,6 +186,7 @@ class Descriptor:
             annotations=_str_map(obj, "annotations", what),
             platform=_opt_dict(obj, "platform", what),
             artifact_type=_opt_str(obj, "artifactType", what),
+            urls=_str_list(obj, "urls", what),
         )
 
 

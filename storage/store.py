@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from storage.digest import Digest, verify
+from storage.digest import ALGORITHMS, CANONICAL, Digest, verify
 from storage.errors import CorruptLayer, InvalidManifest, InvalidReference, NotFound, StorageError
 from storage.files import atomic_write, file_lock, fsync_dir, publish
 from storage.oci import (
@@ -70,7 +70,7 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root.absolute()  # a daemon (lazyfs) may run from another directory
         self.layout = self.root / "store"
-        self.blobs = self.layout / "blobs" / "sha256"
+        self.blobs = self.layout / "blobs" / CANONICAL  # where our own writers put blobs
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         for directory in (self.blobs, self.tmp, self.locks):
@@ -84,7 +84,8 @@ class Store:
     # -- blobs -------------------------------------------------------------------------------
 
     def blob_path(self, digest: Digest) -> Path:
-        return self.blobs / digest.hex
+        """`blobs/<algorithm>/<hex>`, as the OCI image layout has it for every algorithm."""
+        return self.layout / "blobs" / digest.algorithm / digest.hex
 
     def has_blob(self, digest: Digest) -> bool:
         return self.blob_path(digest).exists()
@@ -98,10 +99,12 @@ class Store:
         verify(data, digest, f"blob {digest}")
         return data
 
-    def put_blob(self, data: bytes) -> Digest:
-        digest = Digest.of(data)
+    def put_blob(self, data: bytes, algorithm: str = CANONICAL) -> Digest:
+        """Store `data` under its digest (of `algorithm`: sha256 unless a descriptor named another)."""
+        digest = Digest.of(data, algorithm)
         if not self.has_blob(digest):
             with self.ingesting():
+                self.blob_path(digest).parent.mkdir(exist_ok=True)
                 atomic_write(self.blob_path(digest), data)
         return digest
 
@@ -124,6 +127,7 @@ class Store:
         os.chmod(tmp, 0o644)
         if self.has_blob(digest):
             return
+        self.blob_path(digest).parent.mkdir(exist_ok=True)
         publish(tmp, self.blob_path(digest))
 
     @contextlib.contextmanager
@@ -227,7 +231,9 @@ class Store:
                     and (ref.digest is None or ref.digest == descriptor.digest)
                 ):
                     return [self.load(name, descriptor)]
-        hex_part = text.removeprefix("sha256:")
+        algorithm, _, hex_part = text.rpartition(":")
+        if algorithm not in ("", *ALGORITHMS):
+            raise NotFound(f"image not known: {text}")
         if len(hex_part) >= 4 and all(c in "0123456789abcdef" for c in hex_part):
             matches = [
                 image
@@ -322,7 +328,7 @@ class Store:
         from storage.tocindex import INDEX_DIR as TOC_INDEX_DIR
 
         with file_lock(self.locks / "gc.lock"):
-            live: set[str] = set()
+            live: set[str] = set()  # digests
             index = self._index()
             named = {d.digest for d in index.manifests if REF_NAME in d.annotations}
             orphans = [d for d in index.manifests if d.annotations.get(SUBJECT, "") not in ("", *named)]
@@ -334,9 +340,9 @@ class Store:
             pending = list(index.manifests)
             while pending:
                 descriptor = pending.pop()
-                if descriptor.digest.hex in live:
+                if descriptor.digest in live:
                     continue
-                live.add(descriptor.digest.hex)
+                live.add(descriptor.digest)
                 if descriptor.media_type in MANIFEST_TYPES:
                     with contextlib.suppress(NotFound, InvalidManifest, CorruptLayer):
                         manifest = Manifest.parse(self.read_blob(descriptor.digest))
@@ -346,14 +352,16 @@ class Store:
                     with contextlib.suppress(NotFound, InvalidManifest):
                         pending += Index.parse(self.read_blob(descriptor.digest)).manifests
             removed = freed = 0
-            for blob in self.blobs.iterdir():
-                if blob.name not in live:
-                    freed += blob.stat().st_size
-                    blob.unlink()
-                    removed += not blob.name.startswith(".")  # dot files: temporaries, not blobs
-            fsync_dir(self.blobs)
+            for algorithm in (self.layout / "blobs").iterdir():
+                for blob in algorithm.iterdir():
+                    if f"{algorithm.name}:{blob.name}" not in live:
+                        freed += blob.stat().st_size
+                        blob.unlink()
+                        removed += not blob.name.startswith(".")  # dot files: temporaries, not blobs
+                fsync_dir(algorithm)
+            live_hex = {digest.partition(":")[2] for digest in live}
             for toc_index in (self.root / TOC_INDEX_DIR).glob("*"):  # of TOCs gone with their images
-                if toc_index.name not in live:
+                if toc_index.name not in live_hex:
                     toc_index.unlink()
             for leftover in self.layout.glob(".*.tmp"):  # of index.json writers that crashed
                 leftover.unlink()
@@ -363,11 +371,11 @@ class Store:
 
 
 def _toc_digest(layer: Descriptor) -> str:
-    """The hex digest of the TOC blob a lazily pulled layer keeps in the store ('' for none)."""
+    """The digest of the TOC blob a lazily pulled layer keeps in the store ('' for none)."""
     from storage.zstd_chunked import position_from_annotations
 
     with contextlib.suppress(StorageError):
         promised = position_from_annotations(layer.annotations, layer.size)
         if promised is not None:
-            return promised[0].hex
+            return promised[0]
     return ""

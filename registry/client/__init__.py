@@ -12,6 +12,7 @@ The workflows that push and pull images (and write into the store) are in regist
 
 from registry.client.api import RegistryClient
 from registry.client.errors import (
+    NonDistributableLayer,
     RegistryAuthFailed,
     RegistryAuthRequired,
     RegistryClientError,
@@ -21,6 +22,7 @@ from registry.client.errors import (
 )
 
 __all__ = [
+    "NonDistributableLayer",
     "RegistryAuthFailed",
     "RegistryAuthRequired",
     "RegistryClient",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -53,7 +52,7 @@ from storage.oci import (
     Descriptor,
     Index,
 )
-from storage.reference import validate_repository
+from storage.reference import validate_repository, validate_tag
 
 CHUNK_SIZE = 16 << 20  # blobs larger than this are pushed in PATCH chunks of this size
 MANIFEST_LIMIT = 4 << 20
@@ -119,8 +118,8 @@ class RegistryClient:
 
     async def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, Digest]:
         """The manifest or index `ref` (tag or digest) of `repo`: its bytes, media type and digest."""
-        what = f"{repo}@{ref}" if ref.startswith("sha256:") else f"{repo}:{ref}"
         expected = Digest(ref) if ":" in ref else None
+        what = f"{repo}@{ref}" if expected else f"{repo}:{ref}"
         url = self.transport.url(repo, f"manifests/{ref}")
         async with self.transport.send("GET", url, {"Accept": MANIFEST_ACCEPT}) as response:
             if response.status != 200:
@@ -130,9 +129,9 @@ class RegistryClient:
                 raise RegistryClientError(f"{self.registry}: {what}: manifest larger than {MANIFEST_LIMIT}")
             media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             claimed = response.headers.get("Docker-Content-Digest")
-        found = Digest.of(data)
         if expected is None and claimed:
             expected = Digest(claimed)
+        found = Digest.of(data, expected.algorithm) if expected else Digest.of(data)
         if expected is not None and found != expected:
             raise RegistryDigestMismatch(
                 f"{self.registry}: manifest {what} does not match its digest: expected {expected}, "
@@ -191,7 +190,7 @@ class RegistryClient:
         async def attempt() -> tuple[Digest, int]:
             dest.seek(0)
             dest.truncate()
-            hasher = hashlib.sha256()
+            hasher = digest.hasher()
             written = 0
             async with self.transport.send("GET", url) as response:
                 if response.status != 200:
@@ -400,10 +399,24 @@ class RegistryClient:
                 raise await self.transport.error(response, what)
         return "pushed"
 
-    async def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> Digest:
-        what = f"manifest {repo}:{ref}"
+    async def put_manifest(
+        self, repo: str, ref: str, data: bytes, media_type: str, tag: str | None = None
+    ) -> Digest:
+        """Push a manifest by tag, or by digest (the way to keep a sha512 one's digest); its digest.
+
+        `tag` with a digest `ref` also tags it (`?tag=`); a registry that does not say it did
+        (no `OCI-Tag` answer) is given the tag with a second push by tag.
+        """
+        by_digest = Digest(ref) if ":" in ref else None
+        what = f"manifest {repo}@{ref}" if by_digest else f"manifest {repo}:{ref}"
         url = self.transport.url(repo, f"manifests/{ref}")
+        if by_digest and tag is not None:
+            validate_tag(tag)
+            url = url.with_query({"tag": tag})
         async with self.transport.send("PUT", url, {"Content-Type": media_type}, data) as response:
             if response.status != 201:
                 raise await self.transport.error(response, what)
-        return Digest.of(data)
+            tagged = tag is None or "OCI-Tag" in response.headers
+        if not tagged and tag is not None:
+            await self.put_manifest(repo, tag, data, media_type)
+        return Digest.of(data, by_digest.algorithm) if by_digest else Digest.of(data)

@@ -26,6 +26,10 @@ class RegistryDigestMismatch(RegistryClientError, DigestMismatch):
     """Content from the registry whose digest is not the one asked for."""
 
 
+class NonDistributableLayer(RegistryClientError):
+    """An image layer whose blob no registry hands out (a non-distributable or foreign layer)."""
+
+
 class RegistryAuthRequired(RegistryClientError):
     """A registry that wants credentials we do not have."""
 

@@ -1,4 +1,5 @@
-"""Manifests by tag or digest: GET/HEAD, PUT (byte-exact, checked, 4 MiB at most, `OCI-Subject`), DELETE."""
+"""Manifests by tag or digest: GET/HEAD, PUT (byte-exact, checked, 4 MiB at most, `OCI-Subject`,
+`?tag=` for one pushed by digest), DELETE."""
 
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ def parse_manifest(data: bytes, content_type: str) -> dict[str, Any]:
 
 
 def check_references(store: BlobStore, name: str, doc: dict[str, Any]) -> None:
-    """Every blob and manifest the document refers to must be in the repository already."""
-    for descriptor in descriptors(doc, "config") + descriptors(doc, "layers") + descriptors(doc, "blobs"):
+    """Every blob and manifest the document refers to must be in the repository already, but for
+    non-distributable layers: their blobs live elsewhere (`urls`) and are never pushed."""
+    layers = [layer for layer in descriptors(doc, "layers") if layer.distributable]
+    for descriptor in descriptors(doc, "config") + layers + descriptors(doc, "blobs"):
         try:
             store.blob_size(name, descriptor.digest)
         except BlobUnknown:
@@ -92,12 +95,18 @@ async def put_manifest(request: web.Request) -> web.Response:
         reference = check_digest(reference)
     else:
         check_tag(reference)
+    # Tags for a manifest pushed by digest: how one named by sha512 gets tags (a push by tag is sha256).
+    tags = tuple(check_tag(tag) for tag in request.query.getall("tag", []))
+    if tags and not is_digest(reference):
+        raise ManifestInvalid("?tag= goes with a push by digest, not by tag", {"tags": list(tags)})
     data = await read_limited(request, MANIFEST_MAX)
     doc = parse_manifest(data, request.headers.get("Content-Type", "").split(";")[0].strip())
     store = store_of(request)
     await asyncio.to_thread(check_references, store, name, doc)
-    digest = await asyncio.to_thread(store.put_manifest, name, reference, data)
+    digest = await asyncio.to_thread(store.put_manifest, name, reference, data, tags)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    if tags:
+        headers["OCI-Tag"] = ",".join(tags)
     subjects = descriptors(doc, "subject")
     if subjects:
         headers["OCI-Subject"] = subjects[0].digest

@@ -1,7 +1,13 @@
 """Byte ranges of a blob: the `Range` header read as RFC 9110 says, and the 206 and 416 answers.
 
 One range is a 206 with `Content-Range`; several are one `multipart/byteranges` body; none
-satisfiable is a 416 with `Content-Range: bytes */SIZE`; a header we cannot read is ignored (200).
+satisfiable is a 416 with `Content-Range: bytes */SIZE`.
+
+RFC 9110 section 14.2 is followed to the letter, for every storage driver alike: a header that is
+not a valid `bytes` range set (another unit, garbage, or a range whose last byte comes before its
+first, as `bytes=500-0`) is *ignored* and the whole blob answered with 200; one that is valid but
+of which no range starts inside the blob (`bytes=SIZE-`, `bytes=-0`) is 416; a range that runs
+past the end is cut to the blob's last byte.
 """
 
 from __future__ import annotations

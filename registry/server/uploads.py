@@ -1,4 +1,5 @@
-"""Blob uploads: monolithic POST, POST then PUT, chunked PATCH, status, cancel, cross-repository mount.
+"""Blob uploads: monolithic POST, POST then PUT, chunked PATCH, status, cancel, cross-repository mount
+(from a named repository, or without `from` from any the pusher may read).
 
 A request takes effect whole or not at all: a body cut off half way is taken back from the
 upload, so its reported `Range` never covers bytes of a request that failed.
@@ -80,10 +81,16 @@ async def start_upload(request: web.Request) -> web.Response:
         digest = check_digest(mount)
         # The pusher must be allowed to pull the source: otherwise a mount would hand out any blob
         # whose digest is known. When not, this is an ordinary upload (202), as the spec says.
-        allowed = source is not None and request.app[ACCESS].may_pull(
-            check_name(source), request.headers.get("Authorization")
-        )
-        if allowed and source is not None and await asyncio.to_thread(store.mount_blob, name, digest, source):
+        authorization = request.headers.get("Authorization")
+
+        def readable(repository: str) -> bool:
+            return request.app[ACCESS].may_pull(repository, authorization)
+
+        if source is None:  # OCI 1.1: any repository holding the blob the pusher may read will do
+            source = await asyncio.to_thread(store.holder_of, digest, readable)
+        elif not readable(check_name(source)):
+            source = None
+        if source is not None and await asyncio.to_thread(store.mount_blob, name, digest, source):
             return blob_created(name, digest)
     digest_text = request.query.get("digest")
     upload_id = await asyncio.to_thread(store.start_upload, name)

@@ -185,6 +185,20 @@ def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
     return FilesystemDriver(tmp_path / "storage")
 
 
+@pytest.fixture
+def store(driver: StorageDriver) -> BlobStore:
+    """The repository logic on each storage driver in turn."""
+    return BlobStore(driver)
+
+
+@pytest.fixture
+def served(store: BlobStore, tmp_path: Path) -> Iterator[Registry]:
+    """The whole server on each storage driver in turn."""
+    server = Registry(tmp_path / "unused-root", backend=store)
+    yield server
+    server.stop()
+
+
 def stored_files(driver: StorageDriver, prefix: str = "") -> list[str]:
     """The paths of every file the driver holds under `prefix`, as keys or relative paths."""
     if isinstance(driver, S3Driver):

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from registry.driver import StorageDriver
 from registry.errors import (
     BlobUnknown,
     BlobUploadInvalid,
@@ -24,11 +21,6 @@ from storage.digest import Digest
 from tests.registry.conftest import Registry, sha256, stored_files
 
 DATA = b"0123456789abcdef" * 1000
-
-
-@pytest.fixture
-def store(driver: StorageDriver) -> BlobStore:
-    return BlobStore(driver)
 
 
 def push(store: BlobStore, name: str, *chunks: bytes) -> Digest:
@@ -193,13 +185,6 @@ def test_delete_manifest_by_tag_and_by_digest(store: BlobStore) -> None:
 
 
 # The whole server on each driver.
-
-
-@pytest.fixture
-def served(store: BlobStore, tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "unused-root", backend=store)
-    yield server
-    server.stop()
 
 
 def test_server_push_pull(served: Registry, store: BlobStore) -> None:

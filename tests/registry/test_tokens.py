@@ -260,7 +260,12 @@ def test_serve_with_a_token_key_needs_a_realm(
     assert result.code == 2 and "--token-key needs --token-realm" in result.stderr  # a usage error
 
 
-def test_a_mount_needs_pull_on_its_source(guarded: Registry, ec_key: ec.EllipticCurvePrivateKey) -> None:
+@pytest.mark.parametrize("source", ["&from=secret/app", ""], ids=["from", "without-from"])
+def test_a_mount_needs_pull_on_its_source(
+    guarded: Registry, ec_key: ec.EllipticCurvePrivateKey, source: str
+) -> None:
+    """Named with `from` or found without it (OCI 1.1), a blob is mounted only from a repository
+    the token may pull."""
     data = b"a secret layer" * 100
     digest = sha256(data)
     secret: list[Grant] = [{"type": "repository", "name": "secret/app", "actions": ["pull", "push"]}]
@@ -268,7 +273,7 @@ def test_a_mount_needs_pull_on_its_source(guarded: Registry, ec_key: ec.Elliptic
         "POST", f"/v2/secret/app/blobs/uploads/?digest={digest}", data, bearer(sign(ec_key, secret))
     )
     assert reply.status == 201
-    mount = f"/v2/team/app/blobs/uploads/?mount={digest}&from=secret/app"
+    mount = f"/v2/team/app/blobs/uploads/?mount={digest}{source}"
     # A push token for team/app alone: no mount, an ordinary upload instead (202), as the spec says.
     reply = guarded.request("POST", mount, headers=bearer(sign(ec_key, PULL_PUSH)))
     assert reply.status == 202 and "/blobs/uploads/" in reply.headers["Location"]
