@@ -26,6 +26,7 @@ _PASSPHRASE_FILE = click.option(
     "--passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
     help="Read the key's passphrase from the first line of this file (else COSIGN_PASSWORD, else a prompt).",
 )  # fmt: skip
+_TARGET = click.argument("target", metavar="IMAGE|REF")
 _INSECURE = click.option(
     "--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1)."
 )
@@ -84,7 +85,7 @@ def generate_key_pair(output_prefix: str, passphrase_file: Path | None) -> None:
 
 
 @command()
-@click.argument("target", metavar="IMAGE|REF")
+@_TARGET
 @click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Private key.")
 @_PASSPHRASE_FILE
 @_INSECURE
@@ -119,7 +120,7 @@ def sign(ctx: Context, target: str, key: Path, passphrase_file: Path | None, ins
 
 
 @command()
-@click.argument("target", metavar="IMAGE|REF")
+@_TARGET
 @click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Public key.")
 @_INSECURE
 @pass_context

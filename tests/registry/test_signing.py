@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
+import importlib.util
 import json
+import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from registry.policy import PolicyInvalid, parse_policy
 from storage.reference import ImageRef
@@ -25,13 +29,6 @@ from tests.registry.conftest import Registry
 
 PAYLOAD_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE = "dev.cosignproject.cosign/signature"
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    server = Registry(tmp_path / "registry")
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -207,8 +204,6 @@ def test_sign_a_remote_reference_and_a_stored_image(
 
 
 def _environ() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
 
 
@@ -226,8 +221,10 @@ def test_an_unsigned_image_is_refused(
 ) -> None:
     pusher.push("test/plain:latest")
     ref = f"{registry.address}/test/plain:latest"
-    refused(lazyctr, root, policy_file(tmp_path, keys, registry.address), ref, f"{ref}: refused by policy")
-    refused(lazyctr, root, policy_file(tmp_path, keys, registry.address), ref, "has no sigstore signature")
+    policy = policy_file(tmp_path, keys, registry.address)
+    refused(
+        lazyctr, root, policy, ref, f"{ref}: refused by policy {policy} (scope {registry.address}): it has no"
+    )
 
 
 def test_a_moved_tag_is_refused(
@@ -277,13 +274,19 @@ def test_a_signature_by_another_key_is_refused(
     assert_clean_error(lazyctr("verify", "--key", str(keys / "cosign.pub"), ref, ok=False), "does not verify")
 
 
+GOOD = b""  # stands for the payload that names the image
+
+
 @pytest.mark.parametrize(
-    ("mangle", "reason"),
+    ("payload", "mangle", "reason"),
     [
-        (lambda good: good[: len(good) // 2], "does not verify"),  # truncated (still valid base64)
-        (lambda good: good[:-3], "not valid base64"),
-        (lambda good: "not a signature!", "not valid base64"),
-        (lambda good: "", "does not verify"),
+        (GOOD, lambda good: good[: len(good) // 2], "does not verify"),  # truncated (still valid base64)
+        (GOOD, lambda good: good[:-3], "not valid base64"),
+        (GOOD, lambda good: "not a signature!", "not valid base64"),
+        (GOOD, lambda good: "", "does not verify"),
+        (b"{not json", str, "not JSON"),
+        (b'{"critical": {}, "optional": null}', str, "critical must have exactly"),
+        (b"[]", str, "the payload must have exactly"),
     ],
 )
 def test_a_truncated_or_malformed_signature_is_refused(
@@ -293,44 +296,15 @@ def test_a_truncated_or_malformed_signature_is_refused(
     tmp_path: Path,
     keys: Path,
     root: Path,
-    mangle: object,
+    payload: bytes,
+    mangle: Callable[[str], str],
     reason: str,
 ) -> None:
     digest = pusher.push("test/busybox:latest")
     ref = f"{registry.address}/test/busybox:latest"
-    payload = payload_for(ref, digest)
-    assert callable(mangle)
+    payload = payload or payload_for(ref, digest)
     pusher.put_signature("test/busybox", digest, payload, mangle(sign_with(our_key(keys), payload)))
     refused(lazyctr, root, policy_file(tmp_path, keys, registry.address), ref, reason)
-
-
-@pytest.mark.parametrize(
-    ("payload", "reason"),
-    [
-        (b"{not json", "not JSON"),
-        (b'{"critical": {}, "optional": null}', "critical must have exactly"),
-        (b"[]", "the payload must have exactly"),
-    ],
-)
-def test_a_malformed_payload_is_refused(
-    lazyctr: CliRunner,
-    pusher: Pusher,
-    registry: Registry,
-    tmp_path: Path,
-    keys: Path,
-    root: Path,
-    payload: bytes,
-    reason: str,
-) -> None:
-    digest = pusher.push("test/busybox:latest")
-    pusher.put_signature("test/busybox", digest, payload, sign_with(our_key(keys), payload))
-    refused(
-        lazyctr,
-        root,
-        policy_file(tmp_path, keys, registry.address),
-        f"{registry.address}/test/busybox:latest",
-        reason,
-    )
 
 
 def test_a_payload_naming_another_image_is_refused(
@@ -441,3 +415,62 @@ def test_the_most_specific_scope_wins(keys: Path) -> None:
     assert scope("reg.example.com/other/app:latest") == "reg.example.com"
     assert scope("mirror.example.com/app:latest") == "*.example.com"
     assert scope("127.0.0.1:5000/app:latest") == "docker"
+
+
+def sigstore_encrypted_key(key: ec.EllipticCurvePrivateKey, passphrase: bytes) -> bytes:
+    """`key` as cosign and skopeo 1.10+ write it: scrypt + nacl/secretbox over the PKCS#8 DER, in JSON
+    (needs PyNaCl; without it, a box of random bytes in the same form)."""
+    der = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    salt, nonce = os.urandom(32), os.urandom(24)
+    if importlib.util.find_spec("nacl") is not None:
+        secret = importlib.import_module("nacl.secret")
+        box_key = Scrypt(salt=salt, length=32, n=32768, r=8, p=1).derive(passphrase)
+        ciphertext = bytes(secret.SecretBox(box_key).encrypt(der, nonce).ciphertext)
+    else:
+        ciphertext = os.urandom(len(der) + 16)
+    sealed = {
+        "kdf": {
+            "name": "scrypt",
+            "params": {"N": 32768, "r": 8, "p": 1},
+            "salt": base64.b64encode(salt).decode(),
+        },
+        "cipher": {"name": "nacl/secretbox", "nonce": base64.b64encode(nonce).decode()},
+        "ciphertext": base64.b64encode(ciphertext).decode(),
+    }
+    body = base64.encodebytes(json.dumps(sealed).encode()).decode()
+    kind = "ENCRYPTED SIGSTORE PRIVATE KEY"
+    return f"-----BEGIN {kind}-----\n{body}-----END {kind}-----\n".encode()
+
+
+def test_keys_in_other_forms(
+    lazyctr: CliRunner, pusher: Pusher, registry: Registry, tmp_path: Path, keys: Path
+) -> None:
+    pusher.push("test/busybox:latest")
+    ref = f"{registry.address}/test/busybox:latest"
+    pub = str(keys / "cosign.pub")
+    plain = tmp_path / "plain.key"  # an unencrypted EC key, as openssl writes it
+    plain.write_bytes(
+        our_key(keys).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    lazyctr("sign", "--key", str(plain), ref)
+    assert "verified" in lazyctr("verify", "--key", pub, ref).out
+    sigstore = tmp_path / "sigstore.key"
+    sigstore.write_bytes(sigstore_encrypted_key(our_key(keys), b"correct horse"))
+    signing = lazyctr("sign", "--key", str(sigstore), "--passphrase-file", str(keys / "pass"), ref, ok=False)
+    if importlib.util.find_spec("nacl") is None:
+        assert_clean_error(signing, "needs PyNaCl: pip install pynacl")
+    else:
+        assert signing.code == 0, signing.stderr
+    p384 = tmp_path / "p384.key"
+    p384.write_bytes(
+        ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    assert_clean_error(lazyctr("sign", "--key", str(p384), ref, ok=False), "not an ECDSA P-256 private key")
