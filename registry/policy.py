@@ -11,6 +11,8 @@ exactReference, exactRepository). Other requirement types refuse the image, sayi
 
 `enforce` runs right after the tag is resolved and before any layer byte is fetched: it pins
 the image to the manifest digest it checked, so a tag that moves afterwards cannot swap it.
+`check_stored` runs again before a lazy mount serves a byte, against the signatures kept in the
+store, so an image pulled under a laxer policy is not served under a stricter one.
 """
 
 from __future__ import annotations
@@ -22,16 +24,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from registry.client import RegistryClient
-from registry.sigkeys import SigningKeyError, load_public_key
-from registry.signatures import Claim, Signature, SignatureInvalid, fetch_signatures, verify_signature
-from storage.digest import Digest
 from storage.errors import IntegrityError, InvalidReference, StorageError
-from storage.reference import ImageRef
+from storage.reference import ImageRef, Origin
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from registry.client import RegistryClient
+    from registry.signatures import Claim, Signature
+    from storage.digest import Digest
+    from storage.store import Image, Store
+
+# cryptography, the signatures and the registry client (aiohttp) are imported only where a policy
+# asks for signatures: a lazy mount checks the policy, and most policies accept anything.
 
 POLICY_ENV = "LAZYCTR_POLICY"
 SYSTEM_POLICY = Path("/etc/containers/policy.json")
@@ -131,6 +138,8 @@ def _requirement(item: Any, what: str) -> Requirement:
 
 
 def _policy_key(item: dict[str, Any], what: str) -> ec.EllipticCurvePublicKey:
+    from registry.sigkeys import SigningKeyError, load_public_key
+
     try:
         if "keyPath" in item:
             path = Path(str(item["keyPath"]))
@@ -220,6 +229,8 @@ def accepted_by(
         return f"policy requirement {requirement.kind!r} is not supported by lazyctr"
     if not found:
         return "it has no sigstore signature, and the policy requires one"
+    from registry.signatures import SignatureInvalid, verify_signature
+
     reasons: list[str] = []
     for signature in found:
         for key in requirement.keys:
@@ -237,28 +248,62 @@ def accepted_by(
     return "no valid signature: " + "; ".join(dict.fromkeys(reasons))
 
 
+def _judge(policy: Policy, ref: ImageRef, digest: Digest, found: list[Signature]) -> None:
+    """Raise ImageRefused unless every requirement of `ref`'s scope accepts manifest `digest`."""
+    scope, requirements = policy.requirements(ref)
+    for requirement in requirements:
+        reason = accepted_by(requirement, ref, digest, found)
+        if reason is not None:
+            raise ImageRefused(f"{ref}: refused by policy {policy.source} (scope {scope}): {reason}")
+
+
+def _needs_signatures(policy: Policy, ref: ImageRef) -> bool:
+    return any(r.needs_signatures for r in policy.requirements(ref)[1])
+
+
 async def enforce(
     client: RegistryClient, ref: ImageRef, policy: Policy | None
 ) -> tuple[ImageRef, list[Signature]]:
     """Check `ref` against `policy` (None: accept anything): the reference pinned to the manifest
     digest that was checked (unchanged when nothing needed checking) and the signatures found.
     Raises ImageRefused, naming the image and the reason."""
-    if policy is None:
+    if policy is None or all(r.kind == "insecureAcceptAnything" for r in policy.requirements(ref)[1]):
         return ref, []
-    scope, requirements = policy.requirements(ref)
-    if all(r.kind == "insecureAcceptAnything" for r in requirements):
-        return ref, []
+    from registry.signatures import fetch_signatures
+
     _, _, digest = await client.get_manifest(ref.repository, ref.digest or ref.tag or "latest")
-    found = (
-        await fetch_signatures(client, ref.repository, digest)
-        if any(r.needs_signatures for r in requirements)
-        else []
-    )
-    for requirement in requirements:
-        reason = accepted_by(requirement, ref, digest, found)
-        if reason is not None:
-            raise ImageRefused(f"{ref}: refused by policy {policy.source} (scope {scope}): {reason}")
+    found = await fetch_signatures(client, ref.repository, digest) if _needs_signatures(policy, ref) else []
+    _judge(policy, ref, digest, found)
     return dataclasses.replace(ref, digest=digest), found
 
 
-__all__ = ["ImageRefused", "Policy", "PolicyInvalid", "enforce", "load_policy", "parse_policy", "policy_path"]
+def check_stored(store: Store, image: Image) -> None:
+    """Before a lazily pulled image serves a byte: the policy must accept it as its origin's
+    `repository@digest`, with the signatures the store kept at its pull (no network: the pull
+    checked the registry's). Images with no origin (built or imported here) are not pulls."""
+    if image.source is None:
+        return
+    policy = load_policy()
+    if policy is None:
+        return
+    origin = Origin.parse(image.source)
+    digest = image.descriptor.digest
+    ref = ImageRef(f"{origin.registry}/{origin.repository}", None, digest)
+    found: list[Signature] = []
+    if _needs_signatures(policy, ref):
+        from registry.signatures import stored_signatures
+
+        found = stored_signatures(store, image)
+    _judge(policy, ref, digest, found)
+
+
+__all__ = [
+    "ImageRefused",
+    "Policy",
+    "PolicyInvalid",
+    "check_stored",
+    "enforce",
+    "load_policy",
+    "parse_policy",
+    "policy_path",
+]

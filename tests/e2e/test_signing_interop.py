@@ -140,3 +140,29 @@ def test_a_signed_image_runs_lazily_and_an_unsigned_one_never_starts(
     assert b"root:" in out.stdout
     store = Store(root)
     assert not store.is_complete(store.image(f"{signed}/test/busybox:latest"))  # lazily: no layer blob
+
+
+def test_a_lazy_mount_serves_only_what_the_policy_accepts(
+    signed: str, tmp_path: Path, lazyctr: CliRunner, root: Path
+) -> None:
+    """Pulled under a lax policy, mounted under a strict one: the signatures kept at the pull decide."""
+    strict = lazyctr_policy(tmp_path, signed)
+    lax = tmp_path / "lax.json"
+    lax.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    for name in ("plain", "busybox"):
+        lazyctr("--policy", str(lax), "pull", f"{signed}/test/{name}:latest")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = lazyctr(
+        "--policy", str(strict), "mount", f"{signed}/test/plain:latest", str(mountpoint), ok=False
+    )
+    assert_clean_error(result, f"{signed}/test/plain@sha256:")
+    # The same manifest as test/busybox, whose signature the store keeps: it names test/busybox.
+    assert f"the signature is for '{signed}/test/busybox:latest'" in result.stderr
+    assert list(mountpoint.iterdir()) == []
+    lazyctr("--policy", str(strict), "mount", f"{signed}/test/busybox:latest", str(mountpoint))
+    try:
+        assert (mountpoint / "bin" / "busybox").stat().st_size > 0
+        assert "root:" in (mountpoint / "etc" / "passwd").read_text()
+    finally:
+        lazyctr("umount", str(mountpoint))
