@@ -20,6 +20,8 @@ import click
 from lazyctr.context import COMMANDS, Context, default_root
 from lazyctr.errors import run_with_error_mapping
 
+POLICY_ENV = "LAZYCTR_POLICY"  # registry/policy.py's (not imported here: `--help` imports no room)
+
 # name -> (the module that defines the command, its one-line help as `get_short_help_str` gives it)
 COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "bench": ("lazyctr.bench", "Benchmark suites (need root; plots need `pip install 'lazyctr[bench]'`)."),
@@ -40,6 +42,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "gc": (
         "lazyctr.images",
         "Delete blobs no image refers to, and extracted layers no image or container uses.",
+    ),
+    "generate-key-pair": (
+        "lazyctr.signing",
+        "Make an ECDSA P-256 key pair to sign images with: PREFIX.key (private) and PREFIX.pub.",
     ),
     "images": ("lazyctr.images", "List the images in the store."),
     "import": ("lazyctr.images", "Import SOURCE as image NAME[:TAG]."),
@@ -84,6 +90,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.distribution",
         "Serve a Docker token endpoint (GET /token?service=&scope=) until interrupted.",
     ),
+    "sign": (
+        "lazyctr.signing",
+        "Sign IMAGE (kept in the store, pushed with it) or REF (in its registry) with a sigstore signature.",
+    ),
     "snapshotter": (
         "lazyctr.mounts",
         "Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted.",
@@ -91,6 +101,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "stop": ("lazyctr.containers", "Stop containers: SIGTERM, then SIGKILL after the timeout."),
     "tag": ("lazyctr.images", "Give the image SOURCE another name TARGET."),
     "umount": ("lazyctr.mounts", "Unmount the lazyfs mount at DIRECTORY."),
+    "verify": (
+        "lazyctr.signing",
+        "Check that IMAGE (in the store) or REF (in its registry) has a signature made with KEY's pair.",
+    ),
 }
 
 
@@ -125,12 +139,21 @@ class LazyGroup(click.Group):
     show_default="/var/lib/lazyctr for root",
     help="Where images, chunks and containers live.",
 )
+@click.option(
+    "--policy",
+    type=click.Path(dir_okay=False),
+    envvar=POLICY_ENV,
+    help=f"Trust policy (containers-policy.json) for pulls [env {POLICY_ENV}; default: "
+    "/etc/containers/policy.json, or accept anything without it].",
+)
 @click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.pass_context
-def cli(ctx: click.Context, root: str, debug: bool) -> None:
+def cli(ctx: click.Context, root: str, policy: str | None, debug: bool) -> None:
     """Build, ship and lazily start OCI containers."""
     from pathlib import Path  # here: `--help` returns before this runs, and needs no paths
 
+    if policy:  # the registry room reads it from there, in this process and in those it starts
+        os.environ[POLICY_ENV] = policy
     ctx.obj = Context(Path(root))
 
 

@@ -211,12 +211,21 @@ def _transfer_progress(mode: str, plain_out: TextIO) -> TransferProgress:
 @click.argument("image")
 @click.argument("ref", required=False)
 @click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
+@click.option("--sign-by", type=click.Path(dir_okay=False, path_type=Path), metavar="KEY",
+              help="Sign the image as REF with this private key (a sigstore signature).")  # fmt: skip
+@click.option("--sign-passphrase-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --sign-by: the key's passphrase (first line; else COSIGN_PASSWORD).")  # fmt: skip
 @_PROGRESS
 @pass_context
-def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mode: str) -> None:
+def push(
+    ctx: Context, image: str, ref: str | None, insecure: bool, sign_by: Path | None,
+    sign_passphrase_file: Path | None, progress_mode: str,
+) -> None:  # fmt: skip
     """Push IMAGE to REF (default: IMAGE's own name, which must then name a registry host).
 
     Prints a line per blob (pushed, exists or mounted; size; time), then the manifest's digest.
+    Signatures and access profiles of the image go along (referrers; signatures also on the
+    `sha256-<digest>.sig` tag), and do not change its digest.
     """
     from registry.progress import TerminalProgress
     from registry.transfer import BlobResult, push_image, push_referrers
@@ -224,6 +233,13 @@ def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mod
 
     found = ctx.store.image(image)
     target = registry_ref(ref or found.name)
+    if sign_by is not None:  # before a byte goes up: a wrong passphrase fails the push at once
+        from lazyctr.signing import signing_key
+        from registry.signatures import add_signature
+
+        add_signature(
+            ctx.store, found, signing_key(sign_by, sign_passphrase_file), f"{target.name}:{target.tag}"
+        )
     progress = _transfer_progress(progress_mode, sys.stdout)
     lines = isinstance(progress, TerminalProgress) and not sys.stdout.isatty()
 
@@ -238,7 +254,7 @@ def push(ctx: Context, image: str, ref: str | None, insecure: bool, progress_mod
     click.echo(f"manifest {digest}")
     referrers = _run(push_referrers(ctx.store, found, target, insecure))
     if referrers:
-        click.echo(f"referrers {referrers} (access profiles and other artifacts of the image)")
+        click.echo(f"referrers {referrers} (access profiles, signatures and other artifacts of the image)")
 
 
 @command()

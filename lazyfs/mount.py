@@ -121,6 +121,10 @@ def mount(
         raise MountError(f"{mountpoint}: not a directory")
     if is_mounted(mountpoint):
         raise MountError(f"{mountpoint}: something is already mounted there")
+    if image.source is not None:  # lazily pulled: its bytes come from a registry, and only if trusted
+        from registry.policy import check_stored
+
+        check_stored(store, image)
     mountable = MountableImage.load(store, image, lowers)
     state = MountState.of(store.root, mountpoint)
     state.directory.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from registry.client import NonDistributableLayer, RegistryClient, RegistryClientError, RegistryNotFound
+from registry.policy import enforce, load_policy
 from registry.progress import TransferProgress, human_size
+from registry.signatures import (
+    SIGNATURE_ARTIFACT,
+    keep_signatures,
+    push_signature_tag,
+    stored_signature_layers,
+)
 from storage import timeline
 from storage.digest import CANONICAL, Digest, verify
 from storage.errors import InvalidReference, NotFound
@@ -142,7 +149,8 @@ async def _push_absent_blob(client: RegistryClient, repo: str, blob: Descriptor,
 
 
 async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bool = False) -> int:
-    """Push the store's artifacts referring to `image` (pushed before) to `ref`; returns how many."""
+    """Push the store's artifacts referring to `image` (pushed before) to `ref`, and its signatures
+    also to their `.sig` tag; returns how many artifacts."""
     subject = image.descriptor.digest
     referrers = store.referrers(subject)
     if not referrers:
@@ -155,6 +163,8 @@ async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bo
             for blob in [artifact.config, *artifact.layers]:
                 await client.push_blob(ref.repository, blob.digest, store.blob_path(blob.digest))
             await client.put_manifest(ref.repository, str(descriptor.digest), data, descriptor.media_type)
+        layers = stored_signature_layers(store, image)  # also where cosign and podman look:
+        await push_signature_tag(store, client, ref.repository, image.descriptor.digest, layers)
     return len(referrers)
 
 
@@ -213,7 +223,8 @@ async def pull_image(
     with store.ingesting(), tempfile.TemporaryDirectory(dir=store.tmp, prefix="pull-") as tmp:
         layout = Path(tmp)
         async with RegistryClient(ref.domain, insecure) as client:
-            data, media_type, digest = await fetch_manifest(client, ref)
+            pinned, signatures = await enforce(client, ref, load_policy())
+            data, media_type, digest = await fetch_manifest(client, pinned)
             manifest = Manifest.parse(data)
             check_distributable(manifest.layers)
             layout_blob(layout, digest).write_bytes(data)
@@ -242,7 +253,10 @@ async def pull_image(
         (layout / "oci-layout").write_bytes(OCI_LAYOUT)
         entry = Descriptor(media_type, digest, len(data), {REF_NAME: name})
         (layout / "index.json").write_bytes(Index([entry]).to_bytes())
-        return await asyncio.to_thread(import_oci, store, OciSource(layout, None), name)
+        image = await asyncio.to_thread(import_oci, store, OciSource(layout, None), name)
+        if image.descriptor.digest == digest:  # not converted: the signatures still name it
+            keep_signatures(store, image, signatures)
+        return image
 
 
 async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bool = False) -> Image:
@@ -254,7 +268,8 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
     name = local_name(ref)
     repo = ref.repository
     async with RegistryClient(ref.domain, insecure) as client:
-        data, media_type, digest = await fetch_manifest(client, ref)
+        pinned, signatures = await enforce(client, ref, load_policy())  # before any layer byte
+        data, media_type, digest = await fetch_manifest(client, pinned)
         timeline.mark("manifest")
         manifest = Manifest.parse(data)
         if not partial:  # containerd fetches a non-distributable layer from its urls itself
@@ -278,7 +293,9 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
             store.tag(name, Descriptor(media_type, digest, len(data), {REF_NAME: name, SOURCE: str(origin)}))
             for profile in profiles:  # named only with the image: a failed pull leaves no referrer
                 store.add_referrer(profile)
-    return store.image(name)
+            image = store.image(name)
+            keep_signatures(store, image, signatures)
+    return image
 
 
 async def _marked(phase: str, work: Awaitable[T]) -> T:
@@ -289,10 +306,10 @@ async def _marked(phase: str, work: Awaitable[T]) -> T:
 
 
 async def _fetch_profiles(client: RegistryClient, store: Store, repo: str, subject: Digest) -> list[bytes]:
-    """The access profiles referring to `subject`, their blobs stored; an access profile is a bonus:
-    a registry without one (or without the referrers API) gives none."""
+    """The access profiles and signatures referring to `subject`, their blobs stored; they are a
+    bonus: a registry without them (or without the referrers API) gives none."""
     try:
-        return await _fetch_referrers(client, store, repo, subject, PROFILE_TYPE)
+        return await _fetch_referrers(client, store, repo, subject, {PROFILE_TYPE, SIGNATURE_ARTIFACT})
     except RegistryClientError:
         return []
 
@@ -319,9 +336,9 @@ async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Des
 
 
 async def _fetch_referrers(
-    client: RegistryClient, store: Store, repo: str, subject: Digest, artifact_type: str | None = None
+    client: RegistryClient, store: Store, repo: str, subject: Digest, artifact_types: set[str]
 ) -> list[bytes]:
-    """The manifests of the artifacts referring to `subject` (of `artifact_type`), each checked to
+    """The manifests of the artifacts referring to `subject` (of `artifact_types`), each checked to
     refer to it, with their blobs fetched into the store; naming them is the caller's."""
 
     async def fetch(descriptor: Descriptor) -> bytes:
@@ -336,7 +353,9 @@ async def _fetch_referrers(
         return data
 
     return list(
-        await asyncio.gather(*(fetch(d) for d in await client.referrers(repo, subject, artifact_type)))
+        await asyncio.gather(
+            *(fetch(d) for d in await client.referrers(repo, subject) if d.artifact_type in artifact_types)
+        )
     )
 
 
