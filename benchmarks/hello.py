@@ -59,6 +59,9 @@ from benchmarks.common import (
 )
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
 from benchmarks.peers.podman import Podman
+from lazyfs.profile import load_profile
+from storage.pieces import Piece, file_pieces
+from storage.store import Store
 
 if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
     from matplotlib.figure import Figure
@@ -325,13 +328,35 @@ def publish(
             lazyctr(recorder, "pull", "--insecure", ref, netns=ns)
             lazyctr(recorder, "run", "--rm", "--record-profile", ref, netns=ns, timeout=RUN_TIMEOUT)
             lazyctr(recorder, "push", "--insecure", "--progress", "plain", ref, ref, netns=ns)
+            return {
+                "push_s": push_s,
+                "push_beside_s": push_beside_s,
+                "profile_paths": profile_paths(recorder, ref),
+            }
     return {"push_s": push_s, "push_beside_s": push_beside_s}
 
 
+def profile_paths(root: Path, ref: str) -> list[str]:
+    """The files whose pieces `ref`'s recorded profile holds, in the order it read them: the record
+    stargz's converter takes, so that its peer prefetches what our profile prefetches."""
+    store = Store(root)
+    image = store.image(ref)
+    owner: dict[tuple[str, str], str] = {}  # (layer digest, piece digest) -> the file it belongs to
+    for layer in image.manifest.layers:
+        for entry in store.layer_toc(layer).entries:
+            if entry.type == "reg" and entry.chunks:
+                for piece in file_pieces(entry):
+                    if isinstance(piece, Piece):
+                        owner.setdefault((str(layer.digest), str(piece.digest)), entry.path)
+    read = (owner.get((piece["layer"], piece["digest"])) for piece in load_profile(store, image))
+    return list(dict.fromkeys(path for path in read if path is not None))
+
+
 def stargz_peer(
-    link: Link, address: str, name: str, probe: list[str], runs: int
+    link: Link, address: str, name: str, probe: list[str], runs: int, record: list[str]
 ) -> list[dict[str, Any]] | str:
-    """Samples of benchmarks.peers.stargz.measure (eStargz, zstd:chunked), or why it is skipped."""
+    """Samples of benchmarks.peers.stargz.measure (eStargz, zstd:chunked; with a `record` of our
+    profile's files, also eStargz with them prioritized), or why it is skipped."""
     try:
         module = importlib.import_module("benchmarks.peers.stargz")
     except ImportError as e:
@@ -340,7 +365,7 @@ def stargz_peer(
     if measure is None:
         return "benchmarks/peers/stargz.py has no measure()"
     try:
-        result = measure(link, address, f"{address}/bench/{name}-np:1", probe, runs=runs)
+        result = measure(link, address, f"{address}/bench/{name}-np:1", probe, runs=runs, record=record)
     except Exception as e:  # a peer's failure must not end the suite
         return f"measure() failed: {type(e).__name__}: {e}".splitlines()[0]
     if isinstance(result, str):
@@ -538,7 +563,8 @@ def run_suite(config: Config) -> Path:
                             save_partial(results, config.out)
                 if "stargz" in config.peers:
                     for name in published:
-                        got = stargz_peer(link, address, name, infos[name]["probe"], config.runs)
+                        record = infos[name].get("profile_paths", [])
+                        got = stargz_peer(link, address, name, infos[name]["probe"], config.runs, record)
                         if isinstance(got, str):
                             results["skipped"].setdefault("stargz", {})[name] = got
                             print(f"stargz {name}: skipped: {got}", flush=True)

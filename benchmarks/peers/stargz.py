@@ -77,7 +77,11 @@ LIBRARY = GOPATH / "src" / "github.com" / "containerd" / "stargz-snapshotter"
 PACKAGES = "golang-go golang-github-containerd-stargz-snapshotter-dev"
 BINARY = "stargz-grpc-mini"
 NAMESPACE = "lazyctr-bench"
-FORMATS = {"estargz": "--estargz", "zstdchunked": "--zstdchunked"}
+FORMATS = {"estargz": ("--estargz",), "zstdchunked": ("--zstdchunked",)}
+# eStargz with a prioritized section: the files of our own recorded profile, in its order, passed as the
+# record `ctr-remote image optimize` would write. stargz prefetches that section at mount, as our
+# snapshotter prefetches a profile: the like-for-like comparison of the two with workload knowledge.
+PROFILED = "estargz+profile"
 BUILD_TIMEOUT = 1800  # a first build compiles containerd's and grpc's packages: minutes on 2 cores
 TOOL_TIMEOUT = 1800
 RUN_TIMEOUT = 600  # an rpull or a run to the probe's exit: a hung one must not hold up the suite for long
@@ -554,22 +558,28 @@ def push_converted(images: ConvertedImages, descriptor: dict[str, Any], reposito
 
 
 def _convert(
-    base: Path, link: Link, source: str, names: Sequence[str], images: ConvertedImages, keys: dict[str, str]
+    base: Path,
+    link: Link,
+    source: str,
+    formats: dict[str, Sequence[str]],
+    images: ConvertedImages,
+    keys: dict[str, str],
 ) -> float:
-    """Converts `source` into each format of `names` and keeps the results in `images`; the seconds it
-    took. One fetch without unpacking (`ctr content fetch`: conversion reads blobs, not snapshots), then
-    the formats at once: each `ctr-remote image convert` keeps one core busy."""
+    """Converts `source` into each of `formats` (name: ctr-remote options) and keeps the results in
+    `images`; the seconds it took. One fetch without unpacking (`ctr content fetch`: conversion reads
+    blobs, not snapshots), then the formats at once: each `ctr-remote image convert` keeps one core busy."""
     netns = link.server_ns
     with running_containerd(base) as containerd:
         started = time.monotonic()
         containerd.run("ctr", "content", "fetch", "--plain-http", source, netns=netns)
-        targets = {name: f"{source}-{name}-converted" for name in names}
+        names = list(formats)
+        targets = {name: f"{source}-{_tag_safe(name)}-converted" for name in names}
         converters: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
         try:
             for name in names:
                 errors = base / f"convert-{name}.err"
                 argv = containerd.client(
-                    "ctr-remote", "image", "convert", "--oci", FORMATS[name], source, targets[name]
+                    "ctr-remote", "image", "convert", "--oci", *formats[name], source, targets[name]
                 )
                 with open(errors, "wb") as err:
                     converters[name] = (
@@ -588,12 +598,12 @@ def _convert(
                     status = proc.wait(max(deadline - time.monotonic(), 0.1))
                 except subprocess.TimeoutExpired:
                     raise PeerError(
-                        f"ctr-remote image convert {FORMATS[name]} took more than {TOOL_TIMEOUT} s"
+                        f"ctr-remote image convert {formats[name][0]} took more than {TOOL_TIMEOUT} s"
                     ) from None
                 if status != 0:
                     lines = [line.strip() for line in errors.read_text(errors="replace").splitlines()]
                     detail = next((line for line in reversed(lines) if line), f"exit status {status}")
-                    raise PeerError(f"ctr-remote image convert {FORMATS[name]} failed: {detail}")
+                    raise PeerError(f"ctr-remote image convert {formats[name][0]} failed: {detail}")
         finally:
             for proc, _ in converters.values():
                 stop(proc, 5)
@@ -610,29 +620,46 @@ def _convert(
         return time.monotonic() - started
 
 
+def _tag_safe(name: str) -> str:
+    return name.replace("+", "-")
+
+
 def convert(
-    base: Path, link: Link, repository: str, tag: str, images: ConvertedImages
+    base: Path,
+    link: Link,
+    repository: str,
+    tag: str,
+    images: ConvertedImages,
+    record: Path | None = None,
 ) -> dict[str, Converted]:
     """repository:tag in each format, in the registry under a tag named after the source's digest.
 
     Cheapest first: a converted tag already in the registry (a second call on the same registry); an
     image kept in `images` by an earlier suite run, pushed into this registry; otherwise a conversion,
     kept in `images` and pushed. Everything runs in the server's namespace, where the registry listens:
-    it is set-up, not measured, and does not cross the shaped link."""
+    it is set-up, not measured, and does not cross the shaped link. With a `record` (files in the order a
+    workload reads them), eStargz is also converted with those files prioritized (PROFILED), named after
+    the record's contents too."""
+    formats: dict[str, Sequence[str]] = dict(FORMATS)
+    variant = {name: name for name in FORMATS}
+    if record is not None:
+        formats[PROFILED] = (*FORMATS["estargz"], "--estargz-record-in", str(record))
+        record_key = hashlib.sha256(record.read_bytes()).hexdigest()[:12]
+        variant[PROFILED] = f"{PROFILED}.{record_key}"
     source = f"{repository}:{tag}"
     digest = manifest_digest(link, repository, tag)
     if digest is None:
         raise PeerError(f"{source} is not in the registry")
     suffix = digest.partition(":")[2][:12]
-    tags = {name: f"{tag}-{name}-{suffix}" for name in FORMATS}
-    keys = {name: images.key(digest, name) for name in FORMATS}
+    keys = {name: images.key(digest, variant[name]) for name in formats}
+    tags = {name: f"{tag}-{_tag_safe(variant[name])}-{suffix}" for name in formats}
     result: dict[str, Converted] = {}
-    for name in FORMATS:
+    for name in formats:
         if manifest_digest(link, repository, tags[name]) is not None:
             result[name] = Converted(f"{repository}:{tags[name]}", "registry", None, None)
-    missing = [name for name in FORMATS if name not in result and images.find(keys[name]) is None]
+    missing = {n: formats[n] for n in formats if n not in result and images.find(keys[n]) is None}
     convert_s = _convert(base, link, source, missing, images, keys) if missing else None
-    for name in FORMATS:
+    for name in formats:
         if name in result:
             continue
         descriptor = images.find(keys[name])
@@ -763,9 +790,12 @@ def measure(
     *,
     cache: Path = DEFAULT_CACHE,
     converted: Path | None = None,
+    record: Sequence[str] = (),
 ) -> dict[str, Any] | str:
-    """{"estargz": {...}, "zstdchunked": {...}}, or a one-line reason when the peer cannot run here (then
-    nothing is left behind: no containerd, shim, snapshotter, mount or directory of this call).
+    """{"estargz": {...}, "zstdchunked": {...}} (and "estargz+profile": {...} with a `record`: the paths
+    of the files a workload reads, in order, prioritized in that eStargz), or a one-line reason when the
+    peer cannot run here (then nothing is left behind: no containerd, shim, snapshotter, mount or
+    directory of this call).
 
     Per format: "pull_s" (rpull), "run_s" (ctr run to the probe's exit), "total_s", "bytes" (received by
     the client from the rpull to the probe's exit; the snapshotter keeps fetching whole layers in the
@@ -789,11 +819,15 @@ def measure(
     work = Path(tempfile.mkdtemp(prefix="lazyctr-stargz-"))
     try:
         repository, tag = split_ref(registry_address, image_ref)
-        refs = convert(work / "convert", link, repository, tag, images)
-        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in FORMATS}
+        record_file = None
+        if record:
+            record_file = work / "record.json"
+            record_file.write_text("".join(json.dumps({"path": path}) + "\n" for path in record))
+        refs = convert(work / "convert", link, repository, tag, images, record_file)
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in refs}
         for number in range(runs):
             for name, made in refs.items():  # round-robin: a slow phase of the machine hits both formats
-                base = work / f"{name}-{number}"
+                base = work / f"{_tag_safe(name)}-{number}"
                 try:
                     samples[name].append(deploy(binary, base, link, made.ref, probe, f"stargz-{number}"))
                 finally:

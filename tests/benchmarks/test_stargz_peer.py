@@ -21,6 +21,8 @@ from benchmarks.peers.stargz import (
     DEFAULT_CACHE,
     FORMATS,
     LOGS,
+    PROFILED,
+    REF_NAME,
     PeerError,
     build_snapshotter,
     measure,
@@ -151,6 +153,47 @@ def test_measure_busybox_over_a_link(snapshotter: Path, served: tuple[Link, str]
         assert figures["converted"] == "registry"
         assert figures["convert_s"] is None and figures["push_s"] is None
         assert figures["ref"] == result[name]["ref"]
+    assert not leftovers() - before
+
+
+def layer_files(layout: Path, fmt: str) -> list[str]:
+    """The regular files, in layer order, of the one-layer image of format `fmt` in an OCI layout (its
+    key: FORMAT[.RECORD]-SOURCE-TOOL)."""
+    index = json.loads((layout / "index.json").read_text())
+    [descriptor] = [
+        m for m in index["manifests"] if m["annotations"][REF_NAME].split("-")[0].split(".")[0] == fmt
+    ]
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / descriptor["digest"].partition(":")[2]).read_bytes())
+    [layer] = manifest["layers"]
+    with tarfile.open(blobs / layer["digest"].partition(":")[2], "r:gz") as tar:
+        return [member.name for member in tar.getmembers() if member.isreg()]
+
+
+@pytest.mark.privileged
+def test_a_record_of_our_profile_makes_a_prioritized_estargz(
+    snapshotter: Path, served: tuple[Link, str], tmp_path: Path
+) -> None:
+    """With the files our profile read, eStargz is also converted with them first, before the landmark
+    stargz prefetches up to: the like-for-like peer of our lazy start with a profile."""
+    require_tools("containerd", "ctr", "ctr-remote", "runc", "nsenter")
+    link, address = served
+    converted = tmp_path / "converted"
+    before = leftovers()
+    record = ["bin/busybox", "etc/passwd"]
+    result = measure(link, address, IMAGE, ["cat", "/etc/passwd"], converted=converted, record=record)
+    assert isinstance(result, dict), result
+    assert set(result) == {*FORMATS, PROFILED}
+    assert result[PROFILED]["remote_layers"] >= 1 and result[PROFILED]["converted"] == "now"
+    assert result[PROFILED]["ref"] not in {result[name]["ref"] for name in FORMATS}
+    files = layer_files(converted, PROFILED)
+    landmark = files.index(".prefetch.landmark")
+    assert files[:landmark] == record
+    assert ".no.prefetch.landmark" in layer_files(converted, "estargz")  # the plain one has none
+    # Another record is another conversion: the key names the record's contents.
+    again = measure(link, address, IMAGE, ["true"], converted=converted, record=["etc/passwd"])
+    assert isinstance(again, dict), again
+    assert again[PROFILED]["converted"] == "now" and again["estargz"]["converted"] == "registry"
     assert not leftovers() - before
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.hello import profile_paths
 from lazyfs.mount import MountState
 from lazyfs.profile import load_profile
 from registry.transfer import pull_lazy
@@ -259,6 +260,9 @@ def test_a_recorded_profile_is_prefetched_by_the_next_lazy_run(
     assert len(profile) == pieces > 0
     assert piece_of(root, image, "etc/passwd") in [p["digest"] for p in profile]
     assert piece_of(root, image, "bin/busybox") == profile[0]["digest"]  # exec reads the binary first
+    # The same profile as the files it read, in order: the record stargz's converter is given in the suite.
+    paths = profile_paths(root, image)
+    assert paths[0] == "bin/busybox" and "etc/passwd" in paths and len(paths) == len(set(paths))
 
     shutil.rmtree(root / "chunks")  # a machine that has the profile but none of the image's data
     assert lazyctr("run", "--rm", image, "cat", "/etc/passwd").out.startswith("root:")
