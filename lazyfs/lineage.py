@@ -252,6 +252,14 @@ def inherit_profile(store: Store, image: Image) -> Inherited | None:
     return record_inherited(store, image, ancestor) if ancestor is not None else None
 
 
+def profile_for_mount(store: Store, image: Image) -> list[dict[str, Any]]:
+    """The profile a lazy mount of `image` prefetches: its own, else one inherited now (from the store)."""
+    found = load_profile(store, image)
+    if not found and inherit_profile(store, image) is not None:
+        found = load_profile(store, image)
+    return found
+
+
 async def inherit_at_push(store: Store, image: Image, ref: ImageRef, insecure: bool) -> Inherited | None:
     """`inherit_profile`, then, if the store knows no ancestor, the target repository's tags."""
     if load_profile(store, image):

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.host import is_mounted, process_alive
-from lazyfs.lineage import inherit_profile
+from lazyfs.lineage import profile_for_mount
 from lazyfs.mount import MountState, mount, umount
-from lazyfs.profile import load_profile, save_profile
+from lazyfs.profile import save_profile
 from runtime.state import ContainerState, containers_dir
 from storage.errors import NotFound, StorageError
 from storage.files import atomic_write
@@ -109,7 +109,7 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
             _unmount(slot)  # its daemon died: the mount only answers ENOTCONN now
         if not is_mounted(slot.mountpoint):
             slot.mountpoint.mkdir(parents=True, exist_ok=True)
-            profile = [] if private else _profile(store, image)
+            profile = [] if private else profile_for_mount(store, image)
             try:
                 mount(store, image, slot.mountpoint, DEFAULT_TIMEOUT, prefetch=profile)
             except BaseException:
@@ -118,13 +118,6 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
         slot.users.mkdir(exist_ok=True)
         atomic_write(slot.users / container_id, json.dumps({"pid": os.getpid()}).encode())
     return slot
-
-
-def _profile(store: Store, image: Image) -> list[dict[str, Any]]:
-    found = load_profile(store, image)
-    if not found and inherit_profile(store, image) is not None:
-        found = load_profile(store, image)
-    return found
 
 
 def release(slot: Slot, container_id: str) -> None:

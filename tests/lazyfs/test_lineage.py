@@ -136,6 +136,18 @@ def test_pull_and_push_derive_and_a_mount_prefetches_it(
     assert pulled.stdout.strip() == str(v2.id)
     assert len(load_profile(Store(recorder), v2)) == 5
 
+    # Mount time: a client that got rich:2 without the CLI (as `run` pulls a missing image) and has
+    # rich:1's profile inherits when a lazy mount comes up, and the mount prefetches it.
+    mounter = tmp_path / "mounter"
+    save_profile(
+        Store(mounter), pull_lazily(mounter, published.ref), version_one_profile(Store(recorder), v1)
+    )
+    pull_lazily(mounter, ref2)
+    at_mount = mount(mounter, ref2)
+    wait_for(lambda: stats(mounter, at_mount)["pieces_fetched"] == 5)
+    assert stats(mounter, at_mount)["prefetched"] == 5
+    assert load_profile(Store(mounter), Store(mounter).image(ref2)) == load_profile(Store(recorder), v2)
+
     # Push time: the publisher's store has no profile, the target repository's rich:1 has one.
     v3 = next_version(publisher, tmp_path, "rich:3", b"fourth version\n")
     pushed = run_cli(published.publisher_root, "push", "rich:3", ref3).stdout
