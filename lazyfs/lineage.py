@@ -180,7 +180,10 @@ def derive(store: Store, ancestor: Ancestor, image: Image) -> tuple[list[dict[st
     """The ancestor's profile as pieces of `image` (see the module docstring), and how many of
     them were kept as they were."""
     new_layers = [str(layer.digest) for layer in image.manifest.layers]
-    tree = ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
+    try:
+        tree = ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
+    except StorageError:  # a layer without a TOC (pulled eagerly): no lazy mount to prefetch for
+        return [], 0
     old_layers = {str(layer.digest): layer for layer in ancestor.layers}
     places: dict[str, dict[str, _Place]] = {}
     out: list[dict[str, str]] = []

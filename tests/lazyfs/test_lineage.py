@@ -100,6 +100,15 @@ def test_a_recorded_profile_beats_a_derived_one(tmp_path: Path) -> None:
     assert load_profile(store, v2) == own
 
 
+def test_a_version_whose_layer_toc_is_missing_inherits_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "root")
+    v1 = make_image(store, tmp_path)
+    save_profile(store, v1, version_one_profile(store, v1))
+    v2 = next_version(store, tmp_path)
+    store.blob_path(v2.manifest.layers[-1].digest).unlink()  # as a layer containerd unpacks itself
+    assert inherit_profile(store, v2) is None and load_profile(store, v2) == []
+
+
 def test_the_ancestor_is_the_closest_version_with_a_profile(tmp_path: Path) -> None:
     store = Store(tmp_path / "root")
     v1 = make_image(store, tmp_path)
