@@ -23,7 +23,7 @@ The ancestor is, among the images that have a profile:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,6 +176,17 @@ def _places(store: Store, layer: Descriptor | None) -> dict[str, _Place]:
     return out
 
 
+def _placed(store: Store, ancestor: Ancestor) -> Iterator[tuple[str, str, _Place | None]]:
+    """Each piece of the ancestor's profile in order, as (layer, digest, where it lies or None)."""
+    layers = {str(layer.digest): layer for layer in ancestor.layers}
+    places: dict[str, dict[str, _Place]] = {}
+    for item in ancestor.pieces:
+        layer, digest = item["layer"], item["digest"]
+        if layer not in places:
+            places[layer] = _places(store, layers.get(layer))
+        yield layer, digest, places[layer].get(digest)
+
+
 def derive(store: Store, ancestor: Ancestor, image: Image) -> tuple[list[dict[str, str]], int]:
     """The ancestor's profile as pieces of `image` (see the module docstring), and how many of
     them were kept as they were."""
@@ -184,16 +195,10 @@ def derive(store: Store, ancestor: Ancestor, image: Image) -> tuple[list[dict[st
         tree = ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
     except StorageError:  # a layer without a TOC (pulled eagerly): no lazy mount to prefetch for
         return [], 0
-    old_layers = {str(layer.digest): layer for layer in ancestor.layers}
-    places: dict[str, dict[str, _Place]] = {}
     out: list[dict[str, str]] = []
     seen: set[tuple[str, str]] = set()
     kept = 0
-    for item in ancestor.pieces:
-        layer, digest = item["layer"], item["digest"]
-        if layer not in places:
-            places[layer] = _places(store, old_layers.get(layer))
-        place = places[layer].get(digest)
+    for layer, digest, place in _placed(store, ancestor):
         if place is None:  # no TOC to find it by: kept only where its layer is the same
             found = [(layer, digest)] if layer in new_layers else []
         else:
@@ -225,17 +230,8 @@ def _pieces_at(tree: ImageTree, layers: list[str], place: _Place) -> list[tuple[
 def profiled_paths(store: Store, ancestor: Ancestor) -> list[str]:
     """The files the ancestor's profile reads, in its order, each once (what `build --profile-order`
     places first in a layer)."""
-    old_layers = {str(layer.digest): layer for layer in ancestor.layers}
-    places: dict[str, dict[str, _Place]] = {}
-    out: dict[str, None] = {}
-    for item in ancestor.pieces:
-        layer = item["layer"]
-        if layer not in places:
-            places[layer] = _places(store, old_layers.get(layer))
-        place = places[layer].get(item["digest"])
-        if place is not None:
-            out.setdefault(place.path)
-    return list(out)
+    paths = (place.path for _, _, place in _placed(store, ancestor) if place is not None)
+    return list(dict.fromkeys(paths))
 
 
 def record_inherited(store: Store, image: Image, ancestor: Ancestor) -> Inherited | None:

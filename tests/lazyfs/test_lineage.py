@@ -4,6 +4,7 @@ mount of the new version prefetches it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tarfile
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from lazyfs.lineage import inherit_profile, profiled_paths, store_ancestor
 from lazyfs.profile import DERIVED_FROM, load_profile, save_profile
+from registry.client import RegistryClient
 from storage.importer import add_layer
 from storage.oci import PROFILE_TYPE, Manifest
 from storage.pieces import Piece, file_pieces
@@ -58,6 +60,11 @@ def version_one_profile(store: Store, v1: Image) -> list[dict[str, str]]:
         *pieces_of(store, v1, "data/big.bin")[:2],
         *pieces_of(store, v1, "shared.txt"),
     ]
+
+
+async def tags(registry: str, repo: str) -> list[str]:
+    async with RegistryClient(registry) as client:
+        return sorted(await client.tags(repo))
 
 
 def test_a_new_version_inherits_kept_and_path_mapped_pieces(tmp_path: Path) -> None:
@@ -165,6 +172,9 @@ def test_pull_and_push_derive_and_a_mount_prefetches_it(
     assert load_profile(publisher, v1) == []  # the ancestor's profile was only read
     derived = load_profile(publisher, v3)
     assert derived[1] == pieces_of(publisher, v3, "etc/small.txt")[0]
+
+    assert asyncio.run(tags(published.registry.address, "test/rich")) == ["1", "2", "3"]
+    assert asyncio.run(tags(published.registry.address, "test/nosuch")) == []
 
     # A cold client gets it with the pull, and a lazy mount fetches those pieces up front.
     client = tmp_path / "client"
