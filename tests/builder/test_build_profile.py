@@ -3,7 +3,9 @@ writes the profiled files first in a layer, so that their chunks are one contigu
 
 from __future__ import annotations
 
-import hashlib
+import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ from storage.store import Image, Store
 from storage.toc import TocEntry
 from tests.builder.test_build import build, write
 from tests.conftest import CliRunner, assert_clean_error
+from tests.lazyfs.conftest import run_cli
+from tests.lazyfs.test_profile import wait_for
+from tests.registry.conftest import Registry
 
 pytestmark = pytest.mark.privileged
 
@@ -22,7 +27,8 @@ PROFILED = ["app/f17.txt", "app/f03.txt", "app/f11.txt"]  # in the order a start
 
 
 def context(tmp_path: Path) -> Path:
-    files = {f"app/f{i:02}.txt": hashlib.sha256(str(i).encode()).hexdigest() * 400 for i in range(20)}
+    """20 files of 128 KiB that compress to about half: a profiled file's neighbours are far apart."""
+    files = {f"app/f{i:02}.txt": os.urandom(1 << 16).hex() for i in range(20)}
     return write(tmp_path / "ctx", {"Dockerfile": "FROM scratch\nCOPY app /app\n", **files})
 
 
@@ -103,3 +109,36 @@ def test_bad_profile_sources_are_one_line(lazyctr: CliRunner, root: Path, tmp_pa
     )
     assert_clean_error(build(lazyctr, ctx, "--profile-order", ok=False), "--profile-order: no profile")
     assert [name for name, _ in Store(root).names()] == ["app:1"]  # nothing built or named
+
+
+def test_a_cold_start_prefetches_the_ordered_files_in_one_request(
+    lazyctr: CliRunner, root: Path, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path)
+    build(lazyctr, ctx, "-t", "app:1")
+    store = Store(root)
+    save_profile(store, store.image("app:1"), profile_of(store, store.image("app:1"), PROFILED))
+    (ctx / "app/f11.txt").write_text("edited\n" * 1000)
+    build(lazyctr, ctx, "-t", "app:2", "--profile-order")
+    registry = Registry(tmp_path / "registry")
+    try:
+        ref = f"{registry.address}/test/app:2"
+        assert "referrers 1" in lazyctr("push", "app:2", ref).out  # the derived profile goes along
+        client = tmp_path / "client"
+        point = tmp_path / "mnt"
+        point.mkdir()
+        run_cli(client, "pull", ref)
+        run_cli(client, "mount", ref, str(point))
+        try:
+
+            def stats() -> dict[str, int]:
+                return dict(json.loads(run_cli(client, "mount", "--stats", str(point)).stdout))
+
+            wait_for(lambda: stats()["pieces_fetched"] == 3)
+            assert stats()["requests"] == 1  # three files, one range of the layer blob
+            assert (point / "app/f11.txt").read_text() == "edited\n" * 1000
+            assert stats()["requests"] == 1 and stats()["prefetch_hits"] >= 1
+        finally:
+            subprocess.run(["fusermount3", "-uz", str(point)], capture_output=True)
+    finally:
+        registry.stop()
