@@ -53,17 +53,21 @@ def contents(store: Store, image: Image) -> set[tuple[object, ...]]:
     return {(e.path, e.type, e.mode, e.uid, e.gid, e.size, e.modtime, e.digest) for e in toc.entries}
 
 
+def version_two(lazyctr: CliRunner, store: Store, ctx: Path) -> str:
+    """Build app:1, give it a profile of PROFILED, edit f11.txt and build app:2 with --profile-order."""
+    build(lazyctr, ctx, "-t", "app:1")
+    save_profile(store, store.image("app:1"), profile_of(store, store.image("app:1"), PROFILED))
+    (ctx / "app/f11.txt").write_text("edited\n" * 1000)
+    return build(lazyctr, ctx, "-t", "app:2", "--profile-order").out
+
+
 def test_profile_order_places_the_profiled_files_first(
     lazyctr: CliRunner, root: Path, tmp_path: Path
 ) -> None:
     ctx = context(tmp_path)
-    build(lazyctr, ctx, "-t", "app:1")
     store = Store(root)
+    out = version_two(lazyctr, store, ctx)
     v1 = store.image("app:1")
-    save_profile(store, v1, profile_of(store, v1, PROFILED))
-    (ctx / "app/f11.txt").write_text("edited\n" * 1000)
-
-    out = build(lazyctr, ctx, "-t", "app:2", "--profile-order").out
     assert "access profile inherited from app:1: 3 pieces (0 kept, 3 mapped by path)" in out
     v2 = store.image("app:2")
     files = top_files(store, v2)
@@ -115,11 +119,7 @@ def test_a_cold_start_prefetches_the_ordered_files_in_one_request(
     lazyctr: CliRunner, root: Path, tmp_path: Path
 ) -> None:
     ctx = context(tmp_path)
-    build(lazyctr, ctx, "-t", "app:1")
-    store = Store(root)
-    save_profile(store, store.image("app:1"), profile_of(store, store.image("app:1"), PROFILED))
-    (ctx / "app/f11.txt").write_text("edited\n" * 1000)
-    build(lazyctr, ctx, "-t", "app:2", "--profile-order")
+    version_two(lazyctr, Store(root), ctx)
     registry = Registry(tmp_path / "registry")
     try:
         ref = f"{registry.address}/test/app:2"
