@@ -153,7 +153,7 @@ def build(
     if ancestor is not None and profile_order:
         from lazyfs.lineage import profiled_paths
 
-        options.first_files = profiled_paths(store, ancestor)
+        options.first_files = profiled_paths(store, ancestor.layers, ancestor.pieces)
     with _closing(_progress(progress_mode, sys.stdout)) as progress:
         builder = Builder(
             store, options, ContainerStepRunner(store), StoreResolver(store, insecure), progress

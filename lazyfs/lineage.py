@@ -176,14 +176,16 @@ def _places(store: Store, layer: Descriptor | None) -> dict[str, _Place]:
     return out
 
 
-def _placed(store: Store, ancestor: Ancestor) -> Iterator[tuple[str, str, _Place | None]]:
-    """Each piece of the ancestor's profile in order, as (layer, digest, where it lies or None)."""
-    layers = {str(layer.digest): layer for layer in ancestor.layers}
+def _placed(
+    store: Store, layers: list[Descriptor], pieces: list[dict[str, Any]]
+) -> Iterator[tuple[str, str, _Place | None]]:
+    """Each piece of a profile of the image of `layers`, in order: (layer, digest, where it lies or None)."""
+    by_digest = {str(layer.digest): layer for layer in layers}
     places: dict[str, dict[str, _Place]] = {}
-    for item in ancestor.pieces:
+    for item in pieces:
         layer, digest = item["layer"], item["digest"]
         if layer not in places:
-            places[layer] = _places(store, layers.get(layer))
+            places[layer] = _places(store, by_digest.get(layer))
         yield layer, digest, places[layer].get(digest)
 
 
@@ -198,7 +200,7 @@ def derive(store: Store, ancestor: Ancestor, image: Image) -> tuple[list[dict[st
     out: list[dict[str, str]] = []
     seen: set[tuple[str, str]] = set()
     kept = 0
-    for layer, digest, place in _placed(store, ancestor):
+    for layer, digest, place in _placed(store, ancestor.layers, ancestor.pieces):
         if place is None:  # no TOC to find it by: kept only where its layer is the same
             found = [(layer, digest)] if layer in new_layers else []
         else:
@@ -227,10 +229,10 @@ def _pieces_at(tree: ImageTree, layers: list[str], place: _Place) -> list[tuple[
     ]
 
 
-def profiled_paths(store: Store, ancestor: Ancestor) -> list[str]:
-    """The files the ancestor's profile reads, in its order, each once (what `build --profile-order`
-    places first in a layer)."""
-    paths = (place.path for _, _, place in _placed(store, ancestor) if place is not None)
+def profiled_paths(store: Store, layers: list[Descriptor], pieces: list[dict[str, Any]]) -> list[str]:
+    """The files a profile (`pieces`) of the image of `layers` reads, in its order, each once: what
+    `build --profile-order` places first in a layer."""
+    paths = (place.path for _, _, place in _placed(store, layers, pieces) if place is not None)
     return list(dict.fromkeys(paths))
 
 

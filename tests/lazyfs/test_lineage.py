@@ -124,7 +124,8 @@ def test_the_ancestor_is_the_closest_version_with_a_profile(tmp_path: Path) -> N
     save_profile(store, v1, version_one_profile(store, v1))
     found = store_ancestor(store, v2.name, v2.manifest.layers, v2.descriptor.digest)
     assert found is not None and found.name == "rich:1"  # another repository, sharing the base
-    assert profiled_paths(store, found) == ["bin/tool", "etc/small.txt", "data/big.bin", "shared.txt"]
+    paths = profiled_paths(store, found.layers, found.pieces)
+    assert paths == ["bin/tool", "etc/small.txt", "data/big.bin", "shared.txt"]
     assert store_ancestor(store, "unrelated:1") is None  # nothing shared, another repository
     by_name = store_ancestor(store, "rich:7")  # a build to come: the repository's image
     assert by_name is not None and by_name.name == "rich:1"
