@@ -10,7 +10,8 @@ The derived profile is an ordinary one (lazyfs.profile), annotated with the ance
 referrer of the image, stored and verified by digest, so the image digest does not change; a
 profile recorded for the image itself is preferred to it.
 
-The ancestor is, among the images that have a profile:
+The ancestor is, among the images that have a profile and were not created after the new version
+(by their configs' `created`: a version inherits from an earlier one, never from a later one):
 - in the store: the image's other tags (same repository) first, then the image sharing the most
   layers with it (ties go to the same repository, then to the same name); an image sharing nothing
   and of another repository is no ancestor. `pull` and a lazy mount look only here (no round trip
@@ -23,17 +24,18 @@ The ancestor is, among the images that have a profile:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lazyfs.profile import best_profile, load_profile, save_profile
 from storage.digest import Digest
 from storage.errors import StorageError
-from storage.oci import PROFILE_TYPE, Descriptor, Manifest
+from storage.oci import PROFILE_TYPE, Descriptor, ImageConfig, Manifest
 from storage.pieces import Piece, file_pieces
 from storage.reference import ImageRef
 from storage.store import Image, Store
+from storage.toc import parse_time_ns
 from storage.tree import ImageTree
 from storage.zstd_chunked import toc_position
 
@@ -78,15 +80,21 @@ def repository_of(name: str) -> str:
 # -- finding the ancestor ---------------------------------------------------------------------------
 
 
-def store_ancestor(
-    store: Store, name: str, layers: Iterable[Descriptor] = (), exclude: Digest | None = None
-) -> Ancestor | None:
-    """The closest image of the store that has a profile (see the module docstring), for an image
-    called `name` with `layers`; the image `exclude` (the new version itself) is none."""
-    mine = {layer.digest for layer in layers}
+def later(created: str | None, than: str | None) -> bool:
+    """Whether time `created` is after `than` (RFC 3339; an unknown time is after nothing)."""
+    return 0 < parse_time_ns(than) < parse_time_ns(created)
+
+
+def store_ancestor(store: Store, name: str, image: Image | None = None) -> Ancestor | None:
+    """The closest image of the store that has a profile (see the module docstring) for `image`, or
+    for an image to be called `name` (a build to come: then only its repository tells)."""
+    mine = {layer.digest for layer in image.manifest.layers} if image is not None else set()
     ranked: list[tuple[tuple[bool, int, bool], Image]] = []
     for other in store.images()[0]:
-        if other.descriptor.digest == exclude:
+        if image is not None and (
+            other.descriptor.digest == image.descriptor.digest
+            or later(other.config.created, image.config.created)
+        ):
             continue
         same_repository = repository_of(other.name) == repository_of(name)
         shared = sum(layer.digest in mine for layer in other.manifest.layers)
@@ -104,6 +112,7 @@ async def registry_ancestor(store: Store, image: Image, ref: ImageRef, insecure:
     TOCs' blobs put in the store; None if there is none (or the registry cannot tell)."""
     # Imported here: a lazy mount uses this module's store half, and aiohttp costs a start ~25 ms.
     from asyncio import gather
+    from io import BytesIO
 
     from registry.client import RegistryClient
     from registry.client.errors import RegistryClientError
@@ -131,7 +140,10 @@ async def registry_ancestor(store: Store, image: Image, ref: ImageRef, insecure:
             for digest, (name, manifest) in reversed(ranked[-REGISTRY_CANDIDATES:]):
                 artifacts = await fetch_referrers(client, store, repo, digest, {PROFILE_TYPE})
                 pieces = best_profile(store, artifacts)
+                config = BytesIO()
                 if pieces:
+                    await client.get_blob(repo, manifest.config.digest, config, manifest.config.size)
+                if pieces and not later(ImageConfig.parse(config.getvalue()).created, image.config.created):
                     missing = [layer for layer in manifest.layers if layer.digest not in mine]
                     await gather(
                         *(fetch_toc(store, client, repo, layer) for layer in missing if toc_position(layer))
@@ -249,7 +261,7 @@ def inherit_profile(store: Store, image: Image) -> Inherited | None:
     """Give `image`, if it has no profile, one derived from its ancestor in the store (no network)."""
     if load_profile(store, image):
         return None
-    ancestor = store_ancestor(store, image.name, image.manifest.layers, image.descriptor.digest)
+    ancestor = store_ancestor(store, image.name, image)
     return record_inherited(store, image, ancestor) if ancestor is not None else None
 
 

@@ -5,6 +5,7 @@ mount of the new version prefetches it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import tarfile
 from pathlib import Path
@@ -120,15 +121,24 @@ def test_the_ancestor_is_the_closest_version_with_a_profile(tmp_path: Path) -> N
     store = Store(tmp_path / "root")
     v1 = make_image(store, tmp_path)
     v2 = next_version(store, tmp_path, "elsewhere:2")
-    assert store_ancestor(store, v2.name, v2.manifest.layers, v2.descriptor.digest) is None  # no profile
+    assert store_ancestor(store, v2.name, v2) is None  # no profile
+    # A later version has a profile: a version inherits from an earlier one, never from a later one.
+    future = dataclasses.replace(v1.config, created="2099-01-01T00:00:00Z").to_bytes()
+    manifest = dataclasses.replace(
+        v1.manifest,
+        config=dataclasses.replace(v1.manifest.config, digest=store.put_blob(future), size=len(future)),
+    )
+    store.put_image("rich:9", manifest)
+    save_profile(store, store.image("rich:9"), version_one_profile(store, v1))
+    assert store_ancestor(store, v2.name, v2) is None
     save_profile(store, v1, version_one_profile(store, v1))
-    found = store_ancestor(store, v2.name, v2.manifest.layers, v2.descriptor.digest)
+    found = store_ancestor(store, v2.name, v2)
     assert found is not None and found.name == "rich:1"  # another repository, sharing the base
     paths = profiled_paths(store, found.layers, found.pieces)
     assert paths == ["bin/tool", "etc/small.txt", "data/big.bin", "shared.txt"]
     assert store_ancestor(store, "unrelated:1") is None  # nothing shared, another repository
-    by_name = store_ancestor(store, "rich:7")  # a build to come: the repository's image
-    assert by_name is not None and by_name.name == "rich:1"
+    by_name = store_ancestor(store, "rich:7")  # a build to come: the repository's images, rich:9 too
+    assert by_name is not None and by_name.name in ("rich:1", "rich:9")
 
 
 @pytest.mark.privileged
@@ -174,7 +184,14 @@ def test_pull_and_push_derive_and_a_mount_prefetches_it(
     derived = load_profile(publisher, v3)
     assert derived[1] == pieces_of(publisher, v3, "etc/small.txt")[0]
 
-    assert asyncio.run(tags(published.registry.address, "test/rich")) == ["1", "2", "3"]
+    # An older version pushed now inherits nothing from the newer ones (store or registry).
+    past = dataclasses.replace(v1.config, created="2000-01-01T00:00:00Z").to_bytes()
+    config = dataclasses.replace(v1.manifest.config, digest=publisher.put_blob(past), size=len(past))
+    publisher.put_image("rich:0", dataclasses.replace(v1.manifest, config=config))
+    ref0 = published.ref.replace(":1", ":0")
+    assert "inherited" not in run_cli(published.publisher_root, "push", "rich:0", ref0).stdout
+
+    assert asyncio.run(tags(published.registry.address, "test/rich")) == ["0", "1", "2", "3"]
     assert asyncio.run(tags(published.registry.address, "test/nosuch")) == []
 
     # A cold client gets it with the pull, and a lazy mount fetches those pieces up front.
