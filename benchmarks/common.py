@@ -249,6 +249,17 @@ def unmount_under(base: Path) -> None:
 
 
 @contextmanager
+def cold_root(work: Path) -> Iterator[Path]:
+    """An empty store root; whatever a failed run left mounted below it is detached on the way out."""
+    tmp = Path(tempfile.mkdtemp(prefix="root-", dir=work))
+    try:
+        yield tmp / "root"
+    finally:
+        unmount_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def workspace(prefix: str) -> Iterator[Path]:
     """A temporary directory, with whatever was mounted below it, removed on the way out."""
     base = Path(tempfile.mkdtemp(prefix=prefix))

@@ -21,7 +21,8 @@ image that is (bytes / the image's compressed size) and the memory of our proces
 summed RSS of every process in a cgroup (v1 memory) holding the lazyctr CLI processes and the lazyfs
 daemon they start (containers are moved to cgroups of their own by `lazyctr run`), sampled every 50 ms,
 and the cgroup's max_usage_in_bytes (that RSS plus the page cache they charge).
-Also the development cycle for one image: one edit of a source file, then build, push, pull, run.
+Also the development cycle of each dev image (benchmarks/devcycle.py): one edit, then build, push,
+pull and run, lazily with the profile the new version inherits, eagerly, and with its own profile.
 
 Output in --out: results.json (every measurement), report.md (per image and group medians, ratios
 to the eager baseline and to each peer) and PNG plots. Needs root.
@@ -37,10 +38,9 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,14 +49,15 @@ from typing import TYPE_CHECKING, Any
 from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.common import (
     base_tarball,
+    cold_root,
     compile_sources,
     drop_caches,
     lazyctr,
     received,
     serving,
-    unmount_under,
     unwind_on_sigterm,
 )
+from benchmarks.devcycle import DEV_SOURCES, development_cycle, render_section
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
 from benchmarks.peers.podman import Podman
 from lazyfs.profile import load_profile
@@ -88,8 +89,6 @@ DRIVERS = ("copy", "overlay", "lazy", "lazy+profile")
 EAGER = "overlay"  # the eager baseline: overlay driver after `pull --eager`
 PEERS = ("podman", "stargz", "containerd-lazyctr")
 QUICK_IMAGES = ("distro", "redis", "flask")  # `--images quick`: a database and the dev-cycle image
-# The image whose development cycle is measured (first of these in the suite) and the file edited.
-DEV_SOURCES = {"flask": "app.py", "gcc": "hello.c", "openjdk": "Hello.java", "python": "Dockerfile"}
 PORT = 5000
 RUN_TIMEOUT = 600
 MEMORY_CGROUPS = Path("/sys/fs/cgroup/memory")
@@ -258,17 +257,6 @@ class MemoryMeter:
         return {"rss_peak": self.rss_peak, "cgroup_peak": peak}
 
 
-@contextlib.contextmanager
-def cold_root(work: Path) -> Iterator[Path]:
-    """An empty store root; whatever a failed run left mounted below it is detached on the way out."""
-    tmp = Path(tempfile.mkdtemp(prefix="root-", dir=work))
-    try:
-        yield tmp / "root"
-    finally:
-        unmount_under(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def repository(name: str, driver: str) -> str:
     """The profile is only in bench/NAME:1; the other drivers pull bench/NAME-np:1 (no profile)."""
     return f"bench/{name}:1" if driver == "lazy+profile" else f"bench/{name}-np:1"
@@ -413,71 +401,6 @@ def containerd_lazyctr_peer(
     return samples
 
 
-def development_cycle(link: Link, address: str, publisher: Path, work: Path, name: str) -> dict[str, Any]:
-    """One edit of a source file, then build (cached steps stay cached), push, pull and run (lazy, eager)."""
-    source = DEV_SOURCES[name]
-    context = Path(tempfile.mkdtemp(prefix="dev-", dir=work))
-    try:
-        shutil.copytree(IMAGES_DIR / name, context, dirs_exist_ok=True)
-        comment = "//" if source.endswith((".c", ".java")) else "#"
-        with open(context / source, "a") as f:
-            f.write(f"\n{comment} edited at {datetime.now(UTC).isoformat()}\n")
-        tag = f"bench/{name}:dev"
-        # A new version in the repository the image was pushed to, as a developer's next push: the
-        # layers the edit left alone are there already.
-        target = f"{address}/bench/{name}-np:dev"
-        started = time.monotonic()
-        lazyctr(publisher, "build", "--progress", "plain", "-t", tag, str(context))
-        built = time.monotonic()
-        lazyctr(
-            publisher,
-            "push",
-            "--insecure",
-            "--progress",
-            "plain",
-            tag,
-            target,
-            netns=link.client_ns,
-        )
-        pushed = time.monotonic()
-        cycle: dict[str, Any] = {
-            "image": name,
-            "edited": source,
-            "build_s": built - started,
-            "push_s": pushed - built,
-        }
-        for label, eager, driver in (("lazy", [], "lazy"), ("eager", ["--eager"], "overlay")):
-            with cold_root(work) as root:
-                drop_caches()
-                t0 = time.monotonic()
-                ref = target
-                try:  # one failing half still leaves the other's figures
-                    lazyctr(root, "pull", "--insecure", *eager, ref, netns=link.client_ns)
-                    t1 = time.monotonic()
-                    lazyctr(
-                        root,
-                        "run",
-                        "--rm",
-                        "--driver",
-                        driver,
-                        ref,
-                        netns=link.client_ns,
-                        timeout=RUN_TIMEOUT,
-                    )
-                    t2 = time.monotonic()
-                except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    cycle[label] = {"error": str(e).strip().splitlines()[-1][:300]}
-                    continue
-            cycle[label] = {
-                "pull_s": t1 - t0,
-                "run_s": t2 - t1,
-                "total_s": cycle["build_s"] + cycle["push_s"] + t2 - t0,
-            }
-        return cycle
-    finally:
-        shutil.rmtree(context, ignore_errors=True)
-
-
 def run_suite(config: Config) -> Path:
     """Run everything; write results.json, report.md and the plots into config.out."""
     if os.geteuid() != 0:
@@ -499,7 +422,7 @@ def run_suite(config: Config) -> Path:
         "images": infos,
         "samples": [],
         "skipped": {},
-        "dev_cycle": None,
+        "dev_cycle": [],
     }
     samples: list[dict[str, Any]] = results["samples"]
     work = config.cache / "hello-work"
@@ -588,13 +511,16 @@ def run_suite(config: Config) -> Path:
                             samples.append(sample)
                             print(_line(sample), flush=True)
                         save_partial(results, config.out)
-                dev = next((n for n in DEV_SOURCES if n in published), None)
-                if dev is not None:
+                for dev in [n for n in DEV_SOURCES if n in published]:
                     print(f"development cycle of {dev}...", flush=True)
                     try:
-                        results["dev_cycle"] = development_cycle(link, address, publisher, work, dev)
+                        cycle = development_cycle(
+                            link, address, publisher, work, dev, IMAGES_DIR, RUN_TIMEOUT
+                        )
                     except (RuntimeError, subprocess.TimeoutExpired) as e:
-                        results["dev_cycle"] = {"image": dev, "error": str(e).splitlines()[-1][:300]}
+                        cycle = {"image": dev, "error": str(e).splitlines()[-1][:300]}
+                    results["dev_cycle"].append(cycle)
+                    save_partial(results, config.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -861,26 +787,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     lines += ["", "Ratios are the other's time over this one's (above 1: this one is faster).", ""]
     lines += [f"Memory: {results.get('memory_note', MEMORY_NOTE)}.", ""]
 
-    dev = results.get("dev_cycle")
-    if dev:
-        lines += ["## Development cycle", ""]
-        if "error" in dev:
-            lines.append(f"{dev['image']}: failed: {dev['error']}")
-        else:
-            halves = []
-            for label in ("lazy", "eager"):
-                half = dev.get(label) or {"error": "not measured"}
-                if "error" in half:
-                    halves.append(f"{label}: failed: {half['error']}")
-                else:
-                    ready = half["pull_s"] + half["run_s"]
-                    adverb = "lazily" if label == "lazy" else "eagerly"
-                    halves.append(f"{adverb} {ready:.2f} s (cycle {half['total_s']:.2f} s)")
-            lines.append(
-                f"{dev['image']}, one edit of {dev['edited']}: build {dev['build_s']:.2f} s, "
-                f"push {dev['push_s']:.2f} s; then pull + run to ready " + "; ".join(halves) + "."
-            )
-        lines.append("")
+    lines += render_section(results)
 
     failures = [s for s in results["samples"] if not s.get("ok")]
     skipped = results.get("skipped") or {}

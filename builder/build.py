@@ -75,6 +75,9 @@ class BuildOptions:
     network: str = "host"
     secrets: dict[str, Path] = field(default_factory=dict)
     source_date_epoch: int | None = None
+    # Files the layers written place first, in this order (an access profile's: build --profile-order);
+    # a cached step keeps its layer as it was.
+    first_files: list[str] = field(default_factory=list)
 
     @property
     def platform(self) -> str:
@@ -99,7 +102,9 @@ class Builder:
         self.store, self.options, self.runner, self.resolver = store, options, runner, resolver
         self.progress = progress
         self.cache = BuildCache(store, enabled=not options.no_cache)
-        self.steps = Steps(store, self.cache, progress, options.platform, options.source_date_epoch)
+        self.steps = Steps(
+            store, self.cache, progress, options.platform, options.source_date_epoch, options.first_files
+        )
         self.filename = options.dockerfile.name
         self.built: dict[int, State] = {}
         self.building: set[int] = set()

@@ -13,7 +13,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,10 @@ class Steps:
         progress: PlainProgress,
         platform: str,
         source_date_epoch: int | None,
+        first_files: Sequence[str] = (),
     ) -> None:
         self.store = store
+        self.first_files = first_files  # files a layer written now places first (build --profile-order)
         self.cache = cache
         self.progress = progress
         self.platform = platform
@@ -128,7 +130,7 @@ class Steps:
         if not upper.is_dir() or not any(upper.iterdir()):
             return None
         with self.store.temp_file() as (tar_path, _):
-            upper_to_tar(upper, tar_path, self.clamp_ns)
+            upper_to_tar(upper, tar_path, self.clamp_ns, first=self.first_files)
             with self.store.temp_file() as (blob_path, blob):
                 written = write_chunked_layer(tar_path, blob)
                 self.store.adopt(blob_path, blob, written.digest)

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,8 +23,12 @@ from builder.errors import BuildError
 from builder.progress import PlainProgress, TerminalProgress
 from lazyctr.context import Context, command, pass_context
 from runtime.buildstep import ContainerStepRunner
+from storage.errors import StorageError
 from storage.reference import ImageRef
 from storage.store import Image, Store
+
+if TYPE_CHECKING:
+    from lazyfs.lineage import Ancestor
 
 
 class StoreResolver:
@@ -102,12 +107,20 @@ def _closing(progress: PlainProgress) -> Iterator[PlainProgress]:
               show_default=True, help="How steps are shown (on stdout).")  # fmt: skip
 @click.option("--print-ast", is_flag=True, help="Print the parsed Dockerfile as JSON and build nothing.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to pull FROM images (always so for 127.0.0.1).")
+@click.option("--profile-from", metavar="IMAGE",
+              help="Record an access profile for the image, derived from IMAGE's (in the store, or "
+                   "pulled lazily from the registry its name names).")  # fmt: skip
+@click.option("--profile-order", is_flag=True,
+              help="Write new layers with the profiled files first, so a start fetches them in one "
+                   "range: the profile of --profile-from, else of the store's image of the -t "
+                   "repository that has one (also recorded for the image, derived).")  # fmt: skip
 @click.argument("context_dir", metavar="CONTEXT", type=click.Path(file_okay=False, path_type=Path))
 @pass_context
 def build(
     ctx: Context, tags: tuple[str, ...], dockerfile: Path | None, target: str | None,
     build_args: tuple[str, ...], labels: tuple[str, ...], no_cache: bool, network: str,
-    secrets: tuple[str, ...], progress_mode: str, print_ast: bool, insecure: bool, context_dir: Path,
+    secrets: tuple[str, ...], progress_mode: str, print_ast: bool, insecure: bool, profile_from: str | None,
+    profile_order: bool, context_dir: Path,
 ) -> None:  # fmt: skip
     """Build an image from a Dockerfile and the CONTEXT directory; prints the image ID."""
     path = dockerfile or context_dir / "Dockerfile"
@@ -136,6 +149,11 @@ def build(
     for tag in tags:
         ImageRef.parse(tag)  # a bad name fails before anything is built
     store = ctx.store
+    ancestor = _profile_ancestor(store, profile_from, profile_order, tags, insecure)  # before building
+    if ancestor is not None and profile_order:
+        from lazyfs.lineage import profiled_paths
+
+        options.first_files = profiled_paths(store, ancestor.layers, ancestor.pieces)
     with _closing(_progress(progress_mode, sys.stdout)) as progress:
         builder = Builder(
             store, options, ContainerStepRunner(store), StoreResolver(store, insecure), progress
@@ -143,4 +161,40 @@ def build(
         result = builder.build()
         for name in result.tags:
             progress.note(f"naming to {name} done")
+        if ancestor is not None and ancestor.digest != result.image.descriptor.digest:
+            from lazyfs.lineage import record_inherited
+
+            inherited = record_inherited(store, result.image, ancestor)
+            progress.note(inherited.line() if inherited else f"no file of {ancestor.name}'s profile is here")
     click.echo(result.image.id)
+
+
+def _profile_ancestor(
+    store: Store, profile_from: str | None, profile_order: bool, tags: tuple[str, ...], insecure: bool
+) -> Ancestor | None:
+    """The image whose profile the build inherits (and orders its layers by), if it is to."""
+    from lazyfs.lineage import Ancestor, store_ancestor
+    from lazyfs.profile import load_profile
+    from registry.pull_policy import image_or_pull
+
+    if profile_from is not None:
+        try:
+            image = image_or_pull(store, profile_from, lazy=True, insecure=insecure)
+        except StorageError as e:
+            raise BuildError(f"--profile-from: {e}") from None
+        pieces = load_profile(store, image)
+        if not pieces:
+            raise BuildError(
+                f"--profile-from: {profile_from} has no access profile (record one with"
+                " `lazyctr run --record-profile`)"
+            )
+        return Ancestor(image.name, image.descriptor.digest, image.manifest.layers, pieces)
+    if not profile_order:
+        return None
+    found = store_ancestor(store, tags[0]) if tags else None
+    if found is None:
+        raise BuildError(
+            "--profile-order: no profile to order by: name an image with --profile-from, or tag the"
+            " build (-t) in a repository whose image in the store has one"
+        )
+    return found

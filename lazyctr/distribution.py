@@ -252,6 +252,11 @@ def push(
     finally:
         progress.close()
     click.echo(f"manifest {digest}")
+    from lazyfs.lineage import inherit_at_push
+
+    inherited = _run(inherit_at_push(ctx.store, found, target, insecure))
+    if inherited is not None:
+        click.echo(inherited.line())
     referrers = _run(push_referrers(ctx.store, found, target, insecure))
     if referrers:
         click.echo(f"referrers {referrers} (access profiles, signatures and other artifacts of the image)")
@@ -278,7 +283,13 @@ def pull(ctx: Context, ref: str, insecure: bool, eager: bool, progress_mode: str
     from registry.transfer import pull_image, pull_lazy
 
     if not eager:
-        click.echo(_run(pull_lazy(ctx.store, ref, insecure)).id)
+        from lazyfs.lineage import inherit_profile
+
+        image = _run(pull_lazy(ctx.store, ref, insecure))
+        inherited = inherit_profile(ctx.store, image)  # from the store's versions: no round trip
+        if inherited is not None:
+            click.echo(inherited.line(), err=True)
+        click.echo(image.id)
         return
     quiet = progress_mode == "auto" and not sys.stderr.isatty()
     progress = TransferProgress() if quiet else _transfer_progress(progress_mode, sys.stderr)

@@ -24,9 +24,9 @@ from lazyctr.context import Context, command, pass_context
 @pass_context
 def mount(ctx: Context, args: tuple[str, ...], stats: bool, timeout: float, fill: bool) -> None:
     """Mount IMAGE read-only at DIR; file contents are fetched when first read."""
+    from lazyfs.lineage import profile_for_mount
     from lazyfs.mount import MountError, MountState
     from lazyfs.mount import mount as mount_image
-    from lazyfs.profile import load_profile
 
     if stats:
         if len(args) != 1:
@@ -39,7 +39,7 @@ def mount(ctx: Context, args: tuple[str, ...], stats: bool, timeout: float, fill
     if len(args) != 2:
         raise click.UsageError("expected IMAGE DIR")
     image = ctx.store.image(args[0])
-    mount_image(ctx.store, image, Path(args[1]), timeout, load_profile(ctx.store, image), fill)
+    mount_image(ctx.store, image, Path(args[1]), timeout, profile_for_mount(ctx.store, image), fill)
 
 
 @command()

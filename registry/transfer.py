@@ -284,7 +284,7 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
                 _marked("config", _fetch_blob(store, client, repo, manifest.config)),
                 _marked(
                     "TOCs",
-                    asyncio.gather(*(_fetch_toc(store, client, repo, layer) for layer in with_toc)),
+                    asyncio.gather(*(fetch_toc(store, client, repo, layer) for layer in with_toc)),
                 ),
                 _marked("profile", _fetch_profiles(client, store, repo, digest)),  # found or not
             )
@@ -309,7 +309,7 @@ async def _fetch_profiles(client: RegistryClient, store: Store, repo: str, subje
     """The access profiles and signatures referring to `subject`, their blobs stored; they are a
     bonus: a registry without them (or without the referrers API) gives none."""
     try:
-        return await _fetch_referrers(client, store, repo, subject, {PROFILE_TYPE, SIGNATURE_ARTIFACT})
+        return await fetch_referrers(client, store, repo, subject, {PROFILE_TYPE, SIGNATURE_ARTIFACT})
     except RegistryClientError:
         return []
 
@@ -323,7 +323,7 @@ async def _fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Des
         store.adopt(tmp, f, blob.digest)
 
 
-async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Descriptor) -> None:
+async def fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Descriptor) -> None:
     toc_digest, position = position_from_annotations(layer.annotations, layer.size) or (None, None)
     assert toc_digest is not None and position is not None  # pull_lazy fetches only TOCs there are
     if store.has_blob(layer.digest) or store.has_blob(toc_digest):
@@ -335,7 +335,7 @@ async def _fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Des
     remember(store.root, toc_digest, position.frames_end, toc)  # so a mount need not parse it again
 
 
-async def _fetch_referrers(
+async def fetch_referrers(
     client: RegistryClient, store: Store, repo: str, subject: Digest, artifact_types: set[str]
 ) -> list[bytes]:
     """The manifests of the artifacts referring to `subject` (of `artifact_types`), each checked to
@@ -363,6 +363,8 @@ __all__ = [
     "BlobResult",
     "check_distributable",
     "fetch_manifest",
+    "fetch_referrers",
+    "fetch_toc",
     "local_name",
     "pull_image",
     "pull_lazy",

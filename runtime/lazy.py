@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.host import is_mounted, process_alive
+from lazyfs.lineage import profile_for_mount
 from lazyfs.mount import MountState, mount, umount
-from lazyfs.profile import load_profile, save_profile
+from lazyfs.profile import save_profile
 from runtime.state import ContainerState, containers_dir
 from storage.errors import NotFound, StorageError
 from storage.files import atomic_write
@@ -97,8 +98,9 @@ def _locked(slot: Slot) -> Iterator[None]:
 def acquire(store: Store, image: Image, container_id: str, private: bool = False) -> Slot:
     """Make `image`'s lazyfs mount available to the container, mounting it if nobody has yet.
 
-    A shared mount prefetches the image's access profile, if the store has one; a private one
-    (for recording a profile) does not, so it records what a cold start reads.
+    A shared mount prefetches the image's access profile, if the store has one (else one inherited
+    from its previous version in the store, lazyfs.lineage); a private one (for recording a
+    profile) does not, so it records what a cold start reads.
     """
     slot = Slot.private(store.root, image, container_id) if private else Slot.shared(store.root, image)
     with _locked(slot):
@@ -107,7 +109,7 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
             _unmount(slot)  # its daemon died: the mount only answers ENOTCONN now
         if not is_mounted(slot.mountpoint):
             slot.mountpoint.mkdir(parents=True, exist_ok=True)
-            profile = [] if private else load_profile(store, image)
+            profile = [] if private else profile_for_mount(store, image)
             try:
                 mount(store, image, slot.mountpoint, DEFAULT_TIMEOUT, prefetch=profile)
             except BaseException:

@@ -3,7 +3,9 @@
 overlayfs records a deletion as a 0:0 character device and a directory that hides everything
 below as the `trusted.overlay.opaque=y` xattr; OCI layers say the same with `.wh.NAME` files and
 `.wh..wh..opq`. Entries are written in sorted order with their modes, owners, times and xattrs;
-files that share an inode become hard links.
+files that share an inode become hard links. Regular files named in `first` (an access profile's
+files) can go first instead, in that order, after the directories that hold them: their chunks then
+make one contiguous range of the layer blob, fetched in one request.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from storage.paths import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
@@ -22,17 +24,22 @@ OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 
 
 def upper_to_tar(
-    upper: Path, out: Path, clamp_mtime_ns: int | None = None, exclude: Collection[str] = ()
+    upper: Path,
+    out: Path,
+    clamp_mtime_ns: int | None = None,
+    exclude: Collection[str] = (),
+    first: Sequence[str] = (),
 ) -> int:
     """Write the changes recorded in `upper` as a layer tar at `out`; returns the entry count.
 
     With `clamp_mtime_ns` (SOURCE_DATE_EPOCH), no time in the layer is later than it. `exclude` names
-    paths (relative to `upper`) that are no change, such as a container's mount points.
+    paths (relative to `upper`) that are no change, such as a container's mount points. `first`
+    names regular files to write first (see the module docstring).
     """
     count = 0
     links: dict[tuple[int, int], str] = {}
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in _walk(upper):
+        for path in _in_order(upper, _walk(upper), first):
             name = path.relative_to(upper).as_posix()
             if name in exclude:
                 continue
@@ -74,6 +81,23 @@ def _walk(root: Path) -> list[Path]:
         out.extend(base / name for name in sorted([*dirs, *files]))
     out.sort(key=lambda p: p.relative_to(root).parts)
     return out
+
+
+def _in_order(root: Path, paths: list[Path], first: Sequence[str]) -> list[Path]:
+    """`paths` (sorted), with the regular files `first` names moved to the front in its order, after
+    the directories above them (a tar names a directory before what it holds)."""
+    present = set(paths)
+    leading = [p for p in dict.fromkeys(root / name for name in first) if p in present and _is_file(p)]
+    if not leading:
+        return paths
+    above = {parent for p in leading for parent in p.parents if parent != root and root in parent.parents}
+    dirs = [p for p in paths if p in above]
+    moved = set(leading) | above
+    return [*dirs, *leading, *(p for p in paths if p not in moved)]
+
+
+def _is_file(path: Path) -> bool:
+    return stat.S_ISREG(path.lstat().st_mode)
 
 
 def _mtime(st: os.stat_result, clamp_ns: int | None) -> float:

@@ -61,8 +61,8 @@ class Mounter:
 def _serve(requests: socket.socket, store_root: Path, timeout: float, fill: bool) -> None:
     import signal
 
+    from lazyfs.lineage import profile_for_mount
     from lazyfs.mount import mount
-    from lazyfs.profile import load_profile
     from storage.store import Store
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the snapshotter, which closes our socket
@@ -72,7 +72,7 @@ def _serve(requests: socket.socket, store_root: Path, timeout: float, fill: bool
             request = json.loads(line)
             try:
                 image = store.image(request["image"])
-                prefetch = load_profile(store, image)
+                prefetch = profile_for_mount(store, image)  # its own, else inherited
                 mount(
                     store,
                     image,

@@ -160,6 +160,20 @@ class RegistryClient:
         # The filter is the client's to apply too: a registry may ignore it (the spec allows that).
         return [d for d in Index.parse(data).manifests if artifact_type in (None, d.artifact_type)]
 
+    async def tags(self, repo: str) -> list[str]:
+        """The tags of `repo` (the first page the registry gives); none for a repository it lacks."""
+        async with self.transport.send("GET", self.transport.url(repo, "tags/list")) as response:
+            if response.status == 404:
+                return []
+            if response.status != 200:
+                raise await self.transport.error(response, f"tags of {repo}")
+            data = await read_body(response.content, REFERRERS_LIMIT)
+        try:
+            found = json.loads(data).get("tags") or []
+        except (ValueError, AttributeError):
+            raise RegistryClientError(f"{self.registry}: tags of {repo}: not a tag list") from None
+        return [tag for tag in found if isinstance(tag, str)]
+
     async def head_blob(self, repo: str, digest: str) -> int | None:
         """The size of blob `digest` in `repo`, or None when the repository does not have it."""
         url = self.transport.url(repo, f"blobs/{Digest(digest)}")
