@@ -60,8 +60,8 @@ from benchmarks.common import (
 from benchmarks.devcycle import DEV_SOURCES, development_cycle, render_section
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
 from benchmarks.peers.podman import Podman
+from lazyfs.lineage import profiled_paths
 from lazyfs.profile import load_profile
-from storage.pieces import Piece, file_pieces
 from storage.store import Store
 
 if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
@@ -325,19 +325,11 @@ def publish(
 
 
 def profile_paths(root: Path, ref: str) -> list[str]:
-    """The files whose pieces `ref`'s recorded profile holds, in the order it read them: the record
-    stargz's converter takes, so that its peer prefetches what our profile prefetches."""
+    """The files `ref`'s recorded profile read, in order: the record stargz's converter takes, so that
+    its peer prefetches what our profile prefetches."""
     store = Store(root)
     image = store.image(ref)
-    owner: dict[tuple[str, str], str] = {}  # (layer digest, piece digest) -> the file it belongs to
-    for layer in image.manifest.layers:
-        for entry in store.layer_toc(layer).entries:
-            if entry.type == "reg" and entry.chunks:
-                for piece in file_pieces(entry):
-                    if isinstance(piece, Piece):
-                        owner.setdefault((str(layer.digest), str(piece.digest)), entry.path)
-    read = (owner.get((piece["layer"], piece["digest"])) for piece in load_profile(store, image))
-    return list(dict.fromkeys(path for path in read if path is not None))
+    return profiled_paths(store, image.manifest.layers, load_profile(store, image))
 
 
 def stargz_peer(
