@@ -1,0 +1,104 @@
+"""A file that one writer fills while readers in other threads follow it: how a layer blob is
+extracted while it downloads, with the file itself as the buffer between the two (a fast download
+never waits for a slow extraction, and nothing is held in memory).
+
+The writer side is what `RegistryClient.get_blob` writes into (write, flush, seek to 0 and truncate
+for a retry); a reader's `read` waits until the bytes it asks for are written, ends when the writer
+`finish`es, and raises when it `abandon`s. A reader trusts nothing it reads: it hashes the stream
+itself (a retried download may hand it bytes of two attempts).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import BinaryIO
+
+from storage.errors import StorageError
+
+
+class DownloadAbandoned(StorageError):
+    """The writer gave up (the download failed or was cancelled): the bytes will never come."""
+
+
+class GrowingFile:
+    """The writer's side of a file being downloaded; `reader()` gives a follower of it."""
+
+    def __init__(self, f: BinaryIO, what: str) -> None:
+        self._f = f
+        self._what = what
+        self._end = 0  # bytes written and flushed so far
+        self._state = "writing"  # then "finished" or "abandoned"
+        self._changed = threading.Condition()
+
+    def write(self, data: bytes) -> int:
+        written = self._f.write(data)
+        self._f.flush()  # readers read through their own descriptor
+        self._moved(self._f.tell())
+        return written
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        end = self._f.truncate(size)
+        self._moved(end)
+        return end
+
+    def finish(self) -> None:
+        """Every byte is written: readers get the end of the file after the last one."""
+        self._f.flush()
+        self._moved(self._f.tell(), "finished")
+
+    def abandon(self) -> None:
+        """No more bytes will come: readers waiting, and later reads, raise DownloadAbandoned."""
+        self._moved(self._end, "abandoned")
+
+    def _moved(self, end: int, state: str | None = None) -> None:
+        with self._changed:
+            self._end = end
+            self._state = state or self._state
+            self._changed.notify_all()
+
+    def reader(self) -> FollowingReader:
+        return FollowingReader(self)
+
+    def _wait_past(self, position: int) -> int:
+        """The bytes readable from `position` (0 at the end), waiting until some are written; the
+        caller holds `_changed`."""
+        while self._end <= position and self._state == "writing":
+            self._changed.wait()
+        if self._state == "abandoned":
+            raise DownloadAbandoned(f"{self._what}: the download did not complete")
+        return max(0, self._end - position)
+
+
+class FollowingReader:
+    """A reader of a GrowingFile from its start, with a descriptor of its own."""
+
+    def __init__(self, growing: GrowingFile) -> None:
+        self._growing = growing
+        self._fd = os.dup(growing._f.fileno())  # pread never moves the writer's offset
+        self._position = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        if not size:
+            return b""
+        with self._growing._changed:  # held across the read, so `close` never pulls the fd from under it
+            available = self._growing._wait_past(self._position)
+            if self._fd < 0:
+                raise DownloadAbandoned(f"{self._growing._what}: the reader was closed")
+            data = os.pread(self._fd, min(size, available), self._position) if available else b""
+        self._position += len(data)
+        return data
+
+    def close(self) -> None:
+        with self._growing._changed:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
