@@ -34,15 +34,18 @@ class BlobLocations:
     def _database(self) -> Iterator[sqlite3.Connection | None]:
         """A connection in a transaction (committed when the block ends), or None when the database
         is unusable; then the block goes without the hint."""
+        connection = None
         try:
             connection = sqlite3.connect(self.path, timeout=30)
+            connection.execute(_SCHEMA)
         except sqlite3.Error as e:
             _warn(self.path, e)
+            if connection is not None:
+                connection.close()
             yield None
             return
         try:
             with connection:
-                connection.execute(_SCHEMA)
                 yield connection
         except sqlite3.Error as e:
             _warn(self.path, e)
