@@ -24,7 +24,7 @@ from storage.reference import registry_ref
 from storage.store import Image, Store
 from tests.conftest import CliRunner, assert_clean_error, cli_command
 from tests.registry.conftest import Registry
-from tests.registry.proxy import CountingProxy
+from tests.registry.proxy import Proxy
 from tests.snapshots import assert_same_tree, snapshot
 
 pytestmark = pytest.mark.privileged  # the extracted layers are overlayfs's (whiteouts are devices)
@@ -64,8 +64,8 @@ def published(registry: Registry, busybox_tar: Path, tmp_path: Path) -> tuple[St
 
 
 @pytest.fixture
-def proxy(registry: Registry) -> Iterator[CountingProxy]:
-    server = CountingProxy(registry.address)
+def proxy(registry: Registry) -> Iterator[Proxy]:
+    server = Proxy(registry.address)
     yield server
     server.stop()
 
@@ -96,10 +96,10 @@ def test_the_pulled_layers_are_the_trees_run_extracts(
 
 
 def test_a_corrupted_blob_names_nothing_and_leaves_no_layer(
-    published: tuple[Store, Image, str], proxy: CountingProxy, lazyctr: CliRunner, root: Path
+    published: tuple[Store, Image, str], proxy: Proxy, lazyctr: CliRunner, root: Path
 ) -> None:
     _, _, ref = published
-    proxy.corrupt = True
+    proxy.corrupt_blobs = True
     failed = lazyctr("pull", "--eager", ref.replace(proxy.upstream, proxy.address), ok=False)
     assert_clean_error(failed, "does not match its digest")
     assert json.loads(lazyctr("images", "--json").out) == []
@@ -110,7 +110,7 @@ def test_a_corrupted_blob_names_nothing_and_leaves_no_layer(
 def test_an_interrupted_pull_leaves_no_partial_layer(
     sig: signal.Signals,
     published: tuple[Store, Image, str],
-    proxy: CountingProxy,
+    proxy: Proxy,
     lazyctr: CliRunner,
     root: Path,
 ) -> None:
@@ -122,7 +122,7 @@ def test_an_interrupted_pull_leaves_no_partial_layer(
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
-    while proxy.blob_bytes_sent < 2 * BIG // 5:  # well into the big layer
+    while proxy.trickled < 2 * BIG // 5:  # well into the big layer
         assert pull.poll() is None and time.monotonic() < deadline, "the pull ended before it was cut"
         time.sleep(0.05)
     pull.send_signal(sig)

@@ -13,45 +13,22 @@ import pytest
 
 from registry.blob_locations import DATABASE, BlobLocations
 from registry.transfer import pull_image, pull_lazy, push_image
-from storage.importer import import_tarball
 from storage.reference import registry_ref
 from storage.store import Image, Store
-from tests.conftest import require_tools
+from tests.registry import test_client, test_foreign_layers
 from tests.registry.conftest import Registry
-from tests.registry.proxy import CountingProxy
-from tests.registry.test_client import DockerRegistry
+from tests.registry.proxy import Proxy
 
-
-@pytest.fixture(params=["lazyctr", "docker-registry"])
-def upstream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The address of a fresh registry: ours, then docker-registry."""
-    if request.param == "lazyctr":
-        server = Registry(tmp_path / "registry")
-        yield server.address
-        server.stop()
-    else:
-        require_tools("docker-registry")
-        docker = DockerRegistry(tmp_path / "docker-registry")
-        yield docker.address
-        docker.stop()
+# The fixtures shared with those modules: a store with busybox, and our server or docker-registry.
+store, busybox, docker_registry = test_client.store, test_client.busybox, test_client.docker_registry
+address = test_foreign_layers.address
 
 
 @pytest.fixture
-def proxy(upstream: str) -> Iterator[CountingProxy]:
-    server = CountingProxy(upstream)
+def proxy(address: str) -> Iterator[Proxy]:
+    server = Proxy(address)
     yield server
     server.stop()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "root")
-
-
-@pytest.fixture
-def busybox(store: Store, busybox_tar: Path) -> Image:
-    with open(busybox_tar, "rb") as f:
-        return import_tarball(store, f, "busybox")
 
 
 def push(store: Store, image: Image, ref: str) -> dict[str, str]:
@@ -69,7 +46,7 @@ def blobs_of(image: Image) -> list[str]:
 
 @pytest.mark.privileged
 def test_a_push_to_a_second_repository_uploads_no_blob_bytes(
-    proxy: CountingProxy, store: Store, busybox: Image, tmp_path: Path
+    proxy: Proxy, store: Store, busybox: Image, tmp_path: Path
 ) -> None:
     layer_size = busybox.manifest.layers[0].size
     assert set(push(store, busybox, f"{proxy.address}/team/app:1").values()) == {"pushed"}
@@ -87,7 +64,7 @@ def test_a_push_to_a_second_repository_uploads_no_blob_bytes(
 
 @pytest.mark.privileged
 def test_a_pulled_image_goes_to_another_repository_by_mounts(
-    proxy: CountingProxy, store: Store, busybox: Image, tmp_path: Path
+    proxy: Proxy, store: Store, busybox: Image, tmp_path: Path
 ) -> None:
     push(store, busybox, f"{proxy.address}/team/app:1")
     for pull in (pull_image, pull_lazy):  # each records where the image's blobs live
