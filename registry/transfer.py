@@ -254,7 +254,7 @@ async def pull_image(
     """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`.
 
     The config comes first; then the layers, a few at a time, each streamed into the store and, as
-    root, into its extracted directory under `layers/` at the same time (see `_fetch_layer`). The
+    root, into its extracted directory under `layers/` at the same time (`_fetch_into_store`). The
     image is named only once every blob has checked out; the record of where its blobs live
     (registry.blob_locations) learns the repository then.
     """

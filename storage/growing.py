@@ -66,15 +66,6 @@ class GrowingFile:
     def reader(self) -> FollowingReader:
         return FollowingReader(self)
 
-    def _wait_past(self, position: int) -> int:
-        """The bytes readable from `position` (0 at the end), waiting until some are written; the
-        caller holds `_changed`."""
-        while self._end <= position and self._state == "writing":
-            self._changed.wait()
-        if self._state == "abandoned":
-            raise DownloadAbandoned(f"{self._what}: the download did not complete")
-        return max(0, self._end - position)
-
 
 class FollowingReader:
     """A reader of a GrowingFile from its start, with a descriptor of its own."""
@@ -85,20 +76,28 @@ class FollowingReader:
         self._position = 0
 
     def read(self, size: int = -1, /) -> bytes:
+        """Up to `size` bytes (all to the end if negative), once the writer has written some or is done."""
         if size < 0:
             return b"".join(iter(lambda: self.read(1 << 20), b""))
         if not size:
             return b""
-        with self._growing._changed:  # held across the read, so `close` never pulls the fd from under it
-            available = self._growing._wait_past(self._position)
+        growing = self._growing
+        with growing._changed:  # held across the read, so `close` never pulls the fd from under it
+            while growing._end <= self._position and growing._state == "writing" and self._fd >= 0:
+                growing._changed.wait()
             if self._fd < 0:
-                raise DownloadAbandoned(f"{self._growing._what}: the reader was closed")
+                raise DownloadAbandoned(f"{growing._what}: the reader was closed")
+            if growing._state == "abandoned":
+                raise DownloadAbandoned(f"{growing._what}: the download did not complete")
+            available = max(0, growing._end - self._position)
             data = os.pread(self._fd, min(size, available), self._position) if available else b""
         self._position += len(data)
         return data
 
     def close(self) -> None:
+        """Let go of the file; a read waiting in another thread, and any later one, raises."""
         with self._growing._changed:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+                self._growing._changed.notify_all()

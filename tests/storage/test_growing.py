@@ -80,3 +80,24 @@ def test_a_closed_reader_reads_no_more(tmp_path: Path) -> None:
         reader.close()
         with pytest.raises(DownloadAbandoned, match="closed"):
             reader.read(1)
+
+
+def test_closing_the_reader_wakes_a_read_waiting_in_another_thread(tmp_path: Path) -> None:
+    with open(tmp_path / "blob", "w+b") as f:
+        growing = GrowingFile(f, "blob")
+        reader = growing.reader()
+        failed: list[Exception] = []
+
+        def read() -> None:
+            try:
+                reader.read(10)
+            except DownloadAbandoned as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        time.sleep(0.1)
+        assert thread.is_alive()  # nothing written: it waits
+        reader.close()
+        thread.join(10)
+    assert not thread.is_alive() and len(failed) == 1
