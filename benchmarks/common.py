@@ -224,6 +224,16 @@ def drop_caches() -> None:
 
 def received(link: Link) -> int:
     """Bytes the client's end of the link has received so far."""
+    return _client_bytes(link, 0)
+
+
+def sent(link: Link) -> int:
+    """Bytes the client's end of the link has sent so far."""
+    return _client_bytes(link, 8)
+
+
+def _client_bytes(link: Link, column: int) -> int:
+    """A byte counter of the client's interface in /proc/net/dev (0: received, 8: sent)."""
     out = subprocess.run(
         ["nsenter", f"--net=/run/netns/{link.client_ns}", "cat", "/proc/net/dev"],
         capture_output=True,
@@ -233,7 +243,7 @@ def received(link: Link) -> int:
     for line in out.splitlines():
         name, _, counters = line.partition(":")
         if name.strip() == IFNAME:
-            return int(counters.split()[0])
+            return int(counters.split()[column])
     return 0
 
 

@@ -265,7 +265,9 @@ def push(
 @command()
 @click.argument("ref")
 @click.option("--insecure", is_flag=True, help="Plain HTTP (always so for localhost and 127.0.0.1).")
-@click.option("--eager", is_flag=True, help="Fetch every layer now, not only the TOCs.")
+@click.option(
+    "--eager", is_flag=True, help="Fetch every layer now (extracted as it arrives), not only the TOCs."
+)
 @_PROGRESS
 @pass_context
 def pull(ctx: Context, ref: str, insecure: bool, eager: bool, progress_mode: str) -> None:

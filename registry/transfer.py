@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from registry.blob_locations import BlobLocations
 from registry.client import NonDistributableLayer, RegistryClient, RegistryClientError, RegistryNotFound
 from registry.policy import enforce, load_policy
 from registry.progress import TransferProgress, human_size
@@ -46,14 +48,19 @@ from registry.signatures import (
 )
 from storage import timeline
 from storage.digest import CANONICAL, Digest, verify
-from storage.errors import InvalidReference, NotFound
-from storage.importer import OciSource, host_architecture, import_oci
+from storage.errors import InvalidReference, NotFound, StorageError
+from storage.extract import Readable
+from storage.files import publish
+from storage.growing import GrowingFile
+from storage.importer import OciSource, host_architecture, import_oci, kept_as_is
+from storage.layers import LayerCache
 from storage.oci import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     PROFILE_TYPE,
     REF_NAME,
     Descriptor,
+    ImageConfig,
     Index,
     Manifest,
 )
@@ -64,6 +71,7 @@ from storage.tocindex import remember
 from storage.zstd_chunked import decompress_toc, position_from_annotations, toc_position
 
 T = TypeVar("T")
+PARALLEL_LAYERS = 4  # layers downloaded (and extracted) at once in an eager pull
 
 
 def local_name(ref: ImageRef) -> str:
@@ -96,56 +104,85 @@ async def push_image(
     report: Callable[[BlobResult], None] = lambda _: None,
     progress: TransferProgress | None = None,
 ) -> Digest:
-    """Push config, layers (in parallel) and manifest of `image` to `ref`; the manifest digest."""
+    """Push config, layers (in parallel) and manifest of `image` to `ref`; the manifest digest.
+
+    Only what the target repository lacks goes up, and of that only what no repository of the
+    same registry can lend (`_send_blob`); the blobs' new home is recorded once the push is done.
+    """
     progress = progress or TransferProgress()
     assert ref.domain is not None
     if ref.digest is not None:
         raise InvalidReference(f"cannot push to a digest: {ref}")
     repo, tag = ref.repository, ref.tag or "latest"
+    locations = BlobLocations(store.root)
+    blobs = [image.manifest.config, *image.manifest.layers]
     with store.ingesting():  # gc must not remove the blobs while they are sent
         manifest_bytes = store.read_blob(image.descriptor.digest)
 
         async def push_one(descriptor: Descriptor) -> None:
-            path = store.blob_path(descriptor.digest)
             progress.start(descriptor.digest, descriptor.size)
             if not descriptor.distributable:  # its blob lives at its `urls`, never in a registry
                 outcome = "skipped"
-            elif not path.exists():  # a lazily pulled layer: fine where the registry has it already
-                outcome = await _push_absent_blob(client, repo, descriptor, image)
             else:
-                outcome = await client.push_blob(
-                    repo, descriptor.digest, path, progress=lambda n: progress.advance(descriptor.digest, n)
-                )
+                outcome = await _send_blob(client, repo, descriptor, store, image, locations, progress)
             progress.done(descriptor.digest, outcome)
             report(BlobResult(descriptor.digest, descriptor.size, outcome))
 
         async with RegistryClient(ref.domain, insecure) as client:
             await client.ping()
-            await asyncio.gather(*(push_one(d) for d in [image.manifest.config, *image.manifest.layers]))
+            await asyncio.gather(*(push_one(d) for d in blobs))
             manifest = image.descriptor
             if manifest.digest.algorithm == CANONICAL:
-                return await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
-            # By tag, a registry names a manifest by its sha256; by digest, it keeps the one it has.
-            return await client.put_manifest(repo, manifest.digest, manifest_bytes, manifest.media_type, tag)
+                pushed = await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
+            else:  # by tag, a registry names a manifest by its sha256; by digest, it keeps the one it has
+                pushed = await client.put_manifest(
+                    repo, manifest.digest, manifest_bytes, manifest.media_type, tag
+                )
+    locations.record(ref.domain, repo, (d.digest for d in blobs if d.distributable))
+    return pushed
 
 
-async def _push_absent_blob(client: RegistryClient, repo: str, blob: Descriptor, image: Image) -> str:
-    """A blob of `image` that is not in the store (lazily pulled): "exists" if the target has it,
-    "mounted" if it comes from another repository of the same registry, else an error."""
+async def _send_blob(
+    client: RegistryClient,
+    repo: str,
+    blob: Descriptor,
+    store: Store,
+    image: Image,
+    locations: BlobLocations,
+    progress: TransferProgress,
+) -> str:
+    """Blob `blob` of `image` into `repo`: "exists" when it is there, "mounted" when a repository of
+    the registry lends it, else "pushed" (uploaded in the session the last refused mount started).
+
+    The mounts tried: from each repository the record names (then from the lazily pulled image's
+    origin), and then OCI 1.1's mount without `from`, from anywhere the pusher may read. A layer of
+    a lazily pulled image is not in the store: it cannot go up where none of these lend it.
+    """
     if await client.head_blob(repo, blob.digest) is not None:
         return "exists"
+    sources = locations.repositories(client.registry, blob.digest)
     origin = Origin.parse(image.source) if image.source else None
-    source_repo = origin.repository if origin is not None and origin.registry == client.registry else None
-    if (
-        source_repo is not None
-        and source_repo != repo
-        and await client.mount_blob(repo, blob.digest, source_repo)
-    ):
-        return "mounted"
-    raise NotFound(
-        f"blob {blob.digest} of {image.name} is not in the store (the image was pulled lazily): "
-        "pull it with --eager to push it to another registry"
-    )
+    if origin is not None and origin.registry == client.registry and origin.repository not in sources:
+        sources.append(origin.repository)
+    session = None
+    for source in [*(s for s in sources if s != repo), None]:
+        if session is not None:
+            await client.cancel_upload(session)
+        session = await client.start_upload(repo, blob.digest, source)
+        if session is None:
+            return "mounted"
+        if source is not None:  # a stale record: the blob has gone from there
+            locations.forget(client.registry, source, blob.digest)
+    assert session is not None
+    path = store.blob_path(blob.digest)
+    if not path.exists():
+        await client.cancel_upload(session)
+        raise NotFound(
+            f"blob {blob.digest} of {image.name} is not in the store (the image was pulled lazily): "
+            "pull it with --eager to push it to another registry"
+        )
+    await client.upload(repo, session, blob.digest, path, progress=lambda n: progress.advance(blob.digest, n))
+    return "pushed"
 
 
 async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bool = False) -> int:
@@ -214,7 +251,13 @@ async def fetch_manifest(client: RegistryClient, ref: ImageRef) -> tuple[bytes, 
 async def pull_image(
     store: Store, text: str, insecure: bool = False, progress: TransferProgress | None = None
 ) -> Image:
-    """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`."""
+    """Fetch the image `text` names (eagerly: every layer) and store it under `repo:tag`.
+
+    The config comes first; then the layers, a few at a time, each streamed into the store and, as
+    root, into its extracted directory under `layers/` at the same time (`_fetch_into_store`). The
+    image is named only once every blob has checked out; the record of where its blobs live
+    (registry.blob_locations) learns the repository then.
+    """
     ref = registry_ref(text)
     assert ref.domain is not None
     shown = progress or TransferProgress()
@@ -227,36 +270,100 @@ async def pull_image(
             data, media_type, digest = await fetch_manifest(client, pinned)
             manifest = Manifest.parse(data)
             check_distributable(manifest.layers)
-            layout_blob(layout, digest).write_bytes(data)
+            await _fetch_into_store(store, client, repo, manifest.config, shown)
+            diff_ids = _diff_ids(store, manifest)
+            # The overlay driver's layers need root (whiteouts are devices); a user's pull downloads only.
+            cache = LayerCache(store) if os.geteuid() == 0 and diff_ids is not None else None
+            in_flight = asyncio.Semaphore(PARALLEL_LAYERS)
 
-            async def fetch(descriptor: Descriptor) -> None:
-                target = layout_blob(layout, descriptor.digest)
-                if target.exists():
-                    return
-                if store.has_blob(descriptor.digest):  # already here: no need to fetch it again
-                    with contextlib.suppress(OSError):
-                        os.link(store.blob_path(descriptor.digest), target)
-                        shown.done(descriptor.digest, "exists")
-                        return
-                shown.start(descriptor.digest, descriptor.size)
-                with open(target, "w+b") as f:
-                    await client.get_blob(
-                        repo,
-                        descriptor.digest,
-                        f,
-                        descriptor.size,
-                        progress=lambda n: shown.advance(descriptor.digest, n),
-                    )
-                shown.done(descriptor.digest, "pulled")
+            async def fetch(index: int, layer: Descriptor) -> None:
+                extract = None
+                if cache is not None and diff_ids is not None:
+                    extract = functools.partial(cache.get, layer, diff_ids[index])
+                # A layer the import converts is not kept: it waits in the temporary layout.
+                dest = None if kept_as_is(layer) else layout_blob(layout, layer.digest)
+                async with in_flight:
+                    await _fetch_into_store(store, client, repo, layer, shown, extract, dest)
 
-            await asyncio.gather(*(fetch(d) for d in [manifest.config, *manifest.layers]))
+            try:
+                async with asyncio.TaskGroup() as group:  # the first failure cancels the others
+                    for index, layer in enumerate(manifest.layers):
+                        group.create_task(fetch(index, layer))
+            except BaseExceptionGroup as failed:
+                raise failed.exceptions[0] from None
+        layout_blob(layout, digest).write_bytes(data)
+        for blob in [manifest.config, *manifest.layers]:
+            if not layout_blob(layout, blob.digest).exists():
+                os.link(store.blob_path(blob.digest), layout_blob(layout, blob.digest))
         (layout / "oci-layout").write_bytes(OCI_LAYOUT)
         entry = Descriptor(media_type, digest, len(data), {REF_NAME: name})
         (layout / "index.json").write_bytes(Index([entry]).to_bytes())
         image = await asyncio.to_thread(import_oci, store, OciSource(layout, None), name)
         if image.descriptor.digest == digest:  # not converted: the signatures still name it
             keep_signatures(store, image, signatures)
-        return image
+    BlobLocations(store.root).record(
+        ref.domain, repo, (b.digest for b in [manifest.config, *manifest.layers])
+    )
+    return image
+
+
+def _diff_ids(store: Store, manifest: Manifest) -> list[Digest] | None:
+    """The config's diff_ids, which name the extracted layers; None when they cannot (the import
+    refuses such an image after the download)."""
+    with contextlib.suppress(StorageError):
+        diff_ids = ImageConfig.parse(store.read_blob(manifest.config.digest)).diff_ids
+        if len(diff_ids) == len(manifest.layers):
+            return diff_ids
+    return None
+
+
+async def _fetch_into_store(
+    store: Store,
+    client: RegistryClient,
+    repo: str,
+    blob: Descriptor,
+    shown: TransferProgress,
+    extract: Callable[[Readable], object] | None = None,
+    dest: Path | None = None,
+) -> None:
+    """Blob `blob` of `repo` into the store (or at `dest`), verified, unless the store has it; with
+    `extract`, that reads the blob in a thread while it downloads (extracting it: see
+    storage.layers), and the blob counts as fetched only once both are done.
+
+    The extraction checks what it read against the digest itself and is put in place only then;
+    a download that fails or is cancelled makes it fail too, so no half of a layer is ever seen.
+    """
+    if store.has_blob(blob.digest):
+        shown.done(blob.digest, "exists")
+        if extract is not None:
+            with open(store.blob_path(blob.digest), "rb") as f:
+                await asyncio.to_thread(extract, f)
+        return
+    shown.start(blob.digest, blob.size)
+    with store.temp_file() as (tmp, f):
+        growing = GrowingFile(f, f"blob {blob.digest}")
+        with contextlib.closing(growing.reader()) as reader:
+            extraction = asyncio.ensure_future(asyncio.to_thread(extract, reader)) if extract else None
+            try:
+                await client.get_blob(
+                    repo, blob.digest, growing, blob.size, progress=lambda n: shown.advance(blob.digest, n)
+                )
+                growing.finish()
+            except BaseException:
+                growing.abandon()  # the extraction's next read raises: its thread ends
+                raise
+            finally:
+                if extraction is not None:
+                    await asyncio.wait([extraction])
+                    if not extraction.cancelled():  # seen: the download's error, if any, is the one to tell
+                        extraction.exception()
+            if extraction is not None:
+                extraction.result()  # the extraction's own error, when the download went well
+        if dest is None:
+            store.adopt(tmp, f, blob.digest)
+        else:
+            publish(tmp, dest)
+    shown.done(blob.digest, "pulled")
 
 
 async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bool = False) -> Image:
@@ -295,6 +402,8 @@ async def pull_lazy(store: Store, text: str, insecure: bool = False, partial: bo
                 store.add_referrer(profile)
             image = store.image(name)
             keep_signatures(store, image, signatures)
+    held = [manifest.config, *(layer for layer in manifest.layers if layer.distributable)]
+    BlobLocations(store.root).record(ref.domain, repo, (blob.digest for blob in held))
     return image
 
 
@@ -316,11 +425,7 @@ async def _fetch_profiles(client: RegistryClient, store: Store, repo: str, subje
 
 async def _fetch_blob(store: Store, client: RegistryClient, repo: str, blob: Descriptor) -> None:
     """Blob `blob` of `repo` into the store (verified), unless it is there already."""
-    if store.has_blob(blob.digest):
-        return
-    with store.temp_file() as (tmp, f):
-        await client.get_blob(repo, blob.digest, f, blob.size)
-        store.adopt(tmp, f, blob.digest)
+    await _fetch_into_store(store, client, repo, blob, TransferProgress())
 
 
 async def fetch_toc(store: Store, client: RegistryClient, repo: str, layer: Descriptor) -> None:

@@ -213,15 +213,26 @@ def import_oci(store: Store, source: OciSource, name: str | None) -> Image:
     return store.image(name)
 
 
+def kept_as_is(layer: Descriptor) -> bool:
+    """Whether an imported layer is stored as it is (zstd:chunked already), not converted."""
+    return (
+        layer.media_type == MEDIA_LAYER_ZSTD
+        and position_from_annotations(layer.annotations, layer.size) is not None
+    )
+
+
 def _import_layer(store: Store, layout: OciLayout, layer: Descriptor, diff_id: Digest) -> Descriptor:
     if layer.media_type not in LAYER_TYPES:
         raise BadArchive(f"unsupported layer media type {layer.media_type}")
     blob_path = layout.blob_path(layer.digest)
     if not blob_path.is_file():
         raise NotFound(f"{layout.path}: layer blob {layer.digest} is missing")
+    if kept_as_is(layer) and store.has_blob(layer.digest):  # verified when it was stored (a pull's)
+        with store.open_layer(layer):  # the TOC must check out all the same
+            return Descriptor(MEDIA_LAYER_ZSTD, layer.digest, layer.size, dict(layer.annotations))
     with open(blob_path, "rb") as src:
         blob = HashingReader(src, layer.digest.algorithm)
-        if layer.media_type == MEDIA_LAYER_ZSTD and position_from_annotations(layer.annotations, layer.size):
+        if kept_as_is(layer):
             # Already zstd:chunked: kept as it is once its digest and TOC check out. Its diff_id is
             # not checked: podman 4 records the diff_id of the padded input tar but drops the padding.
             with store.temp_file() as (tmp, f):

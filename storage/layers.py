@@ -35,7 +35,7 @@ from storage.store import Image, Store
 from storage.zstd_chunked import position_from_annotations
 
 if TYPE_CHECKING:
-    from storage.extract import Whiteouts
+    from storage.extract import Readable, Whiteouts
 
 LAYERS_DIR = "layers"
 ROOT_PREFIX = "root-"
@@ -50,11 +50,15 @@ class LayerCache:
     def path(self, diff_id: Digest) -> Path:
         return self.dir / diff_id.hex
 
-    def get(self, layer: Descriptor, diff_id: Digest) -> Path:
-        """The directory holding `layer` extracted for overlayfs, extracting it if needed."""
+    def get(self, layer: Descriptor, diff_id: Digest, blob: Readable | None = None) -> Path:
+        """The directory holding `layer` extracted for overlayfs, extracting it if needed: from the
+        store's blob, or from `blob` (a download in progress; not read at all if the layer is here)."""
 
         def extract(staging: Path) -> None:
-            extract_verified(self.store, layer, staging, "overlay")
+            if blob is None:
+                extract_verified(self.store, layer, staging, "overlay")
+            else:
+                extract_checked(blob, layer, staging, "overlay")
             os.chmod(staging, 0o755)
 
         return self.place(diff_id.hex, extract)
@@ -137,12 +141,18 @@ def extract_verified(store: Store, layer: Descriptor, dest: Path, whiteouts: Whi
     The blob digest, not the diff_id, is the check: podman 4 records diff_ids its own zstd:chunked
     layers do not match.
     """
+    with open(store.blob_path(layer.digest), "rb") as f:
+        extract_checked(f, layer, dest, whiteouts)
+
+
+def extract_checked(source: Readable, layer: Descriptor, dest: Path, whiteouts: Whiteouts) -> None:
+    """Extract the blob of `layer` that `source` streams onto `dest`, checking it against its digest
+    (see `extract_verified`): DigestMismatch after the last byte if it does not match."""
     # Here, not at import: a container of layers already extracted should not load the tar codec.
     from storage.extract import HashingReader, extract_layer
 
-    with open(store.blob_path(layer.digest), "rb") as f:
-        blob = HashingReader(f, layer.digest.algorithm)
-        extract_layer(blob, layer.media_type, dest, whiteouts=whiteouts)
-        blob.read()  # the digest covers the whole blob, TOC and footer included
+    blob = HashingReader(source, layer.digest.algorithm)
+    extract_layer(blob, layer.media_type, dest, whiteouts=whiteouts)
+    blob.read()  # the digest covers the whole blob, TOC and footer included
     if blob.digest != layer.digest:
         raise DigestMismatch(f"layer {layer.digest} is corrupted: its content hashes to {blob.digest}")

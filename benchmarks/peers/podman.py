@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,10 @@ class Podman:
             raise BenchError("runc is not installed")
         self.work = work
 
-    def deploy(self, link: Link, address: str, name: str) -> dict[str, Any]:
-        ref = f"{address}/bench/{name}-np:1"
-        sample: dict[str, Any] = {"image": name, "driver": "podman"}
+    @contextlib.contextmanager
+    def session(self, link: Link) -> Iterator[tuple[Callable[..., None], Path]]:
+        """`podman(*args)` in the client's namespace with storage of its own, and that storage's base
+        directory; everything is removed when the block ends."""
         base = Path(tempfile.mkdtemp(prefix="podman-", dir=self.work))
         runroot = Path(tempfile.mkdtemp(prefix="lazyctr-podman-", dir=RUNROOT_PARENT))
         try:
@@ -80,6 +82,20 @@ class Podman:
                 if proc.returncode != 0:
                     raise RuntimeError(f"podman {args[0]} failed ({proc.returncode}): {proc.stderr.strip()}")
 
+            try:
+                yield podman, base
+            finally:
+                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                    podman("rmi", "--all", "--force")
+        finally:
+            for directory in (base, runroot):
+                unmount_under(directory)
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def deploy(self, link: Link, address: str, name: str) -> dict[str, Any]:
+        ref = f"{address}/bench/{name}-np:1"
+        sample: dict[str, Any] = {"image": name, "driver": "podman"}
+        with self.session(link) as (podman, base):
             drop_caches()
             before = received(link)
             started = time.monotonic()
@@ -99,12 +115,6 @@ class Podman:
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 sample.update(ok=False, error=str(e).strip().splitlines()[-1][:300])
             sample["bytes"] = received(link) - before
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                podman("rmi", "--all", "--force")
-        finally:
-            for directory in (base, runroot):
-                unmount_under(directory)
-                shutil.rmtree(directory, ignore_errors=True)
         return sample
 
 

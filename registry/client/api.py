@@ -17,7 +17,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from yarl import URL
 
@@ -63,6 +63,18 @@ SINGLE_RANGES_PER_CALL = 8  # ... and per read_ranges call, so one large call ca
 OCTET_STREAM = {"Content-Type": "application/octet-stream"}
 
 Progress = Callable[[int], None]  # told the bytes moved so far, as they go
+
+
+class BlobSink(Protocol):
+    """Where `get_blob` writes: a binary file, or one that readers follow (storage.growing)."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+    def truncate(self, size: int | None = None, /) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class RegistryClient:
@@ -188,7 +200,7 @@ class RegistryClient:
         self,
         repo: str,
         digest: str,
-        dest: BinaryIO,
+        dest: BlobSink,
         size: int | None = None,
         *,
         progress: Progress | None = None,
@@ -349,41 +361,34 @@ class RegistryClient:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _uploads(self, repo: str, digest: Digest, mount_from: str | None) -> URL:
-        """Where an upload starts; with `mount_from`, it asks to link the blob from that repository."""
-        uploads = self.transport.url(repo, "blobs/uploads/")
-        if mount_from is None:
-            return uploads
-        validate_repository(mount_from)
-        return uploads.with_query({"mount": digest, "from": mount_from})
-
-    async def mount_blob(self, repo: str, digest: str, mount_from: str) -> bool:
-        """Link blob `digest` of `mount_from` into `repo` (same registry); True when the registry did."""
-        url = self._uploads(repo, Digest(digest), mount_from)
-        async with self.transport.send("POST", url, {"Content-Length": "0"}) as response:
-            return response.status == 201
-
-    async def push_blob(
-        self,
-        repo: str,
-        digest: str,
-        path: Path,
-        *,
-        mount_from: str | None = None,
-        progress: Progress | None = None,
-    ) -> str:
-        """Upload the blob at `path`; returns "exists", "mounted" or "pushed"."""
-        digest = Digest(digest)
-        if await self.head_blob(repo, digest) is not None:
-            return "exists"
-        what = f"upload of {repo}@{digest}"
-        uploads = self._uploads(repo, digest, mount_from)
+    async def start_upload(self, repo: str, digest: str, mount_from: str | None = None) -> URL | None:
+        """Ask to mount blob `digest` into `repo`: from `mount_from` (same registry), else, as OCI 1.1
+        has it, from any repository of the registry we may read. None when the registry did (201);
+        otherwise the location of the upload session it started instead (202)."""
+        query = {"mount": str(Digest(digest))}
+        if mount_from is not None:
+            validate_repository(mount_from)
+            query["from"] = mount_from
+        uploads = self.transport.url(repo, "blobs/uploads/").with_query(query)
         async with self.transport.send("POST", uploads, {"Content-Length": "0"}) as response:
             if response.status == 201:
-                return "mounted"
+                return None
             if response.status != 202:
-                raise await self.transport.error(response, what)
-            location = self.transport.resolve(response.headers.get("Location"))
+                raise await self.transport.error(response, f"upload of {repo}@{digest}")
+            return self.transport.resolve(response.headers.get("Location"))
+
+    async def cancel_upload(self, location: URL) -> None:
+        """Drop an upload session; one the registry does not drop expires there by itself."""
+        with contextlib.suppress(RegistryClientError):
+            async with self.transport.send("DELETE", location):
+                pass
+
+    async def upload(
+        self, repo: str, location: URL, digest: str, path: Path, *, progress: Progress | None = None
+    ) -> None:
+        """Send the blob at `path` into `repo`'s upload session at `location` (PATCH chunks, then PUT)."""
+        digest = Digest(digest)
+        what = f"upload of {repo}@{digest}"
         size = path.stat().st_size
 
         def counted(piece: bytes, offset: int) -> Body:
@@ -411,6 +416,24 @@ class RegistryClient:
         ) as response:
             if response.status != 201:
                 raise await self.transport.error(response, what)
+
+    async def push_blob(
+        self,
+        repo: str,
+        digest: str,
+        path: Path,
+        *,
+        mount_from: str | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Upload the blob at `path` unless `repo` has it or the registry mounts it (see
+        `start_upload`); returns "exists", "mounted" or "pushed"."""
+        if await self.head_blob(repo, digest) is not None:
+            return "exists"
+        location = await self.start_upload(repo, digest, mount_from)
+        if location is None:
+            return "mounted"
+        await self.upload(repo, location, digest, path, progress=progress)
         return "pushed"
 
     async def put_manifest(

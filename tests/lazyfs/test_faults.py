@@ -3,19 +3,15 @@ time, never with wrong bytes; cached data keeps being served; unmount always wor
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 import zstandard
-from aiohttp import web
 
 from lazyfs.host import is_mounted
 from storage.digest import Digest
@@ -30,71 +26,10 @@ from storage.zstd_chunked import (
     skippable_frame,
 )
 from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
-from tests.registry.conftest import Registry, free_port
+from tests.registry.conftest import Registry
+from tests.registry.proxy import Proxy
 
 pytestmark = pytest.mark.privileged
-
-
-class Proxy:
-    """An HTTP proxy in front of a registry that the test can slow down, hold or make corrupt blob ranges."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.delay = 0.0
-        self.answering = threading.Event()  # cleared: requests wait, unanswered, until it is set again
-        self.answering.set()
-        self.corrupt = False
-        self.trickle = 0  # >0: answers go out in pieces of this many bytes, as a slow network has them
-        self.pause = 0.0  # and this long between the pieces
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._started.wait(10), "the proxy did not start"
-
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
-        while not self.answering.is_set():
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(self.delay)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        url = f"http://{self.upstream}{request.path_qs}"
-        data = await request.read()
-        async with (
-            aiohttp.ClientSession(auto_decompress=False) as session,
-            session.request(request.method, url, headers=headers, data=data, allow_redirects=False) as up,
-        ):
-            body = bytearray(await up.read())
-            if self.corrupt and up.status == 206 and body:
-                body[len(body) // 2] ^= 0xFF
-            drop = ("content-length", "transfer-encoding", "content-encoding")
-            kept = {k: v for k, v in up.headers.items() if k.lower() not in drop}
-            if not self.trickle:
-                return web.Response(status=up.status, headers=kept, body=bytes(body))
-            response = web.StreamResponse(status=up.status, headers=kept)
-            response.content_length = len(body)
-            await response.prepare(request)
-            for start in range(0, len(body), self.trickle):
-                await response.write(bytes(body[start : start + self.trickle]))
-                await asyncio.sleep(self.pause)
-            await response.write_eof()
-            return response
-
-    def _run(self) -> None:
-        app = web.Application(client_max_size=1 << 30)
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        runner = self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._started.set()
-        self._loop.run_forever()
-
-    def stop(self) -> None:
-        self.answering.set()
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
 
 @pytest.fixture
