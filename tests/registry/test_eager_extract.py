@@ -120,6 +120,8 @@ def test_an_interrupted_pull_leaves_no_partial_layer(
         cli_command(root, "pull", "--eager", ref.replace(proxy.upstream, proxy.address)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        # As from a terminal, even where pytest runs as a background job (SIGINT ignored, inherited).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 30
     while proxy.trickled < 2 * BIG // 5:  # well into the big layer
