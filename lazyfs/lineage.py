@@ -16,9 +16,10 @@ The ancestor is, among the images that have a profile and were not created after
   layers with it (ties go to the same repository, then to the same name); an image sharing nothing
   and of another repository is no ancestor. `pull` and a lazy mount look only here (no round trip
   is added to a start);
-- at `push`, when the store has none: the target repository's other tags in the registry, the one
-  sharing the most layers that has a profile there (referrers API); the TOCs of its layers the new
-  image lacks come from the store, or by range from the registry.
+- at `push`, when the store has none of the same repository: the target repository's other tags in
+  the registry (before a store image of another repository), the one sharing the most layers that
+  has a profile there (referrers API); the TOCs of its layers the new image lacks come from the
+  store, or by range from the registry.
 """
 
 from __future__ import annotations
@@ -274,11 +275,13 @@ def profile_for_mount(store: Store, image: Image) -> list[dict[str, Any]]:
 
 
 async def inherit_at_push(store: Store, image: Image, ref: ImageRef, insecure: bool) -> Inherited | None:
-    """`inherit_profile`, then, if the store knows no ancestor, the target repository's tags."""
+    """The store's ancestor if it is of the image's own repository; else the target repository's
+    tags in the registry; else the store's relative (another repository sharing layers). A version's
+    own history beats a relative's: gcc:2 inherits from gcc:1 in the registry, not from a flask image
+    of the store that shares only the base layers."""
     if load_profile(store, image):
         return None
-    found = inherit_profile(store, image)
-    if found is not None:
-        return found
-    ancestor = await registry_ancestor(store, image, ref, insecure)
+    ancestor = store_ancestor(store, image.name, image)
+    if ancestor is None or repository_of(ancestor.name) != repository_of(image.name):
+        ancestor = await registry_ancestor(store, image, ref, insecure) or ancestor
     return record_inherited(store, image, ancestor) if ancestor is not None else None

@@ -175,7 +175,11 @@ def test_pull_and_push_derive_and_a_mount_prefetches_it(
     assert stats(mounter, at_mount)["prefetched"] == 5
     assert load_profile(Store(mounter), Store(mounter).image(ref2)) == load_profile(Store(recorder), v2)
 
-    # Push time: the publisher's store has no profile, the target repository's rich:1 has one.
+    # Push time: the publisher's store has no profile of the repository, the target repository's
+    # rich:1 has one; a relative in the store (another repository sharing the base layer, with a
+    # profile) does not beat the version's own history.
+    relative = publisher.image("rich-base:1")
+    save_profile(publisher, relative, pieces_of(publisher, relative, "bin/tool"))
     v3 = next_version(publisher, tmp_path, "rich:3", b"fourth version\n")
     pushed = run_cli(published.publisher_root, "push", "rich:3", ref3).stdout
     assert f"access profile inherited from {published.ref}: 5 pieces (1 kept, 4 mapped by path)" in pushed
