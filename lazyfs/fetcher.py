@@ -53,6 +53,9 @@ log.addHandler(logging.NullHandler())  # the mount daemon logs to its log file; 
 COALESCE_GAP = 64 << 10  # fetch a gap this small rather than pay a second range
 MAX_RANGE = 2 << 20  # one range no longer than this: a reader waits for the whole range it needs
 RANGES_PER_REQUEST = 32
+# A stream lets bytes it does not want pass by rather than start a second GET: up to about one
+# round trip's worth (100 Mbit/s, 20 ms).
+STREAM_PASS = 256 << 10
 WORKERS = 4  # requests in flight, but a reader's: enough to fill a long fat link, few enough to be quick
 DEMAND, AHEAD, FILL = 0, 1, 2  # priorities: what a reader waits for, read-ahead and profiles, fill
 FILL_BATCH = 4 << 20  # background fill: one batch of this many compressed bytes in flight at a time
@@ -209,12 +212,6 @@ class Fetcher:
             self.stats.cache_misses += len(missing)
         along = self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1])
         first_read = self.first_read
-        log.warning(
-            missing[0].name,
-            missing[0].file_offset,
-            first_read is not None,
-            time.monotonic(),
-        )
         tiers = first_read.on_miss(missing[0]) if first_read is not None and not along else []
         ahead = [p for p in [*ahead, *along] if not self.cache.contains(p.digest)]
         guesses = [[p for p in tier if not self.cache.contains(p.digest)] for tier in tiers]
@@ -388,16 +385,35 @@ class Fetcher:
         self._dispatch()
 
     async def _stream(self, layer: int, pieces: list[Piece]) -> None:
-        """Fetch a run of pieces with one streaming GET, handing each over as soon as its bytes
+        """Fetch pieces (in blob order) with streaming GETs, handing each over as soon as its bytes
         are in: what a reader going through a whole layer (or a big file) needs, at the link's
-        full rate, without a request per window."""
-        own: list[Piece] = []
-        for piece in pieces:  # pieces cached or asked for elsewhere are skipped (their bytes pass by)
-            if piece.digest not in self._inflight and not self.cache.contains(piece.digest):
-                self._inflight[piece.digest] = self._loop.create_future()
-                own.append(piece)
-        if not own:
-            return
+        full rate, without a request per window.
+
+        Pieces cached or asked for elsewhere are skipped: their bytes pass by a GET if there are
+        at most STREAM_PASS of them in a row, else the next run of pieces gets its own GET. (One GET
+        through them all fetched the megabytes random reads had cached again: a fifth more bytes
+        than the layers hold.)"""
+        runs: list[list[Piece]] = []
+        for piece in pieces:
+            if piece.digest in self._inflight or self.cache.contains(piece.digest):
+                continue
+            self._inflight[piece.digest] = self._loop.create_future()
+            if not runs or piece.start - runs[-1][-1].end > STREAM_PASS:
+                runs.append([])
+            runs[-1].append(piece)
+        started = 0
+        try:
+            for run in runs:
+                started += 1
+                await self._stream_run(layer, run)
+        finally:  # cancelled (the mount is going away): nobody waits forever for a later run
+            for run in runs[started:]:
+                for piece in run:
+                    self._settle(piece, error=FetchError(5, "the fetch was cancelled"))
+
+    async def _stream_run(self, layer: int, own: list[Piece]) -> None:
+        """One streaming GET from the first of `own` to the end of the last; bytes between them
+        that no piece of `own` holds (tar headers) pass by."""
         base, end = own[0].start, max(p.end for p in own)
         buffer = bytearray()  # the stream's bytes from `base` on
         skip = 0  # bytes still to come that lie before `base` (between pieces no one waits for)

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.privileged
 FILES = {f"data/{n:03d}.bin": os.urandom(200_000 + n) for n in range(160)}  # ~32 MB, odd sizes
 
 
-def test_reading_every_file_in_order_streams_the_layer(tmp_path: Path, mount: Mounter) -> None:
+def read_in_order_after(tmp_path: Path, mount: Mounter, first: list[str]) -> tuple[dict[str, int], int]:
+    """Push FILES as one layer, mount it lazily through a trickling proxy, read the files `first`
+    (in that order), then every file in blob order; the mount's statistics and the layer's size."""
     tar = make_tar(
         tmp_path / "many.tar",
         [(info("data", tarfile.DIRTYPE), None), *((info(k), v) for k, v in FILES.items())],
@@ -37,8 +39,7 @@ def test_reading_every_file_in_order_streams_the_layer(tmp_path: Path, mount: Mo
         root = tmp_path / "client"
         pull_lazily(root, ref)
         point = mount(root, ref)
-        cached = sorted(FILES)[1::3]
-        for name in reversed(cached):  # backwards: no stream, and then gaps in the stream below
+        for name in first:
             assert (point / name).read_bytes() == FILES[name], name
         for name in sorted(FILES):  # blob order: the files were written sorted
             assert (point / name).read_bytes() == FILES[name], name
@@ -48,5 +49,20 @@ def test_reading_every_file_in_order_streams_the_layer(tmp_path: Path, mount: Mo
         registry.stop()
     assert stats["verification_failures"] == 0 and stats["fetch_errors"] == 0
     assert stats["pieces_fetched"] == len(FILES)  # each file one piece, each fetched once
-    assert stats["requests"] < len(cached) + (len(FILES) - len(cached)) // 4  # streamed, not file by file
     assert Store(root).is_complete(Store(root).image(ref)) is False
+    (layer,) = Store(root).image(ref).manifest.layers
+    return stats, layer.size
+
+
+def test_reading_every_file_in_order_streams_the_layer(tmp_path: Path, mount: Mounter) -> None:
+    cached = sorted(FILES)[1::3]
+    # Backwards: no stream, and then gaps in the stream that the stream lets pass by.
+    stats, _ = read_in_order_after(tmp_path, mount, list(reversed(cached)))
+    assert stats["requests"] < len(cached) + (len(FILES) - len(cached)) // 4  # streamed, not file by file
+
+
+def test_a_stream_does_not_fetch_again_what_is_cached(tmp_path: Path, mount: Mounter) -> None:
+    cached = sorted(FILES)[60:100]  # 8 MB in the middle of the layer, read first
+    stats, layer_size = read_in_order_after(tmp_path, mount, cached)
+    assert stats["bytes_fetched"] <= layer_size  # the stream skipped the cached megabytes
+    assert stats["requests"] < len(cached) + 10  # and streamed the rest, before and after them
