@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import json
 import os
 import re
@@ -24,6 +23,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
 
 from storage.errors import StorageError
 
@@ -82,17 +83,10 @@ def _decrypt_sigstore(body: bytes, passphrase: bytes, path: Path) -> bytes:
         n, r, p = int(params["N"]), int(params["r"]), int(params["p"])
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise SigningKeyError(f"{path}: a malformed sigstore encrypted private key") from None
-    try:
-        secret = importlib.import_module("nacl.secret")
-        nacl_exceptions = importlib.import_module("nacl.exceptions")
-    except ImportError:
-        raise SigningKeyError(
-            f"{path}: a sigstore-encrypted key (nacl/secretbox) needs PyNaCl: pip install pynacl"
-        ) from None
     key = Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase)
     try:
-        return bytes(secret.SecretBox(key).decrypt(ciphertext, nonce))
-    except nacl_exceptions.CryptoError:
+        return bytes(SecretBox(key).decrypt(ciphertext, nonce))
+    except CryptoError:
         raise SigningKeyError(f"{path}: wrong passphrase for the sigstore private key") from None
 
 
