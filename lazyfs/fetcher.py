@@ -111,6 +111,7 @@ class Stats:
     prefetch_hits: int = 0
     prefetched: int = 0
     filled: int = 0
+    passed_through: int = 0  # opens the kernel serves from a local file (lazyfs.kernel)
     verification_failures: int = 0
     fetch_errors: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10000))
@@ -288,6 +289,16 @@ class Fetcher:
                 with self._lock:
                     self.stats.filled += len(batch)
                 batch, size = [], 0
+
+    def served_locally(self, pieces: Sequence[Piece]) -> None:
+        """A file the kernel reads from local disk by itself was opened: its pieces count as read
+        from the cache (and as accessed, for the access profile)."""
+        with self._lock:
+            self.stats.passed_through += 1
+        for piece in pieces:
+            if self._on_access is not None:
+                self._on_access(piece)
+            self._count_hit(piece)
 
     def _count_hit(self, piece: Piece) -> None:
         with self._lock:

@@ -21,12 +21,12 @@ ends when its last user lets go.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -41,6 +41,7 @@ from lazyfs.image import MountableImage
 from storage import timeline
 from storage.errors import StorageError
 from storage.files import atomic_write
+from storage.layers import LayerCache
 from storage.materialise import materialise_root
 from storage.pieces import Piece
 from storage.store import Image, Store
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
     from lazyfs.source import ImageSource
 
 STATS_INTERVAL = 0.5
-LIBFUSE = "libfuse3.so.3"
 READ_AHEAD_KB = 4096  # the kernel's read-ahead in a mounted file: a few of lazyfs's 1 MiB reads in flight
 READY_TIMEOUT = 30.0
 
@@ -266,11 +266,6 @@ def _daemon(
     os.write(ready_fd, f"{os.getpid()} ".encode())
     # The serving side is imported here, in the daemon: the caller (a container's supervisor, which
     # forks the container's init) need not carry FUSE, the fetch engine and the registry client.
-    # mfusepy finds libfuse with ctypes.util.find_library (ldconfig and gcc in subprocesses, tens of
-    # ms): named by its soname, it is loaded at once; where it is not there, mfusepy searches.
-    with contextlib.suppress(OSError):
-        ctypes.CDLL(LIBFUSE)
-        os.environ.setdefault("FUSE_LIBRARY_PATH", LIBFUSE)
     from lazyfs.source import ImageSource
 
     log_fd = os.open(state.directory / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -319,11 +314,12 @@ def _serve(
     ready_fd: int,
     reads: Reads,
 ) -> int:
-    from lazyfs.fs import LazyFS, LazyFUSE
+    from lazyfs.kernel import Kernel
 
-    fs = LazyFS(source)
     layers = [str(layer.digest) for layer in mountable.image.manifest.layers]
     plain_root: dict[str, str | None] = {"plain_root": None}
+    assembled = LayerCache(mountable.store).plain_root(mountable.image)
+    local = LocalFiles(source, fetcher, assembled)
     assembling = threading.Lock()  # held while the plain root is made: the daemon ends only after
 
     def write_stats_now() -> None:
@@ -344,34 +340,29 @@ def _serve(
         os.close(ready_fd)
         threading.Thread(target=plan, name="lazyfs-plan", daemon=True).start()
 
-    def plan() -> None:  # off the FUSE thread: a big image has many pieces to list
+    def plan() -> None:  # off the FUSE threads: a big image has many pieces to list
         _read_ahead_widely(mountpoint)
         pieces = source.all_pieces()
         fetcher.know_layout(pieces)
         if prefetch:
             fetcher.prefetch(source.pieces_for(prefetch, layers))
-        if fill:
+        # Every piece already here (an earlier mount fetched them): the fill is done, so assemble the
+        # plain root now, and files are passed through to it from then on.
+        if fill or (local.root is None and all(fetcher.cache.contains(p.digest) for p in pieces)):
             fetcher.fill(pieces).result()
             with assembling:
-                plain_root["plain_root"] = _assemble_plain_root(mountable)
+                made = plain_root["plain_root"] = _assemble_plain_root(mountable)
+                if not made.startswith("failed"):
+                    local.root = Path(made)
+        elif local.root is not None:
+            plain_root["plain_root"] = str(local.root)
 
-    fs.on_ready = on_ready
+    kernel = Kernel(source, local.open, on_ready)
+    kernel.mount(mountpoint, f"lazyctr:{mountable.image.name}")
 
-    def serve() -> None:
-        LazyFUSE(
-            fs,
-            str(mountpoint),
-            foreground=True,
-            ro=True,
-            allow_other=True,
-            default_permissions=True,
-            fsname=f"lazyctr:{mountable.image.name}",
-            subtype="lazyfs",
-        )
-
-    # FUSE runs on a thread of its own: Python runs signal handlers (SIGUSR1: write a snapshot)
-    # only on the main thread, which would otherwise sit inside libfuse's loop until unmounted.
-    fuse = threading.Thread(target=serve, name="lazyfs-fuse")
+    # FUSE runs on threads of its own: Python runs signal handlers (SIGUSR1: write a snapshot)
+    # only on the main thread, which would otherwise wait for the file system's end.
+    fuse = threading.Thread(target=kernel.serve, name="lazyfs-fuse")
     fuse.start()
     try:
         while fuse.is_alive():
@@ -391,3 +382,40 @@ def _assemble_plain_root(mountable: MountableImage) -> str:
         logging.warning("%s: no plain root: %s", mountable.image.name, e)
         return f"failed: {e}"
     return str(root) if root is not None else "failed: its layers do not name their TOCs"
+
+
+class LocalFiles:
+    """Where the kernel may read a file of the image directly (FUSE passthrough): a verified file on
+    local disk holding exactly its bytes. The image's assembled plain root once there is one (built
+    from verified chunks, as trusted as an extracted layer); before that, a file of one chunk is its
+    chunk file, if that is sealed or hashes right now (storage.chunks: a file changed on disk is never
+    passed through, it is read, and fetched again, the usual way).
+
+    An open passed through counts its file's pieces as read (the access profile's record of a file
+    read from the plain root is then the whole file: the kernel does not say what it reads)."""
+
+    def __init__(self, source: ImageSource, fetcher: Fetcher, root: Path | None) -> None:
+        self.source = source
+        self.fetcher = fetcher
+        self.root = root
+
+    def open(self, path: str) -> int | None:
+        """A read-only descriptor of the local file holding `path`'s bytes, or None."""
+        pieces = self.source.pieces(path)
+        if pieces is None:
+            return None
+        fd = self._plain(path) if self.root is not None else None
+        whole = len(pieces) == 1 and (pieces[0].file_offset, pieces[0].size) == (0, self.source.size(path))
+        if fd is None and whole:  # a file of one chunk, no hole
+            fd = self.fetcher.cache.open_verified(pieces[0].digest)
+        if fd is not None:
+            self.fetcher.served_locally(pieces)
+        return fd
+
+    def _plain(self, path: str) -> int | None:
+        with contextlib.suppress(OSError):
+            fd = os.open(f"{self.root}{path}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)
+        return None

@@ -233,6 +233,18 @@ class ImageSource:
             known = self._blob_order[layer] = (pieces, [piece.start for piece in pieces])
         return known
 
+    def size(self, path: str) -> int:
+        return self._node(path).content.size
+
+    def pieces(self, path: str) -> list[Piece] | None:
+        """The pieces of the regular file at `path` in file order (holes left out), or None if it
+        is not a regular file."""
+        node = self._node(path)
+        if node.kind != "reg":
+            return None
+        layout = self.files.get(node.ino) or FileLayout.of(node.content, node.layer)
+        return layout.pieces
+
     def contents(self, path: str) -> Iterator[bytes]:
         """A regular file's whole contents, piece by piece (what `cat` prints)."""
         node = self._node(path)

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from storage.chunkseals import ChunkSeals, seal_of
+from storage.chunkseals import ChunkSeals, Seal, seal_of
 from storage.digest import Digest
 
 UNREAD_LIMIT = 64 << 20  # fetched chunks kept until their first read (what read-ahead is ahead by)
@@ -64,15 +64,39 @@ class ChunkCache:
             seal = seal_of(os.fstat(fd))  # after the read: a write during it has changed the ctime
         finally:
             os.close(fd)
-        if not self.seals.matches(digest.hex, seal):
-            if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                return None
-            self.seals.record(digest.hex, seal)
+        if not self._verified(digest, path, seal, data):
+            return None
         with self._lock:
             self._recent.add(digest, data)
         return data
+
+    def open_verified(self, digest: Digest) -> int | None:
+        """A read-only descriptor of the chunk's file whose bytes are the chunk's (sealed, or hashed
+        now), for the kernel to read directly (FUSE passthrough); None when it is not cached or was
+        damaged. The caller closes it."""
+        path = f"{self.root}/{digest.hex[:2]}/{digest.hex}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        seal = seal_of(os.fstat(fd))
+        data = b"" if self.seals.matches(digest.hex, seal) else os.pread(fd, seal[1], 0)
+        if (data and seal_of(os.fstat(fd)) != seal) or not self._verified(digest, path, seal, data):
+            os.close(fd)
+            return None
+        return fd
+
+    def _verified(self, digest: Digest, path: str, seal: Seal, data: bytes) -> bool:
+        """Whether the file at `path` (as `seal` describes it, holding `data`) is the chunk: sealed, or
+        hashed now and sealed; a file that does not hash to its name is removed."""
+        if self.seals.matches(digest.hex, seal):
+            return True
+        if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
+        self.seals.record(digest.hex, seal)
+        return True
 
     def advise(self, digests: list[Digest]) -> None:
         """Have these chunks read from disk into the page cache (a sequential reader's next ones), on
