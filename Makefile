@@ -5,14 +5,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Runtime: fuse3/libfuse3 (lazyfs), busybox-static (base image), zstd/tar (layers by hand).
+# Runtime: fuse3 (fusermount3 for lazyfs's umount), busybox-static (base image), zstd/tar (layers by hand).
 # Interop peers in tests: podman, skopeo, umoci, buildah, runc, containerd, stargz-snapshotter (ctr-remote),
 # docker-registry (the CNCF distribution registry).
 # debootstrap makes a Debian base; python3-venv for the virtualenv; iproute2 and util-linux (nsenter)
 # for the shaped link of the demo and the benchmarks; Go and the stargz library build the
 # stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz); containerd's .proto files make the
 # stubs of `lazyctr snapshotter` (lazyfs/snapshotter/api.py), generated at install.
-APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
+APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
 	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root

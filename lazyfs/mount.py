@@ -353,7 +353,7 @@ def _serve(
             with assembling:
                 made = plain_root["plain_root"] = _assemble_plain_root(mountable)
                 if not made.startswith("failed"):
-                    local.root = Path(made)
+                    local.use_root(Path(made))
         elif local.root is not None:
             plain_root["plain_root"] = str(local.root)
 
@@ -386,10 +386,14 @@ def _assemble_plain_root(mountable: MountableImage) -> str:
 
 class LocalFiles:
     """Where the kernel may read a file of the image directly (FUSE passthrough): a verified file on
-    local disk holding exactly its bytes. The image's assembled plain root once there is one (built
-    from verified chunks, as trusted as an extracted layer); before that, a file of one chunk is its
-    chunk file, if that is sealed or hashes right now (storage.chunks: a file changed on disk is never
-    passed through, it is read, and fetched again, the usual way).
+    local disk holding exactly its bytes, else None (the file is read through lazyfs, which fetches
+    and verifies).
+    - The image's plain root once there is one (assembled from verified chunks). A file of it that
+      was changed on disk after the root was made has a ctime past the root's own (set when the
+      finished root was renamed into place; nothing changes the root directory after that, and no
+      one can set a ctime back), and is not passed through.
+    - Before that, a file of one chunk is its chunk file, if that is still sealed or hashes right
+      now (storage.chunks: a changed chunk file is removed and fetched again).
 
     An open passed through counts its file's pieces as read (the access profile's record of a file
     read from the plain root is then the whole file: the kernel does not say what it reads)."""
@@ -397,7 +401,16 @@ class LocalFiles:
     def __init__(self, source: ImageSource, fetcher: Fetcher, root: Path | None) -> None:
         self.source = source
         self.fetcher = fetcher
-        self.root = root
+        self.root: Path | None = None
+        self._root_ctime = 0
+        if root is not None:
+            self.use_root(root)
+
+    def use_root(self, root: Path) -> None:
+        """Pass files through to the image's plain root `root` from now on."""
+        with contextlib.suppress(OSError):
+            self._root_ctime = os.stat(root).st_ctime_ns
+            self.root = root
 
     def open(self, path: str) -> int | None:
         """A read-only descriptor of the local file holding `path`'s bytes, or None."""
@@ -415,7 +428,9 @@ class LocalFiles:
     def _plain(self, path: str) -> int | None:
         with contextlib.suppress(OSError):
             fd = os.open(f"{self.root}{path}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            if stat.S_ISREG(os.fstat(fd).st_mode):
+            status = os.fstat(fd)
+            if stat.S_ISREG(status.st_mode) and status.st_ctime_ns <= self._root_ctime:
                 return fd
             os.close(fd)
+            logging.warning("%s%s was changed on disk: not passed through", self.root, path)
         return None

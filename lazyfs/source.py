@@ -1,13 +1,13 @@
 """An image as a read-only file system, without FUSE: its merged tree and reads of its files.
 
-ratarmount's mount source: this module knows the image, `lazyfs.fs.LazyFS` only adapts it to FUSE
-(an operation's OSError becomes a FuseOSError of the same errno) and `lazyctr ls`/`cat` print from
+ratarmount's mount source: this module knows the image, `lazyfs.kernel` only speaks FUSE for it
+(an operation's OSError becomes the FUSE error of the same errno) and `lazyctr ls`/`cat` print from
 it. Paths are absolute and exact ("/etc/passwd"), as the kernel asks for them; `resolve` turns a
 user's path, symlinks followed inside the image root, into one.
 
 Nothing is computed per path ahead of time but its inode number: a stat or a directory listing is
 made when asked, from the tree's nodes (a few dict lookups), since the kernel keeps what it is told
-(lazyfs.fs); a file's layout is made when it is first read. Inode numbers are stable (the order of
+(lazyfs.kernel); a file's layout is made when it is first read. Inode numbers are stable (the order of
 a sorted walk of the tree); hard links share one. File contents come from a
 `PieceReader` (lazyfs's fetch engine): read, verified and cached by piece.
 
@@ -108,7 +108,7 @@ class ImageSource:
     # -- metadata -------------------------------------------------------------------------------
 
     def stat(self, path: str) -> Stat:
-        """What `stat` says of `path`, made when asked: the kernel keeps it (see lazyfs.fs)."""
+        """What `stat` says of `path`, made when asked: the kernel keeps it (see lazyfs.kernel)."""
         return self._stat(self._node(path))
 
     def listing(self, path: str) -> list[tuple[str, Stat]]:

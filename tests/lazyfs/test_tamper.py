@@ -14,6 +14,7 @@ import pytest
 from storage.chunks import ChunkCache
 from storage.digest import Digest
 from tests.lazyfs.conftest import BIG, Mounter, Published, pull_lazily, run_cli
+from tests.runtime.polling import wait_for
 
 CHUNK = 256 << 10  # the codec's chunk size: BIG is six of them
 
@@ -98,3 +99,61 @@ def test_an_unsealed_chunk_file_is_hashed_before_use(tmp_path: Path) -> None:
     (tmp_path / "seals" / digest.hex[:1]).unlink()  # e.g. written by a version that kept no seals
     assert ChunkCache(tmp_path).get(digest) == data  # hashed, found right, sealed again
     assert (tmp_path / "seals" / digest.hex[:1]).read_text().startswith(digest.hex + " ")
+
+
+def passed_through(root: Path, point: Path) -> int:
+    return int(json.loads(run_cli(root, "mount", "--stats", str(point)).stdout)["passed_through"])
+
+
+@pytest.mark.privileged
+def test_a_changed_chunk_file_is_never_passed_through(
+    published: Published, tmp_path: Path, mount: Mounter
+) -> None:
+    """A file of one chunk is passed through to its chunk file (the kernel reads it, not lazyfs) only
+    while that is the very file that was verified."""
+    root = tmp_path / "client"
+    pull_lazily(root, published.ref)
+    first = mount(root, published.ref, "--timeout", "3")
+    assert (first / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"  # fetched, verified, cached
+    assert passed_through(root, first) == 0
+    second = mount(root, published.ref, "--timeout", "3")
+    assert (second / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"
+    assert passed_through(root, second) == 1  # sealed: the kernel reads the chunk file itself
+
+    changed = chunk_file(root, b"#!/bin/sh\necho tool\n")
+    changed.write_bytes(b"#!/bin/sh\necho evil\n")  # same size, new ctime
+    third = mount(root, published.ref, "--timeout", "3")
+    assert (third / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"  # fetched again
+    assert passed_through(root, third) == 0 and fetched(root, third) == 1
+    for point in (first, second, third):
+        run_cli(root, "umount", str(point))
+
+
+@pytest.mark.privileged
+def test_a_file_changed_in_the_plain_root_is_never_passed_through(
+    published: Published, tmp_path: Path, mount: Mounter
+) -> None:
+    """Once the image's plain root is assembled, opens are passed through to its files, but not to
+    one changed on disk since (read through lazyfs from the verified chunks instead)."""
+    root = tmp_path / "client"
+    pull_lazily(root, published.ref)
+    filling = mount(root, published.ref, "--fill")
+    wait_for(
+        lambda: json.loads(run_cli(root, "mount", "--stats", str(filling)).stdout)["plain_root"],
+        what="a root",
+    )
+    plain = Path(json.loads(run_cli(root, "mount", "--stats", str(filling)).stdout)["plain_root"])
+    run_cli(root, "umount", str(filling))
+
+    point = mount(root, published.ref, "--timeout", "3")  # finds the plain root
+    assert (point / "data/big.bin").read_bytes() == BIG
+    assert passed_through(root, point) == 1
+    run_cli(root, "umount", str(point))
+
+    flip_bytes(plain / "data/big.bin")
+    drop_page_caches()
+    point = mount(root, published.ref, "--timeout", "3")
+    assert (point / "data/big.bin").read_bytes() == BIG  # from the chunk cache, verified
+    assert (point / "bin/tool").read_bytes() == b"#!/bin/sh\necho tool\n"  # unchanged: passed through
+    assert passed_through(root, point) == 1
+    run_cli(root, "umount", str(point))
