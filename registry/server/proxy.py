@@ -1,0 +1,100 @@
+"""The routes of a pull-through cache (`lazyctr serve --proxy UPSTREAM`): manifests, blobs and byte
+ranges, tags and referrers, answered by `registry.proxy_cache.ProxyCache`. A cache is read-only:
+pushes and deletes are refused by the application's read-only check.
+
+Blob answers carry the same headers as the registry's own (`Cache-Control: public, max-age=31536000,
+immutable`, `ETag` = the digest), ranges too, so a plain HTTP cache in front works as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from registry.proxy_cache import IN_MEMORY, ProxyCache
+from registry.server import blobs
+from registry.server.manifests import manifest_response
+from registry.server.ranges import parse_ranges, send_streamed, unsatisfiable
+from registry.server.state import REPOSITORY, name_of
+from registry.storage import check_digest, check_reference
+from storage.oci import MEDIA_INDEX, Index
+
+PROXY = web.AppKey("proxy", ProxyCache)
+
+routes = web.RouteTableDef()
+
+
+def install(app: web.Application, cache: ProxyCache) -> None:
+    """Make `app` the cache's server: its routes, and its upstream client open while it runs."""
+    app[PROXY] = cache
+
+    async def upstream_client(app: web.Application) -> AsyncIterator[None]:
+        async with cache:
+            yield
+
+    app.cleanup_ctx.append(upstream_client)
+    app.router.add_routes(routes)
+
+
+def cache_of(request: web.Request) -> ProxyCache:
+    return request.app[PROXY]
+
+
+@routes.get(REPOSITORY + "/tags/list")
+async def list_tags(request: web.Request) -> web.Response:
+    name = name_of(request)
+    return web.json_response({"name": name, "tags": await cache_of(request).tags(name)})
+
+
+@routes.get(REPOSITORY + "/referrers/{digest}")
+async def list_referrers(request: web.Request) -> web.Response:
+    name = name_of(request)
+    digest = check_digest(request.match_info["digest"])
+    artifact_type = request.query.get("artifactType")
+    manifests = await cache_of(request).referrers(name, digest, artifact_type)
+    headers = {"Content-Type": MEDIA_INDEX}
+    if artifact_type is not None:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    return web.Response(body=Index(manifests).to_bytes(), headers=headers)
+
+
+@routes.get(REPOSITORY + "/manifests/{reference}")
+async def get_manifest(request: web.Request) -> web.Response:
+    name = name_of(request)
+    reference = check_reference(request.match_info["reference"])
+    digest, data = await cache_of(request).manifest(name, reference)
+    return manifest_response(digest, data)
+
+
+@routes.get(REPOSITORY + "/blobs/{digest}")
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    """From the store when it holds the blob whole; ranges from the partial blob (fetching what it
+    lacks); a whole blob only once it is complete and verified."""
+    name = name_of(request)
+    digest = check_digest(request.match_info["digest"])
+    cache = cache_of(request)
+    partial = await cache.blob(name, digest)
+    if partial is None:
+        return await blobs.get_blob(request)
+    headers = blobs.blob_headers(digest)
+    if blobs.not_modified(request, digest):
+        return web.Response(status=304, headers=headers)
+    header = request.headers.get("Range")
+    ranges = parse_ranges(header, partial.size) if header else None
+    if ranges == []:
+        return unsatisfiable(partial.size, headers)
+    if request.method == "HEAD":
+        return await send_streamed(request, cache.reader(name, partial, [], asyncio.get_running_loop()),
+                                   ranges, partial.size, headers)  # fmt: skip
+    if ranges is None:
+        await cache.complete(name, partial)
+        return await blobs.get_blob(request)
+    wanted = [(start, end + 1) for start, end in ranges]
+    fetches = cache.fetch(name, partial, wanted)
+    if sum(end - start for start, end in wanted) <= IN_MEMORY:
+        # The usual lazy read: wait for all of it, so a failure upstream is a clean error answer.
+        await cache.arrived(partial, wanted, fetches)
+    read = cache.reader(name, partial, fetches, asyncio.get_running_loop())
+    return await send_streamed(request, read, ranges, partial.size, headers)
