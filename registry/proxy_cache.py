@@ -493,7 +493,10 @@ class ProxyCache:
 
     async def _settle(self, name: str, partial: PartialBlob) -> None:
         """After a fetch: remember what is held; a blob now complete is verified (and stored or dropped)."""
-        await asyncio.to_thread(partial.save, list(partial.have.spans))
+        # Saves that overlap are one: the index may lag (what it lacks is fetched again after a
+        # restart), and a burst of small fetches does not cost an fsync each.
+        have = list(partial.have.spans)
+        await self._once(("save", partial.digest), lambda: asyncio.to_thread(partial.save, have))
         if partial.have.covers(0, partial.size):
             with contextlib.suppress(RegistryError):
                 await self._once(("promote", partial.digest), lambda: self._promote(name, partial))
@@ -519,8 +522,12 @@ class ProxyCache:
                 raise UpstreamFailed(f"byte {pos} of blob {partial.digest} was not fetched")
             if fetch.task.done():
                 error = None if fetch.task.cancelled() else fetch.task.exception()
-                if error is not None:
+                if isinstance(error, RegistryNotFound):
+                    raise BlobUnknown(f"blob {partial.digest} not found upstream", {"digest": partial.digest})
+                if isinstance(error, RegistryError):
                     raise error
+                if error is not None:
+                    raise UpstreamFailed(f"fetching blob {partial.digest} failed: {error}")
                 if not partial.have.run_end(pos) > pos:
                     raise UpstreamFailed(f"byte {pos} of blob {partial.digest} did not arrive")
                 continue

@@ -7,7 +7,6 @@ lazy mount through the cache."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -22,12 +21,14 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import CliRunner, assert_clean_error
-from tests.lazyfs.conftest import BIG, Mounter, Published, run_cli
+from tests.lazyfs.conftest import BIG, Mounter, Published, mount, published, run_cli
 from tests.registry.conftest import Reply, free_port, lazyctr_serve, sha256
 from tests.registry.proxy import Proxy
 
+__all__ = ["mount", "published"]  # the lazy tests' fixtures, used here too
+
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-BLOB = os.urandom(3 << 20)  # 3 MiB: small ranges of it go upstream in one request, the rest streams
+BLOB = os.urandom(6 << 20)  # 6 MiB: small ranges of it go upstream in one request, large ones stream
 
 
 def request(address: str, method: str, path: str, body: bytes | None = None, **headers: str) -> Reply:
@@ -53,7 +54,9 @@ def push_image(address: str, name: str, tag: str, layer: bytes) -> tuple[str, by
     manifest = json.dumps(
         {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": descriptors[0], "layers": descriptors[1:]}
     ).encode()
-    reply = request(address, "PUT", f"/v2/{name}/manifests/{tag}", manifest, **{"Content-Type": MEDIA_MANIFEST})
+    reply = request(
+        address, "PUT", f"/v2/{name}/manifests/{tag}", manifest, **{"Content-Type": MEDIA_MANIFEST}
+    )
     assert reply.status == 201, reply
     return sha256(manifest), manifest
 
@@ -120,6 +123,11 @@ def test_concurrent_misses_fetch_each_byte_once_upstream(upstream: Upstream, tmp
             assert [e["method"] for e in fetched] == ["GET", "GET", "GET"], fetched
             assert upstream_bytes(upstream, digest) == 1 + 70000 + 100
 
+            # A large range streams through (from the upstream, to every client asking at once).
+            bigs = list(pool.map(get, ["bytes=200000-5999999"] * 2))
+            assert all(r.status == 206 and r.body == BLOB[200000:6000000] for r in bigs)
+            assert upstream_bytes(upstream, digest) == 1 + 70000 + 100 + 5800000
+
             wholes = list(pool.map(get, [None, None, None]))
             assert all(r.status == 200 and r.body == BLOB for r in wholes)
             assert wholes[0].headers["Cache-Control"] == "public, max-age=31536000, immutable"
@@ -127,8 +135,8 @@ def test_concurrent_misses_fetch_each_byte_once_upstream(upstream: Upstream, tmp
             assert 1 + len(BLOB) < upstream_bytes(upstream, digest) < 1 + len(BLOB) + 1024
             whole_bytes = upstream_bytes(upstream, digest)
             assert cached_blob(tmp_path, digest).read_bytes() == BLOB
-            again = get("bytes=5000000-")
-            assert again.status == 416  # past the end (3 MiB), answered from the store
+            again = get(f"bytes={len(BLOB)}-")
+            assert again.status == 416  # past the end, answered from the store
             assert get("bytes=2000000-2000009").body == BLOB[2000000:2000010]
             assert upstream_bytes(upstream, digest) == whole_bytes
     finally:
@@ -142,7 +150,12 @@ def test_manifests_are_revalidated_by_digest(upstream: Upstream, tmp_path: Path)
         assert (reply.status, reply.body, reply.headers["Docker-Content-Digest"]) == (200, manifest, first)
         assert request(cache, "GET", "/v2/app/manifests/v1").body == manifest
         asked = [(e["method"], e["path"].rsplit("/", 1)[1]) for e in upstream.requests("/manifests/")]
-        assert asked == [("PUT", "v1"), ("HEAD", "v1"), ("GET", first), ("HEAD", "v1")]  # the second: revalidated only
+        assert asked == [
+            ("PUT", "v1"),
+            ("HEAD", "v1"),
+            ("GET", first),
+            ("HEAD", "v1"),
+        ]  # the second: revalidated only
 
         second, newer = push_image(upstream.address, "app", "v1", b"second layer")
         reply = request(cache, "GET", "/v2/app/manifests/v1")
