@@ -17,12 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from aiohttp import web
 
+from registry.auth import Access
+from registry.credentials import Credentials
+from registry.credentials import store as store_credentials
+from registry.htpasswd import load_htpasswd
 from tests.conftest import CliRunner, assert_clean_error
 from tests.lazyfs.conftest import BIG, Mounter, Published, mount, published, run_cli
-from tests.registry.conftest import Reply, free_port, lazyctr_serve, sha256
+from tests.registry.conftest import Registry, Reply, free_port, lazyctr_serve, sha256
 from tests.registry.proxy import Proxy
 
 __all__ = ["mount", "published"]  # the lazy tests' fixtures, used here too
@@ -42,21 +47,20 @@ def request(address: str, method: str, path: str, body: bytes | None = None, **h
         conn.close()
 
 
-def push_image(address: str, name: str, tag: str, layer: bytes) -> tuple[str, bytes]:
+def push_image(address: str, name: str, tag: str, layer: bytes, **auth: str) -> tuple[str, bytes]:
     """A one-layer image pushed by tag; its manifest's digest and bytes."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
     descriptors = []
     for data, media_type in ((config, "application/vnd.oci.image.config.v1+json"),
                              (layer, "application/vnd.oci.image.layer.v1.tar")):  # fmt: skip
-        reply = request(address, "POST", f"/v2/{name}/blobs/uploads/?digest={sha256(data)}", data)
+        reply = request(address, "POST", f"/v2/{name}/blobs/uploads/?digest={sha256(data)}", data, **auth)
         assert reply.status == 201, reply
         descriptors.append({"mediaType": media_type, "digest": sha256(data), "size": len(data)})
     manifest = json.dumps(
         {"schemaVersion": 2, "mediaType": MEDIA_MANIFEST, "config": descriptors[0], "layers": descriptors[1:]}
     ).encode()
-    reply = request(
-        address, "PUT", f"/v2/{name}/manifests/{tag}", manifest, **{"Content-Type": MEDIA_MANIFEST}
-    )
+    headers = {"Content-Type": MEDIA_MANIFEST, **auth}
+    reply = request(address, "PUT", f"/v2/{name}/manifests/{tag}", manifest, **headers)
     assert reply.status == 201, reply
     return sha256(manifest), manifest
 
@@ -274,6 +278,30 @@ def test_bad_upstream_answers_are_clear_errors(tmp_path: Path, lazyctr: CliRunne
 
         assert request(cache, "PUT", "/v2/app/manifests/v2", b"{}").error_code == "DENIED"  # read-only
     assert_clean_error(lazyctr("serve", "--proxy", "ftp://somewhere/x", ok=False), "invalid upstream")
+
+
+def test_the_cache_logs_in_to_the_upstream_with_stored_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"alice:{hashed}\n")
+    upstream = Registry(tmp_path / "upstream", access=Access(load_htpasswd(tmp_path / "htpasswd")))
+    alice = Credentials("alice", "s3cret")
+    try:
+        _, manifest = push_image(upstream.address, "app", "v1", b"layer", Authorization=alice.basic())
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "auth.json"))  # none stored yet
+        with cache_serve(tmp_path, upstream.address) as cache:
+            reply = request(cache, "GET", "/v2/app/manifests/v1")
+            assert (reply.status, reply.error_code) == (502, "UNKNOWN")
+            assert f"run `lazyctr login {upstream.address}`" in reply.json()["errors"][0]["message"]
+        store_credentials(upstream.address, alice)
+        with cache_serve(tmp_path, upstream.address) as cache:
+            reply = request(cache, "GET", "/v2/app/manifests/v1")
+            assert (reply.status, reply.body) == (200, manifest)
+            layer = sha256(b"layer")
+            assert request(cache, "GET", f"/v2/app/blobs/{layer}", Range="bytes=1-3").body == b"aye"
+    finally:
+        upstream.stop()
 
 
 @pytest.mark.privileged
