@@ -10,7 +10,10 @@ this process, each with its own store. Measured in one run:
   - one client straight from the upstream: the bytes one lazy node fetches (the baseline);
   - N clients at once straight from the upstream (about N times the baseline);
   - N clients at once through a fresh cache (the target: at most 1.2 times the baseline);
-  - N more clients through the now warm cache (only manifest revalidations reach the upstream).
+  - N more clients through the now warm cache (only manifest revalidations reach the upstream);
+  - N eager clients (`pull --eager`) through another fresh cache: the whole image leaves the upstream,
+    once. It is also what a cache that fetched each whole blob on its first range miss would send
+    for the lazy clients: why the cache keeps blobs sparse instead.
 Usage: python -m benchmarks.proxy_cache [--clients 4] [--files 32] [--read 2]. A few seconds, no root.
 """
 
@@ -89,12 +92,16 @@ def sent_bytes(log: Path) -> int:
 
 
 def lazy_client(root: Path, ref: str, paths: list[str], expected: dict[str, bytes]) -> None:
-    """A lazy pull, then each path read through the fetch engine (as `lazyctr cat` does)."""
+    """A lazy pull, then each path read through the fetch engine (as `lazyctr cat` does); with no
+    paths, an eager pull (every layer)."""
     from lazyfs.image import MountableImage
-    from registry.transfer import pull_lazy
+    from registry.transfer import pull_image, pull_lazy
     from storage.store import Store
 
     store = Store(root)
+    if not paths:
+        asyncio.run(pull_image(store, ref))
+        return
     image = asyncio.run(pull_lazy(store, ref))
     with MountableImage.load(store, image).serving(store) as source:
         for path in paths:
@@ -138,6 +145,8 @@ def main() -> None:
             with serve(work / "cache", "--proxy", upstream) as cache:
                 cases.append(measure("proxy-cold", log, cache, work, args.clients, paths, contents))
                 cases.append(measure("proxy-warm", log, cache, work, args.clients, paths, contents))
+            with serve(work / "eager-cache", "--proxy", upstream) as cache:
+                cases.append(measure("proxy-eager", log, cache, work, args.clients, [], contents))
     report(cases, args.files, args.read)
 
 
