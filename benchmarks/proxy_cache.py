@@ -116,7 +116,9 @@ def measure(name: str, log: Path, registry: str, work: Path, clients: int, paths
     started = time.monotonic()
     roots = [Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work)) for _ in range(clients)]
     with ThreadPoolExecutor(clients) as pool:
-        for done in [pool.submit(lazy_client, root, f"{registry}/{IMAGE}", paths, expected) for root in roots]:
+        ref = f"{registry}/{IMAGE}"
+        clients_done = [pool.submit(lazy_client, root, ref, paths, expected) for root in roots]
+        for done in clients_done:
             done.result()
     seconds = time.monotonic() - started
     time.sleep(0.2)  # the access log line of the last answer is written after it is sent
