@@ -6,6 +6,7 @@ lazy mount through the cache."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -24,7 +25,12 @@ from aiohttp import web
 from registry.auth import Access
 from registry.credentials import Credentials
 from registry.credentials import store as store_credentials
+from registry.filesystem import FilesystemDriver
 from registry.htpasswd import load_htpasswd
+from registry.proxy_cache import ProxyCache
+from registry.proxy_cache import Upstream as ProxiedRegistry
+from registry.server.app import serve
+from registry.storage import BlobStore
 from tests.conftest import CliRunner, assert_clean_error
 from tests.lazyfs.conftest import BIG, Mounter, Published, mount, published, run_cli
 from tests.registry.conftest import Registry, Reply, free_port, lazyctr_serve, sha256
@@ -90,8 +96,30 @@ def upstream(tmp_path: Path) -> Iterator[Upstream]:
         yield server
 
 
-def cache_serve(tmp_path: Path, upstream: str) -> contextlib.AbstractContextManager[str]:
-    return lazyctr_serve(tmp_path / "cache", "--proxy", upstream)
+class InThreadCache(Registry):
+    """The cache's server in a thread of the test (quicker to start than `lazyctr serve --proxy`,
+    which the end-to-end test runs), its storage where that command keeps it."""
+
+    def __init__(self, root: Path, upstream: str) -> None:
+        self.upstream = upstream
+        super().__init__(root)
+
+    def _run(self, read_only: bool, access: Access | None) -> None:
+        store = BlobStore(FilesystemDriver(self.root))
+        cache = ProxyCache(store, ProxiedRegistry.parse(self.upstream), self.root / "proxy-ranges")
+        self._task = self._loop.create_task(serve(store, "127.0.0.1", self.port, proxy=cache))
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+        self._loop.close()
+
+
+@contextlib.contextmanager
+def cache_serve(tmp_path: Path, upstream: str) -> Iterator[str]:
+    server = InThreadCache(tmp_path / "cache" / "registry", upstream)
+    try:
+        yield server.address
+    finally:
+        server.stop()
 
 
 def cached_blob(tmp_path: Path, digest: str) -> Path:
@@ -170,13 +198,13 @@ def test_manifests_are_revalidated_by_digest(upstream: Upstream, tmp_path: Path)
 
 
 def test_upstream_down_serves_what_is_cached(tmp_path: Path) -> None:
-    with contextlib.ExitStack() as cache_running:
-        with upstream_serve(tmp_path / "upstream") as upstream:
-            digest, manifest = push_image(upstream.address, "app", "v1", BLOB)
-            layer = sha256(BLOB)
-            cache = cache_running.enter_context(cache_serve(tmp_path, upstream.address))
-            assert request(cache, "GET", "/v2/app/manifests/v1").status == 200
-            assert request(cache, "GET", f"/v2/app/blobs/{layer}", Range="bytes=0-99").status == 206
+    upstream = Registry(tmp_path / "upstream")
+    digest, manifest = push_image(upstream.address, "app", "v1", BLOB)
+    layer = sha256(BLOB)
+    with cache_serve(tmp_path, upstream.address) as cache:
+        assert request(cache, "GET", "/v2/app/manifests/v1").status == 200
+        assert request(cache, "GET", f"/v2/app/blobs/{layer}", Range="bytes=0-99").status == 206
+        upstream.stop()
         # The upstream is gone: what the cache holds is still served.
         reply = request(cache, "GET", "/v2/app/manifests/v1")
         assert (reply.status, reply.body) == (200, manifest)
@@ -190,11 +218,11 @@ def test_upstream_down_serves_what_is_cached(tmp_path: Path) -> None:
 
 
 def test_tampered_upstream_bytes_are_never_stored_or_served_as_the_blob(
-    upstream: Upstream, tmp_path: Path
+    registry: Registry, tmp_path: Path
 ) -> None:
-    push_image(upstream.address, "app", "v1", BLOB)
+    push_image(registry.address, "app", "v1", BLOB)
     digest = sha256(BLOB)
-    tamper = Proxy(upstream.address)
+    tamper = Proxy(registry.address)
     tamper.corrupt = tamper.corrupt_blobs = True  # a byte flipped in every blob and range answer
     try:
         with cache_serve(tmp_path, tamper.address) as cache:
@@ -306,7 +334,7 @@ def test_the_cache_logs_in_to_the_upstream_with_stored_credentials(
 
 @pytest.mark.privileged
 def test_pull_and_lazy_mount_through_the_cache(published: Published, tmp_path: Path, mount: Mounter) -> None:
-    with cache_serve(tmp_path, published.registry.address) as cache:
+    with lazyctr_serve(tmp_path / "cache", "--proxy", published.registry.address) as cache:
         ref = f"{cache}/test/rich:1"
         nodes = [tmp_path / "node1", tmp_path / "node2"]
         for node in nodes:
