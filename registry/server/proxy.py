@@ -16,7 +16,7 @@ from aiohttp import web
 from registry.proxy_cache import IN_MEMORY, ProxyCache
 from registry.server import blobs
 from registry.server.manifests import manifest_response
-from registry.server.ranges import parse_ranges, send_streamed, unsatisfiable
+from registry.server.ranges import parse_ranges, send_multipart, send_streamed, unsatisfiable
 from registry.server.state import REPOSITORY, name_of
 from registry.storage import check_digest, check_reference
 from storage.oci import MEDIA_INDEX, Index
@@ -97,4 +97,6 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         # The usual lazy read: wait for all of it, so a failure upstream is a clean error answer.
         await cache.arrived(partial, wanted, fetches)
     read = cache.reader(name, partial, fetches, asyncio.get_running_loop())
+    if len(ranges) > 1:  # from a local file: all the ranges read in one trip to a worker thread
+        return await send_multipart(request, read, ranges, partial.size, headers, local=True)
     return await send_streamed(request, read, ranges, partial.size, headers)

@@ -12,7 +12,8 @@ import http.client
 import json
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,13 @@ def cached_blob(tmp_path: Path, digest: str) -> Path:
     return tmp_path / "cache" / "registry" / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def upstream_bytes(upstream: Upstream, digest: str) -> int:
     return sum(e["bytes"] for e in upstream.requests(f"/blobs/{digest}") if e["method"] == "GET")
 
@@ -204,6 +212,7 @@ def test_upstream_down_serves_what_is_cached(tmp_path: Path) -> None:
     with cache_serve(tmp_path, upstream.address) as cache:
         assert request(cache, "GET", "/v2/app/manifests/v1").status == 200
         assert request(cache, "GET", f"/v2/app/blobs/{layer}", Range="bytes=0-99").status == 206
+        wait_for(lambda: any((tmp_path / "cache").rglob("*.spans")))  # the ranges held, written down
         upstream.stop()
         # The upstream is gone: what the cache holds is still served.
         reply = request(cache, "GET", "/v2/app/manifests/v1")
@@ -215,6 +224,9 @@ def test_upstream_down_serves_what_is_cached(tmp_path: Path) -> None:
         assert "cannot reach registry" in missing.json()["errors"][0]["message"]
         never = request(cache, "GET", "/v2/other/manifests/v1")
         assert never.status == 503 and never.error_code == "UNAVAILABLE"
+    with cache_serve(tmp_path, upstream.address) as cache:  # restarted: what it kept on disk is served
+        assert request(cache, "GET", "/v2/app/manifests/v1").body == manifest
+        assert request(cache, "GET", f"/v2/app/blobs/{layer}", Range="bytes=0-99").body == BLOB[:100]
 
 
 def test_tampered_upstream_bytes_are_never_stored_or_served_as_the_blob(
