@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from registry.auth import Access
+from registry.client import RegistryClient
 from registry.credentials import Credentials
 from registry.credentials import store as store_credentials
 from registry.filesystem import FilesystemDriver
@@ -36,8 +37,9 @@ from tests.conftest import CliRunner, assert_clean_error
 from tests.lazyfs.conftest import BIG, Mounter, Published, mount, published, run_cli
 from tests.registry.conftest import Registry, Reply, free_port, lazyctr_serve, sha256
 from tests.registry.proxy import Proxy
+from tests.registry.test_client import DockerRegistry, docker_registry
 
-__all__ = ["mount", "published"]  # the lazy tests' fixtures, used here too
+__all__ = ["docker_registry", "mount", "published"]  # the lazy tests' fixtures, used here too
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 BLOB = os.urandom(6 << 20)  # 6 MiB: small ranges of it go upstream in one request, large ones stream
@@ -342,6 +344,42 @@ def test_the_cache_logs_in_to_the_upstream_with_stored_credentials(
             assert request(cache, "GET", f"/v2/app/blobs/{layer}", Range="bytes=1-3").body == b"aye"
     finally:
         upstream.stop()
+
+
+def test_the_cache_in_front_of_docker_registry(docker_registry: DockerRegistry, tmp_path: Path) -> None:
+    """The CNCF registry (docker-registry) as the upstream: manifests, ranges and whole blobs."""
+    (tmp_path / "layer").write_bytes(BLOB)
+    config = b"{}"
+    (tmp_path / "config").write_bytes(config)
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha256(config),
+            "size": 2,
+        },
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(BLOB), "size": len(BLOB)}
+        ],
+    }
+    manifest = json.dumps(doc).encode()
+
+    async def push() -> None:
+        async with RegistryClient(docker_registry.address) as client:
+            for name in ("config", "layer"):
+                data = (tmp_path / name).read_bytes()
+                await client.push_blob("app", sha256(data), tmp_path / name)
+            await client.put_manifest("app", "v1", manifest, MEDIA_MANIFEST)
+
+    asyncio.run(push())
+    digest = sha256(BLOB)
+    with cache_serve(tmp_path, docker_registry.address) as cache:
+        assert request(cache, "GET", "/v2/app/manifests/v1").body == manifest
+        part = request(cache, "GET", f"/v2/app/blobs/{digest}", Range="bytes=10-19,5000000-5000009")
+        assert part.status == 206 and BLOB[10:20] in part.body and BLOB[5000000:5000010] in part.body
+        assert request(cache, "GET", f"/v2/app/blobs/{digest}").body == BLOB
+        assert cached_blob(tmp_path, digest).read_bytes() == BLOB
 
 
 @pytest.mark.privileged
