@@ -29,7 +29,7 @@ from registry.credentials import Credentials
 from registry.credentials import store as store_credentials
 from registry.filesystem import FilesystemDriver
 from registry.htpasswd import load_htpasswd
-from registry.proxy_cache import ProxyCache
+from registry.proxy_cache import ProxyCache, Spans
 from registry.proxy_cache import Upstream as ProxiedRegistry
 from registry.server.app import serve
 from registry.storage import BlobStore
@@ -151,6 +151,12 @@ def test_concurrent_misses_fetch_each_byte_once_upstream(upstream: Upstream, tmp
             def get(range_header: str | None) -> Reply:
                 headers = {"Range": range_header} if range_header else {}
                 return request(cache, "GET", f"/v2/app/blobs/{digest}", **headers)
+
+            head = request(cache, "HEAD", f"/v2/app/blobs/{digest}")
+            assert (head.status, head.headers["Content-Length"]) == (200, str(len(BLOB)))
+            unchanged = request(cache, "GET", f"/v2/app/blobs/{digest}", **{"If-None-Match": f'"{digest}"'})
+            assert unchanged.status == 304  # an HTTP cache in front revalidates for nothing
+            assert upstream_bytes(upstream, digest) == 1  # neither fetched a byte of the blob
 
             ranges = ["bytes=1000-70999"] * 4 + ["bytes=1000-70999,100000-100099"] * 2
             replies = list(pool.map(get, ranges))
@@ -288,6 +294,14 @@ class BadUpstream:
 
         threading.Thread(target=run, daemon=True).start()
         assert started.wait(10)
+
+
+def test_spans_hold_merged_byte_ranges() -> None:
+    spans = Spans([(10, 20), (30, 40)])
+    assert spans.gaps(0, 50) == [(0, 10), (20, 30), (40, 50)]
+    assert spans.gaps(12, 18) == [] and spans.covers(30, 40) and not spans.covers(15, 25)
+    spans.add(20, 30)
+    assert spans.spans == [(10, 40)] and spans.run_end(15) == 40 and spans.run_end(40) == 40
 
 
 def test_bad_upstream_answers_are_clear_errors(tmp_path: Path, lazyctr: CliRunner) -> None:
