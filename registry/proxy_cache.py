@@ -42,7 +42,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -373,12 +373,12 @@ class ProxyCache:
     async def blob(self, name: str, digest: Digest) -> PartialBlob | None:
         """None when the store holds the blob whole in `name` (serve it from there), else its partial
         blob. BlobUnknown when the upstream does not have it."""
-        with contextlib.suppress(BlobUnknown):
-            await asyncio.to_thread(self.store.blob_size, name, digest)
-            return None
         partial = self._partials.get(digest)
         if partial is not None and name in partial.repositories:
             return partial
+        with contextlib.suppress(BlobUnknown):
+            await asyncio.to_thread(self.store.blob_size, name, digest)
+            return None
         return await self._once(("blob", name, digest), lambda: self._confirm(name, digest))
 
     async def _confirm(self, name: str, digest: Digest) -> PartialBlob | None:
@@ -533,11 +533,10 @@ class ProxyCache:
                 continue
             await changed.wait()
 
-    def reader(
-        self, name: str, partial: PartialBlob, fetches: list[Fetch], loop: asyncio.AbstractEventLoop
-    ) -> Callable[[int, int], Iterator[bytes]]:
-        """Bytes [start, end) of a partial blob, in pieces, as `registry.server.ranges` reads in worker
-        threads: each waits on the loop for bytes not yet arrived."""
+    def reader(self, name: str, partial: PartialBlob) -> Callable[[int, int], Iterator[bytes]]:
+        """Bytes [start, end) of a partial blob that have arrived (see `arrived`), in pieces, as
+        `registry.server.ranges` reads them in worker threads. It never waits for the upstream: a
+        worker thread blocked so is one fewer for the writes that bring the bytes."""
 
         def read(start: int, end: int) -> Iterator[bytes]:
             try:
@@ -548,20 +547,25 @@ class ProxyCache:
                 yield from self.store.read_blob(name, partial.digest, start, end)  # verified meanwhile
                 return
             with f:
-                pos = start
-                while pos < end:
-                    stop = partial.have.run_end(pos)
-                    if stop <= pos:
-                        waiting = self.readable(partial, pos, fetches)
-                        stop = asyncio.run_coroutine_threadsafe(waiting, loop).result()
-                    stop = min(stop, end, pos + READ_SIZE)
-                    piece = os.pread(f.fileno(), stop - pos, pos)
-                    if len(piece) != stop - pos:
+                for pos in range(start, end, READ_SIZE):
+                    piece = os.pread(f.fileno(), min(READ_SIZE, end - pos), pos)
+                    if len(piece) != min(READ_SIZE, end - pos):
                         raise OSError(f"cached blob {partial.digest} ended at {pos + len(piece)}")
                     yield piece
-                    pos = stop
 
         return read
+
+    async def stream(
+        self, name: str, partial: PartialBlob, start: int, end: int, fetches: list[Fetch]
+    ) -> AsyncIterator[bytes]:
+        """Bytes [start, end) as they arrive: for a large range, whose first bytes a client can have
+        before its last ones came from the upstream."""
+        read = self.reader(name, partial)
+        pos = start
+        while pos < end:
+            stop = min(await self.readable(partial, pos, fetches), end, pos + READ_SIZE)
+            yield await asyncio.to_thread(lambda start, stop: b"".join(read(start, stop)), pos, stop)
+            pos = stop
 
     async def complete(self, name: str, partial: PartialBlob) -> None:
         """Fetch what the blob still lacks, then verify it into the store; UpstreamFailed when its

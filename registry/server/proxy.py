@@ -8,11 +8,12 @@ immutable`, `ETag` = the digest), ranges too, so a plain HTTP cache in front wor
 
 from __future__ import annotations
 
-import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from registry.errors import RegistryError
 from registry.proxy_cache import IN_MEMORY, ProxyCache
 from registry.server import blobs
 from registry.server.manifests import manifest_response
@@ -22,6 +23,7 @@ from registry.storage import check_digest, check_reference
 from storage.oci import MEDIA_INDEX, Index
 
 PROXY = web.AppKey("proxy", ProxyCache)
+log = logging.getLogger("lazyctr.registry.proxy")
 
 routes = web.RouteTableDef()
 
@@ -86,17 +88,46 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if ranges == []:
         return unsatisfiable(partial.size, headers)
     if request.method == "HEAD":
-        return await send_streamed(request, cache.reader(name, partial, [], asyncio.get_running_loop()),
-                                   ranges, partial.size, headers)  # fmt: skip
+        return await send_streamed(request, cache.reader(name, partial), ranges, partial.size, headers)
     if ranges is None:
         await cache.complete(name, partial)
         return await blobs.get_blob(request)
     wanted = [(start, end + 1) for start, end in ranges]
     fetches = cache.fetch(name, partial, wanted)
-    if sum(end - start for start, end in wanted) <= IN_MEMORY:
-        # The usual lazy read: wait for all of it, so a failure upstream is a clean error answer.
-        await cache.arrived(partial, wanted, fetches)
-    read = cache.reader(name, partial, fetches, asyncio.get_running_loop())
+    if len(wanted) == 1 and wanted[0][1] - wanted[0][0] > IN_MEMORY:
+        start, end = wanted[0]
+        return await send_arriving(request, cache.stream(name, partial, start, end, fetches), start, end,
+                                   partial.size, headers)  # fmt: skip
+    # The usual lazy read, a few small ranges: all of it first, so a failure upstream is a clean error.
+    await cache.arrived(partial, wanted, fetches)
+    read = cache.reader(name, partial)
     if len(ranges) > 1:  # from a local file: all the ranges read in one trip to a worker thread
         return await send_multipart(request, read, ranges, partial.size, headers, local=True)
     return await send_streamed(request, read, ranges, partial.size, headers)
+
+
+async def send_arriving(
+    request: web.Request,
+    pieces: AsyncIterator[bytes],
+    start: int,
+    end: int,
+    size: int,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """One large range, sent as its bytes arrive. Should the upstream fail half way, the connection is
+    cut: the client sees an answer shorter than its Content-Length, never a whole one."""
+    response = web.StreamResponse(
+        status=206, headers={**headers, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+    )
+    response.content_length = end - start
+    await response.prepare(request)
+    try:
+        async for piece in pieces:
+            await response.write(piece)
+    except RegistryError as e:
+        log.warning("%s %s: cut off: %s", request.method, request.path, e.message)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response

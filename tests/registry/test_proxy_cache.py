@@ -146,7 +146,7 @@ def test_concurrent_misses_fetch_each_byte_once_upstream(upstream: Upstream, tmp
     slow = Proxy(upstream.address)  # answers late, so the cache's clients all miss at the same time
     slow.delay = 0.3
     try:
-        with cache_serve(tmp_path, slow.address) as cache, ThreadPoolExecutor(8) as pool:
+        with cache_serve(tmp_path, slow.address) as cache, ThreadPoolExecutor(16) as pool:
 
             def get(range_header: str | None) -> Reply:
                 headers = {"Range": range_header} if range_header else {}
@@ -172,7 +172,7 @@ def test_concurrent_misses_fetch_each_byte_once_upstream(upstream: Upstream, tmp
             assert upstream_bytes(upstream, digest) == 1 + 70000 + 100
 
             # A large range streams through (from the upstream, to every client asking at once).
-            bigs = list(pool.map(get, ["bytes=200000-5999999"] * 2))
+            bigs = list(pool.map(get, ["bytes=200000-5999999"] * 8))  # more than the server's threads
             assert all(r.status == 206 and r.body == BLOB[200000:6000000] for r in bigs)
             assert upstream_bytes(upstream, digest) == 1 + 70000 + 100 + 5800000
 
