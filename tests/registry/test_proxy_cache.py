@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,24 +268,26 @@ def test_tampered_upstream_bytes_are_never_stored_or_served_as_the_blob(
         tamper.stop()
 
 
-class BadUpstream:
-    """A real HTTP server that answers every request with `status` and `body` (and the headers)."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-    def __init__(self) -> None:
+
+class BadUpstream:
+    """A real HTTP server that answers every request with `status`, `body` and `headers`, or as
+    `handler` says."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
         self.status, self.body, self.headers = 500, b"", dict[str, str]()
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         started = threading.Event()
 
-        async def answer(request: web.Request) -> web.Response:
+        async def answer(request: web.Request) -> web.StreamResponse:
             return web.Response(status=self.status, body=self.body, headers=self.headers)
 
         def run() -> None:
-            import asyncio
-
             loop = asyncio.new_event_loop()
             app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", answer)
+            app.router.add_route("*", "/{tail:.*}", handler or answer)
             runner = web.AppRunner(app)
             loop.run_until_complete(runner.setup())
             loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
@@ -294,6 +296,38 @@ class BadUpstream:
 
         threading.Thread(target=run, daemon=True).start()
         assert started.wait(10)
+
+
+async def half_then_hang_up(request: web.Request) -> web.StreamResponse:
+    """Byte ranges of BLOB; of a large one, the first half, then the connection closes."""
+    first, last = map(int, request.headers["Range"].removeprefix("bytes=").split("-"))
+    response = web.StreamResponse(status=206, headers={"Content-Range": f"bytes {first}-{last}/{len(BLOB)}"})
+    response.content_length = last + 1 - first
+    await response.prepare(request)
+    if last - first < 1000:
+        await response.write(BLOB[first : last + 1])
+        await response.write_eof()
+    else:
+        await response.write(BLOB[first : first + (last - first) // 2])
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.close()
+    return response
+
+
+def test_an_upstream_cut_off_half_way_cuts_the_answer_and_keeps_what_came(tmp_path: Path) -> None:
+    bad = BadUpstream(half_then_hang_up)
+    digest = sha256(BLOB)
+    with cache_serve(tmp_path, bad.address) as cache:
+        host, port = cache.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", f"/v2/app/blobs/{digest}", headers={"Range": "bytes=100-5000099"})
+        response = conn.getresponse()
+        assert response.status == 206  # streamed as it came: then the upstream hung up
+        with pytest.raises(http.client.IncompleteRead):
+            response.read()
+        conn.close()
+        assert request(cache, "GET", f"/v2/app/blobs/{digest}", Range="bytes=100-199").body == BLOB[100:200]
 
 
 def test_spans_hold_merged_byte_ranges() -> None:
