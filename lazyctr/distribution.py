@@ -75,12 +75,16 @@ def parse_size(text: str, option: str) -> int:
               help="Access log (standard output), a line per request; json: an object a line.")  # fmt: skip
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="With --tls-cert: its PEM private key.")  # fmt: skip
+@click.option("--proxy", "upstream", metavar="UPSTREAM",
+              help="Be a read-only pull-through cache of the registry UPSTREAM (HOST[:PORT]; "
+                   "http://HOST[:PORT] for plain HTTP), with the credentials `lazyctr login` "
+                   "stored for it.")  # fmt: skip
 @pass_context
 def serve(
     ctx: Context, addr: str, storage: Path | None, read_only: bool, htpasswd: Path | None,
     anonymous_pull: tuple[str, ...], token_key: Path | None, token_realm: str | None, token_service: str,
     s3_url: str | None, s3_bucket: str | None, s3_cache_size: str, tls_cert: Path | None,
-    log_format: str, tls_key: Path | None,
+    log_format: str, tls_key: Path | None, upstream: str | None,
 ) -> None:  # fmt: skip
     """Serve an OCI distribution registry (pull, push, ranges) until interrupted."""
     from registry.auth import Access  # the server's imports only for this command
@@ -116,10 +120,20 @@ def serve(
         # Whole blobs are served from a verified local copy: the cache lives under the storage dir.
         cache = BlobCache(root / "s3-cache", parse_size(s3_cache_size, "--s3-cache-size"))
         backend = BlobStore(S3Driver(s3_bucket, endpoint_url=s3_url), cache)
+    proxy = None
+    if upstream:
+        from registry.filesystem import FilesystemDriver
+        from registry.proxy_cache import ProxyCache, Upstream
+        from registry.storage import BlobStore
+
+        backend = backend if isinstance(backend, BlobStore) else BlobStore(FilesystemDriver(root))
+        # Blobs known in part (byte ranges) stay on local disk, whatever the store.
+        proxy = ProxyCache(backend, Upstream.parse(upstream), root / "proxy-ranges")
 
     async def run() -> None:
-        click.echo(f"serving {root} on {'https' if tls else 'http'}://{host}:{port}", err=True)
-        await serve_registry(backend, host, port, read_only, access, tls, log_format)
+        what = f"a pull-through cache of {upstream} in {root}" if upstream else str(root)
+        click.echo(f"serving {what} on {'https' if tls else 'http'}://{host}:{port}", err=True)
+        await serve_registry(backend, host, port, read_only, access, tls, log_format, proxy)
 
     _run_until_signalled(run)
 

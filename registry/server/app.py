@@ -7,6 +7,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,6 +18,9 @@ from registry.server import blobs, manifests, referrers, tags, uploads
 from registry.server.access_log import AccessLog, access_logger
 from registry.server.state import ACCESS, READ_ONLY, STORE, UPLOAD_TIMEOUT, USER
 from registry.storage import BlobStore
+
+if TYPE_CHECKING:
+    from registry.proxy_cache import ProxyCache
 
 DEFAULT_UPLOAD_TIMEOUT = 3600.0  # an upload nobody wrote to for an hour belongs to a client that died
 SHUTDOWN_TIMEOUT = 5.0
@@ -77,16 +81,23 @@ def make_app(
     read_only: bool = False,
     access: Access | None = None,
     upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
+    proxy: ProxyCache | None = None,
 ) -> web.Application:
-    """The registry over a store, or over a directory (the filesystem driver)."""
+    """The registry over a store, or over a directory (the filesystem driver); with `proxy`, a
+    read-only pull-through cache of another registry over the proxy's store."""
     app = web.Application(middlewares=[registry_errors])
     app[STORE] = root if isinstance(root, BlobStore) else BlobStore(FilesystemDriver(root))
     app[UPLOAD_TIMEOUT] = upload_timeout
-    app[READ_ONLY] = read_only
+    app[READ_ONLY] = read_only or proxy is not None
     app[ACCESS] = access or Access.anyone()
     app.cleanup_ctx.append(_expire_uploads)
     app.on_response_prepare.append(_mark_responses)
     app.router.add_get("/v2/", ping)
+    if proxy is not None:
+        from registry.server import proxy as proxy_routes
+
+        proxy_routes.install(app, proxy)
+        return app
     # In this order: a route's repository name may hold slashes, the first route that matches wins.
     for resource in (tags, referrers, manifests, uploads, blobs):
         app.router.add_routes(resource.routes)
@@ -101,15 +112,17 @@ async def serve(
     access: Access | None = None,
     tls: ssl.SSLContext | None = None,
     log_format: str | None = None,
+    proxy: ProxyCache | None = None,
 ) -> None:
-    """Serve the registry until cancelled (over HTTPS when given a TLS context).
+    """Serve the registry (or, with `proxy`, a pull-through cache) until cancelled (over HTTPS when
+    given a TLS context).
 
     `log_format` "text" or "json" writes one access-log line per request to standard output.
     """
     # lingering_time=0: a connection whose request body was left unread is closed at once, rather
     # than drained for up to 10 s (which also held shutdown up for as long).
     runner = web.AppRunner(
-        make_app(root, read_only, access),
+        make_app(root, read_only, access, proxy=proxy),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         lingering_time=0,
         access_log=access_logger() if log_format else None,

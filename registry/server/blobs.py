@@ -12,7 +12,7 @@ from registry.server.ranges import parse_ranges, send_multipart, send_streamed, 
 from registry.server.state import REPOSITORY, name_of, store_of
 from registry.storage import check_digest
 
-IMMUTABLE = "max-age=31536000, immutable"
+IMMUTABLE = "public, max-age=31536000, immutable"  # a blob never changes: any HTTP cache may keep it
 
 routes = web.RouteTableDef()
 
@@ -25,6 +25,21 @@ class WholeFileResponse(web.FileResponse):
         return await super().prepare(request.clone(headers=headers))
 
 
+def blob_headers(digest: str) -> dict[str, str]:
+    """The headers of every answer with a blob's bytes, whole or in ranges."""
+    return {
+        "Docker-Content-Digest": digest,
+        "Content-Type": "application/octet-stream",
+        "Cache-Control": IMMUTABLE,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+    }
+
+
+def not_modified(request: web.Request, digest: str) -> bool:
+    return bool(request.if_none_match) and any(tag.value == digest for tag in request.if_none_match or ())
+
+
 @routes.get(REPOSITORY + "/blobs/{digest}")
 async def get_blob(request: web.Request) -> web.StreamResponse:
     name = name_of(request)
@@ -32,14 +47,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     store = store_of(request)
     header = request.headers.get("Range")
     location = await asyncio.to_thread(store.locate_blob, name, digest, header is None)
-    headers = {
-        "Docker-Content-Digest": digest,
-        "Content-Type": "application/octet-stream",
-        "Cache-Control": IMMUTABLE,
-        "Accept-Ranges": "bytes",
-        "ETag": f'"{digest}"',
-    }
-    if request.if_none_match and any(tag.value == digest for tag in request.if_none_match):
+    headers = blob_headers(digest)
+    if not_modified(request, digest):
         return web.Response(status=304, headers=headers)
     ranges = parse_ranges(header, location.size) if header else None
     if ranges == []:

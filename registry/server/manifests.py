@@ -79,6 +79,10 @@ async def get_manifest(request: web.Request) -> web.Response:
     name = name_of(request)
     reference = check_reference(request.match_info["reference"])
     digest, data = await asyncio.to_thread(store_of(request).get_manifest, name, reference)
+    return manifest_response(digest, data)
+
+
+def manifest_response(digest: str, data: bytes) -> web.Response:
     try:
         media_type = media_type_of(json.loads(data))
     except ValueError:

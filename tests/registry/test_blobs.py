@@ -29,7 +29,7 @@ def test_get_whole_blob_with_cache_headers(registry: Registry, blob: str) -> Non
     assert reply.body == DATA
     assert reply.headers["Docker-Content-Digest"] == blob
     assert reply.headers["ETag"] == f'"{blob}"'
-    assert reply.headers["Cache-Control"] == "max-age=31536000, immutable"
+    assert reply.headers["Cache-Control"] == "public, max-age=31536000, immutable"
     assert reply.headers["Accept-Ranges"] == "bytes"
     assert reply.headers["Content-Length"] == str(len(DATA))
     assert reply.headers["Content-Type"] == "application/octet-stream"
