@@ -206,7 +206,8 @@ def top(ctx: Context, container: str, ps_options: tuple[str, ...]) -> None:
         pids = set(Cgroup.open(state.id).pids())
     except CgroupError:
         raise lifecycle.LifecycleError(f"container {state.name} is not running") from None
-    listing = subprocess.run(["ps", *(ps_options or ("-ef",))], capture_output=True, text=True)
+    # -ww: whole command lines, whatever COLUMNS says (ps cuts them at its width when it is set).
+    listing = subprocess.run(["ps", *(ps_options or ("-ef",)), "-ww"], capture_output=True, text=True)
     if listing.returncode != 0:
         raise lifecycle.LifecycleError(f"ps {' '.join(ps_options)} failed: {listing.stderr.strip()}")
     header, *lines = listing.stdout.splitlines()
