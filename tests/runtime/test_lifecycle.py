@@ -137,7 +137,7 @@ def test_top_lists_the_containers_processes_only(lazyctr: CliRunner, busybox: st
     header, *lines = lazyctr("top", "tree").out.splitlines()
     assert header.split()[:3] == ["UID", "PID", "PPID"]
     assert {line.split(None, 7)[7] for line in lines} == {
-        "sh -c sleep 101 & sleep 102",
+        "sh -c sleep 101 & sleep 102; wait",
         "sleep 101",
         "sleep 102",
     }
