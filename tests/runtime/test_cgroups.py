@@ -253,6 +253,7 @@ def test_v1_mount_points_come_from_mountinfo(tmp_path: Path) -> None:
     )
     assert v1_mount_points(Path("/sys/fs/cgroup"), mountinfo) == {
         "cpu": Path("/sys/fs/cgroup/cpu,cpuacct"),
+        "cpuacct": Path("/sys/fs/cgroup/cpu,cpuacct"),
         "memory": Path("/sys/fs/cgroup/memory"),
         "pids": Path("/sys/fs/cgroup/pids"),
     }
