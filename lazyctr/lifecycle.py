@@ -3,6 +3,7 @@ pause, unpause, rename, stats and top (the work is runtime/lifecycle.py's and ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from runtime import lifecycle
 from runtime.accounting import Usage, cpu_percent, read_usage, system_cpu_ns
 from runtime.cgroups import Cgroup, CgroupError
 from runtime.state import ContainerState, all_states, containers_dir, find
+from storage.errors import LazyctrError
 
 STATS_INTERVAL = 1.0  # seconds between two readings, as docker's
 _NOT_FOR_CREATE = ("detach", "timings", "create_only")
@@ -116,13 +118,18 @@ def rename(ctx: Context, container: str, name: str) -> None:
 def stats(ctx: Context, no_stream: bool, output: str, containers: tuple[str, ...]) -> None:
     """CPU, memory, network and block I/O, and process count of running containers, as docker stats."""
     directory = containers_dir(ctx.root)
-    if containers:
+
+    def running() -> list[ContainerState]:
+        """Read again at every refresh: a restarted container has a new PID 1, new ones may have come."""
+        if not containers:
+            return [state for state in all_states(directory) if state.running]
         states = [find(directory, text) for text in containers]
         for state in states:
             if not state.running:
                 raise lifecycle.LifecycleError(f"container {state.name} is not running")
-    else:
-        states = [state for state in all_states(directory) if state.running]
+        return states
+
+    states = running()
     before = _readings(states)
     while True:
         time.sleep(STATS_INTERVAL)
@@ -137,6 +144,8 @@ def stats(ctx: Context, no_stream: bool, output: str, containers: tuple[str, ...
             _table(rows)
         if no_stream:
             return
+        with contextlib.suppress(LazyctrError):  # one that ended is left out, as docker does
+            states = running()
         before = after
 
 

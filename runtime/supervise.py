@@ -125,6 +125,7 @@ def kill(root: Path, state: ContainerState) -> None:
 def remove(root: Path, state: ContainerState) -> None:
     """Kill the container if it runs and delete its directory; a lazy mount it was the last to use
     goes too, even if its supervisor was killed before it could let go of it."""
+    mark_stopped(containers_dir(root) / state.id)  # a supervisor waiting to restart it gives up
     if state.running:
         kill(root, state)
     shutil.rmtree(containers_dir(root) / state.id, ignore_errors=True)
