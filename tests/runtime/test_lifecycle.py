@@ -6,6 +6,7 @@ one clear line with docker's exit status."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -17,6 +18,8 @@ import pytest
 
 from runtime.accounting import Usage, read_usage
 from runtime.cgroups import Cgroup
+from runtime.process import ContainerError
+from runtime.restart import RestartPolicy
 from runtime.state import ContainerState, containers_dir, find
 from tests.conftest import CliRunner, assert_clean_error, require_tools
 from tests.runtime.polling import wait_for
@@ -159,7 +162,7 @@ def test_pause_stops_cpu_use_and_unpause_resumes_it(lazyctr: CliRunner, busybox:
     wait_for(lambda: usage(root, "spin").cpu_ns > frozen, what="the CPU time to grow again")
     assert_clean_error(lazyctr("unpause", "spin", ok=False), "container spin is not paused")
     lazyctr("pause", "spin")
-    lazyctr("stop", "-t", "1", "spin")  # a paused container still stops
+    lazyctr("kill", "spin")  # a paused container still dies (v1's freezer holds even SIGKILL: it is thawed)
     assert lazyctr("wait", "spin").out == "137\n"
 
 
@@ -271,18 +274,18 @@ def test_always_restarts_until_stopped(lazyctr: CliRunner, busybox: str, root: P
 
 def test_rename_then_refer_by_the_new_name(lazyctr: CliRunner, busybox: str) -> None:
     lazyctr("run", "-d", "--name", "before", busybox, "sleep", "100")
-    lazyctr("run", "-d", "--name", "other", busybox, "sleep", "100")
     lazyctr("rename", "before", "after")
     assert "after" in lazyctr("ps").out.split()
-    lazyctr("stop", "-t", "1", "after")
-    assert lazyctr("wait", "after").out == "137\n"
-    assert lazyctr("ps", "-a", "--json").out.count('"name": "after"') == 1  # the exited state keeps it
-    assert_clean_error(lazyctr("stop", "before", ok=False), "no such container: before")
+    assert_clean_error(lazyctr("kill", "before", ok=False), "no such container: before")
+    assert_clean_error(lazyctr("rename", "after", "no/slash", ok=False), "invalid container name 'no/slash'")
+    assert_clean_error(lazyctr("run", "--name", "after", busybox, "true", ok=False), "already in use")
+    lazyctr("run", "--name", "other", busybox, "true")
     assert_clean_error(
         lazyctr("rename", "after", "other", ok=False), "the container name 'other' is already in use"
     )
-    assert_clean_error(lazyctr("rename", "after", "no/slash", ok=False), "invalid container name 'no/slash'")
-    assert_clean_error(lazyctr("run", "--name", "after", busybox, "true", ok=False), "already in use")
+    lazyctr("kill", "after")
+    assert lazyctr("wait", "after").out == "137\n"
+    assert lazyctr("ps", "-a", "--json").out.count('"name": "after"') == 1  # the exited state keeps it
 
 
 # --- bad input ----------------------------------------------------------------------------------------
@@ -318,12 +321,18 @@ def test_unknown_container_is_one_line_and_exit_1_as_docker(
         ("on-failure:-1", "the maximum retry count must be a number"),
     ],
 )
-def test_invalid_restart_policy(
-    lazyctr: CliRunner, busybox: str, root: Path, policy: str, fragment: str
-) -> None:
-    result = lazyctr("run", "-d", "--restart", policy, busybox, "true", ok=False)
-    assert result.code == 125  # docker run's status for options it refuses
-    assert_clean_error(result, fragment)
+def test_invalid_restart_policy_is_refused(policy: str, fragment: str) -> None:
+    with pytest.raises(ContainerError, match=re.escape(fragment)) as refused:
+        RestartPolicy.parse(policy)
+    assert refused.value.exit_code == 125  # docker run's status for options it refuses
+
+
+def test_invalid_restart_policy_on_the_command_line(lazyctr: CliRunner, root: Path) -> None:
+    result = lazyctr(
+        "run", "-d", "--restart", "sometimes", "busybox", "true", ok=False
+    )  # refused before the image
+    assert result.code == 125
+    assert_clean_error(result, "invalid restart policy 'sometimes'")
     assert not containers_dir(root).exists() or not any(containers_dir(root).iterdir())  # nothing half-made
 
 
@@ -331,3 +340,14 @@ def test_restart_policy_and_rm_conflict(lazyctr: CliRunner) -> None:
     result = lazyctr("run", "-d", "--rm", "--restart", "always", "busybox", "true", ok=False)
     assert result.code == 125
     assert_clean_error(result, "--restart and --rm conflict")
+
+
+def test_restart_policies_decide_as_docker_s() -> None:
+    on_failure = RestartPolicy.parse("on-failure:2")
+    assert [on_failure.restarts_after(1, n) for n in range(3)] == [True, True, False]
+    assert not on_failure.restarts_after(0, 0)
+    assert RestartPolicy.parse("on-failure").restarts_after(1, 1000)
+    assert RestartPolicy.parse("always").restarts_after(0, 5) and not RestartPolicy.parse(
+        "no"
+    ).restarts_after(1, 0)
+    assert str(on_failure) == "on-failure:2" and str(RestartPolicy.parse("always")) == "always"
