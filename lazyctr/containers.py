@@ -19,7 +19,7 @@ from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
 from runtime.enter import exec_in
-from runtime.lifecycle import Settings, save_config
+from runtime.lifecycle import Settings, paused, save_config
 from runtime.process import ContainerError
 from runtime.restart import RestartPolicy, mark_stopped
 from runtime.spec import Volume, spec_for
@@ -192,7 +192,7 @@ def ps(ctx: Context, show_all: bool, as_json: bool) -> None:
     click.echo(f"{'CONTAINER ID':<14}{'IMAGE':<24}{'COMMAND':<24}{'STATUS':<28}NAMES")
     for s in states:
         if s.running:
-            status = "Up"
+            status = "Up (Paused)" if paused(s) else "Up"
         elif s.exit_code is None:
             status = "Created"
         else:

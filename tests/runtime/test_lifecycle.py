@@ -157,6 +157,7 @@ def test_pause_stops_cpu_use_and_unpause_resumes_it(lazyctr: CliRunner, busybox:
     frozen = usage(root, "spin").cpu_ns
     time.sleep(0.5)
     assert usage(root, "spin").cpu_ns == frozen
+    assert "Up (Paused)" in lazyctr("ps").out
     assert_clean_error(lazyctr("pause", "spin", ok=False), "container spin is already paused")
     lazyctr("unpause", "spin")
     wait_for(lambda: usage(root, "spin").cpu_ns > frozen, what="the CPU time to grow again")
