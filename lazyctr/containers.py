@@ -146,7 +146,8 @@ def run(
         ctx.store, found, spec, choose_driver(ctx.store, found, driver, record_seconds), limits
     )
     container.create()
-    save_config(container, settings)  # what `start` needs
+    if create_only or not remove:  # what `start` needs; `run --rm` (the quick path) cannot be started again
+        save_config(container, settings)
     if create_only:
         click.echo(spec.id)
         return

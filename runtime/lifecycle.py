@@ -66,8 +66,9 @@ def load_container(store: Store, root: Path, state: ContainerState) -> tuple[Con
     try:
         config: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
     except FileNotFoundError:
-        raise LifecycleError(f"container {state.name} was made before lazyctr kept containers' configuration:"
-                             " it cannot be started again") from None  # fmt: skip
+        raise LifecycleError(
+            f"container {state.name} cannot be started again: it was run with --rm (or by an older lazyctr)"
+        ) from None
     spec_fields = {f.name for f in fields(Spec)}
     data = {key: value for key, value in config["spec"].items() if key in spec_fields}
     data["volumes"] = [
