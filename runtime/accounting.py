@@ -50,10 +50,9 @@ def v1_usage(cgroup: Cgroup) -> tuple[int, int, int, int, int, int]:
         memory = _read_int(found["memory"] / "memory.usage_in_bytes") - stat.get("total_inactive_file", 0)
         limit = _read_int(found["memory"] / "memory.limit_in_bytes")
     reads = writes = 0
-    if "blkio" in found:
-        reads, writes = v1_block_io(
-            (found["blkio"] / "blkio.throttle.io_service_bytes_recursive").read_text()
-        )
+    service_bytes = found["blkio"] / "blkio.throttle.io_service_bytes_recursive" if "blkio" in found else None
+    if service_bytes is not None and service_bytes.exists():  # older kernels lack the file: no block I/O
+        reads, writes = v1_block_io(service_bytes.read_text())
     pids = _read_int(found["pids"] / "pids.current") if "pids" in found else 0
     return cpu, max(memory, 0), limit, reads, writes, pids
 
