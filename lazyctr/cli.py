@@ -34,6 +34,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.containers",
         "Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed.",
     ),
+    "create": (
+        "lazyctr.lifecycle",
+        "Create a container of IMAGE to run COMMAND, without starting it; prints its ID.",
+    ),
     "exec": ("lazyctr.containers", "Run COMMAND in a running container, joining its namespaces and cgroup."),
     "export": (
         "lazyctr.images",
@@ -63,6 +67,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "logs": ("lazyctr.containers", "Print what a detached container wrote to stdout and stderr."),
     "ls": ("lazyctr.images", "List files of an image, read from its layers' tables of contents."),
     "mount": ("lazyctr.mounts", "Mount IMAGE read-only at DIR; file contents are fetched when first read."),
+    "pause": ("lazyctr.lifecycle", "Freeze every process of containers (their cgroup's freezer)."),
     "ps": ("lazyctr.containers", "List containers."),
     "pull": (
         "lazyctr.distribution",
@@ -71,6 +76,11 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "push": (
         "lazyctr.distribution",
         "Push IMAGE to REF (default: IMAGE's own name, which must then name a registry host).",
+    ),
+    "rename": ("lazyctr.lifecycle", "Give CONTAINER the name NAME."),
+    "restart": (
+        "lazyctr.lifecycle",
+        "Stop containers (SIGTERM, SIGKILL after the timeout) and start them again.",
     ),
     "rm": ("lazyctr.containers", "Remove containers."),
     "rmi": ("lazyctr.images", "Remove images (by name, or every name of an image ID) and free their blobs."),
@@ -98,13 +108,27 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.mounts",
         "Serve containerd's snapshots API on ADDRESS (a remote snapshotter) until interrupted.",
     ),
+    "start": (
+        "lazyctr.lifecycle",
+        "Start created or stopped containers (in the background, under their restart policy).",
+    ),
+    "stats": (
+        "lazyctr.lifecycle",
+        "CPU, memory, network and block I/O, and process count of running containers, as docker stats.",
+    ),
     "stop": ("lazyctr.containers", "Stop containers: SIGTERM, then SIGKILL after the timeout."),
     "tag": ("lazyctr.images", "Give the image SOURCE another name TARGET."),
+    "top": (
+        "lazyctr.lifecycle",
+        "The processes of a running container, as `ps` lists them (default options: -ef).",
+    ),
     "umount": ("lazyctr.mounts", "Unmount the lazyfs mount at DIRECTORY."),
+    "unpause": ("lazyctr.lifecycle", "Let the processes of paused containers run again."),
     "verify": (
         "lazyctr.signing",
         "Check that IMAGE (in the store) or REF (in its registry) has a signature made with KEY's pair.",
     ),
+    "wait": ("lazyctr.lifecycle", "Wait until containers end for good, and print their exit statuses."),
 }
 
 

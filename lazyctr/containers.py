@@ -19,7 +19,9 @@ from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
 from runtime.enter import exec_in
+from runtime.lifecycle import Settings, paused, save_config
 from runtime.process import ContainerError
+from runtime.restart import RestartPolicy, mark_stopped
 from runtime.spec import Volume, spec_for
 from runtime.state import LOG_FILE, all_states, containers_dir, find
 from storage import timeline
@@ -58,6 +60,14 @@ from storage.store import Image
 @click.option("--profile-seconds", type=float,
               help=f"With --record-profile: record for this many seconds at most, or until the container"
               f" ends  [default: {DEFAULT_PROFILE_SECONDS:g}].")  # fmt: skip
+@click.option(
+    "--restart",
+    "restart_policy",
+    default="no",
+    show_default=True,
+    help="Restart a detached container when it exits: no, on-failure[:N], always, unless-stopped.",
+)
+@click.option("--create-only", is_flag=True, hidden=True)  # `lazyctr create` is `run` stopping here
 @click.option("--timings", is_flag=True,
               help="When the command has ended, print on stderr how long each phase of the start took"
               " (pull, mount, exec, first read...) and the requests and bytes received in it.")  # fmt: skip
@@ -87,6 +97,8 @@ def run(
     driver: str | None,
     record_profile: bool,
     profile_seconds: float | None,
+    restart_policy: str,
+    create_only: bool,
     timings: bool,
     image: str,
     command: tuple[str, ...],
@@ -102,6 +114,9 @@ def run(
                                  " in the foreground, not -d")  # fmt: skip
         timeline.enable()
         timeline.mark("imports done")
+    settings = Settings(RestartPolicy.parse(restart_policy), remove)
+    if remove and settings.restart.name != "no":
+        raise ContainerError("--restart and --rm conflict: a container removed when it exits cannot restart")
     found = _image(ctx, image)
     try:
         limits = Limits(
@@ -131,8 +146,13 @@ def run(
         ctx.store, found, spec, choose_driver(ctx.store, found, driver, record_seconds), limits
     )
     container.create()
+    if create_only or not remove:  # what `start` needs; `run --rm` (the quick path) cannot be started again
+        save_config(container, settings)
+    if create_only:
+        click.echo(spec.id)
+        return
     if detach:
-        supervise.run_detached(container, remove)
+        supervise.run_detached(container, remove, settings.restart)
         click.echo(spec.id)
         return
     status = supervise.run_to_end(container, remove)
@@ -173,7 +193,7 @@ def ps(ctx: Context, show_all: bool, as_json: bool) -> None:
     click.echo(f"{'CONTAINER ID':<14}{'IMAGE':<24}{'COMMAND':<24}{'STATUS':<28}NAMES")
     for s in states:
         if s.running:
-            status = "Up"
+            status = "Up (Paused)" if paused(s) else "Up"
         elif s.exit_code is None:
             status = "Created"
         else:
@@ -213,6 +233,7 @@ def kill(ctx: Context, signal_name: str, containers: tuple[str, ...]) -> None:
         state = find(_containers(ctx), text)
         if not state.running:
             raise ContainerError(f"container {text} is not running")
+        mark_stopped(_containers(ctx) / state.id)  # its restart policy no longer applies, as with docker
         supervise.send_signal(state, sig)
         click.echo(text)
 

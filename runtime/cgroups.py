@@ -3,8 +3,8 @@
 This module owns: finding the cgroup layout (v2, or v1 controllers found in /proc/self/mountinfo),
 creating `lazyctr/<name>` in every controller a container needs, writing its memory, CPU and
 process-count limits, moving processes in, listing them, telling whether the OOM killer struck,
-signalling them, and removing the directories again; and parsing docker's limit strings
-(`--memory 256m`, `--cpus 0.5`). It does not start processes: the caller adds them.
+freezing and thawing them, signalling them, and removing the directories again; and parsing docker's
+limit strings (`--memory 256m`, `--cpus 0.5`). It does not start processes: the caller adds them.
 
 Memory and pids are used whenever the machine has them (accounting, OOM detection, a second view of
 the processes); cpu only when a CPU limit is set.
@@ -28,7 +28,10 @@ from lazyfs.host import mounts
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PARENT = "lazyctr"
-CONTROLLERS = ("memory", "cpu", "pids")
+# The limits' controllers, then the accounting ones that `stats` and `pause` read and write: CPU time
+# (cpuacct on v1; v2 counts it in every cgroup's cpu.stat), block I/O (blkio on v1, io on v2) and the
+# v1 freezer (v2 freezes any cgroup through cgroup.freeze). A hierarchy that is not there is skipped.
+CONTROLLERS = ("memory", "cpu", "pids", "cpuacct", "blkio", "io", "freezer")
 
 # The CFS period docker uses; the kernel refuses quotas below 1ms.
 CPU_PERIOD_US = 100_000
@@ -349,6 +352,51 @@ class Cgroup:
         # Older kernels only count hits of the limit; the caller pairs this with a SIGKILLed process.
         return int((memory / "memory.failcnt").read_text()) > 0
 
+    def freeze(self, timeout: float = 10.0) -> None:
+        """Stop every process of the cgroup (`pause`); returns once the kernel says all are frozen."""
+        self._set_frozen(True, timeout)
+
+    def thaw(self, timeout: float = 10.0) -> None:
+        """Let the processes of a frozen cgroup run again (`unpause`)."""
+        self._set_frozen(False, timeout)
+
+    def frozen(self) -> bool:
+        """Whether the cgroup is frozen (or freezing); False where it cannot be frozen at all."""
+        try:
+            if self.layout == "v2":
+                return (self.paths[0] / "cgroup.freeze").read_text().strip() == "1"
+            freezer = self.controllers.get("freezer")
+            return freezer is not None and (freezer / "freezer.state").read_text().strip() != "THAWED"
+        except FileNotFoundError:
+            return False
+
+    def _set_frozen(self, frozen: bool, timeout: float) -> None:
+        if self.layout == "v2":
+            control, value = self.paths[0] / "cgroup.freeze", "1" if frozen else "0"
+            events = self.paths[0] / "cgroup.events"
+
+            def settled() -> bool:
+                return _read_keyed(events).get("frozen") == int(frozen)
+        else:
+            freezer = self.controllers.get("freezer")
+            if freezer is None:
+                raise CgroupError("the cgroup v1 freezer hierarchy is not mounted: cannot pause or unpause")
+            control, value = freezer / "freezer.state", "FROZEN" if frozen else "THAWED"
+
+            def settled() -> bool:
+                return control.read_text().strip() == value  # FREEZING until every task stopped
+
+        if not control.exists():
+            raise CgroupError(f"cannot {'freeze' if frozen else 'thaw'} cgroup {self.name!r}: no {control}")
+        _write(control, value)
+        deadline = time.monotonic() + timeout
+        while not settled():
+            if time.monotonic() > deadline:
+                raise CgroupError(
+                    f"cgroup {self.name!r} did not {'freeze' if frozen else 'thaw'} in {timeout:g}s"
+                )
+            time.sleep(0.002)
+
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to every process in the cgroup, including ones forked while this runs."""
         kill_file = self.paths[0] / "cgroup.kill"
@@ -369,6 +417,8 @@ class Cgroup:
         Idempotent. The shared `lazyctr` parent goes too once no container uses it, whoever made it:
         only "the last one out" can remove it without racing, and create() retries if it vanishes."""
         deadline = time.monotonic() + timeout
+        if self.frozen():  # a frozen process dies of SIGKILL only once thawed (v1)
+            self.thaw(timeout)
         while remaining := self.pids():
             if time.monotonic() > deadline:
                 raise CgroupError(

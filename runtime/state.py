@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from storage.files import atomic_write
 CONTAINERS_DIR = "containers"
 STATE_FILE = "state.json"
 LOG_FILE = "log"
+NAME_FILE = "name"  # the name `rename` gave, over the one in the state (which its supervisor writes)
 
 
 @dataclass
@@ -35,6 +37,7 @@ class ContainerState:
     layers: list[str] = field(default_factory=list)  # diff_ids of its image: gc keeps them extracted
     driver: str = ""  # the storage driver of its root file system
     seccomp: str = seccomp.DEFAULT  # its seccomp profile, which `exec` gives its processes too
+    restart_count: int = 0  # how often its restart policy has started it again since `run` or `start`
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())
@@ -46,6 +49,8 @@ class ContainerState:
             state = cls(**data)
         except (OSError, ValueError, TypeError):
             raise NotFound(f"no container state in {directory}") from None
+        with suppress(FileNotFoundError):
+            state.name = (directory / NAME_FILE).read_text()
         if state.status == "running" and not process_alive(state.supervisor):
             state.status = "exited"  # its supervisor died without saying how it ended
         return state

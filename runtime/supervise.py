@@ -1,6 +1,6 @@
 """Containers over their lifetime, from any shell: run one to its end (attached or detached, its state
-saying how it ended), signal it, stop it (SIGTERM, then SIGKILL after a grace period), wait for it
-to exit and remove it."""
+saying how it ended; detached, again as its restart policy says), signal it, stop it (SIGTERM, then
+SIGKILL after a grace period), wait for it to exit and remove it."""
 
 from __future__ import annotations
 
@@ -13,21 +13,33 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runtime.cgroups import Cgroup, CgroupError
 from runtime.container import Container
 from runtime.drivers import LazyDriver
 from runtime.process import EXIT_SETUP_FAILED
-from runtime.state import LOG_FILE, ContainerState, containers_dir
+from runtime.restart import NO_RESTART, RestartPolicy, mark_stopped, next_delay, stopped_by_user
+from runtime.state import LOG_FILE, STATE_FILE, ContainerState, containers_dir
 from storage.errors import NotFound
 
 DETACH_TIMEOUT = 30.0  # seconds `run -d` waits for the container to start
 KILL_TIMEOUT = 10.0  # seconds to wait for a container to end after SIGKILL
 
 
-def run_to_end(container: Container, remove: bool) -> int:
-    """Run the container; if it cannot start its state still says `exited` (125), and with `remove`
-    its directory goes whatever happens."""
+def run_to_end(container: Container, remove: bool, policy: RestartPolicy = NO_RESTART) -> int:
+    """Run the container, again as long as `policy` says (runtime/restart.py); if it cannot start its
+    state still says `exited` (125), and with `remove` its directory goes whatever happens."""
     try:
-        return container.run()
+        started, delay = time.monotonic(), 0.0
+        status = container.run()
+        while _restarts(container, policy, status):
+            delay = next_delay(delay, time.monotonic() - started)
+            time.sleep(delay)
+            if not _restarts(container, policy, status):  # stopped or removed meanwhile
+                break
+            container.state.restart_count += 1
+            started = time.monotonic()
+            status = container.run()
+        return status
     except BaseException:
         container.state.status, container.state.exit_code = "exited", EXIT_SETUP_FAILED
         container.state.save(container.dir)
@@ -37,7 +49,17 @@ def run_to_end(container: Container, remove: bool) -> int:
             container.remove()
 
 
-def run_detached(container: Container, remove: bool) -> None:
+def _restarts(container: Container, policy: RestartPolicy, status: int) -> bool:
+    """Whether the supervisor runs the container again: its policy says so, and the user has neither
+    stopped nor removed it."""
+    return (
+        policy.restarts_after(status, container.state.restart_count)
+        and not stopped_by_user(container.dir)
+        and (container.dir / STATE_FILE).exists()
+    )
+
+
+def run_detached(container: Container, remove: bool, policy: RestartPolicy = NO_RESTART) -> None:
     """Supervise the container from a child in its own session, its output going to the log; return
     once it runs (or has ended already), as docker does."""
     if os.fork() == 0:
@@ -49,7 +71,7 @@ def run_detached(container: Container, remove: bool) -> None:
         os.dup2(log, 2)
         status = EXIT_SETUP_FAILED
         try:
-            status = run_to_end(container, remove)
+            status = run_to_end(container, remove, policy)
             note = recording_note(container)
             if note:
                 print(note, file=sys.stderr)
@@ -73,13 +95,19 @@ def recording_note(container: Container) -> str | None:
 
 
 def send_signal(state: ContainerState, sig: int) -> None:
-    """`sig` to the container's PID 1; one that has just ended is no error."""
+    """`sig` to the container's PID 1; one that has just ended is no error. A paused container is
+    thawed so that it gets the signal (as docker does)."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(state.pid, sig)
+    with contextlib.suppress(CgroupError, OSError):
+        cgroup = Cgroup.open(state.id)
+        if cgroup.frozen():
+            cgroup.thaw()
 
 
 def stop(root: Path, state: ContainerState, grace: float) -> None:
     """SIGTERM, and SIGKILL if the container still runs `grace` seconds later; returns once it ended."""
+    mark_stopped(containers_dir(root) / state.id)  # its restart policy no longer applies
     if not state.running:
         return
     send_signal(state, signal.SIGTERM)
@@ -89,6 +117,7 @@ def stop(root: Path, state: ContainerState, grace: float) -> None:
 
 def kill(root: Path, state: ContainerState) -> None:
     """SIGKILL, and wait (a while) for the container to end."""
+    mark_stopped(containers_dir(root) / state.id)
     send_signal(state, signal.SIGKILL)
     wait_exited(root, state, KILL_TIMEOUT)
 
@@ -96,6 +125,7 @@ def kill(root: Path, state: ContainerState) -> None:
 def remove(root: Path, state: ContainerState) -> None:
     """Kill the container if it runs and delete its directory; a lazy mount it was the last to use
     goes too, even if its supervisor was killed before it could let go of it."""
+    mark_stopped(containers_dir(root) / state.id)  # a supervisor waiting to restart it gives up
     if state.running:
         kill(root, state)
     shutil.rmtree(containers_dir(root) / state.id, ignore_errors=True)
