@@ -34,6 +34,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.containers",
         "Make a new image NAME[:TAG] of CONTAINER's image plus what the container changed.",
     ),
+    "cp": ("lazyctr.cp", "Copy SOURCE to DESTINATION, one of them CONTAINER:PATH, as `docker cp` does."),
     "exec": ("lazyctr.containers", "Run COMMAND in a running container, joining its namespaces and cgroup."),
     "export": (
         "lazyctr.images",
