@@ -102,6 +102,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "stop": ("lazyctr.containers", "Stop containers: SIGTERM, then SIGKILL after the timeout."),
     "tag": ("lazyctr.images", "Give the image SOURCE another name TARGET."),
     "umount": ("lazyctr.mounts", "Unmount the lazyfs mount at DIRECTORY."),
+    "volume": (
+        "lazyctr.volumes",
+        "Manage named volumes: directories under the root that containers mount with -v NAME:/path.",
+    ),
     "verify": (
         "lazyctr.signing",
         "Check that IMAGE (in the store) or REF (in its registry) has a signature made with KEY's pair.",

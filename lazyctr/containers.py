@@ -20,8 +20,9 @@ from runtime.container import Container
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
 from runtime.enter import exec_in
 from runtime.process import ContainerError
-from runtime.spec import Volume, spec_for
+from runtime.spec import spec_for
 from runtime.state import LOG_FILE, all_states, containers_dir, find
+from runtime.volumes import volume_of
 from storage import timeline
 from storage.errors import StorageError
 from storage.store import Image
@@ -40,7 +41,7 @@ from storage.store import Image
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
-@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount SRC:DST[:ro].")
+@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount SRC:DST[:ro], or mount the named volume NAME:DST[:ro] (made if missing).")
 @click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
 @click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")
@@ -113,7 +114,7 @@ def run(
         raise ContainerError(str(e)) from None
     spec = spec_for(found, list(command), list(env), workdir, entrypoint)
     spec.hostname, spec.name = hostname, name
-    spec.volumes = [Volume.parse(text) for text in volumes]
+    spec.volumes = [volume_of(ctx.root, text, spec.id) for text in volumes]
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
     spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
