@@ -48,6 +48,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.signing",
         "Make an ECDSA P-256 key pair to sign images with: PREFIX.key (private) and PREFIX.pub.",
     ),
+    "history": (
+        "lazyctr.images",
+        "Show how IMAGE was made, newest step first: from its config's history, as `docker history`.",
+    ),
     "images": ("lazyctr.images", "List the images in the store."),
     "import": ("lazyctr.images", "Import SOURCE as image NAME[:TAG]."),
     "info": (
