@@ -60,6 +60,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     ),
     "inspect": ("lazyctr.images", "Show an image's configuration and layers."),
     "kill": ("lazyctr.containers", "Send a signal to containers' main process."),
+    "load": (
+        "lazyctr.archive",
+        "Load the images of a docker-archive or oci-archive tar (`docker save`, `podman save`).",
+    ),
     "login": (
         "lazyctr.distribution",
         "Check USERNAME's password with REGISTRY (HOST[:PORT]) and save it for push and pull.",
@@ -86,6 +90,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "run": (
         "lazyctr.containers",
         "Run COMMAND in a new container of IMAGE (its own root and namespaces); exits with its status.",
+    ),
+    "save": (
+        "lazyctr.archive",
+        "Write IMAGES to the tar archive OUTPUT, which `docker load` and `podman load` read.",
     ),
     "serve": (
         "lazyctr.distribution",

@@ -41,7 +41,13 @@ from storage.store import Image
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
-@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount SRC:DST[:ro], or mount the named volume NAME:DST[:ro] (made if missing).")
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    help="Bind SRC:DST[:ro], or the named volume NAME:DST[:ro] (made if missing).",
+)
 @click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
 @click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")

@@ -133,7 +133,8 @@ def remove(root: Path, name: str, force: bool = False) -> None:
         users = volume.users()
         if users:
             raise VolumeError(
-                f"volume {name} is in use by container(s) {', '.join(u[:12] for u in users)}: remove them first"
+                f"volume {name} is in use by container(s) {', '.join(u[:12] for u in users)}:"
+                " remove them first"
             )
         shutil.rmtree(volume.dir)
 
