@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from lazyctr.context import Context, command, pass_context
-from runtime import seccomp, supervise
+from runtime import seccomp, supervise, systemd
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
@@ -68,6 +68,9 @@ from storage.store import Image
 @click.option("--timings", is_flag=True,
               help="When the command has ended, print on stderr how long each phase of the start took"
               " (pull, mount, exec, first read...) and the requests and bytes received in it.")  # fmt: skip
+@click.option("--systemd", "systemd_mode", type=click.Choice(systemd.MODES), default="true",
+              show_default=True, help="Mounts and stop signal for systemd as PID 1; true: when the command"
+              " is an init.")  # fmt: skip
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
@@ -95,6 +98,7 @@ def run(
     record_profile: bool,
     profile_seconds: float | None,
     timings: bool,
+    systemd_mode: str,
     image: str,
     command: tuple[str, ...],
 ) -> None:
@@ -125,6 +129,8 @@ def run(
     spec.read_only, spec.network = read_only, network
     spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
     spec.seccomp = seccomp.profile_of(security_opts)
+    if systemd.wanted(systemd_mode, spec.argv):
+        systemd.configure(spec)
     if network == "private":
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True

@@ -6,12 +6,15 @@ import json
 
 import click
 
-from lazyctr.context import Context, command, pass_context
+from lazyctr.context import COMMANDS, Context, pass_context
 
 
-@command("volume", cls=click.Group)
+@click.group("volume")
 def volume() -> None:
     """Manage named volumes: directories under the root that containers mount with -v NAME:/path."""
+
+
+COMMANDS.append(volume)
 
 
 @volume.command()
@@ -22,7 +25,7 @@ def create(ctx: Context, name: str | None, labels: tuple[str, ...]) -> None:
     """Create the volume NAME (a random name if none is given); prints its name."""
     from runtime.volumes import create as create_volume
 
-    pairs = dict((*label.split("=", 1), "")[:2] for label in labels)
+    pairs = {key: value for key, _, value in (label.partition("=") for label in labels)}
     click.echo(create_volume(ctx.root, name, pairs).name)
 
 

@@ -16,6 +16,7 @@ from runtime import syscalls as sc
 from runtime.mountpoints import NETWORK_FILES
 from runtime.spec import Spec, Volume
 from runtime.steps import setup_step
+from runtime.systemd import mount_systemd_tmpfs
 from storage.paths import resolve_in_root
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -40,6 +41,8 @@ def prepare_rootfs(rootfs: Path, container_dir: Path, spec: Spec) -> None:
     mount_proc(rootfs)
     mount_sys(rootfs)
     mount_dev(rootfs)
+    if spec.systemd:
+        mount_systemd_tmpfs(rootfs)
     pivot_root(rootfs)
     mask_paths()
     make_paths_readonly()

@@ -35,6 +35,7 @@ class ContainerState:
     layers: list[str] = field(default_factory=list)  # diff_ids of its image: gc keeps them extracted
     driver: str = ""  # the storage driver of its root file system
     seccomp: str = seccomp.DEFAULT  # its seccomp profile, which `exec` gives its processes too
+    stop_signal: int = 15  # what `stop` sends before SIGKILL (SIGTERM; the image's StopSignal; systemd's)
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())
