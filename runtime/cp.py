@@ -194,6 +194,9 @@ def copy_from_container(store: Store, state: ContainerState, path: str, dest_tex
 
     def sender() -> int:
         os.close(read_end)
+        # No owner names in the stream (the receiver owns what it unpacks): looking them up would read
+        # the container's /etc/passwd and /etc/group, on a lazy image a fetch of files nobody copies.
+        tarfile.pwd = tarfile.grp = None  # type: ignore[attr-defined]  # this forked child's own copy
         with contextlib.suppress(BrokenPipeError), os.fdopen(write_end, "wb") as out:
             send(path, out)  # a receiver that refused closed its end: it says why
         return 0
