@@ -19,30 +19,40 @@ from lazyfs.mount import MountState
 from registry.transfer import pull_lazy
 from storage.pieces import Piece, file_pieces
 from storage.store import Store
-from tests.conftest import CliRunner, assert_clean_error, cli_command
+from tests.conftest import CliRunner, Result, assert_clean_error, cli_command
 from tests.registry.conftest import Registry
 from tests.runtime.test_lazy_driver import lazy_mounts, shared_mountpoint
 
 pytestmark = pytest.mark.privileged
 
 
-@pytest.fixture
-def busybox(lazyctr: CliRunner, busybox_tar: Path) -> str:
-    lazyctr("import", str(busybox_tar), "busybox")
-    return "busybox"
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, busybox_tar: Path) -> Iterator[CliRunner]:
+    """One root for the module's eager tests: busybox, a running and a stopped container (each test
+    copies to paths of its own)."""
+    root = tmp_path_factory.mktemp("lzc-cp") / "root"
+
+    def run(*args: str, ok: bool = True) -> Result:
+        proc = subprocess.run(cli_command(root, *args), capture_output=True, timeout=300)
+        result = Result(proc.returncode, proc.stdout, proc.stderr.decode())
+        assert not ok or result.code == 0, f"lazyctr {' '.join(args)} failed: {result.stderr}"
+        return result
+
+    run("import", str(busybox_tar), "busybox")
+    run("run", "-d", "--name", "lzc-running", "busybox", "sleep", "300")
+    run("run", "--name", "lzc-stopped", "busybox", "sh", "-c", "mkdir -p /srv/d/sub && echo a > /srv/d/a"
+        " && echo b > /srv/d/sub/b && ln -s /etc /srv/etc-link")  # fmt: skip
+    yield run
+    run("rm", "-f", "lzc-running", "lzc-stopped", ok=False)
 
 
 @pytest.fixture
-def running(lazyctr: CliRunner, busybox: str) -> Iterator[str]:
-    lazyctr("run", "-d", "--name", "lzc-running", busybox, "sleep", "300")
-    yield "lzc-running"
-    lazyctr("rm", "-f", "lzc-running", ok=False)
+def running(shared: CliRunner) -> str:
+    return "lzc-running"
 
 
 @pytest.fixture
-def stopped(lazyctr: CliRunner, busybox: str) -> str:
-    lazyctr("run", "--name", "lzc-stopped", busybox, "sh", "-c", "mkdir -p /srv/d/sub && echo a > /srv/d/a"
-            " && echo b > /srv/d/sub/b && ln -s /etc /srv/etc-link")  # fmt: skip
+def stopped(shared: CliRunner) -> str:
     return "lzc-stopped"
 
 
@@ -68,107 +78,106 @@ def files(top: Path) -> dict[str, str]:
     return out
 
 
-def staging_left(top: Path) -> list[Path]:
-    return [p for p in top.rglob(".lazyctr-cp-*")]
-
-
 def test_a_directory_into_a_running_container_and_back(
-    lazyctr: CliRunner, running: str, host_tree: Path, tmp_path: Path
+    shared: CliRunner, running: str, host_tree: Path, tmp_path: Path
 ) -> None:
-    lazyctr("cp", str(host_tree), f"{running}:/tmp")  # an existing directory: lands in it, by its name
-    listing = lazyctr(
-        "exec", running, "sh", "-c", "cd /tmp/tree && find . | sort && cat sub/two && ls -l sub"
-    )
+    shared("cp", str(host_tree), f"{running}:/tmp")  # an existing directory: lands in it, by its name
+    listing = shared("exec", running, "sh", "-c", "cd /tmp/tree && find . | sort && cat sub/two && ls -l sub")
     assert listing.out.splitlines()[:5] == [".", "./link", "./one", "./sub", "./sub/two"]
     assert "2\n" in listing.out and "-rw-------" in listing.out  # contents and mode kept
     back = tmp_path / "back"
-    lazyctr("cp", f"{running}:/tmp/tree", str(back))  # a missing destination: the directory becomes it
+    shared("cp", f"{running}:/tmp/tree", str(back))  # a missing destination: the directory becomes it
     assert files(back) == files(host_tree)
 
 
 def test_a_file_to_a_new_name_into_a_directory_and_over_a_file(
-    lazyctr: CliRunner, running: str, tmp_path: Path
+    shared: CliRunner, running: str, tmp_path: Path
 ) -> None:
-    lazyctr("cp", f"{running}:/etc/passwd", str(tmp_path / "passwd"))
+    shared("cp", f"{running}:/etc/passwd", str(tmp_path / "passwd"))
     assert (tmp_path / "passwd").read_text().startswith("root:")
-    lazyctr("cp", f"{running}:/etc/group", str(tmp_path))  # into a directory, by its base name
+    shared("cp", f"{running}:/etc/group", str(tmp_path))  # into a directory, by its base name
     assert (tmp_path / "group").read_text().startswith("root:")
     (tmp_path / "over").write_text("old")
-    lazyctr("cp", f"{running}:/etc/hostname", str(tmp_path / "over"))
+    shared("cp", f"{running}:/etc/hostname", str(tmp_path / "over"))
     assert (tmp_path / "over").read_text() != "old"
     source = tmp_path / "note"
     source.write_text("hello\n")
-    lazyctr("cp", str(source), f"{running}:/etc/passwd")  # over a file of the image
-    assert lazyctr("exec", running, "cat", "/etc/passwd").out == "hello\n"
+    shared("cp", str(source), f"{running}:/etc/passwd")  # over a file of the image
+    assert shared("exec", running, "cat", "/etc/passwd").out == "hello\n"
 
 
-def test_dot_copies_a_directorys_contents(lazyctr: CliRunner, stopped: str, tmp_path: Path) -> None:
+def test_dot_copies_a_directorys_contents(shared: CliRunner, stopped: str, tmp_path: Path) -> None:
     whole, contents = tmp_path / "whole", tmp_path / "contents"
     whole.mkdir()
     contents.mkdir()
-    lazyctr("cp", f"{stopped}:/srv/d", str(whole))
-    lazyctr("cp", f"{stopped}:/srv/d/.", str(contents))
+    shared("cp", f"{stopped}:/srv/d", str(whole))
+    shared("cp", f"{stopped}:/srv/d/.", str(contents))
     assert files(whole) == {"d": "dir", "d/a": "a\n", "d/sub": "dir", "d/sub/b": "b\n"}
     assert files(contents) == {"a": "a\n", "sub": "dir", "sub/b": "b\n"}
 
 
 def test_a_stopped_container_is_read_and_written(
-    lazyctr: CliRunner, stopped: str, host_tree: Path, tmp_path: Path
+    shared: CliRunner, stopped: str, host_tree: Path, tmp_path: Path
 ) -> None:
-    lazyctr("cp", f"{host_tree}/.", f"{stopped}:/srv/d")  # merged into the existing directory
+    shared("cp", f"{host_tree}/.", f"{stopped}:/srv/w")  # missing: made, holding the contents
+    more = tmp_path / "more"
+    (more / "sub").mkdir(parents=True)
+    (more / "sub" / "three").write_text("3\n")
+    shared("cp", f"{more}/.", f"{stopped}:/srv/w")  # merged into the existing directory
     out = tmp_path / "out"
-    lazyctr("cp", f"{stopped}:/srv/d", str(out))
-    assert files(out) == {**files(host_tree), "a": "a\n", "sub/b": "b\n"}
+    shared("cp", f"{stopped}:/srv/w", str(out))
+    assert files(out) == {**files(host_tree), "sub/three": "3\n"}
     # What was copied in is the container's own change: its next start sees it.
-    lazyctr("commit", stopped, "lzc-committed")
-    assert lazyctr("run", "--rm", "lzc-committed", "cat", "/srv/d/one").out == "1\n"
+    shared("commit", stopped, "lzc-committed")
+    assert shared("run", "--rm", "lzc-committed", "cat", "/srv/w/one").out == "1\n"
 
 
 def test_a_symlink_in_the_container_never_leads_to_the_host(
-    lazyctr: CliRunner, stopped: str, tmp_path: Path
+    shared: CliRunner, stopped: str, tmp_path: Path
 ) -> None:
     """/srv/etc-link -> /etc is the container's /etc, whatever the host's is."""
     note = tmp_path / "lzc-marker"
     note.write_text("mine\n")
-    lazyctr("cp", str(note), f"{stopped}:/srv/etc-link/")
+    shared("cp", str(note), f"{stopped}:/srv/etc-link/")
     assert not Path("/etc/lzc-marker").exists()
     back = tmp_path / "back"
-    lazyctr("cp", f"{stopped}:/etc/lzc-marker", str(back))
+    shared("cp", f"{stopped}:/etc/lzc-marker", str(back))
     assert back.read_text() == "mine\n"
     link = tmp_path / "link"
-    lazyctr("cp", f"{stopped}:/srv/etc-link", str(link))  # the link itself, as docker copies it
+    shared("cp", f"{stopped}:/srv/etc-link", str(link))  # the link itself, as docker copies it
     assert os.readlink(link) == "/etc"
 
 
-@pytest.mark.parametrize(
-    ("source", "destination", "fragment"),
-    [
-        ("lzc-stopped:/nope", "{tmp}/x", "no such file or directory: /nope"),
-        ("{tmp}/nope", "lzc-stopped:/srv", "no such file or directory"),
-        ("lzc-stopped:/srv/d", "{tmp}/file", "cannot copy a directory to a file"),
-        ("{tmp}/tree", "lzc-stopped:/etc/passwd", "cannot copy a directory to a file"),
-        ("lzc-stopped:/etc/passwd", "{tmp}/missing/", "destination directory"),
-        ("lzc-stopped:/etc/passwd", "{tmp}/no/such/dir/x", "no such directory"),
-        ("{tmp}/file", "lzc-stopped:/no/such/dir/x", "no such directory"),
-        ("lzc-stopped:/etc/passwd/", "{tmp}/x", "not a directory"),
-        ("lzc-nobody:/etc/passwd", "{tmp}/x", "no such container: lzc-nobody"),
-        ("{tmp}/file", "{tmp}/other", "one of SOURCE and DESTINATION must be CONTAINER:PATH"),
-    ],
-)
-def test_bad_copies_say_why_and_leave_nothing(
-    lazyctr: CliRunner, stopped: str, tmp_path: Path, source: str, destination: str, fragment: str
-) -> None:
-    (tmp_path / "file").write_text("f")
-    (tmp_path / "tree").mkdir()
-    before = sorted(tmp_path.rglob("*"))
-    result = lazyctr("cp", source.format(tmp=tmp_path), destination.format(tmp=tmp_path), ok=False)
-    assert_clean_error(result, fragment)
-    assert sorted(tmp_path.rglob("*")) == before  # nothing half-copied on the host
-    inside = lazyctr("run", "--rm", "busybox", "true")  # the container's side: no staging directory left
-    assert inside.code == 0
-    out = tmp_path / "lzc-check"
-    lazyctr("cp", f"{stopped}:/srv", str(out))
-    assert staging_left(out) == []
+BAD_COPIES = [
+    ("lzc-stopped:/nope", "{tmp}/x", "no such file or directory: /nope"),
+    ("{tmp}/nope", "lzc-stopped:/srv", "no such file or directory"),
+    ("lzc-stopped:/srv/d", "{tmp}/file", "cannot copy a directory to a file"),
+    ("{tmp}/tree", "lzc-stopped:/etc/passwd", "cannot copy a directory to a file"),
+    ("{tmp}/file", "lzc-stopped:/srv/bad", "cannot overwrite directory /srv/bad/file"),
+    ("lzc-stopped:/etc/passwd", "{tmp}/missing/", "destination directory"),
+    ("lzc-stopped:/etc/passwd", "{tmp}/no/such/dir/x", "no such directory"),
+    ("{tmp}/file", "lzc-stopped:/no/such/dir/x", "no such directory"),
+    ("lzc-stopped:/etc/passwd/", "{tmp}/x", "not a directory"),
+    ("lzc-nobody:/etc/passwd", "{tmp}/x", "no such container: lzc-nobody"),
+    ("{tmp}/file", "{tmp}/other", "one of SOURCE and DESTINATION must be CONTAINER:PATH"),
+]
+
+
+def test_bad_copies_say_why_and_leave_nothing(shared: CliRunner, stopped: str, tmp_path: Path) -> None:
+    host = tmp_path / "lzc-host"
+    host.mkdir()
+    (host / "file").write_text("f")
+    (host / "tree" / "file").mkdir(parents=True)
+    (host / "tree" / "file" / "x").write_text("x")
+    shared("cp", str(host / "tree"), f"{stopped}:/srv/bad")  # /srv/bad/file: a directory
+    before = sorted(host.rglob("*"))
+    for source, destination, fragment in BAD_COPIES:
+        result = shared("cp", source.format(tmp=host), destination.format(tmp=host), ok=False)
+        assert_clean_error(result, fragment)
+        assert sorted(host.rglob("*")) == before, (source, destination)  # nothing half-copied on the host
+    out = tmp_path / "check"
+    shared("cp", f"{stopped}:/srv/bad", str(out))  # nor in the container
+    assert files(out) == {"file": "dir", "file/x": "x"}
 
 
 # -- a lazily pulled image -------------------------------------------------------------------------
