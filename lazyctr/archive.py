@@ -10,6 +10,7 @@ from lazyctr.context import Context, command, pass_context
 from storage.archive import FORMATS
 from storage.archive import load as load_archive
 from storage.archive import save as save_archive
+from storage.errors import NotFound
 
 
 @command()
@@ -31,6 +32,6 @@ def save(ctx: Context, images: tuple[str, ...], output: Path, fmt: str) -> None:
 def load(ctx: Context, archive: Path) -> None:
     """Load the images of a docker-archive or oci-archive tar (`docker save`, `podman save`)."""
     if not archive.is_file():
-        raise click.BadParameter(f"{archive}: no such file", param_hint="--input")
+        raise NotFound(f"{archive}: no such file")
     for name in load_archive(ctx.store, archive):
         click.echo(f"Loaded image: {name}")

@@ -250,8 +250,9 @@ def history(ctx: Context, image: str, no_trunc: bool, as_json: bool) -> None:
         created_by = (
             row["CreatedBy"] if no_trunc or len(row["CreatedBy"]) <= 45 else row["CreatedBy"][:44] + "…"
         )
+        short_id = row["Id"].removeprefix("sha256:")[:12]
         click.echo(
-            f"{row['Id'][:12]:<14}{human_age(row['Created']) if row['Created'] else '':<24}"
+            f"{short_id:<14}{human_age(row['Created']) if row['Created'] else '':<24}"
             f"{created_by:<48}{human_size(row['Size']):<10}{row['Comment']}"
         )
 
@@ -282,5 +283,5 @@ def _history(store: Store, image: Image) -> list[dict[str, Any]]:
         )
     rows.reverse()
     if rows:
-        rows[0]["Id"] = image.id.hex  # as docker: only the image itself has an ID here
+        rows[0]["Id"] = str(image.id)  # as docker: only the image itself has an ID here
     return rows

@@ -144,7 +144,8 @@ def load(store: Store, archive: Path) -> list[str]:
                 f"{archive}: neither a docker-archive (manifest.json) nor an oci-archive (index.json)"
             )
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise BadArchive(f"{archive}: not a readable tar archive: {e}") from None
+        why = str(e).splitlines()[0].rstrip(":")  # tarfile lists every method it tried, one a line
+        raise BadArchive(f"{archive}: not a readable tar archive: {why}") from None
 
 
 def _member(tar: tarfile.TarFile, name: str, archive: Path) -> tarfile.TarInfo:
