@@ -1,6 +1,6 @@
 """Images as one tar file, as `docker save`/`podman save` write them and `docker load`/`podman load`
 read them: a docker-archive (manifest.json, repositories, `<config>.json`, `<diff_id>/layer.tar`
-with uncompressed layers) or an oci-archive (an OCI image layout in a tar).
+with uncompressed layers) or an oci-archive (an OCI image layout in a tar, gzip layers).
 
 Saving writes the archive to a temporary name and renames it into place once complete. Loading
 checks the whole archive (every member a manifest names is there) before it stores anything, and
@@ -112,7 +112,9 @@ def _add_layer_tar(store: Store, layer: Descriptor, diff_id: Digest, name: str, 
 def _save_oci(store: Store, images: list[Image], tar: tarfile.TarFile) -> None:
     with _scratch(store) as layout:
         for image in images:
-            export_oci(store, image, OciSource(layout, image.name))
+            # gzip, not zstd:chunked: what every reader of archives takes (docker load; podman saves an
+            # image loaded with zstd layers again only as an oci-archive). The image ID stays the same.
+            export_oci(store, image, OciSource(layout, image.name), compression="gzip")
         for path in sorted(layout.rglob("*")):
             if path.is_file():
                 tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)

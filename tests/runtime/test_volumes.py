@@ -28,7 +28,9 @@ def test_a_volume_is_made_on_first_use_and_outlives_its_container(
     refused = lazyctr("run", "--rm", "-v", "lzc-data:/srv:ro", busybox, "touch", "/srv/g", ok=False)
     assert refused.code != 0 and "Read-only file system" in refused.stderr
     [info] = json.loads(lazyctr("volume", "inspect", "lzc-data").out)
-    assert info["Mountpoint"] == str(root / "volumes" / "lzc-data" / "_data")  # docker's layout, under the root
+    assert info["Mountpoint"] == str(
+        root / "volumes" / "lzc-data" / "_data"
+    )  # docker's layout, under the root
     assert Path(info["Mountpoint"], "f").read_text() == "kept\n"
     assert info["Driver"] == "local" and info["UsedBy"] == []  # --rm containers are gone
 
@@ -46,9 +48,7 @@ def test_create_ls_inspect_rm(lazyctr: CliRunner) -> None:
     assert lazyctr("volume", "ls", "-q").out == ""
 
 
-def test_a_volume_in_use_refuses_rm_until_its_container_is_removed(
-    lazyctr: CliRunner, busybox: str
-) -> None:
+def test_a_volume_in_use_refuses_rm_until_its_container_is_removed(lazyctr: CliRunner, busybox: str) -> None:
     lazyctr("run", "--name", "lzc-user", "-v", "lzc-busy:/data", busybox, "true")  # exited, not removed
     container_id = json.loads(lazyctr("ps", "-a", "--json").out)[0]["id"]
     refused = lazyctr("volume", "rm", "lzc-busy", ok=False)
