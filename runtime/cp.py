@@ -31,7 +31,7 @@ from runtime import syscalls as sc
 from runtime.drivers import choose_driver
 from runtime.process import ContainerError, run_in_child, wait_status
 from runtime.state import ContainerState, containers_dir
-from storage.errors import StorageError
+from storage.errors import LazyctrError, StorageError
 from storage.store import Store
 
 TOP = "top"  # the name of the source in the stream, whatever it is called on its side
@@ -201,16 +201,17 @@ def copy_from_container(store: Store, state: ContainerState, path: str, dest_tex
             send(path, out)  # a receiver that refused closed its end: it says why
         return 0
 
+    failure: BaseException | None = None
     with _container_side(store, state, sender) as child:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as stream:
             try:
                 receive(stream, read_header(stream), dest_text)
+            except BaseException as e:
+                failure = e
             finally:
                 stream.close()  # a sender still writing gets EPIPE instead of blocking forever
-                status = wait_status(child)
-    if status != 0:
-        raise CopyError(f"reading {path} in container {state.name} failed (status {status})")
+        _raise_first(child.wait(), failure, f"reading {path} in container {state.name}")
 
 
 def copy_to_container(store: Store, state: ContainerState, source_text: str, path: str) -> None:
@@ -221,30 +222,51 @@ def copy_to_container(store: Store, state: ContainerState, source_text: str, pat
     def receiver() -> int:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as stream:
-            try:
-                receive(stream, read_header(stream), path)
-            except CopyError as e:
-                os.write(2, f"lazyctr: error: {e}\n".encode())
-                return 1
+            receive(stream, read_header(stream), path)
         return 0
 
+    failure: BaseException | None = None
     with _container_side(store, state, receiver) as child:
         os.close(read_end)
         try:
             with contextlib.suppress(BrokenPipeError), os.fdopen(write_end, "wb") as out:
                 send(source_text, out)  # a receiver that refused closed its end: it says why
-        finally:
-            status = wait_status(child)
-    if status == 1:
-        raise SystemExit(1)  # the receiver printed its one line already
+        except BaseException as e:
+            failure = e
+        _raise_first(child.wait(), failure, f"writing {path} in container {state.name}")
+
+
+def _raise_first(ended: tuple[int, str], failure: BaseException | None, what: str) -> None:
+    """The container side's own word first (it knows why its end of the stream broke), then ours."""
+    status, said = ended
+    if said:
+        raise CopyError(said)
+    if failure is not None:
+        raise failure
     if status != 0:
-        raise CopyError(f"writing {path} in container {state.name} failed (status {status})")
+        raise CopyError(f"{what} failed (status {status})")
+
+
+@dataclass
+class _Child:
+    """The container's side of a copy: its PID, and the read end of its stderr."""
+
+    pid: int
+    errors: int
+
+    def wait(self) -> tuple[int, str]:
+        """Its status and what it said went wrong, once it has ended."""
+        said = b""
+        while chunk := os.read(self.errors, 4096):
+            said += chunk
+        os.close(self.errors)
+        return wait_status(self.pid), said.decode(errors="replace").strip().removeprefix("lazyctr: error: ")
 
 
 @contextlib.contextmanager
-def _container_side(store: Store, state: ContainerState, body: Callable[[], int]) -> Iterator[int]:
+def _container_side(store: Store, state: ContainerState, body: Callable[[], int]) -> Iterator[_Child]:
     """Fork `body` into the container's root: its live root if it runs, else its driver's, mounted in
-    a mount namespace of the child's own; yields the child's PID (the caller waits for it)."""
+    a mount namespace of the child's own; yields the child (the caller waits for it)."""
     if state.running:
         root = f"/proc/{state.pid}/root"
         if not os.path.isdir(root):
@@ -277,8 +299,24 @@ def _chrooted(root: str, body: Callable[[], int]) -> int:
     return body()
 
 
-def _fork(body: Callable[[], int]) -> int:
+def _fork(body: Callable[[], int]) -> _Child:
+    errors, errors_write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        run_in_child(body)
-    return pid
+        os.close(errors)
+        os.dup2(errors_write, 2)
+        os.close(errors_write)
+        run_in_child(lambda: _saying_why(body))
+    os.close(errors_write)
+    return _Child(pid, errors)
+
+
+def _saying_why(body: Callable[[], int]) -> int:
+    """Run `body`; an error a user can cause becomes one line on stderr (the parent's pipe)."""
+    try:
+        return body()
+    except (LazyctrError, OSError) as e:
+        where = f": {e.filename}" if isinstance(e, OSError) and e.filename else ""
+        message = f"{e.strerror}{where}" if isinstance(e, OSError) and e.strerror else str(e)
+        os.write(2, message.encode() + b"\n")
+        return 1
