@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder.rootfs import debian_tarball
+from runtime.spec import parse_signal
 from runtime.systemd import wanted
 from tests.conftest import CliRunner, require_tools
 from tests.runtime.polling import wait_for
@@ -97,3 +98,11 @@ def test_debian_boots_systemd_to_running_and_stops_cleanly(lazyctr: CliRunner) -
     assert states(lazyctr)["lzc-boot"]["exit_code"] == 0
     unified = Path("/sys/fs/cgroup/unified/lazyctr") / str(states(lazyctr)["lzc-boot"]["id"])
     assert not unified.exists()  # its cgroup2 cgroup went, with every cgroup systemd made in it
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("SIGTERM", 15), ("QUIT", 3), ("9", 9), ("SIGRTMIN+3", int(signal.SIGRTMIN) + 3), ("rtmax-1", 63)],
+)
+def test_stop_signals_as_stopsignal_names_them(text: str, number: int) -> None:
+    assert parse_signal(text) == number
