@@ -122,12 +122,14 @@ def _save_oci(store: Store, images: list[Image], tar: tarfile.TarFile) -> None:
 
 @contextlib.contextmanager
 def _scratch(store: Store) -> Iterator[Path]:
-    store.tmp.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(dir=store.tmp, prefix="archive-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    """A directory in the store's tmp/, which gc (it empties tmp/) leaves alone while it is used."""
+    with store.ingesting():
+        store.tmp.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=store.tmp, prefix="archive-"))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- load ------------------------------------------------------------------------------------------
