@@ -29,38 +29,36 @@ def image_ids(result: Result) -> dict[str, str]:
     return {row["Name"]: row["Id"] for row in json.loads(result.out)}
 
 
-@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
-def test_save_and_load_keep_the_image(lazyctr: CliRunner, busybox: str, tmp_path: Path, fmt: str) -> None:
-    lazyctr("tag", busybox, "lzc/second:2")
-    archive = tmp_path / "images.tar"
-    lazyctr("save", "--format", fmt, busybox, "lzc/second:2", "-o", str(archive))
-    loaded = other_root(tmp_path, "load", "-i", str(archive))
-    assert loaded.code == 0, loaded.stderr
-    assert sorted(loaded.out.splitlines()) == ["Loaded image: lzc/busybox:1", "Loaded image: lzc/second:2"]
-    assert image_ids(other_root(tmp_path, "images", "--json")) == image_ids(lazyctr("images", "--json"))
-
-
-def test_a_docker_archive_holds_uncompressed_layers_named_by_diff_id(
+def test_save_and_load_keep_the_images_in_both_formats(
     lazyctr: CliRunner, busybox: str, tmp_path: Path
 ) -> None:
-    archive = tmp_path / "docker.tar"
-    lazyctr("save", busybox, "-o", str(archive))
-    [image] = json.loads(lazyctr("images", "--json").out)
-    with tarfile.open(archive) as tar:
-        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        assert manifest == [
-            {
-                "Config": f"{image['Id'].split(':')[1]}.json",
-                "RepoTags": [busybox],
-                "Layers": manifest[0]["Layers"],
-            }
+    lazyctr("tag", busybox, "lzc/second:2")
+    ours = image_ids(lazyctr("images", "--json"))
+    for fmt in ("docker-archive", "oci-archive"):
+        archive = tmp_path / f"{fmt}.tar"
+        lazyctr("save", "--format", fmt, busybox, "lzc/second:2", "-o", str(archive))
+        loaded = other_root(tmp_path / fmt, "load", "-i", str(archive))
+        assert loaded.code == 0, loaded.stderr
+        assert sorted(loaded.out.splitlines()) == [
+            "Loaded image: lzc/busybox:1",
+            "Loaded image: lzc/second:2",
         ]
-        config = json.loads(tar.extractfile(manifest[0]["Config"]).read())  # type: ignore[union-attr]
+        assert image_ids(other_root(tmp_path / fmt, "images", "--json")) == ours  # the same image IDs
+    # The docker-archive's layout: what docker load reads.
+    with tarfile.open(tmp_path / "docker-archive.tar") as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        config_name = f"{ours[busybox].split(':')[1]}.json"
+        assert [(m["Config"], m["RepoTags"]) for m in manifest] == [
+            (config_name, [busybox]),
+            (config_name, ["lzc/second:2"]),
+        ]
+        config = json.loads(tar.extractfile(config_name).read())  # type: ignore[union-attr]
         [layer] = manifest[0]["Layers"]
         digest = hashlib.sha256(tar.extractfile(layer).read()).hexdigest()  # type: ignore[union-attr]
         assert config["rootfs"]["diff_ids"] == [f"sha256:{digest}"] and layer == f"{digest}/layer.tar"
+        assert tar.getnames().count(layer) == 1  # a layer two images share is there once
         repositories = json.loads(tar.extractfile("repositories").read())  # type: ignore[union-attr]
-        assert repositories == {"lzc/busybox": {"1": digest}}
+        assert repositories == {"lzc/busybox": {"1": digest}, "lzc/second": {"2": digest}}
 
 
 def rewritten(source: Path, target: Path, drop: str = "", corrupt: str = "") -> Path:
