@@ -58,6 +58,7 @@ class Volume:
     source: Path
     target: str
     read_only: bool = False
+    named: bool = False  # a named volume (runtime/volumes.py): seeded from the image when empty
 
     @classmethod
     def parse(cls, text: str) -> Volume:

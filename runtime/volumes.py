@@ -5,7 +5,8 @@
 container ID. A volume is in use while one of those containers still exists (running or not, as
 docker counts it); a user whose container directory is gone counts for nothing. `-v NAME:/path`
 creates the volume on first use. Creating, attaching and removing happen under one lock, so a
-volume cannot be removed between a container's check and its mount.
+volume cannot be removed between a container's check and its mount. An empty volume gets what the
+image has at its mount point when a container mounts it (`seed`, in the container's PID 1), as docker.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,7 +158,40 @@ def attach(root: Path, text: str, container_id: str) -> Volume:
     with _lock(root):
         volume = _create_locked(root, name, {})
         atomic_write(volume.dir / "users" / container_id, b"")
-    return Volume(volume.data, parts[1], len(parts) == 3 and parts[2] == "ro")
+    return Volume(volume.data, parts[1], len(parts) == 3 and parts[2] == "ro", named=True)
+
+
+def seed(data: Path, image_dir: Path) -> None:
+    """docker's copy of the image's files into an empty volume where it is mounted, owners, modes and
+    times kept; the volume's own directory takes the image directory's owner and mode."""
+    if not image_dir.is_dir() or image_dir.is_symlink() or any(data.iterdir()):
+        return
+    for child in sorted(image_dir.iterdir()):
+        _copy(child, data / child.name)
+    _same_metadata(image_dir, data)
+
+
+def _copy(source: Path, target: Path) -> None:
+    st = source.lstat()
+    if stat.S_ISDIR(st.st_mode):
+        target.mkdir()
+        for child in sorted(source.iterdir()):
+            _copy(child, target / child.name)
+    elif stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(source), target)
+    elif stat.S_ISREG(st.st_mode):
+        shutil.copyfile(source, target)
+    else:
+        os.mknod(target, st.st_mode, st.st_rdev)  # devices, fifos, sockets as they are
+    _same_metadata(source, target)
+
+
+def _same_metadata(source: Path, target: Path) -> None:
+    st = source.lstat()
+    os.lchown(target, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(target, stat.S_IMODE(st.st_mode))  # after chown, which clears setuid bits
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
 def volume_of(root: Path, text: str, container_id: str) -> Volume:

@@ -35,6 +35,17 @@ def test_a_volume_is_made_on_first_use_and_outlives_its_container(
     assert info["Driver"] == "local" and info["UsedBy"] == []  # --rm containers are gone
 
 
+def test_an_empty_volume_gets_the_images_files_at_its_mount_point(
+    lazyctr: CliRunner, busybox: str, root: Path
+) -> None:
+    lazyctr("run", "--rm", "-v", "lzc-etc:/etc", "-v", "lzc-tmp:/tmp", busybox, "rm", "/etc/group")
+    data = root / "volumes" / "lzc-etc" / "_data"
+    assert (data / "passwd").read_text().startswith("root:") and not (data / "group").exists()
+    assert oct((root / "volumes" / "lzc-tmp" / "_data").stat().st_mode & 0o7777) == oct(0o1777)  # /tmp's mode
+    lazyctr("run", "--rm", "-v", "lzc-etc:/etc", busybox, "true")  # not empty: nothing copied again
+    assert not (data / "group").exists()
+
+
 def test_create_ls_inspect_rm(lazyctr: CliRunner) -> None:
     assert lazyctr("volume", "create", "--label", "team=lzc", "lzc-one").out == "lzc-one\n"
     anonymous = lazyctr("volume", "create").out.strip()
