@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import CliRunner, require_tools
 from tests.e2e.conftest import ContainerTools
 
-pytestmark = pytest.mark.privileged
+# extended: the default suite has 45 s for this work, and podman load/save costs ~8 s of it
+pytestmark = [pytest.mark.privileged, pytest.mark.extended]
 
 
 def diff_ids(lazyctr: CliRunner, image: str) -> list[str]:
