@@ -93,16 +93,20 @@ def apt_mirror() -> str:
     raise NotFound("no Debian mirror found in the apt configuration")
 
 
-def debian_tarball(out: Path, suite: str = "bookworm", variant: str = "minbase") -> None:
-    """debootstrap a Debian root file system into a tarball (needs root and the debootstrap package)."""
+def debian_tarball(
+    out: Path, suite: str = "bookworm", variant: str = "minbase", include: tuple[str, ...] = ()
+) -> None:
+    """debootstrap a Debian root file system into a tarball (needs root and the debootstrap package),
+    with the packages `include` besides the variant's own."""
     if shutil.which("debootstrap") is None:
         raise NotFound("debootstrap is missing: install the debootstrap package")
     with tempfile.TemporaryDirectory(prefix="lazyctr-debootstrap-") as tmp:
         target = Path(tmp) / "rootfs"
         mirror = apt_mirror()
+        extra = [f"--include={','.join(include)}"] if include else []
         _run(
-            ["debootstrap", f"--variant={variant}", suite, str(target), mirror],
-            f"debootstrap --variant={variant} {suite} {mirror}",
+            ["debootstrap", f"--variant={variant}", *extra, suite, str(target), mirror],
+            f"debootstrap --variant={variant} {' '.join(extra)} {suite} {mirror}".replace("  ", " "),
         )
         _run(
             ["tar", "--numeric-owner", "--xattrs", "-C", str(target), "-cf", str(out), "."],

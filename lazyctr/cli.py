@@ -38,6 +38,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.lifecycle",
         "Create a container of IMAGE to run COMMAND, without starting it; prints its ID.",
     ),
+    "cp": ("lazyctr.cp", "Copy SOURCE to DESTINATION, one of them CONTAINER:PATH, as `docker cp` does."),
     "exec": ("lazyctr.containers", "Run COMMAND in a running container, joining its namespaces and cgroup."),
     "export": (
         "lazyctr.images",
@@ -51,6 +52,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.signing",
         "Make an ECDSA P-256 key pair to sign images with: PREFIX.key (private) and PREFIX.pub.",
     ),
+    "history": (
+        "lazyctr.images",
+        "Show how IMAGE was made, newest step first: from its config's history, as `docker history`.",
+    ),
     "images": ("lazyctr.images", "List the images in the store."),
     "import": ("lazyctr.images", "Import SOURCE as image NAME[:TAG]."),
     "info": (
@@ -59,6 +64,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     ),
     "inspect": ("lazyctr.images", "Show an image's configuration and layers."),
     "kill": ("lazyctr.containers", "Send a signal to containers' main process."),
+    "load": (
+        "lazyctr.archive",
+        "Load the images of a docker-archive or oci-archive tar (`docker save`, `podman save`).",
+    ),
     "login": (
         "lazyctr.distribution",
         "Check USERNAME's password with REGISTRY (HOST[:PORT]) and save it for push and pull.",
@@ -92,6 +101,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.containers",
         "Run COMMAND in a new container of IMAGE (its own root and namespaces); exits with its status.",
     ),
+    "save": (
+        "lazyctr.archive",
+        "Write IMAGES to the tar archive OUTPUT, which `docker load` and `podman load` read.",
+    ),
     "serve": (
         "lazyctr.distribution",
         "Serve an OCI distribution registry (pull, push, ranges) until interrupted.",
@@ -124,6 +137,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     ),
     "umount": ("lazyctr.mounts", "Unmount the lazyfs mount at DIRECTORY."),
     "unpause": ("lazyctr.lifecycle", "Let the processes of paused containers run again."),
+    "volume": (
+        "lazyctr.volumes",
+        "Manage named volumes: directories under the root that containers mount with -v NAME:/path.",
+    ),
     "verify": (
         "lazyctr.signing",
         "Check that IMAGE (in the store) or REF (in its registry) has a signature made with KEY's pair.",

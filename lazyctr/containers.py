@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from lazyctr.context import Context, command, pass_context
-from runtime import seccomp, supervise
+from runtime import seccomp, supervise, systemd
 from runtime.cgroups import Limits, detect_layout, parse_cpus, parse_memory
 from runtime.container import Container
 from runtime.drivers import DEFAULT_PROFILE_SECONDS, DRIVERS, choose_driver
@@ -22,8 +22,9 @@ from runtime.enter import exec_in
 from runtime.lifecycle import Settings, paused, save_config
 from runtime.process import ContainerError
 from runtime.restart import RestartPolicy, mark_stopped
-from runtime.spec import Volume, spec_for
+from runtime.spec import spec_for
 from runtime.state import LOG_FILE, all_states, containers_dir, find
+from runtime.volumes import volume_of
 from storage import timeline
 from storage.errors import StorageError
 from storage.store import Image
@@ -42,7 +43,13 @@ from storage.store import Image
 @click.option("-e", "--env", multiple=True, help="Set an environment variable (K=V).")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--hostname", default="", help="Container host name (default: the ID's first 12 digits).")
-@click.option("-v", "--volume", "volumes", multiple=True, help="Bind mount SRC:DST[:ro].")
+@click.option(
+    "-v",
+    "--volume",
+    "volumes",
+    multiple=True,
+    help="Bind SRC:DST[:ro], or the named volume NAME:DST[:ro] (made if missing).",
+)
 @click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
 @click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")
@@ -71,6 +78,9 @@ from storage.store import Image
 @click.option("--timings", is_flag=True,
               help="When the command has ended, print on stderr how long each phase of the start took"
               " (pull, mount, exec, first read...) and the requests and bytes received in it.")  # fmt: skip
+@click.option("--systemd", "systemd_mode", type=click.Choice(systemd.MODES), default="true",
+              show_default=True, help="Mounts and stop signal for systemd as PID 1; true: when the command"
+              " is an init.")  # fmt: skip
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_context
@@ -100,6 +110,7 @@ def run(
     restart_policy: str,
     create_only: bool,
     timings: bool,
+    systemd_mode: str,
     image: str,
     command: tuple[str, ...],
 ) -> None:
@@ -128,11 +139,13 @@ def run(
         raise ContainerError(str(e)) from None
     spec = spec_for(found, list(command), list(env), workdir, entrypoint)
     spec.hostname, spec.name = hostname, name
-    spec.volumes = [Volume.parse(text) for text in volumes]
+    spec.volumes = [volume_of(ctx.root, text, spec.id) for text in volumes]
     spec.user = user if user is not None else spec.user
     spec.read_only, spec.network = read_only, network
     spec.interactive, spec.tty, spec.init = interactive and not detach, tty and not detach, use_init
     spec.seccomp = seccomp.profile_of(security_opts)
+    if systemd.wanted(systemd_mode, spec.argv):
+        systemd.configure(spec)
     if network == "private":
         click.echo(
             "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True

@@ -1,4 +1,4 @@
-"""The image commands: import, images, inspect, rmi, tag, gc, export, ls, cat, rootfs."""
+"""The image commands: import, images, inspect, history, rmi, tag, gc, export, ls, cat, rootfs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from builder.rootfs import busybox_tarball, debian_tarball
 from lazyctr.context import Context, command, pass_context
 from lazyctr.display import human_age, human_size, ls_line
 from runtime.layers import collect_garbage
+from storage.errors import StorageError
 from storage.files import atomic_path
 from storage.importer import (
     EXPORT_COMPRESSIONS,
@@ -230,3 +231,57 @@ def rootfs(kind: str, output: Path) -> None:
     with atomic_path(output) as tmp:
         make(tmp)
     click.echo(output)
+
+
+@command()
+@click.argument("image")
+@click.option("--no-trunc", is_flag=True, help="Do not cut CREATED BY short.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+def history(ctx: Context, image: str, no_trunc: bool, as_json: bool) -> None:
+    """Show how IMAGE was made, newest step first: from its config's history, as `docker history`."""
+    found = ctx.store.image(image)
+    rows = _history(ctx.store, found)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'IMAGE':<14}{'CREATED':<24}{'CREATED BY':<48}{'SIZE':<10}COMMENT")
+    for row in rows:
+        created_by = (
+            row["CreatedBy"] if no_trunc or len(row["CreatedBy"]) <= 45 else row["CreatedBy"][:44] + "…"
+        )
+        short_id = row["Id"].removeprefix("sha256:")[:12]
+        click.echo(
+            f"{short_id:<14}{human_age(row['Created']) if row['Created'] else '':<24}"
+            f"{created_by:<48}{human_size(row['Size']):<10}{row['Comment']}"
+        )
+
+
+def _history(store: Store, image: Image) -> list[dict[str, Any]]:
+    """One row per history step, newest first; a step that made a layer gets the layer's size (its
+    files' uncompressed bytes, from its TOC: a lazily pulled image has them too)."""
+    layers = iter(image.manifest.layers)
+    rows: list[dict[str, Any]] = []
+    for step in image.config.history:
+        size = 0
+        if not step.get("empty_layer"):
+            layer = next(layers, None)
+            if layer is not None:
+                try:
+                    size = sum(e.size for e in store.layer_toc(layer).entries if e.type == "reg")
+                except StorageError:
+                    size = layer.size
+        rows.append(
+            {
+                "Id": "<missing>",
+                "Created": str(step.get("created") or ""),
+                "CreatedBy": str(step.get("created_by") or ""),
+                "Size": size,
+                "Comment": str(step.get("comment") or ""),
+                "EmptyLayer": bool(step.get("empty_layer")),
+            }
+        )
+    rows.reverse()
+    if rows:
+        rows[0]["Id"] = str(image.id)  # as docker: only the image itself has an ID here
+    return rows

@@ -35,6 +35,7 @@ from runtime.rootfs import prepare_rootfs, write_network_files
 from runtime.spec import Spec
 from runtime.state import ContainerState, all_states, containers_dir
 from runtime.steps import setup_step
+from runtime.systemd import UnifiedCgroup, mount_cgroup2
 from runtime.tty import become_terminal_owner, proxy
 from storage import timeline
 from storage.files import file_lock
@@ -66,6 +67,8 @@ class Container:
         self.state.layers = [str(diff_id) for diff_id in image.config.diff_ids]
         self.state.driver = driver.name
         self.state.seccomp = spec.seccomp  # what `exec` applies too
+        self.state.stop_signal = spec.stop_signal
+        self.unified: UnifiedCgroup | None = None  # --systemd on a cgroup v1 host: its cgroup2 cgroup
 
     def create(self) -> None:
         """Claim the container's directory and name; a name already in use is refused."""
@@ -99,6 +102,8 @@ class Container:
 
     def _start_and_wait(self) -> int:
         cgroup = create_cgroup(self.spec.id, self.limits)
+        if self.spec.systemd:
+            self.unified = UnifiedCgroup.create(self.spec.id)
         go_read, go_write = os.pipe()  # a word from us: PID 1 is in its cgroup, it may exec
         exec_read, exec_write = os.pipe()  # close-on-exec: PID 1's end closes when it execs the command
         # With -t, PID 1 opens a terminal in the container's own devpts and hands us its master.
@@ -145,6 +150,8 @@ class Container:
             os.close(exec_read)
             self.oom_killed = cgroup.oom_killed()
             cgroup.remove()
+            if self.unified is not None:
+                self.unified.remove()
         return status
 
     def _admit(self, cgroup: Cgroup, init: int, go: int) -> int | None:
@@ -154,6 +161,8 @@ class Container:
         meanwhile, and waits for the word only before it unshares its cgroup namespace and execs."""
         try:
             join_cgroup(cgroup, init)
+            if self.unified is not None:
+                join_unified_cgroup(self.unified, init)
         except ContainerError as e:
             # PID 1's setup failed before it was moved in: its own error says why, its status tells.
             gone = isinstance(e.__cause__, ProcessLookupError)
@@ -189,6 +198,8 @@ class Container:
             return EXIT_SETUP_FAILED
         os.close(go)
         unshare_cgroup_namespace()  # now rooted at the container's own cgroup
+        if self.spec.systemd:
+            mount_cgroup2()
         return finalize(self.spec.process(), exec_report)
 
 
@@ -233,6 +244,11 @@ def unshare_pid_namespace() -> None:
 
 @setup_step
 def join_cgroup(cgroup: Cgroup, pid: int) -> None:
+    cgroup.add(pid)
+
+
+@setup_step
+def join_unified_cgroup(cgroup: UnifiedCgroup, pid: int) -> None:
     cgroup.add(pid)
 
 

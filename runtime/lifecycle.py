@@ -71,9 +71,7 @@ def load_container(store: Store, root: Path, state: ContainerState) -> tuple[Con
         ) from None
     spec_fields = {f.name for f in fields(Spec)}
     data = {key: value for key, value in config["spec"].items() if key in spec_fields}
-    data["volumes"] = [
-        Volume(Path(v["source"]), v["target"], v["read_only"]) for v in data.get("volumes", [])
-    ]
+    data["volumes"] = [Volume(**{**v, "source": Path(v["source"])}) for v in data.get("volumes", [])]
     spec = Spec(**data)
     try:
         image = store.image(config["image"])

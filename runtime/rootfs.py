@@ -16,6 +16,8 @@ from runtime import syscalls as sc
 from runtime.mountpoints import NETWORK_FILES
 from runtime.spec import Spec, Volume
 from runtime.steps import setup_step
+from runtime.systemd import mount_systemd_tmpfs
+from runtime.volumes import seed
 from storage.paths import resolve_in_root
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -40,6 +42,8 @@ def prepare_rootfs(rootfs: Path, container_dir: Path, spec: Spec) -> None:
     mount_proc(rootfs)
     mount_sys(rootfs)
     mount_dev(rootfs)
+    if spec.systemd:
+        mount_systemd_tmpfs(rootfs)
     pivot_root(rootfs)
     mask_paths()
     make_paths_readonly()
@@ -105,6 +109,8 @@ def bind_volumes(rootfs: Path, volumes: list[Volume]) -> None:
     for volume in volumes:
         # Resolved inside the root, so a symlink in the image cannot aim the mount at the host.
         target = resolve_in_root(rootfs, volume.target, follow_last=True)
+        if volume.named:
+            seed(volume.source, target)
         if volume.source.is_dir():
             target.mkdir(parents=True, exist_ok=True)
         else:

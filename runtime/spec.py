@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class Spec:
     tty: bool = False  # -t: a pseudo-terminal
     init: bool = False  # --init: a minimal init as PID 1 that reaps zombies and forwards signals
     seccomp: str = seccomp.DEFAULT  # `--security-opt seccomp=unconfined`: none (kept in the state for exec)
+    systemd: bool = False  # --systemd: the mounts systemd needs as PID 1 (runtime/systemd.py)
+    stop_signal: int = signal.SIGTERM  # what `stop` sends first: the image's StopSignal, or systemd's
     id: str = field(default_factory=lambda: os.urandom(32).hex())  # as secrets.token_hex(32)
 
     def process(self) -> Process:
@@ -55,6 +58,7 @@ class Volume:
     source: Path
     target: str
     read_only: bool = False
+    named: bool = False  # a named volume (runtime/volumes.py): seeded from the image when empty
 
     @classmethod
     def parse(cls, text: str) -> Volume:
@@ -90,7 +94,23 @@ def spec_for(
     base = config.get("Env") or [f"PATH={DEFAULT_PATH}"]
     spec = Spec(argv, merge_env(base, env), workdir or config.get("WorkingDir") or "/")
     spec.user = str(config.get("User") or "")
+    spec.stop_signal = parse_signal(str(config.get("StopSignal") or "SIGTERM"))
     return spec
+
+
+def parse_signal(text: str) -> int:
+    """A signal as Dockerfile's STOPSIGNAL names it: `SIGQUIT`, `QUIT`, `9`, `SIGRTMIN+3`."""
+    name = text.upper().removeprefix("SIG")
+    try:
+        if name.isdigit():
+            return int(name)
+        if name.startswith(("RTMIN", "RTMAX")):
+            base, _, offset = name.partition("+") if "+" in name else name.partition("-")
+            sign = -1 if "-" in name else 1
+            return int(signal.Signals["SIG" + base]) + sign * int(offset or 0)
+        return int(signal.Signals["SIG" + name])
+    except (KeyError, ValueError):
+        raise ContainerError(f"unknown stop signal {text!r}") from None
 
 
 def merge_env(base: list[str], overrides: list[str]) -> list[str]:

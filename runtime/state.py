@@ -38,6 +38,7 @@ class ContainerState:
     driver: str = ""  # the storage driver of its root file system
     seccomp: str = seccomp.DEFAULT  # its seccomp profile, which `exec` gives its processes too
     restart_count: int = 0  # how often its restart policy has started it again since `run` or `start`
+    stop_signal: int = 15  # what `stop` sends before SIGKILL (SIGTERM; the image's StopSignal; systemd's)
 
     def save(self, directory: Path) -> None:
         atomic_write(directory / STATE_FILE, json.dumps(asdict(self)).encode())

@@ -106,11 +106,12 @@ def send_signal(state: ContainerState, sig: int) -> None:
 
 
 def stop(root: Path, state: ContainerState, grace: float) -> None:
-    """SIGTERM, and SIGKILL if the container still runs `grace` seconds later; returns once it ended."""
+    """Its stop signal (SIGTERM unless it says otherwise), and SIGKILL if the container still runs
+    `grace` seconds later; returns once it ended."""
     mark_stopped(containers_dir(root) / state.id)  # its restart policy no longer applies
     if not state.running:
         return
-    send_signal(state, signal.SIGTERM)
+    send_signal(state, state.stop_signal or signal.SIGTERM)
     if not wait_exited(root, state, grace):
         kill(root, state)
 

@@ -103,6 +103,15 @@ def _store_layer(store: Store, tar_path: Path) -> WrittenLayer:
     return written
 
 
+def import_layer(store: Store, source: Readable, what: str, diff_id: Digest) -> Descriptor:
+    """A layer (plain, gzip or zstd tar) stored as zstd:chunked, once its uncompressed tar hashes to
+    `diff_id`; returns its descriptor."""
+    with _spooled_tar(store, source, what, diff_id.algorithm) as (tar_path, found):
+        if found != diff_id:
+            raise DigestMismatch(f"{what}: diff_id mismatch: expected {diff_id}, found {found}")
+        return _store_layer(store, tar_path).descriptor()
+
+
 def import_tarball(store: Store, source: BinaryIO, name: str) -> Image:
     """A root file system tarball becomes a one-layer image named `name`."""
     name = image_name(name)
