@@ -1,0 +1,102 @@
+"""A load balancer in front of registry replicas: HAProxy's configuration, and HAProxy run until a block ends.
+
+Replicas are `lazyctr serve` processes on one shared S3 bucket (`--s3`, `--s3-bucket`): every
+piece of state (blobs, links, tags, upload parts) is in the bucket, so any replica answers any
+request, an upload included whose earlier chunks went to another one.
+
+Why HAProxy (Debian's `haproxy`) rather than nginx: it streams request bodies to the replica as
+they arrive (nginx buffers each one to its own disk first, and caps them at 1 MiB unless told
+otherwise), it checks its backends actively (open-source nginx only notices a dead one when a
+client's request fails on it), and a request that could not connect to a replica (one that died)
+goes to another at once (`option redispatch`). A request already under way on a replica that
+dies is answered 502: the client sends it again (registry.client's transport does) and, for an
+upload, carries on from where the upload stands, which every replica reads from the bucket.
+
+`leastconn`: a replica busy streaming a large blob gets fewer of the short requests (ranges,
+manifests) than an idle one; with equal loads the replicas take turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+STARTUP_TIMEOUT = 10.0
+CHECK_INTERVAL_MS = 500  # how often HAProxy asks each replica for /v2/
+
+
+def haproxy_config(backends: Sequence[str], port: int, host: str = "127.0.0.1") -> str:
+    """An HAProxy configuration listening on host:port in front of `backends` (HOST:PORT each)."""
+    if not backends:
+        raise ValueError("a balancer needs at least one backend")
+    servers = "\n".join(
+        f"    server replica{i} {backend} check inter {CHECK_INTERVAL_MS} fall 2 rise 1"
+        for i, backend in enumerate(backends)
+    )
+    return f"""\
+global
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    # A request that cannot connect (its replica died) is sent to another replica at once.
+    retries 3
+    option redispatch 1
+    timeout connect 2s
+    # Long enough for a large blob on a slow link; a dead replica is found by the checks instead.
+    timeout client 10m
+    timeout server 10m
+    timeout http-request 1m
+
+frontend registry
+    bind {host}:{port}
+    default_backend replicas
+
+backend replicas
+    balance leastconn
+    # /v2/ answers 200, or 401 on a registry that asks for credentials: both mean it is up.
+    option httpchk GET /v2/
+    http-check expect rstatus ^(200|401)$
+{servers}
+"""
+
+
+@contextlib.contextmanager
+def running_haproxy(backends: Sequence[str], port: int, directory: Path) -> Iterator[str]:
+    """HAProxy in front of `backends` on 127.0.0.1:port until the block ends; yields its HOST:PORT.
+
+    Its configuration and log are kept in `directory`. RuntimeError if it does not start.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "haproxy.cfg"
+    config.write_text(haproxy_config(backends, port))
+    log = (directory / "haproxy.log").open("wb")
+    # -db: stay in the foreground, so stopping this process stops HAProxy.
+    process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.flush()
+                    tail = (directory / "haproxy.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"haproxy did not start on {address}: {tail}") from None
+                time.sleep(0.02)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
