@@ -19,6 +19,7 @@ manifests) than an idle one; with equal loads the replicas take turns.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import time
@@ -27,6 +28,11 @@ from pathlib import Path
 
 STARTUP_TIMEOUT = 10.0
 CHECK_INTERVAL_MS = 500  # how often HAProxy asks each replica for /v2/
+
+
+def haproxy_binary() -> str | None:
+    """Where `haproxy` is: Debian puts it in /usr/sbin, which a user's PATH may not hold."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/sbin")
 
 
 def haproxy_config(backends: Sequence[str], port: int, host: str = "127.0.0.1") -> str:
@@ -70,14 +76,18 @@ backend replicas
 def running_haproxy(backends: Sequence[str], port: int, directory: Path) -> Iterator[str]:
     """HAProxy in front of `backends` on 127.0.0.1:port until the block ends; yields its HOST:PORT.
 
-    Its configuration and log are kept in `directory`. RuntimeError if it does not start.
+    Its configuration and log are kept in `directory`. RuntimeError if it is not installed or
+    does not start.
     """
+    haproxy = haproxy_binary()
+    if haproxy is None:
+        raise RuntimeError("haproxy is not installed (Debian: apt-get install haproxy)")
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "haproxy.cfg"
     config.write_text(haproxy_config(backends, port))
     log = (directory / "haproxy.log").open("wb")
     # -db: stay in the foreground, so stopping this process stops HAProxy.
-    process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT

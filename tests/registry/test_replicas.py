@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from registry.balancer import haproxy_config, running_haproxy
+from registry.balancer import haproxy_binary, haproxy_config, running_haproxy
 from registry.client.api import CHUNK_SIZE, RegistryClient
-from tests.conftest import CliRunner, cli_command, require_tools
+from tests.conftest import CliRunner, cli_command, unavailable
 from tests.lazyctr.test_cli_push_pull import push_then_pull
 from tests.registry.conftest import Reply, free_port, sha256
 from tests.registry.seaweedfs import ACCESS_KEY, SECRET_KEY, new_bucket
@@ -111,7 +111,8 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(directory: Path, endpoint: str, count: int = 2) -> Iterator[Cluster]:
     """`count` replicas on a fresh bucket, and HAProxy in front of them, until the block ends."""
-    require_tools("haproxy")
+    if haproxy_binary() is None:
+        unavailable("no haproxy (Debian: apt-get install haproxy)")
     bucket = new_bucket(endpoint, "lzr-replicas")
     replicas: list[Replica] = []
     try:
