@@ -12,8 +12,12 @@ goes to another at once (`option redispatch`). A request already under way on a 
 dies is answered 502: the client sends it again (registry.client's transport does) and, for an
 upload, carries on from where the upload stands, which every replica reads from the bucket.
 
-`leastconn`: a replica busy streaming a large blob gets fewer of the short requests (ranges,
-manifests) than an idle one; with equal loads the replicas take turns.
+Requests are spread by their path on a consistent hash: a blob (`/v2/<name>/blobs/<digest>`) is
+served by one replica, so only that one fills its cache of whole blobs from the bucket and the
+replicas' caches add up rather than each holding the same blobs; an upload's chunks go to one
+replica while it lives. `hash-balance-factor`: a replica with half again the average number of
+requests under way passes new ones on to the next, so one hot blob does not pin every client to
+one replica. A replica that dies has its share of paths moved to the others, nothing else.
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ frontend registry
     default_backend replicas
 
 backend replicas
-    balance leastconn
+    balance uri
+    hash-type consistent
+    hash-balance-factor 150
     # /v2/ answers 200, or 401 on a registry that asks for credentials: both mean it is up.
     option httpchk GET /v2/
     http-check expect rstatus ^(200|401)$

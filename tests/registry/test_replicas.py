@@ -31,7 +31,7 @@ import pytest
 from registry.balancer import haproxy_binary, haproxy_config, running_haproxy
 from registry.client.api import CHUNK_SIZE, RegistryClient
 from tests.conftest import CliRunner, cli_command, unavailable
-from tests.lazyctr.test_cli_push_pull import push_then_pull
+from tests.lazyctr.test_cli_push_pull import busybox_file
 from tests.registry.conftest import Reply, free_port, sha256
 from tests.registry.seaweedfs import ACCESS_KEY, SECRET_KEY, new_bucket
 
@@ -183,7 +183,7 @@ def patch(address: str, location: str, data: bytes, offset: int) -> Reply:
 
 
 def test_pushed_through_one_replica_pulled_through_the_other_and_the_balancer(
-    replicas: Cluster, lazyctr: CliRunner, busybox_tar: Path
+    replicas: Cluster, lazyctr: CliRunner, busybox_tar: Path, tmp_path: Path
 ) -> None:
     a, b = replicas.replicas
     layer = os.urandom(200_000)
@@ -197,11 +197,15 @@ def test_pushed_through_one_replica_pulled_through_the_other_and_the_balancer(
             address, "GET", f"/v2/team/app/blobs/{sha256(layer)}", headers={"Range": "bytes=5-9"}
         )
         assert (ranged.status, ranged.body) == (206, layer[5:10])
-    # The real command line through the balancer: push, then pull after forgetting the image.
-    push_then_pull(lazyctr, busybox_tar, replicas.balancer)
-    manifest = request(b.address, "GET", "/v2/test/busybox/manifests/latest")
-    assert manifest.status == 200  # and on each replica directly
-    assert request(a.address, "GET", "/v2/test/busybox/manifests/latest").body == manifest.body
+    # The real command line: pushed through A; pulled through B, and through the balancer, by two
+    # other nodes (roots of their own).
+    image_id = lazyctr("import", str(busybox_tar), "busybox").out.strip()
+    lazyctr("tag", "busybox", f"{a.address}/test/busybox:latest")
+    lazyctr("push", f"{a.address}/test/busybox:latest")
+    for node, address in (("node-b", b.address), ("node-balanced", replicas.balancer)):
+        argv = cli_command(tmp_path / node, "pull", f"{address}/test/busybox:latest")
+        pulled = subprocess.run(argv, capture_output=True, timeout=120)
+        assert (pulled.returncode, pulled.stdout.decode().strip()) == (0, image_id), pulled.stderr
 
 
 def test_a_chunked_upload_goes_on_on_whichever_replica_gets_each_chunk(replicas: Cluster) -> None:
@@ -225,8 +229,7 @@ def test_a_chunked_upload_goes_on_on_whichever_replica_gets_each_chunk(replicas:
     assert request(a.address, "GET", location).status == 404  # the upload is gone, for both
     assert request(b.address, "GET", location).status == 404
 
-    # Through the balancer: it hands the chunks to both replicas; the blob comes out whole.
-    before = {replica.address: len(replica.requests("PATCH")) for replica in (a, b)}
+    # Through the balancer, one chunk at a time: the same, on whichever replica it picks.
     location = start_upload(replicas.balancer, "team/balanced")
     offset = 0
     for chunk in chunks:
@@ -234,8 +237,6 @@ def test_a_chunked_upload_goes_on_on_whichever_replica_gets_each_chunk(replicas:
         offset += len(chunk)
     assert request(replicas.balancer, "PUT", f"{location}?digest={sha256(data)}").status == 201
     assert request(replicas.balancer, "GET", f"/v2/team/balanced/blobs/{sha256(data)}").body == data
-    served = {replica.address: len(replica.requests("PATCH")) - before[replica.address] for replica in (a, b)}
-    assert sum(served.values()) == len(chunks) and all(served.values()), served
 
 
 def test_a_tag_moved_on_one_replica_is_seen_on_the_other_at_once(replicas: Cluster) -> None:
@@ -375,6 +376,7 @@ def layer_tarball(path: Path, size: int) -> None:
         tar.addfile(info, io.BytesIO(os.urandom(size)))
 
 
+@pytest.mark.extended  # 10 to 20 s: a 33 MiB image pushed and pulled
 def test_lazyctr_push_goes_on_when_a_replica_is_killed_under_it(
     s3_endpoint: str, tmp_path: Path, lazyctr: CliRunner, root: Path
 ) -> None:
@@ -401,11 +403,4 @@ def test_lazyctr_push_goes_on_when_a_replica_is_killed_under_it(
         lazyctr("rmi", target)
         lazyctr("gc")
         lazyctr("pull", target)
-        assert lazyctr("cat", target, "/data/random").stdout == tarball_member(tarball, "data/random")
-
-
-def tarball_member(path: Path, name: str) -> bytes:
-    with tarfile.open(path) as tar:
-        member = tar.extractfile(name)
-        assert member is not None
-        return member.read()
+        assert lazyctr("cat", target, "/data/random").stdout == busybox_file(tarball, "data/random")
