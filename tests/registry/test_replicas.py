@@ -32,8 +32,8 @@ from registry.balancer import haproxy_binary, haproxy_config, running_haproxy
 from registry.client.api import CHUNK_SIZE, RegistryClient
 from tests.conftest import CliRunner, cli_command, unavailable
 from tests.lazyctr.test_cli_push_pull import busybox_file
-from tests.registry.conftest import Reply, free_port, sha256
-from tests.registry.seaweedfs import ACCESS_KEY, SECRET_KEY, new_bucket
+from tests.registry.conftest import Reply, sha256
+from tests.registry.seaweedfs import ACCESS_KEY, SECRET_KEY, distinct_free_ports, new_bucket
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -73,8 +73,8 @@ class Replica:
         self.stopped = True
 
 
-def start_replica(root: Path, endpoint: str, bucket: str) -> Replica:
-    address = f"127.0.0.1:{free_port()}"
+def start_replica(root: Path, port: int, endpoint: str, bucket: str) -> Replica:
+    address = f"127.0.0.1:{port}"
     env = {
         **os.environ,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -115,13 +115,14 @@ def cluster(directory: Path, endpoint: str, count: int = 2) -> Iterator[Cluster]
         unavailable("no haproxy (Debian: apt-get install haproxy)")
     bucket = new_bucket(endpoint, "lzr-replicas")
     replicas: list[Replica] = []
+    *ports, balancer_port = distinct_free_ports(count + 1)
     try:
-        for i in range(count):  # started together, waited for together: each takes a second
-            replicas.append(start_replica(directory / f"replica{i}", endpoint, bucket))
+        for i, port in enumerate(ports):  # started together, waited for together: each takes a second
+            replicas.append(start_replica(directory / f"replica{i}", port, endpoint, bucket))
         for replica in replicas:
             wait_until_up(replica)
         backends = [replica.address for replica in replicas]
-        with running_haproxy(backends, free_port(), directory / "haproxy") as balancer:
+        with running_haproxy(backends, balancer_port, directory / "haproxy") as balancer:
             yield Cluster(replicas, balancer)
     finally:
         for replica in replicas:
