@@ -132,15 +132,12 @@ def report(figures: dict[str, Figures], out: Path) -> None:
     except ImportError:
         print(f"results in {out}/results.json (no matplotlib: no plot)")
         return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.38
-    for k, (what, key) in enumerate((("push", "push_mbps"), ("pull", "pull_mbps"))):
-        xs = [i + (k - 0.5) * width for i in range(len(CONFIGS))]
-        ax.bar(xs, [results[c][key] for c in CONFIGS], width, label=what)
-    ax.set_xticks(range(len(CONFIGS)), list(CONFIGS))
-    ax.set_ylabel("MB/s")
-    ax.set_title("lazyctr serve --s3 (SeaweedFS): one replica vs two behind HAProxy")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    for ax, (what, key) in zip(axes, (("push", "push_mbps"), ("pull", "pull_mbps")), strict=True):
+        ax.bar(list(CONFIGS), [results[c][key] for c in CONFIGS], color=["#888", "#6a9fd4", "#2a6fb4"])
+        ax.set_title(what)
+        ax.set_ylabel("MB/s")
+    fig.suptitle("lazyctr serve --s3 on SeaweedFS: replicas behind HAProxy")
     fig.tight_layout()
     fig.savefig(out / "replicas.png", dpi=120)
     print(f"results in {out}/results.json and {out}/replicas.png")
