@@ -23,14 +23,15 @@ one replica. A replica that dies has its share of paths moved to the others, not
 from __future__ import annotations
 
 import contextlib
+import http.client
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT = 10.0
+UP_PATH = "/balancer/up"
 CHECK_INTERVAL_MS = 500  # how often HAProxy asks each replica for /v2/
 
 
@@ -65,6 +66,8 @@ defaults
 
 frontend registry
     bind {host}:{port}
+    # HAProxy answers this itself (200): it is up, whatever the replicas are doing.
+    monitor-uri {UP_PATH}
     default_backend replicas
 
 backend replicas
@@ -76,6 +79,19 @@ backend replicas
     http-check expect rstatus ^(200|401)$
 {servers}
 """
+
+
+def _answers(address: str) -> bool:
+    """Whether HAProxy itself answers on `address` (not merely something listening there)."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=1)  # never through a proxy
+    try:
+        connection.request("GET", UP_PATH)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
 
 
 @contextlib.contextmanager
@@ -97,16 +113,13 @@ def running_haproxy(backends: Sequence[str], port: int, directory: Path) -> Iter
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    tail = (directory / "haproxy.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"haproxy did not start on {address}: {tail}") from None
-                time.sleep(0.02)
+        while not _answers(address):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                lines = (directory / "haproxy.log").read_text(errors="replace").strip().splitlines()
+                why = [line for line in lines if "[ALERT]" in line] or lines[-3:] or ["no output"]
+                raise RuntimeError(f"haproxy did not start on {address}: {' | '.join(why)}")
+            time.sleep(0.02)
         yield address
     finally:
         process.terminate()

@@ -405,3 +405,15 @@ def test_lazyctr_push_goes_on_when_a_replica_is_killed_under_it(
         lazyctr("gc")
         lazyctr("pull", target)
         assert lazyctr("cat", target, "/data/random").stdout == busybox_file(tarball, "data/random")
+
+
+def test_a_balancer_that_cannot_start_says_why(tmp_path: Path) -> None:
+    if haproxy_binary() is None:
+        unavailable("no haproxy (Debian: apt-get install haproxy)")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = pytest.raises(RuntimeError, match=f"did not start on 127.0.0.1:{port}: .*cannot bind")
+        with refused, running_haproxy(["127.0.0.1:1"], port, tmp_path / "haproxy"):
+            pass
