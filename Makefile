@@ -15,6 +15,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
 	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
+# haproxy: the load balancer in front of registry replicas (registry/balancer.py, tests/registry/test_replicas.py).
+APT_PACKAGES += haproxy
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 

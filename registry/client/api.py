@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
+import aiohttp
 from yarl import URL
 
 from registry.client.auth import Authenticator
@@ -61,8 +62,17 @@ MANIFEST_ACCEPT = ", ".join([MEDIA_MANIFEST, MEDIA_INDEX, DOCKER_MANIFEST, DOCKE
 SINGLE_RANGES_IN_FLIGHT = 64  # single-range requests at once per client when multi-range does not work
 SINGLE_RANGES_PER_CALL = 8  # ... and per read_ranges call, so one large call cannot take them all
 OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+RESUMES = 3  # times an upload goes on from where the registry says it stands, after a lost answer
 
 Progress = Callable[[int], None]  # told the bytes moved so far, as they go
+
+
+class _SessionLost(RegistryClientError):
+    """An upload session the registry finished, dropped or spoilt behind our back; `error` says how."""
+
+    def __init__(self, error: RegistryClientError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class BlobSink(Protocol):
@@ -386,8 +396,31 @@ class RegistryClient:
     async def upload(
         self, repo: str, location: URL, digest: str, path: Path, *, progress: Progress | None = None
     ) -> None:
-        """Send the blob at `path` into `repo`'s upload session at `location` (PATCH chunks, then PUT)."""
+        """Send the blob at `path` into `repo`'s upload session at `location` (PATCH chunks, then PUT).
+
+        Registry replicas behind a balancer share the session; one may die after taking a request
+        whose answer never came (the transport sends it again, to another replica). The registry
+        then holds more than we were told: a chunk refused as out of order (416) goes on from where
+        the upload stands, and a session the registry finished or dropped meanwhile is looked for
+        as a blob, else started over once, in a new session.
+        """
         digest = Digest(digest)
+        try:
+            await self._send_blob(repo, location, digest, path, progress)
+        except _SessionLost as lost:
+            if await self.head_blob(repo, digest) is not None:
+                return  # finished by the request whose answer was lost
+            again = await self.start_upload(repo, digest)
+            if again is None:
+                return
+            try:
+                await self._send_blob(repo, again, digest, path, progress)
+            except _SessionLost:
+                raise lost.error from None
+
+    async def _send_blob(
+        self, repo: str, location: URL, digest: Digest, path: Path, progress: Progress | None
+    ) -> None:
         what = f"upload of {repo}@{digest}"
         size = path.stat().st_size
 
@@ -400,14 +433,20 @@ class RegistryClient:
             if size <= CHUNK_SIZE:
                 body = f.read()
             else:
-                offset, body = 0, b""
-                while piece := f.read(CHUNK_SIZE):
+                offset, body, resumed = 0, b"", 0
+                while offset < size:
+                    f.seek(offset)
+                    piece = f.read(CHUNK_SIZE)
                     headers = {**OCTET_STREAM, "Content-Range": f"{offset}-{offset + len(piece) - 1}"}
                     async with self.transport.send(
                         "PATCH", location, headers, counted(piece, offset)
                     ) as response:
+                        if response.status == 416 and resumed < RESUMES:
+                            resumed += 1
+                            offset = await self._upload_offset(location, what)
+                            continue
                         if response.status != 202:
-                            raise await self.transport.error(response, what)
+                            raise await self._upload_error(response, what)
                         location = self.transport.resolve(response.headers.get("Location"))
                     offset += len(piece)
         final = location.update_query({"digest": digest})
@@ -415,7 +454,22 @@ class RegistryClient:
             "PUT", final, OCTET_STREAM, counted(body, size - len(body))
         ) as response:
             if response.status != 201:
-                raise await self.transport.error(response, what)
+                raise await self._upload_error(response, what)
+
+    async def _upload_offset(self, location: URL, what: str) -> int:
+        """Where an upload session stands: the byte after its `Range` (`0-0` is read as empty)."""
+        async with self.transport.send("GET", location) as response:
+            if response.status != 204:
+                raise await self._upload_error(response, what)
+            _, _, end = response.headers.get("Range", "0-0").partition("-")
+            if not end.isdigit():
+                raise RegistryClientError(f"{self.registry}: {what}: upload status without a Range")
+            return int(end) + 1 if int(end) else 0
+
+    async def _upload_error(self, response: aiohttp.ClientResponse, what: str) -> RegistryClientError:
+        error = await self.transport.error(response, what)
+        # 404: the session is gone; 400: it got a chunk twice and failed its digest.
+        return _SessionLost(error) if response.status in (400, 404) else error
 
     async def push_blob(
         self,
