@@ -30,10 +30,11 @@ import errno
 import logging
 import os
 import posixpath
+import queue
 import stat
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lazyfs.source import BLOCK_SIZE, ImageSource, Stat
@@ -84,16 +85,19 @@ class Kernel:
         source: ImageSource,
         open_backing: Callable[[str], int | None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_passed: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
         self.open_backing = open_backing  # a verified local file's descriptor for a path, or None
         self.on_ready = on_ready
+        self.on_passed = on_passed  # told (on a thread of its own) of each open passed through
         self.fd = -1
         self.passthrough = False  # the kernel agreed to it at INIT, and backing files can be registered
         self.paths: dict[int, str] = {1: "/"}  # node id -> a path of it
         self._attrs: dict[int, bytes] = {}  # node id -> its packed attributes (the image never changes)
         self._listings: dict[int, list[bytes]] = {}  # node id -> its packed entries, while being read
-        self._backings: dict[int, int] = {}  # node id -> its backing id (0: none, checked once)
+        self._backings: dict[int, int] = {}  # node id -> its backing id, once registered
+        self._passed: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # paths opened, for on_passed
         self._cached_opens: dict[int, int] = {}  # node id -> opens being read through us
         self._lock = threading.Lock()
         self._root_ino = source.stat("/")["st_ino"]
@@ -128,9 +132,14 @@ class Kernel:
     def serve(self) -> None:
         """Answer requests on WORKERS threads until the file system is unmounted."""
         workers = [threading.Thread(target=self._work, name=f"lazyfs-{n}") for n in range(WORKERS)]
+        if self.on_passed is not None:
+            workers.append(threading.Thread(target=self._tell_passed, name="lazyfs-passed"))
         for worker in workers:
             worker.start()
-        for worker in workers:
+        for worker in workers[:WORKERS]:
+            worker.join()
+        self._passed.put(None)  # the end: what was opened is told first
+        for worker in workers[WORKERS:]:
             worker.join()
         os.close(self.fd)
 
@@ -248,16 +257,35 @@ class Kernel:
     def _readlink(self, node: int, body: memoryview) -> bytes:
         return self.source.readlink(self._path(node)).encode("utf-8", "surrogateescape")
 
+    def register(self, files: Iterable[tuple[str, int]]) -> None:
+        """Register the verified local file of each (path, inode) that has one now, so that their
+        opens cost a lookup (a daemon does it on a thread of its own once the plain root is there)."""
+        for path, ino in files:
+            if not self.passthrough:
+                return
+            node = self._node_of(ino)
+            self.paths.setdefault(node, path)
+            self._backing(node)
+
     def _open(self, node: int, body: memoryview) -> bytes:
         backing = self._backing(node) if self.passthrough else 0
         with self._lock:
             if backing and not self._cached_opens.get(node):
+                if self.on_passed is not None:
+                    self._passed.put(self.paths[node])
                 return OPEN_OUT.pack(0, FOPEN_PASSTHROUGH, backing)
             self._cached_opens[node] = self._cached_opens.get(node, 0) + 1
         return OPEN_OUT.pack(1, FOPEN_KEEP_CACHE, 0)  # fh 1: read through us (see _release)
 
+    def _tell_passed(self) -> None:
+        """Hand the paths opened with passthrough to on_passed, off the FUSE threads."""
+        assert self.on_passed is not None
+        while (path := self._passed.get()) is not None:
+            self.on_passed(path)
+
     def _backing(self, node: int) -> int:
-        """The kernel's id of the node's verified local file, registered on its first open; 0: none."""
+        """The kernel's id of the node's verified local file, registered on its first open; 0: none
+        (yet: a chunk cached later may make one)."""
         with self._lock:
             known = self._backings.get(node)
         if known:

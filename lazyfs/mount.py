@@ -356,8 +356,10 @@ def _serve(
                     local.use_root(Path(made))
         elif local.root is not None:
             plain_root["plain_root"] = str(local.root)
+        if local.root is not None:  # every file is on local disk: opens need not wait to register it
+            kernel.register(source.regular_files())
 
-    kernel = Kernel(source, local.open, on_ready)
+    kernel = Kernel(source, local.open, on_ready, local.opened)
     kernel.mount(mountpoint, f"lazyctr:{mountable.image.name}")
 
     # FUSE runs on threads of its own: Python runs signal handlers (SIGUSR1: write a snapshot)
@@ -421,9 +423,11 @@ class LocalFiles:
         whole = len(pieces) == 1 and (pieces[0].file_offset, pieces[0].size) == (0, self.source.size(path))
         if fd is None and whole:  # a file of one chunk, no hole
             fd = self.fetcher.cache.open_verified(pieces[0].digest)
-        if fd is not None:
-            self.fetcher.served_locally(pieces)
         return fd
+
+    def opened(self, path: str) -> None:
+        """The kernel reads `path` from its local file: its pieces count as read."""
+        self.fetcher.served_locally(self.source.pieces(path) or [])
 
     def _plain(self, path: str) -> int | None:
         with contextlib.suppress(OSError):

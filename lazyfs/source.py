@@ -233,6 +233,12 @@ class ImageSource:
             known = self._blob_order[layer] = (pieces, [piece.start for piece in pieces])
         return known
 
+    def regular_files(self) -> Iterator[tuple[str, int]]:
+        """The path and inode number of every regular file, in a sorted walk of the tree."""
+        for path, node in self.tree.walk():
+            if node.kind == "reg":
+                yield "/" + path, node.ino
+
     def size(self, path: str) -> int:
         return self._node(path).content.size
 
