@@ -1,0 +1,151 @@
+"""The fleet suite (`lazyctr bench fleet`, benchmarks/fleet.py): bad options refused before anything is made,
+the star's addresses, the percentile, and one real run of 4 nodes whose results have every figure for
+every node and which leaves nothing of its own behind. Behaviour only: no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.fleet import NOT_AVAILABLE, percentile
+from benchmarks.fleetnet import PREFIX, address
+from benchmarks.link import NETNS_DIR
+from tests.benchmarks.leftovers import traces
+from tests.conftest import Result, assert_clean_error, require_tools
+
+REPO = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+NODE_FIELDS = (
+    "node",
+    "ok",
+    "pull_s",
+    "run_s",
+    "ready_s",
+    "received",
+    "sent",
+    "rss_peak",
+    "cgroup_peak",
+    "cpu_ns",
+)
+SCENARIO_FIELDS = (
+    "registry_egress",
+    "registry_ingress",
+    "proxy_egress",
+    "ready_p50",
+    "ready_p99",
+    "ready_max",
+    "rss_total_peak",
+    "mounts_peak",
+    "mem_available_drop",
+    "switch_cpu_s",
+)
+
+
+def bench(*args: str, timeout: float = 60) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lazyctr.cli", "bench", "fleet", *args],
+        cwd=REPO,
+        capture_output=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr.decode())
+
+
+def our_namespaces() -> set[str]:
+    return {n for n in os.listdir(NETNS_DIR) if n.startswith(PREFIX)} if NETNS_DIR.is_dir() else set()
+
+
+def our_cgroups() -> set[str]:
+    found = set()
+    for kind in ("memory", "cpuacct"):
+        path = Path("/sys/fs/cgroup") / kind
+        if path.is_dir():
+            found |= {f"{kind}/{p.name}" for p in path.iterdir() if p.name.startswith(PREFIX)}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--nodes", "0"], "--nodes must be between 1 and"),
+        (["--nodes", "1001"], "--nodes must be between 1 and"),
+        (["--modes", "lazy,turbo"], "unknown mode 'turbo'"),
+        (["--modes", ","], "no mode given"),
+        (["--link", "fast"], "bad --link 'fast'"),
+        (["--uplink", "1gbit"], "bad --uplink '1gbit'"),
+        (["--proxy-link", "1gbit/2parsecs"], "bad --proxy-link"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_is_made(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    out = tmp_path / "out"
+    result = bench(*args, "--out", str(out), "--cache", str(tmp_path / "cache"))
+    assert_clean_error(result, fragment)
+    assert result.code == 2
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.write_text("mine")
+    assert_clean_error(bench("--out", str(out)), "exists and is not a directory")
+    assert out.read_text() == "mine"
+
+
+def test_addresses_of_the_star_are_distinct_and_in_the_subnet() -> None:
+    names = ["reg", "proxy", *(f"n{k}" for k in range(1000))]
+    addresses = [address(name) for name in names]
+    assert len(set(addresses)) == len(names)
+    assert all(a.startswith("10.78.") for a in addresses)
+    with pytest.raises(ValueError):
+        address("n1000")
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile([float(k) for k in range(1, 101)], 99) == pytest.approx(99.01)
+
+
+@pytest.mark.privileged
+def test_four_nodes_all_ready_with_every_figure_and_nothing_left(tmp_path: Path) -> None:
+    """4 nodes, lazy and eager: every node of every scenario is ready and has every figure; the proxy
+    mode is measured or reported as not available; no namespace, cgroup, mount or process is left."""
+    require_tools("ip", "nsenter", "curl")
+    namespaces, cgroups = our_namespaces(), our_cgroups()
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    result = bench("--nodes", "4", "--out", str(out), "--cache", str(cache), timeout=300)
+    assert result.code == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    scenarios = results["scenarios"]
+    assert [(s["mode"], s["way"], s["count"]) for s in scenarios] == [
+        (mode, way, count) for mode in ("lazy", "eager") for way in ("direct", "proxy") for count in (1, 4)
+    ]
+    for s in scenarios:
+        if "skipped" in s:
+            assert s["way"] == "proxy" and s["skipped"] == NOT_AVAILABLE
+            continue
+        assert [n["node"] for n in s["nodes"]] == [f"n{k}" for k in range(s["count"])]
+        for node in s["nodes"]:
+            assert node["ok"], node.get("error")
+            assert all(node.get(key) is not None for key in NODE_FIELDS), node
+            assert node["received"] > 0 and node["rss_peak"] > 0
+        assert all(s.get(key) is not None for key in SCENARIO_FIELDS), s
+        assert s["ready_nodes"] == s["count"]
+        assert s["registry_egress"] > 0
+    lazy, eager = scenarios[1], scenarios[5]
+    assert lazy["mounts_peak"] >= 1
+    assert 0 < lazy["received_median"] < eager["received_median"]  # lazily: a part of the image
+    text = (out / "report.md").read_text()
+    assert "## The issue's figures" in text
+    for plot in ("ready_cdf.png", "registry_egress.png", "node_memory.png"):
+        assert (out / plot).read_bytes().startswith(PNG)
+    assert our_namespaces() == namespaces
+    assert our_cgroups() == cgroups
+    assert not traces([str(cache)])
