@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -148,13 +148,17 @@ def prepare_image(cache: Path) -> tuple[Path, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def serving(net: Star, name: str, storage: Path, log: Path, *extra: str) -> Iterator[str]:
-    """`lazyctr serve` in the namespace `name` on its address, until the block ends; yields host:port."""
+def serving(net: Star, name: str, storage: Path, log: Path, cpu: CpuGroup, *extra: str) -> Iterator[str]:
+    """`lazyctr serve` in the namespace `name` on its address, its CPU time counted in `cpu`, until the
+    block ends; yields host:port."""
     where = f"{address(name)}:{PORT}"
     argv = [sys.executable, "-m", "lazyctr.cli", "serve", "--storage", str(storage), "--addr", where, *extra]
     with open(log, "ab") as output:
         server = subprocess.Popen(
-            net.command(name, argv), stdout=output, stderr=output, cwd=Path(__file__).resolve().parents[1]
+            cpu.prefix() + net.command(name, argv),
+            stdout=output,
+            stderr=output,
+            cwd=Path(__file__).resolve().parents[1],
         )
     try:
         deadline = time.monotonic() + 30
@@ -170,6 +174,47 @@ def serving(net: Star, name: str, storage: Path, log: Path, *extra: str) -> Iter
 
 
 # -- the nodes' processes: cgroups and memory ---------------------------------------------------
+
+
+JOIN = 'for g in "$@"; do [ "$g" = -- ] && break; echo $$ > "$g/cgroup.procs"; shift; done; shift; exec "$@"'
+
+
+def joining(*groups: Path) -> list[str]:
+    """An argv prefix that puts the command (and what it starts) into the cgroups `groups`."""
+    return ["sh", "-c", JOIN, "sh", *map(str, groups), "--"]
+
+
+class CpuGroup:
+    """A cpuacct cgroup (v1) for a server: the CPU time its processes used, in seconds."""
+
+    def __init__(self, name: str) -> None:
+        self.path = CGROUPS / "cpuacct" / name
+        self.path.mkdir()
+
+    def prefix(self) -> list[str]:
+        return joining(self.path)
+
+    def seconds(self) -> float:
+        return int((self.path / "cpuacct.usage").read_text()) / 1e9
+
+    def __enter__(self) -> CpuGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            for pid in (self.path / "cgroup.procs").read_text().split():
+                (CGROUPS / "cpuacct" / "cgroup.procs").write_text(pid)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def machine_busy() -> float:
+    """CPU seconds this machine's CPUs have spent on anything but idling and waiting for I/O, so far."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class NodeGroups:
@@ -200,9 +245,19 @@ class NodeGroups:
 
     def prefix(self, node: str) -> list[str]:
         """An argv prefix that puts the command (and what it starts) into the node's groups."""
-        paths = self.groups[node]
-        join = 'echo $$ > "$1/cgroup.procs" && echo $$ > "$2/cgroup.procs" && shift 2 && exec "$@"'
-        return ["sh", "-c", join, "sh", str(paths["memory"]), str(paths["cpuacct"])]
+        return joining(self.groups[node]["memory"], self.groups[node]["cpuacct"])
+
+    def memory_now(self, node: str) -> tuple[int, int]:
+        """The summed RSS and PSS (a shared page divided among its users) of the node's processes."""
+        rss = pss = 0
+        for pid in self._pids(node):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        return rss, pss
 
     def _pids(self, node: str) -> list[int]:
         try:
@@ -259,10 +314,22 @@ def _mem_available() -> int:
 # -- one scenario: N nodes at a barrier -------------------------------------------------------------
 
 
+def on_every_node(nodes: Sequence[str], life: Callable[[str], None]) -> None:
+    """`life(node)` for every node at once, each in a thread of its own; returns when all have ended."""
+    threads = [threading.Thread(target=life, args=(node,), name=f"fleet-{node}") for node in nodes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def start_nodes(
-    net: Star, nodes: Sequence[str], where: str, mode: str, work: Path, tag: str
+    net: Star, nodes: Sequence[str], where: str, mode: str, work: Path, tag: str, servers: dict[str, CpuGroup]
 ) -> dict[str, Any]:
-    """Every node pulls and runs `where`/IMAGE from a cold root, all released at once; their figures."""
+    """Every node pulls and runs `where`/IMAGE from a cold root, all released at once; their figures.
+
+    Lazily, then every node also holds its mount (`hold_lazy_mounts`) for the memory of N at once.
+    """
     ref = f"{where}/{IMAGE}"
     pull = ["pull", "--insecure", *(["--eager"] if mode == "eager" else []), ref]
     run = ["run", "--rm", "--driver", "lazy" if mode == "lazy" else "overlay", ref]
@@ -270,7 +337,9 @@ def start_nodes(
         (work / node).mkdir(parents=True)
     drop_caches()
     before = net.counters()
-    cpu_before = net.stats()["cpu_seconds"]
+    switch_before = net.stats()["cpu_seconds"]
+    servers_before = {name: group.seconds() for name, group in servers.items()}
+    busy_before = machine_busy()
     groups = NodeGroups(tag, nodes, work)
     samples: dict[str, dict[str, Any]] = {node: {"node": node} for node in nodes}
     released: list[float] = []
@@ -278,13 +347,12 @@ def start_nodes(
 
     def node_life(node: str) -> None:
         sample = samples[node]
-        cli = [sys.executable, "-m", "lazyctr.cli", "--root", str(work / node / "root")]
         barrier.wait()
         started = released[0]
         done: dict[str, float] = {}
         try:
             for step, args in (("pull", pull), ("run", run)):
-                argv = groups.prefix(node) + net.command(node, cli + args)
+                argv = groups.prefix(node) + net.command(node, node_cli(work, node) + args)
                 proc = subprocess.run(argv, capture_output=True, timeout=RUN_TIMEOUT, cwd=work)
                 if proc.returncode != 0:
                     raise RuntimeError(f"lazyctr {step} exited {proc.returncode}: {stderr_tail(proc.stderr)}")
@@ -293,14 +361,14 @@ def start_nodes(
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
             sample.update(ok=False, error=str(e).strip()[:300] or repr(e))
 
-    threads = [threading.Thread(target=node_life, args=(node,), name=f"fleet-{node}") for node in nodes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    memory = groups.close()
+    on_every_node(nodes, node_life)
+    wall = time.monotonic() - released[0]
+    busy = machine_busy() - busy_before
+    servers_cpu = {name: group.seconds() - servers_before[name] for name, group in servers.items()}
     after = net.counters()
-    cpu_after = net.stats()["cpu_seconds"]
+    switch_cpu = net.stats()["cpu_seconds"] - switch_before
+    held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if mode == "lazy" else {}
+    memory = groups.close()
     for node in nodes:
         samples[node]["received"] = after[node]["received_bytes"] - before[node]["received_bytes"]
         samples[node]["sent"] = after[node]["sent_bytes"] - before[node]["sent_bytes"]
@@ -317,10 +385,68 @@ def start_nodes(
         "proxy_ingress": delta["proxy"]["received_bytes"],
         "dropped": sum(d["dropped_up"] + d["dropped_down"] for d in delta.values()),
         "switch_packets": sum(d["sent_packets"] for d in delta.values()),
-        "switch_cpu_s": cpu_after - cpu_before,
+        "switch_cpu_s": switch_cpu,
+        "registry_cpu_s": servers_cpu.get("reg"),
+        "proxy_cpu_s": servers_cpu.get("proxy"),
+        "machine_busy_s": busy,
+        "wall_s": wall,
         "rss_total_peak": groups.total_peak,
         "mounts_peak": groups.mounts_peak,
         "mem_available_drop": groups.available_before - groups.available_low,
+        **held,
+    }
+
+
+def node_cli(work: Path, node: str) -> list[str]:
+    """The lazyctr CLI on the node's own root."""
+    return [sys.executable, "-m", "lazyctr.cli", "--root", str(work / node / "root")]
+
+
+def hold_lazy_mounts(
+    net: Star,
+    nodes: Sequence[str],
+    ref: str,
+    work: Path,
+    groups: NodeGroups,
+    samples: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Every node starts a container of the image that keeps running (`run -d`, lazily: its mount lives
+    as long as the container); with all of them up, the memory of N lazy mounts and their supervisors
+    is measured, then the containers are removed. The timed starts above end with their containers,
+    so their mounts overlap only partly in time."""
+    started: dict[str, str] = {}
+    hold = ["run", "-d", "--rm", "--driver", "lazy", ref, "sleep", str(RUN_TIMEOUT)]
+
+    def start(node: str) -> None:
+        argv = groups.prefix(node) + net.command(node, node_cli(work, node) + hold)
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=work)
+            if proc.returncode == 0 and proc.stdout.strip():
+                started[node] = proc.stdout.strip().splitlines()[-1]
+
+    def remove(node: str) -> None:
+        if node in started:
+            argv = net.command(node, [*node_cli(work, node), "rm", "--force", started[node]])
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                subprocess.run(argv, capture_output=True, timeout=RUN_TIMEOUT, cwd=work)
+
+    on_every_node(nodes, start)
+    try:
+        held = [m for m in mounts() if m.fstype.startswith("fuse") and m.point.startswith(str(work))]
+        rss_total = pss_total = 0
+        for node in nodes:
+            rss, pss = groups.memory_now(node)
+            samples[node].update(held_rss=rss, held_pss=pss)
+            rss_total, pss_total = rss_total + rss, pss_total + pss
+        available_drop = groups.available_before - _mem_available()
+    finally:
+        on_every_node(nodes, remove)
+    return {
+        "held_containers": len(started),
+        "held_mounts": len(held),
+        "held_rss_total": rss_total,
+        "held_pss_total": pss_total,
+        "held_mem_available_drop": available_drop,
     }
 
 
@@ -390,7 +516,10 @@ def run_suite(config: Config) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f"{PREFIX}work-", dir=config.cache))
     log = config.cache / "fleet-registry.log"
     try:
-        with star(links) as net, serving(net, "reg", work / "registry", log) as registry:
+        with contextlib.ExitStack() as stack:
+            net = stack.enter_context(star(links))
+            reg_cpu = stack.enter_context(CpuGroup(f"{net.token}-reg"))
+            registry = stack.enter_context(serving(net, "reg", work / "registry", log, reg_cpu))
             lazyctr(publisher, "push", "--insecure", "--progress", "plain", IMAGE, f"{registry}/{IMAGE}",
                     netns=net.namespace("reg"))  # fmt: skip
             ways = ["direct", *(["proxy"] if config.proxy else [])]
@@ -402,20 +531,10 @@ def run_suite(config: Config) -> Path:
                         if way == "proxy" and not has_proxy:
                             scenario["skipped"] = NOT_AVAILABLE
                             continue
-                        tag = f"{net.token}-{len(results['scenarios'])}"
-                        place = work / f"{mode}-{way}-{count}"
                         print(f"{mode} {way}, {count} node(s)...", flush=True)
-                        with contextlib.ExitStack() as stack:
-                            where = registry
-                            if way == "proxy":
-                                upstream = f"http://{registry}"
-                                where = stack.enter_context(
-                                    serving(net, "proxy", place / "proxy", log, "--proxy", upstream)
-                                )
-                            scenario.update(start_nodes(net, names[:count], where, mode, place, tag))
-                        scenario.update(summarize(scenario))
-                        unmount_under(place)
-                        shutil.rmtree(place, ignore_errors=True)
+                        place = work / f"{mode}-{way}-{count}"
+                        tag = f"{net.token}-{len(results['scenarios'])}"
+                        scenario.update(run_scenario(net, registry, reg_cpu, scenario, place, tag, log))
                         print(_line(scenario), flush=True)
                         save_partial(results, config.out)
     except LinkError as e:
@@ -426,6 +545,28 @@ def run_suite(config: Config) -> Path:
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["targets"] = targets(results)
     return write_outputs(results, config.out)
+
+
+def run_scenario(
+    net: Star, registry: str, reg_cpu: CpuGroup, scenario: dict[str, Any], place: Path, tag: str, log: Path
+) -> dict[str, Any]:
+    """The figures of one scenario (mode, way, count of nodes); through a fresh proxy for way "proxy"."""
+    servers = {"reg": reg_cpu}
+    nodes = [f"n{k}" for k in range(scenario["count"])]
+    try:
+        with contextlib.ExitStack() as stack:
+            where = registry
+            if scenario["way"] == "proxy":
+                servers["proxy"] = stack.enter_context(CpuGroup(f"{tag}-proxy"))
+                proxy_args = ("--proxy", f"http://{registry}")
+                where = stack.enter_context(
+                    serving(net, "proxy", place / "proxy", log, servers["proxy"], *proxy_args)
+                )
+            figures = start_nodes(net, nodes, where, scenario["mode"], place, tag, servers)
+    finally:
+        unmount_under(place)
+        shutil.rmtree(place, ignore_errors=True)
+    return {**figures, **summarize(figures)}
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -550,6 +691,46 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         cells += [str(s["mounts_peak"]) if s["mode"] == "lazy" else "-", _mb(s["mem_available_drop"])]
         cpu = s.get("cpu_ns_median")
         cells += [_s(cpu / 1e9 if cpu is not None else None), _s(s["switch_cpu_s"])]
+        lines.append(_row(cells))
+
+    held = [s for s in results["scenarios"] if "held_mounts" in s]
+    if held:
+        lines += ["", "## Lazy mounts held at once", ""]
+        lines.append(
+            "After the timed start, every node of a lazy scenario starts one more container of the image "
+            "that keeps running (`run -d`), so that all its lazy mounts live at the same time; then, "
+            "summed over the nodes' processes (each node's lazyfs daemon and the supervisor of its "
+            "container): RSS, PSS (shared pages divided among their users) and the fall of MemAvailable "
+            "since before the scenario."
+        )
+        head = ["way", "nodes", "containers", "lazy mounts", "RSS MB", "PSS MB", "PSS/node MB"]
+        head += ["MemAvailable drop MB", "per node MB"]
+        lines += ["", _row(head), _row(["---"] * len(head))]
+        for s in held:
+            count = max(s["held_containers"], 1)
+            cells = [s["way"], str(s["count"]), str(s["held_containers"]), str(s["held_mounts"])]
+            cells += [_mb(s["held_rss_total"]), _mb(s["held_pss_total"]), _mb(s["held_pss_total"] / count)]
+            cells += [_mb(s["held_mem_available_drop"]), _mb(s["held_mem_available_drop"] / count)]
+            lines.append(_row(cells))
+
+    lines += ["", "## Where the CPU went", ""]
+    lines.append(
+        "From the barrier to the last node ready: the machine's busy CPU time (all its processes, other "
+        "users' too), the nodes' (their cgroups), the registry's, the proxy's and the switch's; "
+        "rest = busy minus those (this benchmark's own threads, the kernel's softirqs, other users)."
+    )
+    head = ["mode", "way", "nodes", "wall s", "CPUs x wall s", "busy s", "nodes s", "registry s"]
+    head += ["proxy s", "switch s", "rest s"]
+    lines += ["", _row(head), _row(["---"] * len(head))]
+    cpus = results["machine"]["cpus"] or 1
+    for s in results["scenarios"]:
+        if "wall_s" not in s:
+            continue
+        nodes_s = (s.get("cpu_ns_sum") or 0) / 1e9
+        ours = nodes_s + (s.get("registry_cpu_s") or 0) + (s.get("proxy_cpu_s") or 0) + s["switch_cpu_s"]
+        cells = [s["mode"], s["way"], str(s["count"]), _s(s["wall_s"]), _s(cpus * s["wall_s"])]
+        cells += [_s(s["machine_busy_s"]), _s(nodes_s), _s(s.get("registry_cpu_s")), _s(s.get("proxy_cpu_s"))]
+        cells += [_s(s["switch_cpu_s"]), _s(s["machine_busy_s"] - ours)]
         lines.append(_row(cells))
 
     t = results.get("targets") or {}
