@@ -811,7 +811,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     measured = [s for s in results["scenarios"] if "skipped" not in s]
-    labels = [f"{s['mode']} {s['way']}\nx{s['count']}" for s in measured]
+    labels = [f"{s['mode']}\n{s['way']}\nx{s['count']}" for s in measured]
     ax.bar(range(len(measured)), [s["registry_egress"] / 1e6 for s in measured])
     ax.set_xticks(range(len(measured)), labels, fontsize="small")
     one = (results.get("targets") or {}).get("one_lazy_node_bytes")
