@@ -755,7 +755,8 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     lines += [
         "",
         "Memory: RSS/node is the peak of the summed VmRSS of one node's lazyctr processes (the CLI, the "
-        "`run` that supervises the container, the lazyfs daemon it starts), sampled every 200 ms; RSS "
+        "`run` that supervises the container, the lazyfs daemon it starts), sampled every 200 ms from the "
+        "barrier to the end of the scenario (lazily: the held mounts too); RSS "
         "all nodes is the peak of that sum over every node at one instant (shared pages counted once per "
         "process); MemAvailable drop is the machine's view of the same moment.",
     ]
