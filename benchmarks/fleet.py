@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,8 @@ from benchmarks.common import (
 )
 from benchmarks.fleetnet import MAX_NODES, PREFIX, Star, address, star
 from benchmarks.link import LinkError, LinkSpec, LinkSpecError, parse_link_spec
-from lazyfs.host import mounts
+from lazyfs.host import mounts, process_alive
+from runtime.state import containers_dir
 from storage.files import atomic_write
 
 if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
@@ -176,6 +178,32 @@ def serving(net: Star, name: str, storage: Path, log: Path, cpu: CpuGroup, *extr
 # -- the nodes' processes: cgroups and memory ---------------------------------------------------
 
 
+def remove_group(path: Path, patience: float = 5.0) -> None:
+    """Remove a cgroup (v1) of ours; a process still in it (a daemon alive, a killed one still exiting)
+    goes back to the root group of its hierarchy first."""
+    deadline = time.monotonic() + patience
+    while path.is_dir():
+        with contextlib.suppress(OSError):
+            for pid in (path / "cgroup.procs").read_text().split():
+                (path.parent / "cgroup.procs").write_text(pid)
+        try:
+            path.rmdir()
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+
+def remove_stale_groups() -> None:
+    """Remove the cgroups of fleet runs whose process died without cleaning up (SIGKILL)."""
+    for kind in ("memory", "cpuacct"):
+        hierarchy = CGROUPS / kind
+        for path in hierarchy.glob(f"{PREFIX}*") if hierarchy.is_dir() else []:
+            pid = path.name.removeprefix(PREFIX).split("-", 1)[0]
+            if pid.isdigit() and not process_alive(int(pid)):
+                remove_group(path, patience=0)
+
+
 JOIN = 'for g in "$@"; do [ "$g" = -- ] && break; echo $$ > "$g/cgroup.procs"; shift; done; shift; exec "$@"'
 
 
@@ -204,11 +232,7 @@ class CpuGroup:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            for pid in (self.path / "cgroup.procs").read_text().split():
-                (CGROUPS / "cpuacct" / "cgroup.procs").write_text(pid)
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+        remove_group(self.path)
 
 
 def machine_busy() -> float:
@@ -294,13 +318,8 @@ class NodeGroups:
                 figures[node]["cgroup_peak"] = int(peak)
             with contextlib.suppress(OSError, ValueError):
                 figures[node]["cpu_ns"] = int((paths["cpuacct"] / "cpuacct.usage").read_text())
-            for kind, path in paths.items():
-                # A daemon still alive goes back to the root group, so that the group can go.
-                with contextlib.suppress(OSError):
-                    for pid in (path / "cgroup.procs").read_text().split():
-                        (CGROUPS / kind / "cgroup.procs").write_text(pid)
-                with contextlib.suppress(OSError):
-                    path.rmdir()
+            for path in paths.values():
+                remove_group(path)
         return figures
 
 
@@ -314,13 +333,57 @@ def _mem_available() -> int:
 # -- one scenario: N nodes at a barrier -------------------------------------------------------------
 
 
-def on_every_node(nodes: Sequence[str], life: Callable[[str], None]) -> None:
-    """`life(node)` for every node at once, each in a thread of its own; returns when all have ended."""
+class Commands:
+    """The commands the nodes' threads run, each in a session of its own, so that an interrupted
+    scenario (Ctrl-C, SIGTERM) can end them all before its namespaces and mounts go."""
+
+    def __init__(self) -> None:
+        self.live: set[subprocess.Popen[bytes]] = set()
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def run(self, argv: Sequence[str], cwd: Path) -> subprocess.CompletedProcess[bytes]:
+        with self.lock:
+            if self.stopped:
+                raise RuntimeError("interrupted")
+            proc = subprocess.Popen(
+                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, start_new_session=True
+            )
+            self.live.add(proc)
+        try:
+            out, err = proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            live = list(self.live)
+        for proc in live:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def on_every_node(nodes: Sequence[str], life: Callable[[str], None], commands: Commands) -> None:
+    """`life(node)` for every node at once, each in a thread of its own; returns when all have ended.
+    Interrupted, it ends their `commands` first."""
     threads = [threading.Thread(target=life, args=(node,), name=f"fleet-{node}") for node in nodes]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        commands.stop()
+        for thread in threads:
+            thread.join()
+        raise
 
 
 def start_nodes(
@@ -344,6 +407,7 @@ def start_nodes(
     samples: dict[str, dict[str, Any]] = {node: {"node": node} for node in nodes}
     released: list[float] = []
     barrier = threading.Barrier(len(nodes), action=lambda: released.append(time.monotonic()))
+    commands = Commands()
 
     def node_life(node: str) -> None:
         sample = samples[node]
@@ -352,8 +416,9 @@ def start_nodes(
         done: dict[str, float] = {}
         try:
             for step, args in (("pull", pull), ("run", run)):
-                argv = groups.prefix(node) + net.command(node, node_cli(work, node) + args)
-                proc = subprocess.run(argv, capture_output=True, timeout=RUN_TIMEOUT, cwd=work)
+                proc = commands.run(
+                    groups.prefix(node) + net.command(node, node_cli(work, node) + args), work
+                )
                 if proc.returncode != 0:
                     raise RuntimeError(f"lazyctr {step} exited {proc.returncode}: {stderr_tail(proc.stderr)}")
                 done[step] = time.monotonic() - started
@@ -361,14 +426,16 @@ def start_nodes(
         except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
             sample.update(ok=False, error=str(e).strip()[:300] or repr(e))
 
-    on_every_node(nodes, node_life)
-    wall = time.monotonic() - released[0]
-    busy = machine_busy() - busy_before
-    servers_cpu = {name: group.seconds() - servers_before[name] for name, group in servers.items()}
-    after = net.counters()
-    switch_cpu = net.stats()["cpu_seconds"] - switch_before
-    held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if mode == "lazy" else {}
-    memory = groups.close()
+    try:
+        on_every_node(nodes, node_life, commands)
+        wall = time.monotonic() - released[0]
+        busy = machine_busy() - busy_before
+        servers_cpu = {name: group.seconds() - servers_before[name] for name, group in servers.items()}
+        after = net.counters()
+        switch_cpu = net.stats()["cpu_seconds"] - switch_before
+        held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if mode == "lazy" else {}
+    finally:
+        memory = groups.close()
     for node in nodes:
         samples[node]["received"] = after[node]["received_bytes"] - before[node]["received_bytes"]
         samples[node]["sent"] = after[node]["sent_bytes"] - before[node]["sent_bytes"]
@@ -417,21 +484,26 @@ def hold_lazy_mounts(
     started: dict[str, str] = {}
     hold = ["run", "-d", "--rm", "--driver", "lazy", ref, "sleep", str(RUN_TIMEOUT)]
 
+    commands = Commands()
+
     def start(node: str) -> None:
         argv = groups.prefix(node) + net.command(node, node_cli(work, node) + hold)
-        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, cwd=work)
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired, OSError):
+            proc = commands.run(argv, work)
             if proc.returncode == 0 and proc.stdout.strip():
-                started[node] = proc.stdout.strip().splitlines()[-1]
+                started[node] = proc.stdout.decode().strip().splitlines()[-1]
 
     def remove(node: str) -> None:
-        if node in started:
-            argv = net.command(node, [*node_cli(work, node), "rm", "--force", started[node]])
+        # Every container of the node's root: an interrupted `run -d` may have made one it never named.
+        where = containers_dir(work / node / "root")
+        ids = sorted(p.name for p in where.iterdir()) if where.is_dir() else []
+        if ids:
+            argv = net.command(node, [*node_cli(work, node), "rm", "--force", *ids])
             with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                 subprocess.run(argv, capture_output=True, timeout=RUN_TIMEOUT, cwd=work)
 
-    on_every_node(nodes, start)
     try:
+        on_every_node(nodes, start, commands)
         held = [m for m in mounts() if m.fstype.startswith("fuse") and m.point.startswith(str(work))]
         rss_total = pss_total = 0
         for node in nodes:
@@ -440,7 +512,7 @@ def hold_lazy_mounts(
             rss_total, pss_total = rss_total + rss, pss_total + pss
         available_drop = groups.available_before - _mem_available()
     finally:
-        on_every_node(nodes, remove)
+        on_every_node(nodes, remove, Commands())
     return {
         "held_containers": len(started),
         "held_mounts": len(held),
@@ -491,6 +563,7 @@ def run_suite(config: Config) -> Path:
     unwind_on_sigterm()
     compile_sources()
     config.cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_groups()
     publisher, image = prepare_image(config.cache)
     has_proxy = config.proxy and proxy_available()
     results: dict[str, Any] = {
