@@ -164,8 +164,7 @@ def serving(net: Star, name: str, storage: Path, log: Path, cpu: CpuGroup, *extr
         )
     try:
         deadline = time.monotonic() + 30
-        probe = ["curl", "-s", "-o", "/dev/null", "--max-time", "2", f"http://{where}/v2/"]
-        while subprocess.run(net.command(name, probe), capture_output=True).returncode != 0:
+        while not net.accepts(name, address(name), PORT):
             if time.monotonic() > deadline or server.poll() is not None:
                 tail = stderr_tail(log.read_bytes()[-2000:]) if log.exists() else ""
                 raise BenchError(f"`lazyctr serve` in {name} did not come up: {tail}")

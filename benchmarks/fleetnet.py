@@ -16,14 +16,17 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.link import MTU, NETNS_DIR, LinkError, LinkSpec
 from lazyfs.host import process_alive
+from runtime import syscalls as sc
 
 PREFIX = "lzf-"
 IFNAME = "lzf0"
@@ -81,6 +84,25 @@ class Star:
     def command(self, name: str, argv: Sequence[str]) -> list[str]:
         """`argv` in the network namespace of `name` (mounts stay those of the host)."""
         return ["nsenter", f"--net={NETNS_DIR / self.namespace(name)}", *argv]
+
+    def accepts(self, name: str, host: str, port: int) -> bool:
+        """Whether a TCP connection from the namespace of `name` to host:port succeeds (from a short-lived
+        thread that joined it: setns moves only the calling thread)."""
+        accepted: list[bool] = []
+
+        def attempt() -> None:
+            try:
+                with open(NETNS_DIR / self.namespace(name), "rb") as ns:
+                    sc.setns(ns.fileno(), sc.CLONE_NEWNET)
+                with socket.create_connection((host, port), timeout=2):
+                    accepted.append(True)
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=attempt, name=f"connect-{name}")
+        thread.start()
+        thread.join()
+        return bool(accepted)
 
     def counters(self) -> dict[str, dict[str, Any]]:
         """Per name: the switch's counters of its link (sent/received bytes and packets, drops)."""

@@ -120,7 +120,7 @@ def check_run(tmp_path: Path, nodes: int, modes: tuple[str, ...], proxy: bool) -
     """Run the suite on `nodes` nodes: every node of every scenario is ready and has every figure; the
     proxy mode (with `proxy`) is measured or reported as not available; no namespace, cgroup, mount or
     process of the run is left. Returns the results."""
-    require_tools("ip", "nsenter", "curl")
+    require_tools("ip", "nsenter")
     namespaces, cgroups = our_namespaces(), our_cgroups()
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["--nodes", str(nodes), "--modes", ",".join(modes), "--out", str(out), "--cache", str(cache)]
@@ -179,7 +179,7 @@ def test_four_nodes_lazy_and_eager_all_ready_with_every_figure_and_nothing_left(
 def test_sigterm_while_nodes_start_leaves_nothing(tmp_path: Path) -> None:
     """A SIGTERM while 2 nodes are starting: the suite ends, and no namespace, cgroup, mount or process
     of its own is left; what it had measured is in results.json, marked partial."""
-    require_tools("ip", "nsenter", "curl")
+    require_tools("ip", "nsenter")
     namespaces, cgroups = our_namespaces(), our_cgroups()
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["--nodes", "2", "--modes", "lazy", "--no-proxy", "--out", str(out), "--cache", str(cache)]
