@@ -15,8 +15,10 @@ page cache. Measured: each node's time to ready, the bytes the registry sent (it
 the bytes each node received, and memory: per node, a cgroup v1 memory group holding its CLI
 processes and the lazyfs daemon they start (the container moves to a cgroup of its own), sampled
 every 200 ms for the peak of their summed RSS; the peak of that sum over all nodes at one instant,
-the most lazy mounts alive at once and the fall of the machine's MemAvailable. Per node also the CPU
-time of those processes (cpuacct): on a machine of two cores, N nodes' CPU time bounds their makespan.
+the most lazy mounts alive at once and the fall of the machine's MemAvailable; after a lazy scenario,
+every node holds one running container (so all N lazy mounts live at once) for their RSS and PSS.
+Per node also the CPU time of those processes (cpuacct), beside the registry's, the proxy's, the
+switch's and the whole machine's: on a machine of two cores, N nodes' CPU time bounds their makespan.
 
 Output in --out: results.json, report.md and PNG plots. Needs root.
 """
@@ -563,7 +565,10 @@ def run_suite(config: Config) -> Path:
     compile_sources()
     config.cache.mkdir(parents=True, exist_ok=True)
     remove_stale_groups()
-    publisher, image = prepare_image(config.cache)
+    try:
+        publisher, image = prepare_image(config.cache)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"the fleet's image cannot be built: {stderr_tail(str(e), 1)}") from None
     has_proxy = config.proxy and proxy_available()
     results: dict[str, Any] = {
         "version": 1,
@@ -611,6 +616,8 @@ def run_suite(config: Config) -> Path:
                         save_partial(results, config.out)
     except LinkError as e:
         raise BenchError(str(e)) from None
+    except (RuntimeError, subprocess.TimeoutExpired) as e:  # the push: a registry that does not work
+        raise BenchError(f"the fleet's registry cannot be set up: {stderr_tail(str(e), 1)}") from None
     finally:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
