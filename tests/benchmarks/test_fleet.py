@@ -1,6 +1,8 @@
-"""The fleet suite (`lazyctr bench fleet`, benchmarks/fleet.py): bad options refused before anything is made,
-the star's addresses, the percentile, and one real run of 4 nodes whose results have every figure for
-every node and which leaves nothing of its own behind. Behaviour only: no speed is asserted."""
+"""The fleet suite (`lazyctr bench fleet`, benchmarks/fleet.py): bad options refused before anything is
+made, the star's addresses, the switch's token bucket, the percentile, and real runs (2 lazy nodes;
+4 nodes lazy and eager with the proxy, extended; one interrupted by SIGTERM) whose results have every
+figure for every node and which leave nothing of their own behind. Behaviour only: no speed is
+asserted."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks.fleet import NOT_AVAILABLE, percentile
+from benchmarks.fleetfwd import Bucket
 from benchmarks.fleetnet import PREFIX, address
 from benchmarks.link import NETNS_DIR
 from tests.benchmarks.leftovers import traces
@@ -212,3 +215,18 @@ def test_sigterm_while_nodes_start_leaves_nothing(tmp_path: Path) -> None:
     assert not our_namespaces() - namespaces
     assert not our_cgroups() - cgroups
     assert not traces([str(cache)])
+
+
+def test_switch_bucket_paces_at_its_rate_and_drops_beyond_its_queue() -> None:
+    bucket = Bucket(rate=1000.0, queue=2000, burst=0)
+    assert [bucket.send(1000, 0.0) for _ in range(3)] == [1.0, 2.0, 3.0]  # one second per 1000 bytes
+    assert bucket.send(1000, 0.0) == -1.0  # 3 s queued already, more than the 2 s queue: dropped
+    assert bucket.dropped == 1
+    assert bucket.send(1000, 10.0) == 11.0  # idle since: no backlog, no saved tokens (burst 0)
+    assert Bucket(rate=0.0, queue=0, burst=0).send(1500, 5.0) == 5.0  # unlimited: leaves at once
+
+
+def test_switch_bucket_lets_a_burst_through_after_idling() -> None:
+    bucket = Bucket(rate=1000.0, queue=10_000, burst=500)
+    assert bucket.send(500, 100.0) == 100.0  # half a second saved while idle covers the packet
+    assert bucket.send(500, 100.0) == 100.5
