@@ -83,3 +83,55 @@ def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Pat
     except BenchError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {report}")
+
+
+@bench.command()
+@click.option("--nodes", type=int, default=32, show_default=True, help="Nodes that start the image at once.")
+@click.option("--modes", default="lazy,eager", show_default=True, help="Comma-separated: lazy, eager.")
+@click.option(
+    "--proxy/--no-proxy",
+    default=True,
+    show_default=True,
+    help="Also through a pull-through cache (`lazyctr serve --proxy`), where this lazyctr has one.",
+)
+@click.option("--link", default="100mbit/20ms", show_default=True, help="Each node's RATE/RTT[/LOSS].")
+@click.option("--uplink", default="1gbit/2ms", show_default=True, help="The registry's RATE/RTT[/LOSS].")
+@click.option("--proxy-link", default="1gbit/1ms", show_default=True, help="The proxy's RATE/RTT[/LOSS].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench-results/fleet"),
+    show_default=True,
+    help="Where results.json, report.md and the plots go.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The built image (kept between runs) and the working files.  [default: .cache/bench of a "
+    "checkout, else ~/.cache/lazyctr/bench]",
+)
+def fleet(
+    nodes: int,
+    modes: str,
+    proxy: bool,
+    link: str,
+    uplink: str,
+    proxy_link: str,
+    out: Path,
+    cache: Path | None,
+) -> None:
+    """N nodes start the same image at one moment, lazily and eagerly, with and without a proxy cache."""
+    from benchmarks.common import CACHE, BenchError
+    from benchmarks.fleet import make_config, run_suite
+
+    cache = (cache or CACHE / "bench").resolve()
+    try:
+        config = make_config(nodes, modes, proxy, link, uplink, proxy_link, out, cache)
+    except BenchError as e:
+        raise BadOption(str(e)) from None
+    try:
+        report = run_suite(config)
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {report}")
