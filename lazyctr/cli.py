@@ -63,6 +63,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "logs": ("lazyctr.containers", "Print what a detached container wrote to stdout and stderr."),
     "ls": ("lazyctr.images", "List files of an image, read from its layers' tables of contents."),
     "mount": ("lazyctr.mounts", "Mount IMAGE read-only at DIR; file contents are fetched when first read."),
+    "network": ("lazyctr.networks", "Manage networks: create, ls, inspect, rm."),
     "ps": ("lazyctr.containers", "List containers."),
     "pull": (
         "lazyctr.distribution",

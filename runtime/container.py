@@ -43,6 +43,8 @@ from storage.store import Image, Store
 if TYPE_CHECKING:
     import socket
 
+    from runtime.network import Sandbox
+
 # PID 1 unshares these; the PID namespace is made by its parent (see fork_in_new_pid_namespace).
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
@@ -62,6 +64,7 @@ class Container:
         self.dir = containers_dir(store.root) / spec.id
         self.hostname = spec.hostname or spec.id[:12]
         self.terminal: socket.socket | None = None  # PID 1's end of the terminal hand-over, with -t
+        self.sandbox: Sandbox | None = None  # its network namespace on a bridge network, while it runs
         self.state = ContainerState(spec.id, spec.name or spec.id[:12], image.name, spec.argv)
         self.state.layers = [str(diff_id) for diff_id in image.config.diff_ids]
         self.state.driver = driver.name
@@ -98,6 +101,14 @@ class Container:
         return status
 
     def _start_and_wait(self) -> int:
+        self.sandbox = open_network(self.store.root, self.dir, self.spec, self.state.name, self.hostname)
+        try:
+            return self._start_and_wait_on_network()
+        finally:
+            if self.sandbox is not None:
+                self.sandbox.close()  # the plugins' DEL: veth, address, NAT rules
+
+    def _start_and_wait_on_network(self) -> int:
         cgroup = create_cgroup(self.spec.id, self.limits)
         go_read, go_write = os.pipe()  # a word from us: PID 1 is in its cgroup, it may exec
         exec_read, exec_write = os.pipe()  # close-on-exec: PID 1's end closes when it execs the command
@@ -119,6 +130,9 @@ class Container:
             forward = {sig: signal.signal(sig, lambda s, _f: os.kill(init, s)) for sig in signals}
             try:
                 try:
+                    if self.sandbox is not None:  # PID 1 sets its root up meanwhile
+                        self.sandbox.connect()
+                        timeline.mark("network")
                     ended = self._admit(cgroup, init, go_write)
                 finally:
                     os.close(go_write)
@@ -173,7 +187,9 @@ class Container:
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
     def _init(self, go: int, exec_report: int) -> int:
-        unshare_namespaces(self.spec.network)
+        unshare_namespaces(new_network=self.spec.network != "host" and self.sandbox is None)
+        if self.sandbox is not None:
+            join_network_namespace(self.sandbox.netns_fd)
         make_mounts_private()
         rootfs = mount_rootfs(self.driver, self.dir)
         if not self.spec.interactive and not self.spec.tty:
@@ -240,9 +256,26 @@ def join_cgroup(cgroup: Cgroup, pid: int) -> None:
 
 
 @setup_step
-def unshare_namespaces(network: str) -> None:
-    """New mount, UTS, IPC and (unless on the host's network) network namespaces."""
-    sc.unshare(NAMESPACES if network != "host" else NAMESPACES & ~sc.CLONE_NEWNET)
+def unshare_namespaces(new_network: bool) -> None:
+    """New mount, UTS, IPC and (unless on the host's network or joining lazyctr's) network namespaces."""
+    sc.unshare(NAMESPACES if new_network else NAMESPACES & ~sc.CLONE_NEWNET)
+
+
+@setup_step
+def join_network_namespace(netns: int) -> None:
+    """The namespace lazyctr made for a bridge network, where the CNI plugins put the container's eth0."""
+    sc.setns(netns, sc.CLONE_NEWNET)
+
+
+def open_network(root: Path, container_dir: Path, spec: Spec, name: str, hostname: str) -> Sandbox | None:
+    """On a bridge network: its namespace made and recorded (runtime/network.py), before PID 1 is forked."""
+    if spec.network in ("none", "host"):
+        return None
+    from runtime.network import Sandbox  # subprocess, socket, ipaddress: only a bridged container pays
+
+    sandbox = Sandbox(root, container_dir, spec.network, name, hostname, spec.ports)
+    sandbox.open()
+    return sandbox
 
 
 @setup_step

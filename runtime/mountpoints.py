@@ -12,7 +12,7 @@ from pathlib import Path
 
 # Bound over the image's own, as docker and BuildKit do: a minimal image (debootstrap's minbase) has no
 # /etc/hosts, and without `localhost` a server such as postgresql cannot open its socket.
-NETWORK_FILES = ("/etc/hosts", "/etc/resolv.conf")
+NETWORK_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
 RUNTIME_MOUNT_POINTS = ("/proc", "/sys", "/dev", *NETWORK_FILES)
 
 

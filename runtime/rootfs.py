@@ -49,8 +49,9 @@ def prepare_rootfs(rootfs: Path, container_dir: Path, spec: Spec) -> None:
 
 
 def write_network_files(container_dir: Path, network: str, hostname: str) -> None:
-    """The container's /etc/hosts and /etc/resolv.conf: the host's on the host network; otherwise
-    localhost and the container's own name, and the host's resolvers minus loopback ones (unreachable)."""
+    """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname: the host's on the host network;
+    otherwise localhost and the container's own name, and the host's resolvers minus loopback ones
+    (unreachable). On a bridge network runtime/network.py rewrites hosts once the address is known."""
     host = network == "host"
     try:
         hosts = Path("/etc/hosts").read_text() if host else f"{LOCAL_HOSTS}127.0.1.1\t{hostname}\n"
@@ -62,7 +63,7 @@ def write_network_files(container_dir: Path, network: str, hostname: str) -> Non
         resolv = ""
     if not host:
         resolv = "".join(line for line in resolv.splitlines(keepends=True) if not _loopback_nameserver(line))
-    for path, text in zip(NETWORK_FILES, (hosts, resolv), strict=True):
+    for path, text in zip(NETWORK_FILES, (hosts, resolv, f"{hostname}\n"), strict=True):
         _network_file(container_dir, path).write_text(text)
 
 

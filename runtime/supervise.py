@@ -98,7 +98,12 @@ def remove(root: Path, state: ContainerState) -> None:
     goes too, even if its supervisor was killed before it could let go of it."""
     if state.running:
         kill(root, state)
-    shutil.rmtree(containers_dir(root) / state.id, ignore_errors=True)
+    directory = containers_dir(root) / state.id
+    if (directory / "network.json").exists():  # its supervisor died before it could detach it
+        from runtime.network import release
+
+        release(directory)
+    shutil.rmtree(directory, ignore_errors=True)
     from runtime import lazy  # imports FUSE: only a root with lazy mounts pays for it
 
     if (root / lazy.LAZY_DIR).is_dir():
