@@ -350,8 +350,10 @@ def attachments(root: Path) -> list[Attachment]:
 
 
 def _start_time(pid: int) -> str:
+    """When process `pid` started (in clock ticks since boot); '' if it does not run (a zombie does not)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return fields[19] if fields[0] != "Z" else ""
     except (OSError, IndexError):
         return ""
 
