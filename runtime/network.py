@@ -395,6 +395,7 @@ class Sandbox:
             try:
                 make_network_namespace(netns)
                 self.netns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                timeline.mark("netns")
             except BaseException:
                 detach(self.root, self.attachment)
                 self.attachment = None
