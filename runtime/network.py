@@ -27,6 +27,7 @@ The loopback plugin is not exec'd: PID 1 brings `lo` up itself (runtime/containe
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -128,7 +129,7 @@ def reserve_ports(ports: list[PortMapping]) -> list[socket.socket]:
                 s.bind((port.host_ip, port.host_port))
             except OSError as e:
                 where = f"{port.host_ip or '0.0.0.0'}:{port.host_port}/{port.protocol}"
-                reason = "port is already allocated" if e.errno == 98 else e.strerror
+                reason = "port is already allocated" if e.errno == errno.EADDRINUSE else e.strerror
                 raise ContainerError(f"bind for {where} failed: {reason}") from None
     except BaseException:
         for s in held:
@@ -405,13 +406,14 @@ class Sandbox:
         """ADD through the plugins, in order, each getting the previous one's result."""
         attachment = self.attachment
         assert attachment is not None
-        result: dict[str, Any] | None = None
         for plugin in attachment.plugins:
-            result = _exec_plugin("ADD", plugin, attachment, result)
+            attachment.result = _exec_plugin("ADD", plugin, attachment, attachment.result)
+            if plugin is attachment.plugins[0]:
+                # The addresses: what a DEL needs as its prevResult if we die before the end.
+                ips = attachment.result.get("ips") or [{}]
+                attachment.address = ips[0].get("address", "").split("/")[0]
+                attachment.save()
             timeline.mark(f"cni {plugin['type']}")
-        attachment.result = result
-        ips = (result or {}).get("ips") or [{}]
-        attachment.address = ips[0].get("address", "").split("/")[0]
         with _lock(self.root):
             attachment.save()
             _write_hosts(self.root, self.network)

@@ -130,9 +130,12 @@ def crash(state: dict[str, int]) -> None:
 
 
 def test_a_published_port_reaches_the_containers_http_server(host: Host) -> None:
-    started(host, "--name", "web", "--hostname", "webhost", "-p", "8080:80", "busybox", "sh", "-c", SERVE)
+    ports = ("-p", "8080:80", "-p", "127.0.0.1:8090:80")
+    started(host, "--name", "web", "--hostname", "webhost", *ports, "busybox", "sh", "-c", SERVE)
     wait_for(lambda: host.fetch(f"http://{GATEWAY}:8080/") == PAGE, what="the page on the host's port")
     assert host.fetch("http://127.0.0.1:8080/") == PAGE  # portmap's SNAT lets localhost in too
+    assert host.fetch("http://127.0.0.1:8090/") == PAGE
+    assert host.fetch(f"http://{GATEWAY}:8090/") == ""  # published on 127.0.0.1 only
     address = host.lazyctr("exec", "web", "ip", "-4", "-o", "addr", "show", "eth0").out.split()[3]
     assert address.startswith("10.89.100.") and address.endswith("/24")
     assert f"default via {GATEWAY}" in host.lazyctr("exec", "web", "ip", "route").out
@@ -223,7 +226,6 @@ def test_nothing_leaks_after_rm_a_crashed_supervisor_or_a_port_already_taken(hos
 def test_bad_network_input_is_one_line_and_leaves_nothing(host: Host) -> None:
     for args, fragment in (
         (["-p", "99999:80"], "'99999' is not a port number"),
-        (["-p", "http"], "expected [IP:]HOST:CONTAINER"),
         (["-p", "1.2.3:80:80"], "is no IPv4 address"),
         (["-p", "8080:80/sctp"], "expected [IP:]HOST:CONTAINER[/tcp|/udp]"),
         (["--network", "nope"], "network nope not found"),
@@ -234,13 +236,11 @@ def test_bad_network_input_is_one_line_and_leaves_nothing(host: Host) -> None:
         assert result.code == 125, result  # docker run's status for what its daemon refuses
     for args, fragment in (
         (["create", "--subnet", "10.89.0.0/33", "x"], "invalid subnet '10.89.0.0/33'"),
-        (["create", "--subnet", "10.89.0.1/24", "x"], "invalid subnet '10.89.0.1/24'"),
         (["create", "--subnet", "nonsense", "x"], "invalid subnet 'nonsense'"),
         (["create", "bridge"], "bridge is a pre-defined network"),
         (["create", "no/slash"], "invalid network name"),
         (["inspect", "nope"], "network nope not found"),
         (["rm", "nope"], "network nope not found"),
-        (["rm", "bridge"], "bridge is a pre-defined network"),
     ):
         result = host.lazyctr("network", *args, ok=False)
         assert_clean_error(result, fragment)
