@@ -130,9 +130,8 @@ class Container:
             forward = {sig: signal.signal(sig, lambda s, _f: os.kill(init, s)) for sig in signals}
             try:
                 try:
-                    if self.sandbox is not None:  # PID 1 sets its root up meanwhile
-                        self.sandbox.connect()
-                        timeline.mark("network")
+                    if self.sandbox is not None:  # while PID 1 sets its root up and we move it
+                        self.sandbox.start_connecting()
                     ended = self._admit(cgroup, init, go_write)
                 finally:
                     os.close(go_write)
@@ -165,7 +164,8 @@ class Container:
         """Move PID 1 into the container's cgroup, then let it exec; its status if it ended first.
 
         On cgroup v1 the move waits for an RCU grace period (~15 ms): PID 1 sets up its root
-        meanwhile, and waits for the word only before it unshares its cgroup namespace and execs."""
+        meanwhile (and the CNI plugins attach it to its network), and waits for the word only before
+        it unshares its cgroup namespace and execs."""
         try:
             join_cgroup(cgroup, init)
         except ContainerError as e:
@@ -177,6 +177,14 @@ class Container:
             os.kill(init, signal.SIGKILL)  # it must not exec outside its cgroup
             wait_status(init)
             raise
+        if self.sandbox is not None:
+            try:
+                self.sandbox.wait_connected()  # the command starts on a network that is there
+            except BaseException:
+                os.kill(init, signal.SIGKILL)
+                wait_status(init)
+                raise
+            timeline.mark("network")
         with contextlib.suppress(BrokenPipeError):  # PID 1's setup failed: its status tells
             os.write(go, b"g")
         return None

@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -371,6 +372,8 @@ class Sandbox:
         self.name, self.hostname, self.ports = name, hostname, ports
         self.netns_fd = -1
         self.attachment: Attachment | None = None
+        self._connecting: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     def open(self) -> None:
         """Leave what crashed supervisors left, make the namespace and record the attachment."""
@@ -402,6 +405,27 @@ class Sandbox:
                 self.attachment = None
                 raise
 
+    def start_connecting(self) -> None:
+        """`connect` in a thread, so that the plugins run while lazyctr moves PID 1 into its cgroup."""
+
+        def connect() -> None:
+            try:
+                self.connect()
+            except BaseException as e:
+                self._failure = e
+
+        self._connecting = threading.Thread(target=connect, name="cni")
+        self._connecting.start()
+
+    def wait_connected(self) -> None:
+        """Return once `start_connecting`'s plugins are done; raise what failed them."""
+        if self._connecting is not None:
+            self._connecting.join()
+            self._connecting = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
     def connect(self) -> None:
         """ADD through the plugins, in order, each getting the previous one's result."""
         attachment = self.attachment
@@ -419,6 +443,8 @@ class Sandbox:
             _write_hosts(self.root, self.network)
 
     def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.join()  # DEL undoes an ADD that has ended
         if self.netns_fd >= 0:
             os.close(self.netns_fd)
             self.netns_fd = -1
