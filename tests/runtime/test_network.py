@@ -246,6 +246,12 @@ def test_bad_network_input_is_one_line_and_leaves_nothing(host: Host) -> None:
         assert_clean_error(result, fragment)
         assert result.code == 1, result  # docker network's status
     host.lazyctr("network", "create", "--subnet", "10.89.60.0/24", "busy")
+    # A plugin that fails (the bridge's name taken by a veth): its own message, and everything undone.
+    host.run("ip", "link", "add", "lazyctr1", "type", "veth", "peer", "name", "lzn-peer")
+    failed = host.lazyctr("run", "--rm", "--network", "busy", "busybox", "true", ok=False)
+    assert_clean_error(failed, 'CNI bridge ADD failed: failed to create bridge "lazyctr1"')
+    assert failed.code == 125 and host.leftovers() == {**NOTHING, "veths": 2}  # the pair we made
+    host.run("ip", "link", "delete", "lazyctr1")
     assert_clean_error(
         host.lazyctr("network", "create", "busy", ok=False), "network with name busy already exists"
     )
