@@ -322,6 +322,7 @@ class Attachment:
     supervisor: int  # the process that detaches it when the container ends
     supervisor_start: str  # its start time (/proc/PID/stat), so that a reused PID is not it
     plugins: list[dict[str, Any]]  # the config each plugin got at ADD: DEL gets the same
+    host_netns: int  # the inode of the namespace the plugins ran in (the bridge and NAT rules are there)
     ports: list[str] = field(default_factory=list)
     address: str = ""  # the container's IPv4 address, once attached
     result: dict[str, Any] | None = None  # the last plugin's result
@@ -343,6 +344,14 @@ class Attachment:
     def alive(self) -> bool:
         """Whether its supervisor still runs (and will detach it)."""
         return _start_time(self.supervisor) == self.supervisor_start
+
+    def detachable_here(self) -> bool:
+        """Whether we run in the namespace it was attached from: a DEL elsewhere would miss its rules."""
+        return self.host_netns == _own_netns()
+
+
+def _own_netns() -> int:
+    return os.stat("/proc/thread-self/ns/net").st_ino
 
 
 def attachments(root: Path) -> list[Attachment]:
@@ -393,7 +402,7 @@ class Sandbox:
             pid = os.getpid()
             self.attachment = Attachment(
                 self.dir.name, self.network.name, self.name, self.hostname, str(netns), pid, _start_time(pid),
-                plugins, [str(p) for p in self.ports],
+                plugins, _own_netns(), [str(p) for p in self.ports],
             )  # fmt: skip
             self.attachment.save()  # before anything exists: whatever exists later, DEL finds
             try:
@@ -493,6 +502,9 @@ def release(container_dir: Path) -> None:
     """Detach the container in `container_dir` if it still is attached (its supervisor is gone)."""
     attachment = Attachment.load(container_dir)
     if attachment is not None and not attachment.alive():
+        if not attachment.detachable_here():
+            where = f"container {attachment.name} was attached to network {attachment.network}"
+            raise ContainerError(f"{where} from another network namespace: remove it from there")
         root = container_dir.parent.parent
         with _lock(root):
             detach(root, attachment)
@@ -506,7 +518,7 @@ def reap_stale(root: Path) -> None:
 def _reap_stale(root: Path) -> None:
     """Detach the containers whose supervisor died without doing it (callers hold the lock)."""
     for attachment in attachments(root):
-        if not attachment.alive():
+        if not attachment.alive() and attachment.detachable_here():
             with contextlib.suppress(ContainerError):  # a DEL that fails now fails again next time
                 detach(root, attachment)
 
