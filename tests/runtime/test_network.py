@@ -217,6 +217,9 @@ def test_nothing_leaks_after_rm_a_crashed_supervisor_or_a_port_already_taken(hos
     started(host, "--name", "c", "busybox", "sleep", "1000")
     (state,) = [s for s in json.loads(host.lazyctr("ps", "--json").out) if s["name"] == "c"]
     crash(state)
+    # Not from another namespace: the DEL there would miss the rules, which are in this one.
+    elsewhere = subprocess.run(cli_command(host.root, "rm", "-f", "c"), capture_output=True, text=True)
+    assert_clean_error(Result(elsewhere.returncode, b"", elsewhere.stderr), "from another network namespace")
     host.lazyctr("rm", "-f", "c")
     assert host.leftovers() == NOTHING
     host.lazyctr("network", "rm", "crashnet")
