@@ -130,7 +130,7 @@ def crash(state: dict[str, int]) -> None:
 
 
 def test_a_published_port_reaches_the_containers_http_server(host: Host) -> None:
-    ports = ("-p", "8080:80", "-p", "127.0.0.1:8090:80")
+    ports = ("-p", "8080:80", "-p", "127.0.0.1:8090:80", "-p", "8053:53/udp")
     started(host, "--name", "web", "--hostname", "webhost", *ports, "busybox", "sh", "-c", SERVE)
     wait_for(lambda: host.fetch(f"http://{GATEWAY}:8080/") == PAGE, what="the page on the host's port")
     assert host.fetch("http://127.0.0.1:8080/") == PAGE  # portmap's SNAT lets localhost in too
@@ -142,6 +142,10 @@ def test_a_published_port_reaches_the_containers_http_server(host: Host) -> None
     assert host.lazyctr("exec", "web", "cat", "/etc/hostname").out == "webhost\n"
     hosts = host.lazyctr("exec", "web", "cat", "/etc/hosts").out
     assert f"\n{address.split('/')[0]}\twebhost web " in hosts
+    # busybox has no UDP server to answer: the rule that would take the datagrams there, then.
+    nat = host.run("iptables-save", "-t", "nat")
+    ip = address.split("/")[0]
+    assert re.search(rf"-p udp .*--dport 8053 .*-j DNAT --to-destination {ip}:53", nat), nat
 
 
 def test_containers_on_a_user_network_reach_each_other_by_name(host: Host) -> None:
