@@ -538,7 +538,8 @@ def _exec_plugin(
         os.environ,
         CNI_COMMAND=command,
         CNI_CONTAINERID=attachment.container_id,
-        CNI_NETNS=attachment.netns if os.path.exists(attachment.netns) else "",
+        # Not mounted after a reboot (or a failed open): DEL then releases what is outside it alone.
+        CNI_NETNS=attachment.netns if os.path.ismount(attachment.netns) else "",
         CNI_IFNAME=IFNAME,
         CNI_PATH=":".join(CNI_PATHS),
     )
