@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz); containerd's .proto files make the
 # stubs of `lazyctr snapshotter` (lazyfs/snapshotter/api.py), generated at install.
 # containernetworking-plugins (bridge, host-local, portmap, firewall) and iptables, which they exec, make
-# `run`'s bridge networks and published ports (runtime/network.py).
+# `run`'s bridge networks and published ports (runtime/network/).
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
 	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev \

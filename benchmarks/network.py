@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import SOURCE_ROOT, BenchError, lazyctr, run_quietly, stop, workspace
-from runtime.network import NETNS_FILE
+from runtime.network.attachments import NETNS_FILE
 
 PORT = 5000
 PUBLISHED = 18080

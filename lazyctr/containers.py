@@ -159,14 +159,15 @@ def _network(ctx: Context, spec: Spec, publish: tuple[str, ...]) -> list[socket.
         if publish:
             raise ContainerError(f"-p needs a bridge network: --network {spec.network} publishes no port")
         return []
-    from runtime import network  # only a bridged container pays for its imports
+    from runtime.network.networks import NetworkError, find_network  # only a bridged container pays
+    from runtime.network.ports import PortMapping, reserve_ports
 
     try:
-        network.find_network(ctx.root, spec.network)
-    except network.NetworkError as e:
+        find_network(ctx.root, spec.network)
+    except NetworkError as e:
         raise ContainerError(str(e)) from None
-    spec.ports = [network.PortMapping.parse(text) for text in publish]
-    return network.reserve_ports(spec.ports)
+    spec.ports = [PortMapping.parse(text) for text in publish]
+    return reserve_ports(spec.ports)
 
 
 def _image(ctx: Context, text: str) -> Image:

@@ -1,4 +1,4 @@
-"""The network commands: `network create|ls|inspect|rm` (the networks themselves are runtime/network.py's)."""
+"""The network commands: `network create|ls|inspect|rm` (the networks themselves are runtime/network/'s)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import time
 import click
 
 from lazyctr.context import COMMANDS, Context, pass_context
-from runtime import network as networks
+from runtime.network import networks
+from runtime.network.attachments import Attachment, attachments
+from runtime.network.sandbox import reap_stale
 
 
 @click.group("network")
@@ -32,7 +34,7 @@ def create(ctx: Context, subnet: str | None, name: str) -> None:
 @pass_context
 def ls(ctx: Context) -> None:
     """List networks."""
-    networks.reap_stale(ctx.root)
+    reap_stale(ctx.root)
     used = _containers_by_network(ctx)
     click.echo(f"{'NAME':<20}{'DRIVER':<10}{'SUBNET':<20}{'BRIDGE':<12}CONTAINERS")
     for net in networks.all_networks(ctx.root):
@@ -46,13 +48,13 @@ def ls(ctx: Context) -> None:
 @pass_context
 def inspect(ctx: Context, names: tuple[str, ...]) -> None:
     """Show networks as JSON: subnet, gateway, bridge, CNI configuration and attached containers."""
-    networks.reap_stale(ctx.root)
+    reap_stale(ctx.root)
     used = _containers_by_network(ctx)
     found = [networks.find_network(ctx.root, name) for name in names]
     click.echo(json.dumps([_facts(ctx, net, used.get(net.name, [])) for net in found], indent=2))
 
 
-def _facts(ctx: Context, net: networks.Network, attached: list[networks.Attachment]) -> dict[str, object]:
+def _facts(ctx: Context, net: networks.Network, attached: list[Attachment]) -> dict[str, object]:
     return {
         "Name": net.name,
         "Driver": "bridge",
@@ -68,9 +70,9 @@ def _facts(ctx: Context, net: networks.Network, attached: list[networks.Attachme
     }
 
 
-def _containers_by_network(ctx: Context) -> dict[str, list[networks.Attachment]]:
-    used: dict[str, list[networks.Attachment]] = {}
-    for attachment in networks.attachments(ctx.root):
+def _containers_by_network(ctx: Context) -> dict[str, list[Attachment]]:
+    used: dict[str, list[Attachment]] = {}
+    for attachment in attachments(ctx.root):
         used.setdefault(attachment.network, []).append(attachment)
     return used
 
@@ -80,6 +82,7 @@ def _containers_by_network(ctx: Context) -> dict[str, list[networks.Attachment]]
 @pass_context
 def rm(ctx: Context, names: tuple[str, ...]) -> None:
     """Remove networks; one a container is on is refused."""
+    reap_stale(ctx.root)  # what crashed supervisors left uses no network
     for name in names:
         networks.remove_network(ctx.root, name)
         click.echo(name)

@@ -43,7 +43,7 @@ from storage.store import Image, Store
 if TYPE_CHECKING:
     import socket
 
-    from runtime.network import Sandbox
+    from runtime.network.sandbox import Sandbox
 
 # PID 1 unshares these; the PID namespace is made by its parent (see fork_in_new_pid_namespace).
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
@@ -276,10 +276,12 @@ def join_network_namespace(netns: int) -> None:
 
 
 def open_network(root: Path, container_dir: Path, spec: Spec, name: str, hostname: str) -> Sandbox | None:
-    """On a bridge network: its namespace made and recorded (runtime/network.py), before PID 1 is forked."""
+    """On a bridge network: its namespace made and recorded (runtime/network/), before PID 1 is forked."""
     if spec.network in ("none", "host"):
         return None
-    from runtime.network import Sandbox  # subprocess, socket, ipaddress: only a bridged container pays
+    from runtime.network.sandbox import (
+        Sandbox,  # subprocess, socket, ipaddress: only a bridged container pays
+    )
 
     sandbox = Sandbox(root, container_dir, spec.network, name, hostname, spec.ports)
     sandbox.open()

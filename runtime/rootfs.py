@@ -51,7 +51,7 @@ def prepare_rootfs(rootfs: Path, container_dir: Path, spec: Spec) -> None:
 def write_network_files(container_dir: Path, network: str, hostname: str) -> None:
     """The container's /etc/hosts and /etc/resolv.conf: the host's on the host network; otherwise
     localhost and the container's own name, and the host's resolvers minus loopback ones (unreachable).
-    On a bridge network also /etc/hostname; runtime/network.py rewrites hosts once the address is known."""
+    On a bridge network also /etc/hostname; runtime/network/ rewrites hosts once the address is known."""
     host = network == "host"
     try:
         hosts = Path("/etc/hosts").read_text() if host else f"{LOCAL_HOSTS}127.0.1.1\t{hostname}\n"

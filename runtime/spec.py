@@ -13,7 +13,7 @@ from runtime.process import ContainerError
 from storage.store import Image
 
 if TYPE_CHECKING:
-    from runtime.network import PortMapping
+    from runtime.network.ports import PortMapping
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -42,7 +42,7 @@ class Spec:
     user: str = ""  # USER[:GROUP], names or numbers, resolved inside the container
     volumes: list[Volume] = field(default_factory=list)
     read_only: bool = False
-    network: str = "none"  # none, host, or a bridge network's name (runtime/network.py)
+    network: str = "none"  # none, host, or a bridge network's name (runtime/network/)
     ports: list[PortMapping] = field(default_factory=list)  # -p, on a bridge network
     interactive: bool = False  # -i: keep stdin; without it the container reads /dev/null
     tty: bool = False  # -t: a pseudo-terminal

@@ -100,7 +100,7 @@ def remove(root: Path, state: ContainerState) -> None:
         kill(root, state)
     directory = containers_dir(root) / state.id
     if (directory / "network.json").exists():  # its supervisor died before it could detach it
-        from runtime.network import release
+        from runtime.network.sandbox import release
 
         release(directory)
     shutil.rmtree(directory, ignore_errors=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lazyfs.host import process_alive
-from runtime.network import CNI_PATHS
+from runtime.network.cni import CNI_PATHS
 from tests.conftest import Result, assert_clean_error, cli_command, require_tools, unavailable
 from tests.runtime.polling import wait_for
 
