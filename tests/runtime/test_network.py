@@ -56,7 +56,11 @@ class Host:
 
     def fetch(self, url: str) -> str:
         """GET `url` from the host side; '' while nothing answers."""
-        probe = "import sys, urllib.request\ntry: print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode(), end='')\nexcept OSError: pass"  # noqa: E501
+        probe = (
+            "import sys, urllib.request\n"
+            "try: print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode(), end='')\n"
+            "except OSError: pass"
+        )
         return subprocess.run(
             self.inside([sys.executable, "-c", probe, url]), capture_output=True, text=True
         ).stdout
