@@ -62,7 +62,7 @@ def _facts(ctx: Context, net: networks.Network, attached: list[Attachment]) -> d
         "Subnet": net.subnet,
         "Gateway": net.gateway,
         "Bridge": net.bridge,
-        "DNSEnabled": net.resolves_names,
+        "NameResolution": "/etc/hosts" if net.resolves_names else "none",
         "Containers": {
             a.container_id: {"Name": a.name, "IPv4Address": a.address, "Ports": a.ports} for a in attached
         },
