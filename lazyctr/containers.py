@@ -48,9 +48,9 @@ if TYPE_CHECKING:
 @click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
 @click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")
-@click.option("--network", default="bridge", envvar="LAZYCTR_NETWORK", show_default=True,
+@click.option("--network", default="bridge", envvar="LAZYCTR_NETWORK", show_default=True, show_envvar=True,
               help="bridge (the default network), a network's NAME (`lazyctr network create`), none (only"
-              " loopback) or host (the host's network)  [env LAZYCTR_NETWORK].")  # fmt: skip
+              " loopback) or host (the host's network).")  # fmt: skip
 @click.option("-p", "--publish", multiple=True,
               help="Publish a container's port on the host: [IP:]HOST:CONTAINER[/tcp|/udp].")  # fmt: skip
 @click.option("-m", "--memory", help="Memory limit (e.g. 256m), swap included.")
