@@ -110,7 +110,7 @@ class Sandbox:
         with lock(self.root):
             if attachment.result != saved:  # portmap and firewall pass it on as it was: ~8 ms saved
                 attachment.save()
-            _write_hosts(self.root, self.network)
+            _write_hosts(self.root, self.network, attachment)
 
     def close(self) -> None:
         if self._connecting is not None:
@@ -187,10 +187,14 @@ def _reap_stale(root: Path) -> None:
 # -- /etc/hosts of the containers on a network ----------------------------------------------------
 
 
-def _write_hosts(root: Path, network: Network) -> None:
-    """Rewrite each attached container's hosts file: itself, and on a user network every other
-    container by name. In place: the file is bound into the container, a new inode would not be."""
-    on_network = [a for a in attachments(root) if a.network == network.name and a.address]
+def _write_hosts(root: Path, network: Network, joined: Attachment | None = None) -> None:
+    """Rewrite the hosts files of the containers on `network`: on a user network each names itself
+    and every other container; on the default one only `joined` (if any) is written, with its own
+    name. In place: the file is bound into the container, a new inode would not be."""
+    if network.resolves_names:
+        on_network = [a for a in attachments(root) if a.network == network.name and a.address]
+    else:
+        on_network = [joined] if joined is not None else []
     for attachment in on_network:
         peers = on_network if network.resolves_names else [attachment]
         lines = [LOCAL_HOSTS]
