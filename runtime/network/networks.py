@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.network import nat
 from runtime.network.attachments import attachments
 from runtime.network.cni import CNI_VERSION
 from storage.errors import LazyctrError
@@ -54,7 +55,7 @@ class Network:
         return self.name != DEFAULT_NETWORK
 
     def conflist(self, root: Path) -> dict[str, Any]:
-        """The CNI network configuration list, as podman 3 writes it."""
+        """The CNI network configuration list, as podman 3 writes it but for NAT and forwarding."""
         ipam = {
             "type": "host-local",
             "routes": [{"dst": "0.0.0.0/0"}],
@@ -65,10 +66,10 @@ class Network:
             "cniVersion": CNI_VERSION,
             "name": self.name,
             "plugins": [
-                {"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": True,
+                # NAT and forwarding: per network (runtime/network/nat.py), not ipMasq and firewall.
+                {"type": "bridge", "bridge": self.bridge, "isGateway": True, "ipMasq": False,
                  "hairpinMode": True, "ipam": ipam},
                 {"type": "portmap", "capabilities": {"portMappings": True}},
-                {"type": "firewall", "backend": "iptables"},
             ],
             "lazyctr": {"created": self.created},
         }  # fmt: skip
@@ -201,3 +202,4 @@ def remove_network(root: Path, name: str) -> None:
             (ipam_dir(root) / name).rmdir()
         # The bridge plugin makes the bridge but never deletes it (podman deletes it at network rm).
         subprocess.run(["ip", "link", "delete", network.bridge, "type", "bridge"], capture_output=True)
+        nat.remove(network)

@@ -230,8 +230,10 @@ def test_nothing_leaks_after_rm_a_crashed_supervisor_or_a_port_already_taken(hos
     assert_clean_error(Result(elsewhere.returncode, b"", elsewhere.stderr), "from another network namespace")
     host.lazyctr("rm", "-f", "c")
     assert host.leftovers() == NOTHING
+    assert "lazyctr network crashnet" in host.run("iptables-save")  # its NAT, while it exists
     host.lazyctr("network", "rm", "crashnet")
     assert "lazyctr1" not in host.run("ip", "-o", "link")  # the user network's bridge went with it
+    assert "lazyctr network crashnet" not in host.run("iptables-save")  # and its rules
 
 
 def test_bad_network_input_is_one_line_and_leaves_nothing(host: Host) -> None:
