@@ -102,19 +102,15 @@ class Sandbox:
         if self.network.bridge not in {name for _, name in socket.if_nameindex()}:
             with lock(self.root):  # its first container here: the network's rules go in before its bridge
                 nat.ensure(self.network)
-        saved = None
+        # A DEL needs no result of ours (bridge finds the interface in the namespace, host-local and
+        # portmap go by the container's ID): the record is saved once, with the address, for the hosts.
         for plugin in attachment.plugins:
             attachment.result = exec_plugin("ADD", plugin, attachment, attachment.result)
-            if plugin is attachment.plugins[0]:
-                # The addresses: what a DEL needs as its prevResult if we die before the end.
-                ips = attachment.result.get("ips") or [{}]
-                attachment.address = ips[0].get("address", "").split("/")[0]
-                attachment.save()
-                saved = dict(attachment.result)
             timeline.mark(f"cni {plugin['type']}")
+        ips = (attachment.result or {}).get("ips") or [{}]
+        attachment.address = ips[0].get("address", "").split("/")[0]
         with lock(self.root):
-            if attachment.result != saved:  # portmap passes it on as it was: ~8 ms of fsync saved
-                attachment.save()
+            attachment.save()
             _write_hosts(self.root, self.network, attachment)
 
     def close(self) -> None:
