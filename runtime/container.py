@@ -9,7 +9,8 @@ host name and loopback, and finalizes itself into the command (runtime/finalize.
 has moved it into the container's cgroup, which lazyctr does meanwhile. Every step is one function
 named after it, and its error names it. The lazyctr process learns that the command was exec'd
 from a close-on-exec pipe, and that it ended from PID 1's exit: the `exec` and `exit` marks of
-`run --timings` (storage/timeline.py).
+`run --timings` (storage/timeline.py). On a bridge network PID 1 joins instead a network namespace
+lazyctr made before the fork, where the CNI plugins attach it meanwhile (runtime/network/).
 """
 
 from __future__ import annotations
