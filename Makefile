@@ -12,11 +12,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the shaped link of the demo and the benchmarks; Go and the stargz library build the
 # stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz); containerd's .proto files make the
 # stubs of `lazyctr snapshotter` (lazyfs/snapshotter/api.py), generated at install.
+# containernetworking-plugins (bridge, host-local, portmap, firewall) and iptables, which they exec, make
+# `run`'s bridge networks and published ports (runtime/network/).
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
 	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
 # haproxy: the load balancer in front of registry replicas (registry/balancer.py, tests/registry/test_replicas.py).
 APT_PACKAGES += haproxy
+APT_PACKAGES += containernetworking-plugins iptables
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 

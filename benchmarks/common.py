@@ -132,8 +132,9 @@ def lazyctr(
     argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), *args]
     if netns is not None:
         argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+    env = {"LAZYCTR_NETWORK": "none", **os.environ}  # the suites time images, not bridges and NAT
     proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, cwd=SOURCE_ROOT, preexec_fn=preexec_fn
+        argv, capture_output=True, text=True, timeout=timeout, cwd=SOURCE_ROOT, preexec_fn=preexec_fn, env=env
     )
     if proc.returncode != 0:
         raise RuntimeError(f"lazyctr {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")

@@ -187,7 +187,7 @@ def setup_lazyctr(base: Path, rootfs: Path, baseline: Path | None) -> list[Conte
     run = Contender(
         name="lazyctr",
         does=does,
-        argv=lambda _: [exe, "--root", str(root), "run", "--rm", IMAGE, COMMAND],
+        argv=lambda _: [exe, "--root", str(root), "run", "--rm", "--network", "none", IMAGE, COMMAND],
         metered=True,
     )
     contenders = [run]

@@ -135,3 +135,21 @@ def fleet(
     except BenchError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {report}")
+
+
+@click.option("--pings", type=int, default=2000, show_default=True, help="Round trips per path.")
+@click.option("--seconds", type=float, default=1.0, show_default=True, help="Seconds of sending per path.")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Turns over the paths (medians).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write results.json here.")
+def network(pings: int, seconds: float, rounds: int, out: Path | None) -> None:
+    """Latency and throughput container-to-container on the bridge and through a published port,
+    against host-to-host (two namespaces on a veth)."""
+    from benchmarks.common import BenchError
+    from benchmarks.network import run_suite
+
+    if pings < 1 or rounds < 1 or not seconds > 0:
+        raise BadOption("--pings, --rounds and --seconds must be more than 0")
+    try:
+        run_suite(pings, seconds, rounds, out)
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None

@@ -77,6 +77,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "ls": ("lazyctr.images", "List files of an image, read from its layers' tables of contents."),
     "mount": ("lazyctr.mounts", "Mount IMAGE read-only at DIR; file contents are fetched when first read."),
     "pause": ("lazyctr.lifecycle", "Freeze every process of containers (their cgroup's freezer)."),
+    "network": ("lazyctr.networks", "Manage networks: create, ls, inspect, rm."),
     "ps": ("lazyctr.containers", "List containers."),
     "pull": (
         "lazyctr.distribution",

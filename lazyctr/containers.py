@@ -10,6 +10,7 @@ import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,12 +23,15 @@ from runtime.enter import exec_in
 from runtime.lifecycle import Settings, paused, save_config
 from runtime.process import ContainerError
 from runtime.restart import RestartPolicy, mark_stopped
-from runtime.spec import spec_for
+from runtime.spec import Spec, spec_for
 from runtime.state import LOG_FILE, all_states, containers_dir, find
 from runtime.volumes import volume_of
 from storage import timeline
 from storage.errors import StorageError
 from storage.store import Image
+
+if TYPE_CHECKING:
+    import socket
 
 
 @command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -53,8 +57,11 @@ from storage.store import Image
 @click.option("-u", "--user", help="USER[:GROUP] to run as (names from the image, or numbers).")
 @click.option("--entrypoint", help="Replace the image's entrypoint (and its default command).")
 @click.option("--read-only", is_flag=True, help="Mount the container's root file system read-only.")
-@click.option("--network", type=click.Choice(["none", "host", "private"]), default="none", show_default=True,
-              help="none: only loopback; host: the host's network; private: as none for now.")  # fmt: skip
+@click.option("--network", default="bridge", envvar="LAZYCTR_NETWORK", show_default=True, show_envvar=True,
+              help="bridge (the default network), a network's NAME (`lazyctr network create`), none (only"
+              " loopback) or host (the host's network).")  # fmt: skip
+@click.option("-p", "--publish", multiple=True,
+              help="Publish a container's port on the host: [IP:]HOST:CONTAINER[/tcp|/udp].")  # fmt: skip
 @click.option("-m", "--memory", help="Memory limit (e.g. 256m), swap included.")
 @click.option("--cpus", help="CPU limit (e.g. 0.5).")
 @click.option("--pids-limit", type=int, help="Most processes the container may have.")
@@ -101,6 +108,7 @@ def run(
     entrypoint: str | None,
     read_only: bool,
     network: str,
+    publish: tuple[str, ...],
     memory: str | None,
     cpus: str | None,
     pids_limit: int | None,
@@ -146,10 +154,7 @@ def run(
     spec.seccomp = seccomp.profile_of(security_opts)
     if systemd.wanted(systemd_mode, spec.argv):
         systemd.configure(spec)
-    if network == "private":
-        click.echo(
-            "lazyctr: note: --network private has no bridge yet: the container has loopback only", err=True
-        )
+    held_ports = _network(ctx, spec, publish)  # held by the supervisor (forked below) while it runs
     if profile_seconds is not None and not record_profile:
         raise ContainerError("--profile-seconds only goes with --record-profile")
     if profile_seconds is not None and not profile_seconds > 0:
@@ -166,6 +171,8 @@ def run(
         return
     if detach:
         supervise.run_detached(container, remove, settings.restart)
+        for port in held_ports:
+            port.close()  # its supervisor holds its own copy
         click.echo(spec.id)
         return
     status = supervise.run_to_end(container, remove)
@@ -177,6 +184,23 @@ def run(
     if container.oom_killed:
         click.echo(f"lazyctr: container {spec.id[:12]} was killed: out of memory (limit {memory})", err=True)
     sys.exit(status)
+
+
+def _network(ctx: Context, spec: Spec, publish: tuple[str, ...]) -> list[socket.socket]:
+    """Check `--network` and `-p`, and bind the published host ports (taken ones are refused here)."""
+    if spec.network in ("none", "host"):
+        if publish:
+            raise ContainerError(f"-p needs a bridge network: --network {spec.network} publishes no port")
+        return []
+    from runtime.network.networks import NetworkError, find_network  # only a bridged container pays
+    from runtime.network.ports import PortMapping, reserve_ports
+
+    try:
+        find_network(ctx.root, spec.network)
+    except NetworkError as e:
+        raise ContainerError(str(e)) from None
+    spec.ports = [PortMapping.parse(text) for text in publish]
+    return reserve_ports(spec.ports)
 
 
 def _image(ctx: Context, text: str) -> Image:

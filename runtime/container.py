@@ -9,7 +9,8 @@ host name and loopback, and finalizes itself into the command (runtime/finalize.
 has moved it into the container's cgroup, which lazyctr does meanwhile. Every step is one function
 named after it, and its error names it. The lazyctr process learns that the command was exec'd
 from a close-on-exec pipe, and that it ended from PID 1's exit: the `exec` and `exit` marks of
-`run --timings` (storage/timeline.py).
+`run --timings` (storage/timeline.py). On a bridge network PID 1 joins instead a network namespace
+lazyctr made before the fork, where the CNI plugins attach it meanwhile (runtime/network/).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from storage.store import Image, Store
 if TYPE_CHECKING:
     import socket
 
+    from runtime.network.sandbox import Sandbox
+
 # PID 1 unshares these; the PID namespace is made by its parent (see fork_in_new_pid_namespace).
 NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
 
@@ -63,6 +66,7 @@ class Container:
         self.dir = containers_dir(store.root) / spec.id
         self.hostname = spec.hostname or spec.id[:12]
         self.terminal: socket.socket | None = None  # PID 1's end of the terminal hand-over, with -t
+        self.sandbox: Sandbox | None = None  # its network namespace on a bridge network, while it runs
         self.state = ContainerState(spec.id, spec.name or spec.id[:12], image.name, spec.argv)
         self.state.layers = [str(diff_id) for diff_id in image.config.diff_ids]
         self.state.driver = driver.name
@@ -101,6 +105,14 @@ class Container:
         return status
 
     def _start_and_wait(self) -> int:
+        self.sandbox = open_network(self.store.root, self.dir, self.spec, self.state.name, self.hostname)
+        try:
+            return self._start_and_wait_on_network()
+        finally:
+            if self.sandbox is not None:
+                self.sandbox.close()  # the plugins' DEL: veth, address, NAT rules
+
+    def _start_and_wait_on_network(self) -> int:
         cgroup = create_cgroup(self.spec.id, self.limits)
         if self.spec.systemd:
             self.unified = UnifiedCgroup.create(self.spec.id)
@@ -124,6 +136,8 @@ class Container:
             forward = {sig: signal.signal(sig, lambda s, _f: os.kill(init, s)) for sig in signals}
             try:
                 try:
+                    if self.sandbox is not None:  # while PID 1 sets its root up and we move it
+                        self.sandbox.start_connecting()
                     ended = self._admit(cgroup, init, go_write)
                 finally:
                     os.close(go_write)
@@ -158,7 +172,8 @@ class Container:
         """Move PID 1 into the container's cgroup, then let it exec; its status if it ended first.
 
         On cgroup v1 the move waits for an RCU grace period (~15 ms): PID 1 sets up its root
-        meanwhile, and waits for the word only before it unshares its cgroup namespace and execs."""
+        meanwhile (and the CNI plugins attach it to its network), and waits for the word only before
+        it unshares its cgroup namespace and execs."""
         try:
             join_cgroup(cgroup, init)
             if self.unified is not None:
@@ -172,6 +187,14 @@ class Container:
             os.kill(init, signal.SIGKILL)  # it must not exec outside its cgroup
             wait_status(init)
             raise
+        if self.sandbox is not None:
+            try:
+                self.sandbox.wait_connected()  # the command starts on a network that is there
+            except BaseException:
+                os.kill(init, signal.SIGKILL)
+                wait_status(init)
+                raise
+            timeline.mark("network")
         with contextlib.suppress(BrokenPipeError):  # PID 1's setup failed: its status tells
             os.write(go, b"g")
         return None
@@ -182,7 +205,9 @@ class Container:
     # -- inside PID 1 of the container: the rest of runc's sequence, then exec ---------------------
 
     def _init(self, go: int, exec_report: int) -> int:
-        unshare_namespaces(self.spec.network)
+        unshare_namespaces(new_network=self.spec.network != "host" and self.sandbox is None)
+        if self.sandbox is not None:
+            join_network_namespace(self.sandbox.netns_fd)
         make_mounts_private()
         rootfs = mount_rootfs(self.driver, self.dir)
         if not self.spec.interactive and not self.spec.tty:
@@ -256,9 +281,28 @@ def join_unified_cgroup(cgroup: UnifiedCgroup, pid: int) -> None:
 
 
 @setup_step
-def unshare_namespaces(network: str) -> None:
-    """New mount, UTS, IPC and (unless on the host's network) network namespaces."""
-    sc.unshare(NAMESPACES if network != "host" else NAMESPACES & ~sc.CLONE_NEWNET)
+def unshare_namespaces(new_network: bool) -> None:
+    """New mount, UTS, IPC and (unless on the host's network or joining lazyctr's) network namespaces."""
+    sc.unshare(NAMESPACES if new_network else NAMESPACES & ~sc.CLONE_NEWNET)
+
+
+@setup_step
+def join_network_namespace(netns: int) -> None:
+    """The namespace lazyctr made for a bridge network, where the CNI plugins put the container's eth0."""
+    sc.setns(netns, sc.CLONE_NEWNET)
+
+
+def open_network(root: Path, container_dir: Path, spec: Spec, name: str, hostname: str) -> Sandbox | None:
+    """On a bridge network: its namespace made and recorded (runtime/network/), before PID 1 is forked."""
+    if spec.network in ("none", "host"):
+        return None
+    from runtime.network.sandbox import (
+        Sandbox,  # subprocess, socket, ipaddress: only a bridged container pays
+    )
+
+    sandbox = Sandbox(root, container_dir, spec.network, name, hostname, spec.ports)
+    sandbox.open()
+    return sandbox
 
 
 @setup_step

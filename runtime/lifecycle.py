@@ -22,6 +22,7 @@ from runtime import supervise
 from runtime.cgroups import Cgroup, CgroupError, Limits
 from runtime.container import Container
 from runtime.drivers import choose_driver
+from runtime.network.ports import PortMapping, reserve_ports
 from runtime.restart import NO_RESTART, RestartPolicy, clear_stopped
 from runtime.spec import Spec, Volume
 from runtime.state import NAME_FILE, ContainerState, all_states, containers_dir
@@ -72,6 +73,7 @@ def load_container(store: Store, root: Path, state: ContainerState) -> tuple[Con
     spec_fields = {f.name for f in fields(Spec)}
     data = {key: value for key, value in config["spec"].items() if key in spec_fields}
     data["volumes"] = [Volume(**{**v, "source": Path(v["source"])}) for v in data.get("volumes", [])]
+    data["ports"] = [PortMapping(**port) for port in data.get("ports", [])]
     spec = Spec(**data)
     try:
         image = store.image(config["image"])
@@ -95,10 +97,15 @@ def start(store: Store, root: Path, state: ContainerState, attach: bool) -> int 
     state.status, state.exit_code, state.pid, state.supervisor = "created", None, 0, 0
     state.oom_killed, state.restart_count, state.detached = False, 0, not attach
     state.save(container.dir)
-    if attach:
-        return supervise.run_to_end(container, settings.remove)
-    container.spec.interactive = container.spec.tty = False  # nobody is there to type
-    supervise.run_detached(container, settings.remove, settings.restart)
+    held = reserve_ports(container.spec.ports)  # as `run`: a port taken meanwhile fails here
+    try:
+        if attach:
+            return supervise.run_to_end(container, settings.remove)
+        container.spec.interactive = container.spec.tty = False  # nobody is there to type
+        supervise.run_detached(container, settings.remove, settings.restart)
+    finally:
+        for port in held:
+            port.close()  # a detached container's supervisor holds its own copy
     return None
 
 

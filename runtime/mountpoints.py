@@ -13,7 +13,8 @@ from pathlib import Path
 # Bound over the image's own, as docker and BuildKit do: a minimal image (debootstrap's minbase) has no
 # /etc/hosts, and without `localhost` a server such as postgresql cannot open its socket.
 NETWORK_FILES = ("/etc/hosts", "/etc/resolv.conf")
-RUNTIME_MOUNT_POINTS = ("/proc", "/sys", "/dev", *NETWORK_FILES)
+HOSTNAME_FILE = "/etc/hostname"  # bound too on a bridge network (the image's stays on none and host)
+RUNTIME_MOUNT_POINTS = ("/proc", "/sys", "/dev", *NETWORK_FILES, HOSTNAME_FILE)
 
 
 def mount_points(upper: Path, lowers: list[Path], targets: list[str]) -> set[str]:

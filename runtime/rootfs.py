@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from runtime import syscalls as sc
-from runtime.mountpoints import NETWORK_FILES
+from runtime.mountpoints import HOSTNAME_FILE, NETWORK_FILES
 from runtime.spec import Spec, Volume
 from runtime.steps import setup_step
 from runtime.systemd import mount_systemd_tmpfs
@@ -54,7 +54,8 @@ def prepare_rootfs(rootfs: Path, container_dir: Path, spec: Spec) -> None:
 
 def write_network_files(container_dir: Path, network: str, hostname: str) -> None:
     """The container's /etc/hosts and /etc/resolv.conf: the host's on the host network; otherwise
-    localhost and the container's own name, and the host's resolvers minus loopback ones (unreachable)."""
+    localhost and the container's own name, and the host's resolvers minus loopback ones (unreachable).
+    On a bridge network also /etc/hostname; runtime/network/ rewrites hosts once the address is known."""
     host = network == "host"
     try:
         hosts = Path("/etc/hosts").read_text() if host else f"{LOCAL_HOSTS}127.0.1.1\t{hostname}\n"
@@ -68,6 +69,8 @@ def write_network_files(container_dir: Path, network: str, hostname: str) -> Non
         resolv = "".join(line for line in resolv.splitlines(keepends=True) if not _loopback_nameserver(line))
     for path, text in zip(NETWORK_FILES, (hosts, resolv), strict=True):
         _network_file(container_dir, path).write_text(text)
+    if network not in ("none", "host"):  # a bridge network's /etc/hostname, as docker's
+        _network_file(container_dir, HOSTNAME_FILE).write_text(f"{hostname}\n")
 
 
 def _network_file(container_dir: Path, path: str) -> Path:
@@ -93,7 +96,9 @@ def make_workdir(rootfs: Path, cwd: str) -> None:
 def bind_network_files(rootfs: Path, container_dir: Path) -> None:
     """Bind the files of write_network_files over the image's; a missing one (or its directory) is
     created as a mount point (which prune_mount_points keeps out of layers)."""
-    for path in NETWORK_FILES:
+    for path in (*NETWORK_FILES, HOSTNAME_FILE):
+        if path == HOSTNAME_FILE and not _network_file(container_dir, path).exists():
+            continue  # not on a bridge network
         target = resolve_in_root(rootfs, path, follow_last=True)
         if target.is_dir():
             continue  # an image with a directory there keeps it: nothing sensible to bind

@@ -7,10 +7,14 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime import seccomp
 from runtime.process import ContainerError
 from storage.store import Image
+
+if TYPE_CHECKING:
+    from runtime.network.ports import PortMapping
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -39,7 +43,8 @@ class Spec:
     user: str = ""  # USER[:GROUP], names or numbers, resolved inside the container
     volumes: list[Volume] = field(default_factory=list)
     read_only: bool = False
-    network: str = "none"  # none, host or private
+    network: str = "none"  # none, host, or a bridge network's name (runtime/network/)
+    ports: list[PortMapping] = field(default_factory=list)  # -p, on a bridge network
     interactive: bool = False  # -i: keep stdin; without it the container reads /dev/null
     tty: bool = False  # -t: a pseudo-terminal
     init: bool = False  # --init: a minimal init as PID 1 that reaps zombies and forwards signals

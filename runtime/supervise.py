@@ -129,7 +129,12 @@ def remove(root: Path, state: ContainerState) -> None:
     mark_stopped(containers_dir(root) / state.id)  # a supervisor waiting to restart it gives up
     if state.running:
         kill(root, state)
-    shutil.rmtree(containers_dir(root) / state.id, ignore_errors=True)
+    directory = containers_dir(root) / state.id
+    if (directory / "network.json").exists():  # its supervisor died before it could detach it
+        from runtime.network.sandbox import release
+
+        release(directory)
+    shutil.rmtree(directory, ignore_errors=True)
     from runtime import lazy  # imports FUSE: only a root with lazy mounts pays for it
 
     if (root / lazy.LAZY_DIR).is_dir():

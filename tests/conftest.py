@@ -15,6 +15,10 @@ import pytest
 from builder.rootfs import busybox_tarball
 
 REQUIRE_PRIVILEGED = os.environ.get("LAZYCTR_REQUIRE_PRIVILEGED") == "1"
+# `run`'s default network is docker's `bridge`: a Linux bridge and NAT rules in the network namespace
+# lazyctr runs in. The suite runs in the host's, so its containers get none unless a test asks
+# (tests/runtime/test_network.py runs its own in namespaces of its own).
+os.environ.setdefault("LAZYCTR_NETWORK", "none")
 
 
 def unavailable(reason: str) -> None:
