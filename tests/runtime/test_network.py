@@ -278,3 +278,14 @@ def test_bad_network_input_is_one_line_and_leaves_nothing(host: Host) -> None:
     host.lazyctr("network", "rm", "busy")
     assert not list((host.root / "networks").glob("busy*")) and host.leftovers() == NOTHING
     assert [p.name for p in (host.root / "containers").iterdir()] == []
+
+
+def test_a_created_container_publishes_its_ports_when_started(host: Host) -> None:
+    """`create -p` then `start`: the port is published by the start (held while it runs), and a start
+    whose host port another holds meanwhile is refused in one line."""
+    host.lazyctr("create", "--name", "later", "-p", "8081:80", "busybox", "sh", "-c", SERVE)
+    host.lazyctr("create", "--name", "rival", "-p", "8081:80", "busybox", "true")  # free until a start
+    assert host.fetch(f"http://{GATEWAY}:8081/") == ""  # created: nothing published yet
+    host.lazyctr("start", "later")
+    wait_for(lambda: host.fetch(f"http://{GATEWAY}:8081/") == PAGE, what="the page on the host's port")
+    assert_clean_error(host.lazyctr("start", "rival", ok=False), "port is already allocated")
