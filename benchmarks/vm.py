@@ -121,6 +121,8 @@ def make_config(
     for name, value in (("--fio-seconds", fio_seconds), ("--net-mb", net_mb)):
         if value < 1:
             raise BenchError(f"{name} must be at least 1, got {value}")
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} exists and is not a directory")
     if accel not in ("auto", "kvm", "tcg"):
         raise BenchError(f"--accel must be auto, kvm or tcg, got {accel!r}")
     return Config(counts, runs, out, cache, qemu, accel, cpu_mb, fio_mb, fio_seconds, net_mb)
@@ -471,7 +473,7 @@ def measure_startup(bench: Bench, results: dict[str, Any], marker: str) -> None:
             guest.wait(JOB_TIMEOUT)
         if guest.marker != marker:
             raise BenchError(f"{kind} read the marker {guest.marker!r}, not the image's {marker!r}")
-        results["startup"].append({"kind": kind, "run": n, "ready_s": ready})
+        results["startup"].append({"kind": kind, "run": n, "ready_s": ready, "marker": guest.marker})
         print(f"startup {kind:10} run {n}: {ready:.3f} s", flush=True)
 
 

@@ -116,7 +116,6 @@ def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Pat
 )
 @click.option(
     "--accel",
-    type=click.Choice(["auto", "kvm", "tcg"]),
     default="auto",
     show_default=True,
     help="auto: KVM where /dev/kvm boots a stock kernel, else TCG (QEMU's emulator).",
