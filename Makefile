@@ -12,9 +12,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the shaped link of the demo and the benchmarks; Go and the stargz library build the
 # stargz-snapshotter peer of the benchmarks (benchmarks/peers/stargz); containerd's .proto files make the
 # stubs of `lazyctr snapshotter` (lazyfs/snapshotter/api.py), generated at install.
+# `lazyctr bench vm` runs its image as a VM too: qemu-system-x86 (QEMU), linux-image-amd64 (the guest's
+# kernel and its virtio/ext4 modules, from /boot and /lib/modules) and fio (copied into the image).
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
-	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
+	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev \
+	qemu-system-x86 linux-image-amd64 fio
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 

@@ -450,7 +450,12 @@ def prepare(config: Config, work: Path, qemu: str, accel: str) -> tuple[Bench, d
         "build_s": build_s,
         "root_disk_mb": root_disk.stat().st_size >> 20,
     }
-    return Bench(config, work, store, tree, VmSetup(qemu, accel, kernel, initramfs, root_disk)), info
+    bench = Bench(config, work, store, tree, VmSetup(qemu, accel, kernel, initramfs, root_disk))
+    # The overlay driver extracts the image's layers on its first run, as the VM's disk was made above:
+    # neither is part of a start.
+    with guests_running([partial(bench.guest, "container", 0, ["ready"])]) as (guest,):
+        guest.wait(JOB_TIMEOUT)
+    return bench, info
 
 
 @contextlib.contextmanager
