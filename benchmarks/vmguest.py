@@ -333,7 +333,10 @@ class Guest:
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
         if not self._ready.wait(timeout) or self.ready_s is None:
             self.stop()
-            raise BenchError(f"{self.name} did not answer in {timeout:.0f} s: {self.tail()}")
+            hint = ""
+            if "-accel" in self.argv and self.argv[self.argv.index("-accel") + 1] == "kvm":
+                hint = " (under KVM: a /dev/kvm that boots only special guest kernels? try --accel tcg)"
+            raise BenchError(f"{self.name} did not answer in {timeout:.0f} s{hint}: {self.tail()}")
         return self.ready_s
 
     def wait(self, timeout: float) -> list[str]:
