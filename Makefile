@@ -20,6 +20,9 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libseccomp2 busybox-s
 # haproxy: the load balancer in front of registry replicas (registry/balancer.py, tests/registry/test_replicas.py).
 APT_PACKAGES += haproxy
 APT_PACKAGES += containernetworking-plugins iptables
+# `lazyctr bench vm` runs its image as a VM too: qemu-system-x86 (QEMU), linux-image-amd64 (the guest's
+# kernel and its virtio/ext4 modules, from /boot and /lib/modules) and fio (copied into the image).
+APT_PACKAGES += qemu-system-x86 linux-image-amd64 fio
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 

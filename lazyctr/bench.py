@@ -153,3 +153,72 @@ def network(pings: int, seconds: float, rounds: int, out: Path | None) -> None:
         run_suite(pings, seconds, rounds, out)
     except BenchError as e:
         raise click.ClickException(str(e)) from None
+
+
+@bench.command()
+@click.option(
+    "--guests",
+    default="1,2,4,8,16",
+    show_default=True,
+    help="Comma-separated numbers of guests run at once for the memory and disk measurements.",
+)
+@click.option("--runs", type=int, default=3, show_default=True, help="Runs of startup, CPU and network.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench-results/vm"),
+    show_default=True,
+    help="Where results.json, report.md and the plots go.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the Debian base is kept between runs.  [default: .cache of a checkout, else"
+    " ~/.cache/lazyctr]",
+)
+@click.option(
+    "--qemu",
+    envvar="LAZYCTR_QEMU",
+    default="qemu-system-x86_64",
+    show_default=True,
+    help="The QEMU binary [env LAZYCTR_QEMU].",
+)
+@click.option(
+    "--accel",
+    default="auto",
+    show_default=True,
+    help="auto: KVM where /dev/kvm boots a stock kernel, else TCG (QEMU's emulator).",
+)
+@click.option("--cpu-mb", type=int, default=256, show_default=True, help="MiB the compute job hashes.")
+@click.option("--fio-mb", type=int, default=64, show_default=True, help="Size of each fio file (MiB).")
+@click.option("--fio-seconds", type=int, default=3, show_default=True, help="Seconds per fio workload.")
+@click.option("--net-mb", type=int, default=64, show_default=True, help="MiB the throughput test sends.")
+def vm(
+    guests: str,
+    runs: int,
+    out: Path,
+    cache: Path | None,
+    qemu: str,
+    accel: str,
+    cpu_mb: int,
+    fio_mb: int,
+    fio_seconds: int,
+    net_mb: int,
+) -> None:
+    """The seed's comparison: one image as a container and as a QEMU VM, native as the baseline."""
+    from benchmarks.common import CACHE, BenchError
+    from benchmarks.vm import find_qemu, make_config, run_suite
+
+    try:
+        config = make_config(
+            guests, runs, out, (cache or CACHE).resolve(), qemu, accel, cpu_mb, fio_mb, fio_seconds, net_mb
+        )
+    except BenchError as e:
+        raise BadOption(str(e)) from None
+    try:
+        find_qemu(config.qemu)
+        report = run_suite(config)
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {report}")
