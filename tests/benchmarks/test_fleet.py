@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from benchmarks.fleet import NOT_AVAILABLE, percentile
-from benchmarks.fleetfwd import Bucket
 from benchmarks.fleetnet import PREFIX, address
 from benchmarks.link import NETNS_DIR
+from benchmarks.linkfwd import Bucket
 from tests.benchmarks.leftovers import traces
 from tests.conftest import Result, assert_clean_error, require_tools
 
