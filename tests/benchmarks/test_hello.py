@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
+from benchmarks.common import write_outputs
 from benchmarks.hello import (
     GROUPS,
     QUICK_IMAGES,
     available_images,
+    draw_plots,
     make_config,
     medians,
     render_report,
-    write_outputs,
 )
 from tests.conftest import Result, assert_clean_error, require_tools
 
@@ -126,7 +127,7 @@ def test_medians_per_image_and_driver() -> None:
 
 def test_report_and_plots_from_results(tmp_path: Path) -> None:
     results = fake_results()
-    report = write_outputs(results, tmp_path / "out")
+    report = write_outputs(results, tmp_path / "out", render_report, draw_plots)
     text = report.read_text()
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     for plot in ("ready_by_image.png", "bytes_vs_size.png", "startup_cdf.png"):
@@ -155,7 +156,7 @@ def test_without_matplotlib_the_report_is_written_and_one_line_says_why_no_plots
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ModuleNotFoundError
     results = fake_results()
-    report = write_outputs(results, tmp_path / "out")
+    report = write_outputs(results, tmp_path / "out", render_report, draw_plots)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     assert "| distro | distro |" in report.read_text() and "## Plots" not in report.read_text()
     assert not list((tmp_path / "out").glob("*.png"))
