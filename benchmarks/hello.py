@@ -46,8 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.common import (
+    BenchError,
     base_tarball,
     cold_root,
     compile_sources,
