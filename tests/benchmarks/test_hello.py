@@ -5,7 +5,6 @@ Behaviour only: no speed is asserted."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,19 @@ from benchmarks.hello import (
     medians,
     render_report,
 )
-from tests.conftest import Result, assert_clean_error, require_tools
+from tests.benchmarks.suites import (
+    REPO,
+    assert_bad_options_refused_before_anything_is_made,
+    assert_out_that_is_a_file_is_refused,
+    run_bench,
+)
+from tests.conftest import Result, require_tools
 
-REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def bench(*args: str, timeout: float = 60) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "lazyctr.cli", "bench", "hello", *args],
-        cwd=REPO,
-        capture_output=True,
-        timeout=timeout,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr.decode())
+    return run_bench("hello", *args, timeout=timeout)
 
 
 def sample(image: str, driver: str, run: int, ready: float, received: int, **extra: Any) -> dict[str, Any]:
@@ -212,18 +210,11 @@ def test_config_of_good_options(tmp_path: Path) -> None:
 def test_bad_options_are_refused_before_anything_is_made(
     tmp_path: Path, args: list[str], fragment: str
 ) -> None:
-    out = tmp_path / "out"
-    result = bench(*args, "--out", str(out), "--cache", str(tmp_path / "cache"))
-    assert_clean_error(result, fragment)
-    assert result.code == 2
-    assert not out.exists() and not (tmp_path / "cache").exists()
+    assert_bad_options_refused_before_anything_is_made("hello", tmp_path, args, fragment)
 
 
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.write_text("mine")
-    assert_clean_error(bench("--out", str(out)), "exists and is not a directory")
-    assert out.read_text() == "mine"
+    assert_out_that_is_a_file_is_refused("hello", tmp_path)
 
 
 @pytest.mark.privileged
