@@ -24,7 +24,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.link import MTU, NETNS_DIR, LinkError, LinkSpec, start_forwarder, stop_forwarder
+from benchmarks.link import (
+    MTU,
+    NETNS_DIR,
+    LinkError,
+    LinkSpec,
+    forwarder_stats,
+    start_forwarder,
+    stop_forwarder,
+)
 from lazyfs.host import process_alive
 from runtime import syscalls as sc
 
@@ -110,18 +118,7 @@ class Star:
         return dict(zip(self.names, stats["ports"], strict=True))
 
     def stats(self) -> dict[str, Any]:
-        switch = self.switch
-        assert switch.stdin is not None and switch.stdout is not None
-        try:
-            switch.stdin.write(b"stats\n")
-            switch.stdin.flush()
-            line = switch.stdout.readline()
-        except OSError:
-            line = b""
-        if not line:
-            raise LinkError(f"the fleet's switch has exited ({switch.poll()})")
-        stats: dict[str, Any] = json.loads(line)
-        return stats
+        return forwarder_stats(self.switch, "the fleet's switch")
 
 
 @contextlib.contextmanager

@@ -314,19 +314,7 @@ class Link:
 
     def forwarder_stats(self) -> dict[str, Any] | None:
         """The userspace forwarder's counters (packets, drops, peak queue), or None with netem."""
-        forwarder = self.forwarder
-        if forwarder is None or forwarder.stdin is None or forwarder.stdout is None:
-            return None
-        try:
-            forwarder.stdin.write(b"stats\n")
-            forwarder.stdin.flush()
-            line = forwarder.stdout.readline()
-        except OSError:
-            line = b""
-        if not line:
-            raise LinkError(f"the link forwarder has exited ({forwarder.poll()})")
-        stats: dict[str, Any] = json.loads(line)
-        return stats
+        return None if self.forwarder is None else forwarder_stats(self.forwarder, "the link forwarder")
 
     def measure_rtt(self, count: int = 20, size: int = 64) -> list[float]:
         """Round trips of a UDP datagram from the client to an echo on the server side, in seconds."""
@@ -520,6 +508,22 @@ def start_forwarder(
         tail = err.decode(errors="replace").strip().splitlines()
         raise LinkError(f"{what} did not start: {tail[-1] if tail else '(no output)'}")
     return forwarder
+
+
+def forwarder_stats(forwarder: subprocess.Popen[bytes], what: str) -> dict[str, Any]:
+    """A forwarder's counters: the JSON line it answers "stats" with (linkfwd.Control); LinkError naming
+    `what` once it has exited."""
+    assert forwarder.stdin is not None and forwarder.stdout is not None
+    try:
+        forwarder.stdin.write(b"stats\n")
+        forwarder.stdin.flush()
+        line = forwarder.stdout.readline()
+    except OSError:
+        line = b""
+    if not line:
+        raise LinkError(f"{what} has exited ({forwarder.poll()})")
+    stats: dict[str, Any] = json.loads(line)
+    return stats
 
 
 def stop_forwarder(forwarder: subprocess.Popen[bytes]) -> None:
