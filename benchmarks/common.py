@@ -7,6 +7,8 @@
 - A registry (`lazyctr serve`) in the server's namespace of a link, until a block ends.
 - The machine: dropping the page cache, the bytes the client's end of a link has received, a
   private /var for peers that write there whatever they are told, mounts left below a directory.
+- Outputs of a suite: results.json (also partial, so far), report.md and the plots, each written
+  whole; a markdown table row; saving a matplotlib figure.
 - BenchError: the hello suite's one-line error (bad input, a machine that cannot run it), here so
   that its peers (benchmarks/peers/) raise it too.
 """
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -26,11 +29,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from benchmarks.link import IFNAME, Link
 from lazyfs.host import mount_points
 from runtime import syscalls as sc
+from storage.files import atomic_write
+
+if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
+    from matplotlib.figure import Figure
 
 # The CLI runs from here, so that `python -m lazyctr.cli` imports the same code as this process.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -307,3 +314,45 @@ def isolate_var(base: Path, targets: Sequence[str]) -> str:
     except OSError as e:
         return f"not isolated ({e}): the tools may write the host's {', '.join(targets)}"
     return f"private mount namespace: {', '.join(targets)} are empty temporary directories{made}"
+
+
+def save_partial(results: dict[str, Any], out: Path) -> None:
+    """results.json so far: a suite stopped half-way still leaves what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", (json.dumps({**results, "partial": True}, indent=2) + "\n").encode())
+
+
+def write_outputs(
+    results: dict[str, Any],
+    out: Path,
+    render_report: Callable[[dict[str, Any], Sequence[str]], str],
+    draw_plots: Callable[[dict[str, Any], Path], list[Path]],
+) -> Path:
+    """results.json, report.md (by the suite's `render_report`, given the plots' names) and the plots (by
+    its `draw_plots`) in `out`, each written whole, then renamed into place; the path of report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    try:
+        plots = draw_plots(results, out)
+    except ModuleNotFoundError as e:
+        if e.name != "matplotlib":
+            raise
+        print("no plots: they need matplotlib (pip install 'lazyctr[bench]')", flush=True)
+        plots = []
+    atomic_write(out / "report.md", render_report(results, [p.name for p in plots]).encode())
+    return out / "report.md"
+
+
+def markdown_row(cells: Sequence[str]) -> str:
+    """One row of a markdown table."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write a plot as PNG and free its figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

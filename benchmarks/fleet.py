@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from benchmarks.common import (
     BenchError,
@@ -49,19 +49,19 @@ from benchmarks.common import (
     compile_sources,
     drop_caches,
     lazyctr,
+    markdown_row,
+    save_figure,
+    save_partial,
     stderr_tail,
     stop,
     unmount_under,
     unwind_on_sigterm,
+    write_outputs,
 )
 from benchmarks.fleetnet import MAX_NODES, PREFIX, Star, address, star
 from benchmarks.link import LinkError, LinkSpec, LinkSpecError, parse_link_spec
 from lazyfs.host import mounts, process_alive
 from runtime.state import containers_dir
-from storage.files import atomic_write
-
-if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
-    from matplotlib.figure import Figure
 
 IMAGE_DIR = Path(__file__).with_name("fleetimage")
 IMAGE = "fleet/app:1"
@@ -623,7 +623,7 @@ def run_suite(config: Config) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["targets"] = targets(results)
-    return write_outputs(results, config.out)
+    return write_outputs(results, config.out, render_report, draw_plots)
 
 
 def run_scenario(
@@ -696,27 +696,6 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
 # -- outputs ---------------------------------------------------------------------------------------
 
 
-def save_partial(results: dict[str, Any], out: Path) -> None:
-    """results.json so far: a suite stopped half-way still leaves what it measured."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "results.json", (json.dumps({**results, "partial": True}, indent=2) + "\n").encode())
-
-
-def write_outputs(results: dict[str, Any], out: Path) -> Path:
-    """results.json, report.md and the plots in `out` (each written whole, then renamed into place)."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
-    try:
-        plots = draw_plots(results, out)
-    except ModuleNotFoundError as e:
-        if e.name != "matplotlib":
-            raise
-        print("no plots: they need matplotlib (pip install 'lazyctr[bench]')", flush=True)
-        plots = []
-    atomic_write(out / "report.md", render_report(results, [p.name for p in plots]).encode())
-    return out / "report.md"
-
-
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e6:.1f}"
 
@@ -727,10 +706,6 @@ def _s(value: float | None) -> str:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
@@ -756,11 +731,11 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     head = ["mode", "way", "nodes", "ready", "p50 s", "p99 s", "max s", "registry MB", "proxy->nodes MB"]
     head += ["node MB (median)", "RSS/node MB (median, max)", "RSS all nodes MB", "lazy mounts at once"]
     head += ["MemAvailable drop MB", "CPU s/node", "switch CPU s"]
-    lines += [_row(head), _row(["---"] * len(head))]
+    lines += [markdown_row(head), markdown_row(["---"] * len(head))]
     for s in results["scenarios"]:
         cells = [s["mode"], s["way"], str(s["count"])]
         if "skipped" in s:
-            lines.append(_row(cells + [s["skipped"]] + [""] * (len(head) - 4)))
+            lines.append(markdown_row(cells + [s["skipped"]] + [""] * (len(head) - 4)))
             continue
         cells += [f"{s.get('ready_nodes', 0)}/{s['count']}"]
         cells += [_s(s.get(k)) for k in ("ready_p50", "ready_p99", "ready_max")]
@@ -770,7 +745,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         cells += [str(s["mounts_peak"]) if s["mode"] == "lazy" else "-", _mb(s["mem_available_drop"])]
         cpu = s.get("cpu_ns_median")
         cells += [_s(cpu / 1e9 if cpu is not None else None), _s(s["switch_cpu_s"])]
-        lines.append(_row(cells))
+        lines.append(markdown_row(cells))
 
     held = [s for s in results["scenarios"] if "held_mounts" in s]
     if held:
@@ -784,13 +759,13 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         )
         head = ["way", "nodes", "containers", "lazy mounts", "RSS MB", "PSS MB", "PSS/node MB"]
         head += ["MemAvailable drop MB", "per node MB"]
-        lines += ["", _row(head), _row(["---"] * len(head))]
+        lines += ["", markdown_row(head), markdown_row(["---"] * len(head))]
         for s in held:
             count = max(s["held_containers"], 1)
             cells = [s["way"], str(s["count"]), str(s["held_containers"]), str(s["held_mounts"])]
             cells += [_mb(s["held_rss_total"]), _mb(s["held_pss_total"]), _mb(s["held_pss_total"] / count)]
             cells += [_mb(s["held_mem_available_drop"]), _mb(s["held_mem_available_drop"] / count)]
-            lines.append(_row(cells))
+            lines.append(markdown_row(cells))
 
     lines += ["", "## Where the CPU went", ""]
     lines.append(
@@ -800,7 +775,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     )
     head = ["mode", "way", "nodes", "wall s", "CPUs x wall s", "busy s", "nodes s", "registry s"]
     head += ["proxy s", "switch s", "rest s"]
-    lines += ["", _row(head), _row(["---"] * len(head))]
+    lines += ["", markdown_row(head), markdown_row(["---"] * len(head))]
     cpus = results["machine"]["cpus"] or 1
     for s in results["scenarios"]:
         if "wall_s" not in s:
@@ -810,7 +785,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         cells = [s["mode"], s["way"], str(s["count"]), _s(s["wall_s"]), _s(cpus * s["wall_s"])]
         cells += [_s(s["machine_busy_s"]), _s(nodes_s), _s(s.get("registry_cpu_s")), _s(s.get("proxy_cpu_s"))]
         cells += [_s(s["switch_cpu_s"]), _s(s["machine_busy_s"] - ours)]
-        lines.append(_row(cells))
+        lines.append(markdown_row(cells))
 
     t = results.get("targets") or {}
     lines += ["", "## The issue's figures", ""]
@@ -845,8 +820,8 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         for s, node in failures[:50]:
             lines.append(f"- {s['mode']} {s['way']} x{s['count']} {node['node']}: {node.get('error')}")
     lines += ["", "## Every node of the largest scenarios", ""]
-    lines += [_row(["mode", "way", "node", "pull s", "run s", "ready s", "received MB", "RSS MB", "CPU s"])]
-    lines.append(_row(["---"] * 9))
+    head = ["mode", "way", "node", "pull s", "run s", "ready s", "received MB", "RSS MB", "CPU s"]
+    lines += [markdown_row(head), markdown_row(["---"] * len(head))]
     for s in results["scenarios"]:
         if s["count"] != n or "skipped" in s:
             continue
@@ -855,7 +830,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
             cells = [s["mode"], s["way"], node["node"], _s(node.get("pull_s")), _s(node.get("run_s"))]
             cells += [_s(node.get("ready_s")), _mb(node.get("received")), _mb(node.get("rss_peak"))]
             cells += [_s(cpu / 1e9 if cpu is not None else None)]
-            lines.append(_row(cells))
+            lines.append(markdown_row(cells))
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -887,7 +862,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
         title="Nodes ready (dotted: one node alone)",
     )
     ax.legend(fontsize="small")
-    paths.append(_save(fig, out / "ready_cdf.png"))
+    paths.append(save_figure(fig, out / "ready_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     measured = [s for s in results["scenarios"] if "skipped" not in s]
@@ -900,7 +875,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize="small")
     ax.set_yscale("log")
     ax.set(ylabel="bytes the registry sent (MB, log scale)", title="Registry egress per scenario")
-    paths.append(_save(fig, out / "registry_egress.png"))
+    paths.append(save_figure(fig, out / "registry_egress.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for s in fleets:
@@ -908,14 +883,5 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.plot(range(1, len(rss) + 1), rss, marker=".", label=f"{s['mode']} {s['way']}")
     ax.set(xlabel="node (sorted)", ylabel="peak RSS of its processes (MB)", title="Memory per node")
     ax.legend(fontsize="small")
-    paths.append(_save(fig, out / "node_memory.png"))
+    paths.append(save_figure(fig, out / "node_memory.png"))
     return paths
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

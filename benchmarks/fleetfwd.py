@@ -11,8 +11,9 @@ links: out of the sender's link (its token bucket, then its one-way delay) and i
 links together and the rate of the slower; the registry's link (its uplink) is shared by every node,
 as a registry's network is. There is no kernel routing in between and each packet is handled once.
 
-The queue model of each direction of each link is linkfwd's router output port: a drop-tail queue
-of `queue` bytes before a token bucket of `burst` bytes at `rate` bytes per second (0: unlimited).
+The queue model of each direction of each link is linkfwd's router output port (linkfwd.Bucket): a
+drop-tail queue of `queue` bytes before a token bucket of `burst` bytes at `rate` bytes per second (0:
+unlimited); the stdin protocol is linkfwd's too (linkfwd.Control).
 Packets wait in one heap ordered by the time they are due at their receiver.
 
 Configuration: `--ports JSON`, a list of {"ns": netns path, "ip": dotted IPv4, "rate": bytes/s,
@@ -38,38 +39,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.linkfwd import PACKET_MAX, READ_BATCH, Timer, open_tun
+from benchmarks.linkfwd import PACKET_MAX, READ_BATCH, Bucket, Control, Timer, open_tun
 from runtime import syscalls as sc
-
-
-@dataclass
-class Bucket:
-    """One direction of one link before its delay: a drop-tail queue in front of a token bucket."""
-
-    rate: float  # bytes per second; 0: unlimited
-    queue: int
-    burst: int
-    free_at: float = 0.0  # when the link finishes sending what it was given so far
-    peak_backlog: float = 0.0
-    dropped: int = 0
-
-    def __post_init__(self) -> None:
-        self.seconds_per_byte = 1.0 / self.rate if self.rate > 0 else 0.0
-        self.queue_time = self.queue * self.seconds_per_byte
-        self.burst_time = self.burst * self.seconds_per_byte
-
-    def send(self, size: int, at: float) -> float:
-        """When a packet of `size` bytes that arrives at `at` has left; -1.0 when the full queue drops it."""
-        if not self.seconds_per_byte:
-            return at
-        free_at = max(self.free_at, at - self.burst_time)  # idle time saves at most a burst
-        backlog = free_at - at
-        if backlog > self.queue_time:
-            self.dropped += 1
-            return -1.0
-        self.peak_backlog = max(self.peak_backlog, backlog)
-        self.free_at = free_at + size * self.seconds_per_byte
-        return max(self.free_at, at)
 
 
 @dataclass
@@ -104,19 +75,15 @@ class Port:
 def switch(ports: list[Port], by_address: dict[bytes, int]) -> None:
     """Carry packets until stdin ends."""
     timer = Timer()
+    control = Control(lambda: {"ports": [port.stats() for port in ports]})
     epoll = select.epoll()
-    stdin = sys.stdin.fileno()
-    os.set_blocking(stdin, False)
     by_fd = {port.fd: port for port in ports}
-    for port in ports:
-        epoll.register(port.fd, select.EPOLLIN)
-    epoll.register(timer.fd, select.EPOLLIN)
-    epoll.register(stdin, select.EPOLLIN)
+    for fd in (*by_fd, timer.fd, control.fd):
+        epoll.register(fd, select.EPOLLIN)
     heap: list[tuple[float, int, int, bytes]] = []
     sequence = 0  # ties in due time keep their order, and the heap never compares packets
     read, write, monotonic = os.read, os.write, time.monotonic
     push, pop = heapq.heappush, heapq.heappop
-    commands = b""
     while True:
         events = epoll.poll()
         now = monotonic()
@@ -146,20 +113,8 @@ def switch(ports: list[Port], by_address: dict[bytes, int]) -> None:
                     push(heap, (arrived + destination.delay, sequence, target, packet))
             elif fd == timer.fd:
                 timer.clear()
-            else:
-                data = read(stdin, 4096)
-                if not data:
-                    return
-                commands += data
-                while b"\n" in commands:
-                    line, commands = commands.split(b"\n", 1)
-                    if line.strip() == b"stats":
-                        report = {
-                            "ports": [port.stats() for port in ports],
-                            "cpu_seconds": round(time.process_time(), 3),
-                        }
-                        sys.stdout.write(json.dumps(report) + "\n")
-                        sys.stdout.flush()
+            elif not control.serve():
+                return
         now = monotonic()
         while heap and heap[0][0] <= now:
             _, _, target, packet = pop(heap)

@@ -24,7 +24,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.link import MTU, NETNS_DIR, LinkError, LinkSpec
+from benchmarks.link import (
+    MTU,
+    NETNS_DIR,
+    LinkError,
+    LinkSpec,
+    forwarder_stats,
+    start_forwarder,
+    stop_forwarder,
+)
 from lazyfs.host import process_alive
 from runtime import syscalls as sc
 
@@ -110,18 +118,7 @@ class Star:
         return dict(zip(self.names, stats["ports"], strict=True))
 
     def stats(self) -> dict[str, Any]:
-        switch = self.switch
-        assert switch.stdin is not None and switch.stdout is not None
-        try:
-            switch.stdin.write(b"stats\n")
-            switch.stdin.flush()
-            line = switch.stdout.readline()
-        except OSError:
-            line = b""
-        if not line:
-            raise LinkError(f"the fleet's switch has exited ({switch.poll()})")
-        stats: dict[str, Any] = json.loads(line)
-        return stats
+        return forwarder_stats(self.switch, "the fleet's switch")
 
 
 @contextlib.contextmanager
@@ -150,21 +147,12 @@ def star(links: Mapping[str, LinkSpec]) -> Iterator[Star]:
             }
             for name, spec in links.items()
         ]
-        switch = subprocess.Popen(
+        switch = start_forwarder(
             [sys.executable, "-m", "benchmarks.fleetfwd", "--ifname", IFNAME, "--ports", json.dumps(ports)],
+            "the fleet's switch",
             cwd=SOURCE_ROOT,
             env={**os.environ, "PYTHONPATH": str(SOURCE_ROOT)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C reaches us; we end the switch after what uses it
         )
-        assert switch.stdout is not None
-        if switch.stdout.readline() != b"ready\n":
-            switch.kill()
-            _, err = switch.communicate(timeout=SETUP_TIMEOUT)
-            tail = err.decode(errors="replace").strip().splitlines()
-            raise LinkError(f"the fleet's switch did not start: {tail[-1] if tail else '(no output)'}")
         for name in names:  # one `ip` per namespace: three per namespace would take seconds
             batch = f"link set lo up\naddr add {address(name)}/16 dev {IFNAME}\n"
             batch += f"link set {IFNAME} mtu {MTU} up\n"
@@ -172,16 +160,6 @@ def star(links: Mapping[str, LinkSpec]) -> Iterator[Star]:
         yield Star(token, names, switch)
     finally:
         if switch is not None:
-            with contextlib.suppress(OSError):
-                if switch.stdin is not None:
-                    switch.stdin.close()
-            try:
-                switch.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                switch.kill()
-                switch.wait()
-            for pipe in (switch.stdout, switch.stderr):
-                if pipe is not None:
-                    pipe.close()
+            stop_forwarder(switch)
         for ns in reversed(created):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)

@@ -44,18 +44,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from benchmarks.common import BenchError as BenchError  # lazyctr/bench.py imports it from here
 from benchmarks.common import (
+    BenchError,
     base_tarball,
     cold_root,
     compile_sources,
     drop_caches,
     lazyctr,
+    markdown_row,
     received,
+    save_figure,
+    save_partial,
     serving,
     unwind_on_sigterm,
+    write_outputs,
 )
 from benchmarks.devcycle import DEV_SOURCES, development_cycle, render_section
 from benchmarks.link import Link, LinkSpec, LinkSpecError, parse_link_spec, shaped_link_of
@@ -63,9 +67,6 @@ from benchmarks.peers.podman import Podman
 from lazyfs.lineage import profiled_paths
 from lazyfs.profile import load_profile
 from storage.store import Store
-
-if TYPE_CHECKING:  # matplotlib is an extra (lazyctr[bench]): without it, no plots
-    from matplotlib.figure import Figure
 
 # The images' contexts: package data, in the wheel as in a checkout.
 IMAGES_DIR = Path(__file__).with_name("images")
@@ -513,13 +514,7 @@ def run_suite(config: Config) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
-    return write_outputs(results, config.out)
-
-
-def save_partial(results: dict[str, Any], out: Path) -> None:
-    """results.json so far: a suite stopped half-way still leaves what it measured."""
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out / "results.json", json.dumps({**results, "partial": True}, indent=2) + "\n")
+    return write_outputs(results, config.out, render_report, draw_plots)
 
 
 def _line(sample: dict[str, Any]) -> str:
@@ -532,27 +527,6 @@ def _line(sample: dict[str, Any]) -> str:
 
 
 # -- report -------------------------------------------------------------------------------------
-
-
-def write_outputs(results: dict[str, Any], out: Path) -> Path:
-    """results.json, report.md and the plots in `out` (each written whole, then renamed into place)."""
-    out.mkdir(parents=True, exist_ok=True)
-    _write(out / "results.json", json.dumps(results, indent=2) + "\n")
-    try:
-        plots = draw_plots(results, out)
-    except ModuleNotFoundError as e:
-        if e.name != "matplotlib":
-            raise
-        print("no plots: they need matplotlib (pip install 'lazyctr[bench]')", flush=True)
-        plots = []
-    _write(out / "report.md", render_report(results, [p.name for p in plots]))
-    return out / "report.md"
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _median(values: Sequence[float | int | None]) -> float | None:
@@ -606,10 +580,6 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def _pct(fraction: float | None) -> str:
     return "-" if fraction is None else f"{fraction * 100:.1f}%"
-
-
-def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
 
 
 def _ratio(base: float | None, value: float | None) -> str:
@@ -673,7 +643,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
 
     lines += ["", "## Medians over the images", ""]
     lines += [
-        _row(
+        markdown_row(
             [
                 "driver",
                 "ready s",
@@ -686,7 +656,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 "rss MB",
             ]
         ),
-        _row(["---"] * 9),
+        markdown_row(["---"] * 9),
     ]
     overall: dict[str, dict[str, float | None]] = {}
     for d in columns:
@@ -701,7 +671,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         cells = [d, _fmt(o["ready_s"]), _fmt(o["deploy_s"]), _fmt(o["deploy_link_s"])]
         cells += [_ratio(e.get(k), o[k]) for k in ("ready_s", "deploy_s", "deploy_link_s")]
         cells += [_pct(fraction), _fmt(o["rss_peak"], 1e6, 0)]
-        lines.append(_row(cells))
+        lines.append(markdown_row(cells))
     if "lazy+profile" in overall and EAGER in overall:
         o, e = overall["lazy+profile"], overall[EAGER]
         fraction = o["fraction"]
@@ -722,7 +692,11 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
             "rate + 3 RTT; each cell is that driver's or peer's time to ready over the limit (1.00x: "
             "at the limit)."
         )
-        lines += ["", _row(["image", "limit s", *columns]), _row(["---"] * (2 + len(columns)))]
+        lines += [
+            "",
+            markdown_row(["image", "limit s", *columns]),
+            markdown_row(["---"] * (2 + len(columns))),
+        ]
         times_limit: dict[str, list[float]] = {d: [] for d in columns}
         for image in images:
             limit = limits[image]
@@ -732,10 +706,10 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 if limit and ready is not None:
                     times_limit[d].append(ready / limit)
                 cells.append(_ratio(ready, limit))
-            lines.append(_row(cells))
+            lines.append(markdown_row(cells))
         medians_row = ["median", ""]
         medians_row += [_fmt(_median(times_limit[d])) + ("x" if times_limit[d] else "") for d in columns]
-        lines.append(_row(medians_row))
+        lines.append(markdown_row(medians_row))
 
     lines += ["", "## Per group (median over the group's images of the per-image medians, ready s)", ""]
     lines += ["| group | images | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
@@ -754,7 +728,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     head = ["image", "driver", "n", "push s", "push over link s", "pull s", "run s", "ready s", "deploy s"]
     head += ["MB recv", "fraction"]
     head += ["rss peak MB", "cgroup peak MB", "vs eager", *(f"vs {p}" for p in peers)]
-    lines += [_row(head), _row(["---"] * len(head))]
+    lines += [markdown_row(head), markdown_row(["---"] * len(head))]
     for image in images:
         info = results["images"][image]
         for d in columns:
@@ -772,7 +746,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 _fmt(r["cgroup_peak"], 1e6, 0),
                 _ratio(eager, r["ready_s"]),
             ]
-            lines.append(_row(cells + versus))
+            lines.append(markdown_row(cells + versus))
     lines += ["", "Ratios are the other's time over this one's (above 1: this one is faster).", ""]
     lines += [f"Memory: {results.get('memory_note', MEMORY_NOTE)}.", ""]
 
@@ -827,7 +801,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("pull + run to ready (s, median, log scale)")
     ax.set_title(f"Time to ready, link {results['config']['link']}")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside: bars stay clear
-    paths.append(_save(fig, out / "ready_by_image.png"))
+    paths.append(save_figure(fig, out / "ready_by_image.png"))
 
     fig, ax = plt.subplots(figsize=(6, 5))
     sizes = [results["images"][i]["size"] / 1e6 for i in images]
@@ -855,7 +829,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
         title="Bytes fetched vs image size",
     )
     ax.legend(fontsize="small")
-    paths.append(_save(fig, out / "bytes_vs_size.png"))
+    paths.append(save_figure(fig, out / "bytes_vs_size.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for d in columns:
@@ -869,14 +843,5 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
         title="CDF of startup times",
     )
     ax.legend(fontsize="small")
-    paths.append(_save(fig, out / "startup_cdf.png"))
+    paths.append(save_figure(fig, out / "startup_cdf.png"))
     return paths
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -314,19 +314,7 @@ class Link:
 
     def forwarder_stats(self) -> dict[str, Any] | None:
         """The userspace forwarder's counters (packets, drops, peak queue), or None with netem."""
-        forwarder = self.forwarder
-        if forwarder is None or forwarder.stdin is None or forwarder.stdout is None:
-            return None
-        try:
-            forwarder.stdin.write(b"stats\n")
-            forwarder.stdin.flush()
-            line = forwarder.stdout.readline()
-        except OSError:
-            line = b""
-        if not line:
-            raise LinkError(f"the link forwarder has exited ({forwarder.poll()})")
-        stats: dict[str, Any] = json.loads(line)
-        return stats
+        return None if self.forwarder is None else forwarder_stats(self.forwarder, "the link forwarder")
 
     def measure_rtt(self, count: int = 20, size: int = 64) -> list[float]:
         """Round trips of a UDP datagram from the client to an echo on the server side, in seconds."""
@@ -492,8 +480,19 @@ def _start_forwarder(spec: LinkSpec, server_ns: str, client_ns: str) -> subproce
         "--burst",
         str(spec.burst_bytes),
     ]
+    return start_forwarder(argv, "the link forwarder")
+
+
+def start_forwarder(
+    argv: Sequence[str], what: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a forwarder process (linkfwd.py, or the fleet's switch) and wait for its "ready" line.
+
+    LinkError naming `what`, with the last line of its stderr, when it does not start."""
     forwarder = subprocess.Popen(
-        argv,
+        list(argv),
+        cwd=cwd,
+        env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -507,11 +506,28 @@ def _start_forwarder(spec: LinkSpec, server_ns: str, client_ns: str) -> subproce
         forwarder.kill()
         _, err = forwarder.communicate(timeout=SETUP_TIMEOUT)
         tail = err.decode(errors="replace").strip().splitlines()
-        raise LinkError(f"the link forwarder did not start: {tail[-1] if tail else '(no output)'}")
+        raise LinkError(f"{what} did not start: {tail[-1] if tail else '(no output)'}")
     return forwarder
 
 
-def _stop_forwarder(forwarder: subprocess.Popen[bytes]) -> None:
+def forwarder_stats(forwarder: subprocess.Popen[bytes], what: str) -> dict[str, Any]:
+    """A forwarder's counters: the JSON line it answers "stats" with (linkfwd.Control); LinkError naming
+    `what` once it has exited."""
+    assert forwarder.stdin is not None and forwarder.stdout is not None
+    try:
+        forwarder.stdin.write(b"stats\n")
+        forwarder.stdin.flush()
+        line = forwarder.stdout.readline()
+    except OSError:
+        line = b""
+    if not line:
+        raise LinkError(f"{what} has exited ({forwarder.poll()})")
+    stats: dict[str, Any] = json.loads(line)
+    return stats
+
+
+def stop_forwarder(forwarder: subprocess.Popen[bytes]) -> None:
+    """End a forwarder started by start_forwarder and close its pipes."""
     # End of file on its stdin is its signal to stop; kill only if it does not.
     with contextlib.suppress(OSError):
         if forwarder.stdin is not None:
@@ -581,7 +597,7 @@ def shaped_link_of(spec: LinkSpec, *, emulator: Emulator = "auto") -> Iterator[L
         yield link
     finally:
         if forwarder is not None:
-            _stop_forwarder(forwarder)
+            stop_forwarder(forwarder)
         for ns in reversed(created):
             _run_quietly(["ip", "netns", "delete", ns])
 

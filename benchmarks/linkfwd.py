@@ -34,6 +34,9 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from runtime import syscalls as sc
 
@@ -98,44 +101,85 @@ class Timer:
         self.armed_for = 0.0
 
 
+@dataclass
+class Bucket:
+    """One direction of one link before its delay: a drop-tail queue of `queue` bytes in front of a
+    token bucket of `burst` bytes at `rate` bytes per second (a router's output port). Also the
+    fleet's switch's (benchmarks/fleetfwd.py) model of each direction of each of its links."""
+
+    rate: float  # bytes per second; 0: unlimited
+    queue: int
+    burst: int
+    free_at: float = 0.0  # when the link finishes sending what it was given so far
+    peak_backlog: float = 0.0
+    dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.seconds_per_byte = 1.0 / self.rate if self.rate > 0 else 0.0
+        # The queue and the burst measured in seconds of sending, so that the per-packet check is a compare.
+        self.queue_time = self.queue * self.seconds_per_byte
+        self.burst_time = self.burst * self.seconds_per_byte
+
+    def send(self, size: int, at: float) -> float:
+        """When a packet of `size` bytes that arrives at `at` has left; -1.0 when the full queue drops it."""
+        if not self.seconds_per_byte:
+            return at
+        free_at = max(self.free_at, at - self.burst_time)  # idle time saves at most a burst
+        backlog = free_at - at
+        if backlog > self.queue_time:
+            self.dropped += 1
+            return -1.0
+        self.peak_backlog = max(self.peak_backlog, backlog)
+        self.free_at = free_at + size * self.seconds_per_byte
+        return max(self.free_at, at)
+
+
+class Control:
+    """A forwarder's stdin: each "stats" line is answered with a JSON line of `report()` (plus the
+    forwarder's CPU seconds) on stdout; end of file (the parent closed it, or died) ends the forwarder."""
+
+    def __init__(self, report: Callable[[], dict[str, Any]]) -> None:
+        self.fd = sys.stdin.fileno()
+        os.set_blocking(self.fd, False)
+        self._report = report
+        self._pending = b""
+
+    def serve(self) -> bool:
+        """Answer the commands that have arrived; False once stdin has ended."""
+        data = os.read(self.fd, 4096)
+        if not data:
+            return False
+        self._pending += data
+        while b"\n" in self._pending:
+            line, self._pending = self._pending.split(b"\n", 1)
+            if line.strip() == b"stats":
+                report = {**self._report(), "cpu_seconds": round(time.process_time(), 3)}
+                sys.stdout.write(json.dumps(report) + "\n")
+                sys.stdout.flush()
+        return True
+
+
 class Direction:
-    """One way across the link: the queue of packets in flight, the token bucket and the counters."""
+    """One way across the link: its loss, its queue and token bucket, the packets in flight, the counters."""
 
     def __init__(self, out_fd: int, rate: float, delay: float, loss: float, queue: int, burst: int) -> None:
         self.out_fd = out_fd
         self.delay = delay
         self.loss = loss
-        self.seconds_per_byte = 1.0 / rate if rate > 0 else 0.0
-        # The queue and the burst measured in seconds of sending, so that the per-packet check is a compare.
-        self.queue_time = queue * self.seconds_per_byte
-        self.burst_time = burst * self.seconds_per_byte
-        self.free_at = 0.0  # when the link finishes sending what it has been given so far
+        self.bucket = Bucket(rate, queue, burst)
         self.in_flight: deque[tuple[float, bytes]] = deque()
         self.packets = 0
         self.bytes = 0
         self.dropped_loss = 0
-        self.dropped_queue = 0
-        self.peak_queue_time = 0.0
+        self.write_errors = 0
 
     def accept(self, packet: bytes, now: float) -> None:
         if self.loss and random.random() < self.loss:
             self.dropped_loss += 1
             return
-        if self.seconds_per_byte:
-            # Tokens saved while idle are capped at the burst.
-            free_at = max(self.free_at, now - self.burst_time)
-            backlog = free_at - now
-            if backlog > self.queue_time:
-                self.dropped_queue += 1
-                return
-            if backlog > self.peak_queue_time:
-                self.peak_queue_time = backlog
-            free_at += len(packet) * self.seconds_per_byte
-            self.free_at = free_at
-            due = max(free_at, now) + self.delay
-        else:
-            due = now + self.delay
-        self.in_flight.append((due, packet))
+        left = self.bucket.send(len(packet), now)
+        if left >= 0:
+            self.in_flight.append((left + self.delay, packet))
 
     def release(self, now: float) -> float:
         """Write every packet due by `now`; return the due time of the next one (0 when none waits)."""
@@ -150,11 +194,11 @@ class Direction:
                 os.write(out_fd, packet)
             except BlockingIOError:
                 # The receiving stack is overwhelmed: a real link would lose the packet there too.
-                self.dropped_queue += 1
+                self.write_errors += 1
                 continue
             except OSError:
                 # EIO while the other side's device is down (or EINVAL on a bad packet): lost, as on a wire.
-                self.dropped_queue += 1
+                self.write_errors += 1
                 continue
             self.packets += 1
             self.bytes += len(packet)
@@ -165,8 +209,8 @@ class Direction:
             "packets": self.packets,
             "bytes": self.bytes,
             "dropped_loss": self.dropped_loss,
-            "dropped_queue": self.dropped_queue,
-            "peak_queue_ms": round(self.peak_queue_time * 1000, 3),
+            "dropped_queue": self.bucket.dropped + self.write_errors,
+            "peak_queue_ms": round(self.bucket.peak_backlog * 1000, 3),
         }
 
 
@@ -189,17 +233,13 @@ def open_tun(netns: str, name: str) -> int:
 
 def forward(fd_a: int, fd_b: int, a_to_b: Direction, b_to_a: Direction) -> None:
     timer = Timer()
+    control = Control(lambda: {"a_to_b": a_to_b.stats(), "b_to_a": b_to_a.stats()})
     epoll = select.epoll()
-    stdin = sys.stdin.fileno()
-    os.set_blocking(stdin, False)
-    epoll.register(fd_a, select.EPOLLIN)
-    epoll.register(fd_b, select.EPOLLIN)
-    epoll.register(timer.fd, select.EPOLLIN)
-    epoll.register(stdin, select.EPOLLIN)
+    for fd in (fd_a, fd_b, timer.fd, control.fd):
+        epoll.register(fd, select.EPOLLIN)
     sources = {fd_a: a_to_b, fd_b: b_to_a}
     read = os.read
     monotonic = time.monotonic
-    commands = b""
     while True:
         events = epoll.poll()
         now = monotonic()
@@ -214,21 +254,8 @@ def forward(fd_a: int, fd_b: int, a_to_b: Direction, b_to_a: Direction) -> None:
                     direction.accept(packet, now)
             elif fd == timer.fd:
                 timer.clear()
-            else:
-                data = read(stdin, 4096)
-                if not data:
-                    return
-                commands += data
-                while b"\n" in commands:
-                    line, commands = commands.split(b"\n", 1)
-                    if line.strip() == b"stats":
-                        report = {
-                            "a_to_b": a_to_b.stats(),
-                            "b_to_a": b_to_a.stats(),
-                            "cpu_seconds": round(time.process_time(), 3),
-                        }
-                        sys.stdout.write(json.dumps(report) + "\n")
-                        sys.stdout.flush()
+            elif not control.serve():
+                return
         now = monotonic()
         next_a = a_to_b.release(now)
         next_b = b_to_a.release(now)

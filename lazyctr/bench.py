@@ -6,7 +6,9 @@ need matplotlib, the `bench` extra (`pip install 'lazyctr[bench]'`); without it 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -25,6 +27,50 @@ def bench() -> None:
 
 
 COMMANDS.append(bench)
+
+Config = TypeVar("Config")
+Command = TypeVar("Command", bound=Callable[..., None])
+
+
+def _resolve_cache(_ctx: click.Context, _param: click.Parameter, cache: Path | None) -> Path:
+    from benchmarks.common import CACHE
+
+    return (cache or CACHE / "bench").resolve()
+
+
+def suite_outputs(suite: str) -> Callable[[Command], Command]:
+    """The --out and --cache options of a suite that writes results.json, report.md and plots."""
+    out = click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path("bench-results") / suite,
+        show_default=True,
+        help="Where results.json, report.md and the plots go.",
+    )
+    cache = click.option(
+        "--cache",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        callback=_resolve_cache,
+        help="Built images (kept between runs) and the working files.  [default: .cache/bench of a "
+        "checkout, else ~/.cache/lazyctr/bench]",
+    )
+    return lambda command: out(cache(command))
+
+
+def _configure_and_run(configure: Callable[[], Config], run: Callable[[Config], Path]) -> None:
+    """Make a suite's config (its BenchError is a bad option: status 2), run it, print its report's path."""
+    from benchmarks.common import BenchError
+
+    try:
+        config = configure()
+    except BenchError as e:
+        raise BadOption(str(e)) from None
+    try:
+        report = run(config)
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {report}")
 
 
 @bench.command()
@@ -48,41 +94,20 @@ COMMANDS.append(bench)
     help="RATE/RTT[/LOSS] between registry and client.",
 )
 @click.option("--runs", type=int, default=3, show_default=True, help="Cold runs per image and driver.")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("bench-results/hello"),
-    show_default=True,
-    help="Where results.json, report.md and the plots go.",
-)
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Built images (kept between runs) and the working files.  [default: .cache/bench of a checkout,"
-    " else ~/.cache/lazyctr/bench]",
-)
+@suite_outputs("hello")
 @click.option(
     "--peers",
     default="podman,stargz,containerd-lazyctr",
     show_default=True,
     help="Comma-separated peers, or `none`.",
 )
-def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Path | None, peers: str) -> None:
+def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Path, peers: str) -> None:
     """HelloBench-style suite: real images from pull to ready over a shaped link, per driver and peer."""
-    from benchmarks.common import CACHE
-    from benchmarks.hello import BenchError, make_config, run_suite
+    from benchmarks import hello as suite
 
-    cache = (cache or CACHE / "bench").resolve()
-    try:
-        config = make_config(images, drivers, link, runs, out, cache, peers)
-    except BenchError as e:
-        raise BadOption(str(e)) from None
-    try:
-        report = run_suite(config)
-    except BenchError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"report: {report}")
+    _configure_and_run(
+        lambda: suite.make_config(images, drivers, link, runs, out, cache, peers), suite.run_suite
+    )
 
 
 @bench.command()
@@ -97,20 +122,7 @@ def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Pat
 @click.option("--link", default="100mbit/20ms", show_default=True, help="Each node's RATE/RTT[/LOSS].")
 @click.option("--uplink", default="1gbit/2ms", show_default=True, help="The registry's RATE/RTT[/LOSS].")
 @click.option("--proxy-link", default="1gbit/1ms", show_default=True, help="The proxy's RATE/RTT[/LOSS].")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("bench-results/fleet"),
-    show_default=True,
-    help="Where results.json, report.md and the plots go.",
-)
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The built image (kept between runs) and the working files.  [default: .cache/bench of a "
-    "checkout, else ~/.cache/lazyctr/bench]",
-)
+@suite_outputs("fleet")
 def fleet(
     nodes: int,
     modes: str,
@@ -119,22 +131,14 @@ def fleet(
     uplink: str,
     proxy_link: str,
     out: Path,
-    cache: Path | None,
+    cache: Path,
 ) -> None:
     """N nodes start the same image at one moment, lazily and eagerly, with and without a proxy cache."""
-    from benchmarks.common import CACHE, BenchError
-    from benchmarks.fleet import make_config, run_suite
+    from benchmarks import fleet as suite
 
-    cache = (cache or CACHE / "bench").resolve()
-    try:
-        config = make_config(nodes, modes, proxy, link, uplink, proxy_link, out, cache)
-    except BenchError as e:
-        raise BadOption(str(e)) from None
-    try:
-        report = run_suite(config)
-    except BenchError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"report: {report}")
+    _configure_and_run(
+        lambda: suite.make_config(nodes, modes, proxy, link, uplink, proxy_link, out, cache), suite.run_suite
+    )
 
 
 @click.option("--pings", type=int, default=2000, show_default=True, help="Round trips per path.")

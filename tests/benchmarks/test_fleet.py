@@ -18,13 +18,18 @@ from typing import Any
 import pytest
 
 from benchmarks.fleet import NOT_AVAILABLE, percentile
-from benchmarks.fleetfwd import Bucket
 from benchmarks.fleetnet import PREFIX, address
 from benchmarks.link import NETNS_DIR
+from benchmarks.linkfwd import Bucket
 from tests.benchmarks.leftovers import traces
-from tests.conftest import Result, assert_clean_error, require_tools
+from tests.benchmarks.suites import (
+    REPO,
+    assert_bad_options_refused_before_anything_is_made,
+    assert_out_that_is_a_file_is_refused,
+    run_bench,
+)
+from tests.conftest import Result, require_tools
 
-REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 NODE_FIELDS = (
     "node",
@@ -53,13 +58,7 @@ SCENARIO_FIELDS = (
 
 
 def bench(*args: str, timeout: float = 60) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "lazyctr.cli", "bench", "fleet", *args],
-        cwd=REPO,
-        capture_output=True,
-        timeout=timeout,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr.decode())
+    return run_bench("fleet", *args, timeout=timeout)
 
 
 def our_namespaces() -> set[str]:
@@ -90,18 +89,11 @@ def our_cgroups() -> set[str]:
 def test_bad_options_are_refused_before_anything_is_made(
     tmp_path: Path, args: list[str], fragment: str
 ) -> None:
-    out = tmp_path / "out"
-    result = bench(*args, "--out", str(out), "--cache", str(tmp_path / "cache"))
-    assert_clean_error(result, fragment)
-    assert result.code == 2
-    assert not out.exists() and not (tmp_path / "cache").exists()
+    assert_bad_options_refused_before_anything_is_made("fleet", tmp_path, args, fragment)
 
 
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.write_text("mine")
-    assert_clean_error(bench("--out", str(out)), "exists and is not a directory")
-    assert out.read_text() == "mine"
+    assert_out_that_is_a_file_is_refused("fleet", tmp_path)
 
 
 def test_addresses_of_the_star_are_distinct_and_in_the_subnet() -> None:

@@ -5,36 +5,35 @@ Behaviour only: no speed is asserted."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from benchmarks.common import write_outputs
 from benchmarks.hello import (
     GROUPS,
     QUICK_IMAGES,
     available_images,
+    draw_plots,
     make_config,
     medians,
     render_report,
-    write_outputs,
 )
-from tests.conftest import Result, assert_clean_error, require_tools
+from tests.benchmarks.suites import (
+    REPO,
+    assert_bad_options_refused_before_anything_is_made,
+    assert_out_that_is_a_file_is_refused,
+    run_bench,
+)
+from tests.conftest import Result, require_tools
 
-REPO = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def bench(*args: str, timeout: float = 60) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "lazyctr.cli", "bench", "hello", *args],
-        cwd=REPO,
-        capture_output=True,
-        timeout=timeout,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr.decode())
+    return run_bench("hello", *args, timeout=timeout)
 
 
 def sample(image: str, driver: str, run: int, ready: float, received: int, **extra: Any) -> dict[str, Any]:
@@ -126,7 +125,7 @@ def test_medians_per_image_and_driver() -> None:
 
 def test_report_and_plots_from_results(tmp_path: Path) -> None:
     results = fake_results()
-    report = write_outputs(results, tmp_path / "out")
+    report = write_outputs(results, tmp_path / "out", render_report, draw_plots)
     text = report.read_text()
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     for plot in ("ready_by_image.png", "bytes_vs_size.png", "startup_cdf.png"):
@@ -155,7 +154,7 @@ def test_without_matplotlib_the_report_is_written_and_one_line_says_why_no_plots
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ModuleNotFoundError
     results = fake_results()
-    report = write_outputs(results, tmp_path / "out")
+    report = write_outputs(results, tmp_path / "out", render_report, draw_plots)
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
     assert "| distro | distro |" in report.read_text() and "## Plots" not in report.read_text()
     assert not list((tmp_path / "out").glob("*.png"))
@@ -211,18 +210,11 @@ def test_config_of_good_options(tmp_path: Path) -> None:
 def test_bad_options_are_refused_before_anything_is_made(
     tmp_path: Path, args: list[str], fragment: str
 ) -> None:
-    out = tmp_path / "out"
-    result = bench(*args, "--out", str(out), "--cache", str(tmp_path / "cache"))
-    assert_clean_error(result, fragment)
-    assert result.code == 2
-    assert not out.exists() and not (tmp_path / "cache").exists()
+    assert_bad_options_refused_before_anything_is_made("hello", tmp_path, args, fragment)
 
 
 def test_out_that_is_a_file_is_refused(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.write_text("mine")
-    assert_clean_error(bench("--out", str(out)), "exists and is not a directory")
-    assert out.read_text() == "mine"
+    assert_out_that_is_a_file_is_refused("hello", tmp_path)
 
 
 @pytest.mark.privileged
