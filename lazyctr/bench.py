@@ -141,6 +141,7 @@ def fleet(
     )
 
 
+@bench.command()
 @click.option("--pings", type=int, default=2000, show_default=True, help="Round trips per path.")
 @click.option("--seconds", type=float, default=1.0, show_default=True, help="Seconds of sending per path.")
 @click.option("--rounds", type=int, default=5, show_default=True, help="Turns over the paths (medians).")
