@@ -66,4 +66,3 @@ def snapshot(source: Path, path: Path) -> None:
 def delete_subvolume(path: Path) -> None:
     """Destroy the subvolume (or snapshot) at `path` with everything in it, at once."""
     _ioctl_on_parent(path, SNAP_DESTROY)
-

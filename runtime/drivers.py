@@ -117,7 +117,7 @@ class BtrfsDriver:
             raise ContainerError(f"btrfs driver: {e.strerror}{hint}") from None
 
     def image_subvolume(self, image: Image) -> Path:
-        """The image's subvolume, made (under a lock, in a temporary subvolume renamed into place) if missing."""
+        """The image's subvolume; made if missing, under a lock, in a temporary one renamed into place."""
         base = self.store.root / "btrfs"
         target = base / image.descriptor.digest.hex
         if target.is_dir():
