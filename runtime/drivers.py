@@ -113,7 +113,7 @@ class BtrfsDriver:
         try:
             btrfs.snapshot(self.image_subvolume(image), container_dir / "rootfs")
         except OSError as e:
-            hint = ": it needs --root on a btrfs file system" if e.errno == errno.ENOTTY else ""
+            hint = ": --root must be on one" if e.errno == errno.ENOTTY else ""
             raise ContainerError(f"btrfs driver: {e.strerror}{hint}") from None
 
     def image_subvolume(self, image: Image) -> Path:
