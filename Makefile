@@ -15,6 +15,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3 python3-venv python3-dev gcc fuse3 libfuse3-3 libseccomp2 busybox-static zstd tar \
 	podman skopeo umoci buildah runc containerd stargz-snapshotter debootstrap docker-registry \
 	iproute2 util-linux golang-go golang-github-containerd-stargz-snapshotter-dev golang-github-containerd-containerd-dev
+# `lazyctr bench storage`: fio runs inside the containers (the host's, copied into the image) and on the
+# host; btrfs-progs makes the btrfs file system of the btrfs driver's runs.
+APT_PACKAGES += fio btrfs-progs
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 
@@ -61,6 +64,8 @@ bench: deps
 	$(PY) -m benchmarks.lazy --runs 1
 	$(VENV)/bin/lazyctr bench hello --images quick --drivers overlay,lazy,lazy+profile --runs 1 --peers podman \
 		--out .cache/bench/hello-quick
+	$(VENV)/bin/lazyctr bench storage --containers 1,4 --runs 1 --file-mb 64 --small-files 2000 \
+		--out .cache/bench/storage-quick
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info

@@ -457,7 +457,7 @@ def run_suite(config: Config) -> Path:
             "file_mb": config.file_mb,
             "small_files": config.small_files,
         },
-        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release, "load_start": os.getloadavg()[0]},
         "samples": [],
         "notes": {},
     }
@@ -496,6 +496,7 @@ def run_suite(config: Config) -> Path:
                         print(_line(sample), flush=True)
                         save_partial(results, config.out)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"]["load_end"] = os.getloadavg()[0]
     return write_outputs(results, config.out)
 
 
@@ -591,9 +592,12 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     counts: list[int] = config["containers"]
     image = results.get("image", {})
     lines = ["# Storage drivers under fio", ""]
+    machine = results.get("machine", {})
+    load = "/".join(f"{machine[k]:.1f}" for k in ("load_start", "load_end") if k in machine)
     lines.append(
-        f"{config['runs']} run(s), medians; {results.get('machine', {}).get('cpus', '?')} CPUs, kernel "
-        f"{results.get('machine', {}).get('kernel', '?')}; started {results.get('started', '?')}. The image: "
+        f"{config['runs']} run(s), medians; {machine.get('cpus', '?')} CPUs (load average {load or '?'} at"
+        f" start/end), kernel {machine.get('kernel', '?')}; started {results.get('started', '?')}."
+        " The image: "
         f"busybox, fio and its libraries, /data/read.bin and /data/write.bin of {config['file_mb']} MiB each "
         f"({image.get('size', 0) / 1e6:.0f} MB compressed). read: sequential read of read.bin; write: "
         f"overwriting the first quarter of write.bin (fsync at end, copy-up included); create/stat/unlink:"
