@@ -16,12 +16,14 @@ The workloads, each timed by fio itself (psync engine):
   - read: a sequential read of the image file /data/read.bin (1 MiB blocks);
   - write: overwriting the first quarter of the image file /data/write.bin (1 MiB blocks, fsync at
     the end): overlay and lazy copy the whole file up first, btrfs copies only the blocks written;
-  - meta: creating, stat-ing and unlinking --small-files empty files in a new directory (fio's
-    filecreate, filestat and filedelete engines).
+  - create, stat, unlink: of --small-files files in a new directory, one workload after the other
+    (fio's filecreate, filestat and filedelete engines).
 Each batch is N containers of one driver at once (--containers, e.g. 1,2,4,8,16: Multilanes' question,
 does I/O scale with containers): they start, wait at a barrier (a file in a shared directory), and
-run each workload together, with the page cache dropped before each. Per workload: the rate of each
-container (its fio runtime) and the aggregate (all containers' work over the longest runtime).
+run each workload together, the page cache dropped before read and write (so that they read the
+image's files from where the driver keeps them; the metadata workloads work on files just made). Per
+workload: the rate of each container (over its own fio runtime) and the aggregate (all containers'
+work over the span from the first one's start of the job to the last one's end, from fio's report).
 Native N runs N fio processes, each with its own copy of write.bin and its own directory.
 
 Output in --out: results.json (every container's fio figures), report.md (medians, ratios to native)
@@ -31,7 +33,6 @@ and PNG plots. Needs root; work files go below $TMPDIR (default /tmp), removed a
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -44,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from benchmarks.common import (
     BenchError,
@@ -62,16 +63,18 @@ from benchmarks.hello import _median, _save, _write, parse_list
 
 DRIVERS = ("copy", "overlay", "lazy-cold", "lazy-warm", "btrfs")
 NATIVE = "native"
-WORKLOADS = ("read", "write", "meta")
-# Each metric: its workload, fio's job name, its unit, and what one unit of fio's work is.
-METRICS: dict[str, tuple[str, str, str]] = {
-    "read_mb_s": ("read", "read", "MB/s"),
-    "write_mb_s": ("write", "write", "MB/s"),
-    "create_ops_s": ("meta", "create", "ops/s"),
-    "stat_ops_s": ("meta", "stat", "ops/s"),
-    "unlink_ops_s": ("meta", "unlink", "ops/s"),
+# Each workload is one fio job, run by every container at once; its metric and unit.
+WORKLOADS = ("read", "write", "create", "stat", "unlink")
+COLD_WORKLOADS = ("read", "write")  # the page cache is dropped before these
+METRICS: dict[str, tuple[str, str]] = {
+    "read_mb_s": ("read", "MB/s"),
+    "write_mb_s": ("write", "MB/s"),
+    "create_ops_s": ("create", "ops/s"),
+    "stat_ops_s": ("stat", "ops/s"),
+    "unlink_ops_s": ("unlink", "ops/s"),
 }
 IMAGE = "bench/fio:1"
+DATA_FILES = ("read.bin", "write.bin")  # in /data of the image
 FIO = Path("/usr/bin/fio")
 BARRIER_TIMEOUT = 600  # seconds a batch may take to reach a barrier
 # The container's side of each batch: announce itself, then per workload wait for the go, run fio
@@ -142,40 +145,36 @@ def fio_args(workload: str, data: str, write_file: str, scratch: str, config: Co
         size = max(1, config.file_mb // 4)
         return ["--name=write", "--ioengine=psync", "--rw=write", "--bs=1M", f"--size={size}M",
                 "--end_fsync=1", f"--filename={write_file}"]  # fmt: skip
-    files = [f"--directory={scratch}/meta", f"--nrfiles={config.small_files}", "--filesize=4k",
-             "--filename_format=f.$filenum"]  # fmt: skip
-    return [
-        *("--name=create", "--ioengine=filecreate", "--openfiles=1", *files),
-        *("--name=stat", "--stonewall", "--ioengine=filestat", *files),
-        *("--name=unlink", "--stonewall", "--ioengine=filedelete", *files),
-    ]
+    engine = {"create": "filecreate", "stat": "filestat", "unlink": "filedelete"}[workload]
+    return [f"--name={workload}", f"--ioengine={engine}", "--openfiles=1", f"--directory={scratch}/meta",
+            f"--nrfiles={config.small_files}", "--filesize=4k", "--filename_format=f.$filenum"]  # fmt: skip
 
 
 def job_figures(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per fio job: its units of work (MB for bandwidth jobs, operations for the file engines) and
-    runtime (s), from one fio JSON report."""
-    out: dict[str, dict[str, float]] = {}
-    for job in report["jobs"]:
-        if job.get("error"):
-            raise RuntimeError(f"fio job {job['jobname']} failed with error {job['error']}")
-        name = job["jobname"]
-        done = job["read"]["io_bytes"] + job["write"]["io_bytes"]
-        ios = job["read"]["total_ios"] + job["write"]["total_ios"]
-        units = done / 1e6 if name in ("read", "write") else float(ios)
-        out[name] = {"units": units, "runtime_s": max(job["job_runtime"], 1) / 1000}
-    return out
+    """From one fio JSON report of one job: its units of work (MB for read and write, operations for the
+    file engines), runtime (s) and when it ended (s since the epoch: fio writes its report then)."""
+    (job,) = report["jobs"]
+    if job.get("error"):
+        raise RuntimeError(f"fio job {job['jobname']} failed with error {job['error']}")
+    name = job["jobname"]
+    done = job["read"]["io_bytes"] + job["write"]["io_bytes"]
+    ios = job["read"]["total_ios"] + job["write"]["total_ios"]
+    units = done / 1e6 if name in ("read", "write") else float(ios)
+    runtime = max(job["job_runtime"], 1) / 1000  # ms: a job under 1 ms counts as 1 ms
+    return {name: {"units": units, "runtime_s": runtime, "end_s": report["timestamp_ms"] / 1000}}
 
 
 def aggregate(per_container: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Per metric: `aggregate` (all containers' work over the longest runtime: they start together)
-    and `per_container` (the mean of each container's own rate)."""
+    """Per metric: `aggregate` (all containers' work over the span from the first one's start to the
+    last one's end) and `per_container` (the mean of each container's own rate over its runtime)."""
     out: dict[str, dict[str, float]] = {}
-    for metric, (_, job, _) in METRICS.items():
+    for metric, (job, _) in METRICS.items():
         jobs = [figures[job] for figures in per_container if job in figures]
         if len(jobs) != len(per_container) or not jobs:
             continue
+        span = max(j["end_s"] for j in jobs) - min(j["end_s"] - j["runtime_s"] for j in jobs)
         out[metric] = {
-            "aggregate": sum(j["units"] for j in jobs) / max(j["runtime_s"] for j in jobs),
+            "aggregate": sum(j["units"] for j in jobs) / max(span, max(j["runtime_s"] for j in jobs)),
             "per_container": sum(j["units"] / j["runtime_s"] for j in jobs) / len(jobs),
         }
     return out
@@ -196,8 +195,8 @@ def fio_files() -> list[Path]:
     return paths
 
 
-def image_layer(tar_path: Path, file_mb: int) -> int:
-    """The image's second layer: fio, its libraries, /data/{read,write}.bin of random bytes, /scratch.
+def image_layer(tar_path: Path, data: Path) -> int:
+    """The image's second layer: fio, its libraries, /data/ (the files of `data`), /scratch.
     Returns the bytes of the files in it."""
     total = 0
     with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -213,27 +212,27 @@ def image_layer(tar_path: Path, file_mb: int) -> int:
                     tar.addfile(info)
                     made.add(directory)
 
-        def add(name: str, size: int, data: io.BufferedIOBase | io.BytesIO, mode: int = 0o644) -> None:
+        def add(name: str, size: int, content: BinaryIO, mode: int = 0o644) -> None:
             nonlocal total
             directories(name)
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = size, mode, 1700000000
-            tar.addfile(info, data)
+            tar.addfile(info, content)
             total += size
 
         for path in fio_files():
             real = path.resolve()
             with open(real, "rb") as f:
                 add(str(path).lstrip("/"), real.stat().st_size, f, 0o755)
-        for name in ("read.bin", "write.bin"):
-            size = file_mb << 20
-            add(f"data/{name}", size, io.BytesIO(os.urandom(size)))  # random: it does not compress
+        for name in DATA_FILES:
+            with open(data / name, "rb") as f:
+                add(f"data/{name}", (data / name).stat().st_size, f)
         directories("scratch/")
     return total
 
 
-def build_image(publisher: Path, scratch: Path, file_mb: int) -> dict[str, Any]:
-    """The image in the publisher store; what is in it."""
+def build_image(publisher: Path, scratch: Path, data: Path) -> dict[str, Any]:
+    """The image in the publisher store, its data files those of `data`; what is in it."""
     from builder.rootfs import busybox_tarball
     from storage.importer import add_layer
     from storage.store import Store
@@ -241,13 +240,13 @@ def build_image(publisher: Path, scratch: Path, file_mb: int) -> dict[str, Any]:
     base, layer = scratch / "busybox.tar", scratch / "fio-layer.tar"
     busybox_tarball(base)
     lazyctr(publisher, "import", str(base), "bench/busybox:1")
-    files = image_layer(layer, file_mb)
+    files = image_layer(layer, data)
     store = Store(publisher)
     add_layer(store, store.image("bench/busybox:1"), layer, IMAGE, "fio, its libraries and two data files")
     base.unlink()
     layer.unlink()
-    data = json.loads(lazyctr(publisher, "inspect", "--json", IMAGE))
-    return {"size": int(data["Size"]), "fio_layer_files": files, "file_mb": file_mb}
+    size = sum(layer.size for layer in store.image(IMAGE).manifest.layers)
+    return {"size": size, "fio_layer_files": files}
 
 
 # -- where each driver's containers run -------------------------------------------------------------
@@ -316,7 +315,8 @@ def run_workloads(
     """Release each workload at its barrier (the page cache dropped first) and collect fio's reports."""
     wait_for(sync, "ready.*", count, start)
     for workload in WORKLOADS:
-        drop_caches()
+        if workload in COLD_WORKLOADS:
+            drop_caches()
         (sync / f"go.{workload}").touch()
         wait_for(sync, f"done.{workload}.*", count, start)
     for proc in start:
@@ -370,11 +370,12 @@ def container_batch(stores: Stores, driver: str, count: int, config: Config) -> 
 def native_batch(native: Path, count: int, config: Config) -> list[dict[str, Any]]:
     """`count` fio processes at once on the host, per workload, on the extracted image's files."""
     reports: list[dict[str, Any]] = [{} for _ in range(count)]
+    for k in range(count):
+        shutil.rmtree(native / f"scratch{k}", ignore_errors=True)
+        (native / f"scratch{k}" / "meta").mkdir(parents=True)
     for workload in WORKLOADS:
-        for k in range(count):
-            shutil.rmtree(native / f"scratch{k}", ignore_errors=True)
-            (native / f"scratch{k}" / "meta").mkdir(parents=True)
-        drop_caches()
+        if workload in COLD_WORKLOADS:
+            drop_caches()
         procs = []
         for k in range(count):
             args = fio_args(
@@ -399,16 +400,15 @@ def native_batch(native: Path, count: int, config: Config) -> list[dict[str, Any
     return reports
 
 
-def extract_native(publisher: Path, native: Path, copies: int) -> None:
-    """The image's files on the host (the native baseline), and a copy of write.bin per fio process."""
-    native.mkdir()
-    point = native.parent / "native-mount"
-    point.mkdir()
-    lazyctr(publisher, "mount", IMAGE, str(point))
-    try:
-        shutil.copytree(point / "data", native / "data")
-    finally:
-        lazyctr(publisher, "umount", str(point))
+def make_native(native: Path, file_mb: int, copies: int) -> None:
+    """The data files of the image, random bytes (they do not compress), made here on the host: the
+    native baseline reads them where they are, and the image's layer is made of them. And a copy of
+    write.bin per native fio process."""
+    (native / "data").mkdir(parents=True)
+    for name in DATA_FILES:
+        with open(native / "data" / name, "wb") as f:
+            for _ in range(file_mb):
+                f.write(os.urandom(1 << 20))
     for k in range(copies):
         shutil.copyfile(native / "data" / "write.bin", native / f"write{k}.bin")
 
@@ -464,9 +464,9 @@ def run_suite(config: Config) -> Path:
     most = max(config.containers)
     with workspace("lazyctr-storage-") as work:
         publisher = work / "publisher"
-        results["image"] = build_image(publisher, work, config.file_mb)
         native = work / "native"
-        extract_native(publisher, native, most)
+        make_native(native, config.file_mb, most)
+        results["image"] = build_image(publisher, work, native / "data")
         address = f"127.0.0.1:{free_port()}"
         with serving(work / "registry", address, log=work / "registry.log"), contextlib.ExitStack() as stack:
             ref = f"{address}/{IMAGE}"
@@ -600,7 +600,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         " The image: "
         f"busybox, fio and its libraries, /data/read.bin and /data/write.bin of {config['file_mb']} MiB each "
         f"({image.get('size', 0) / 1e6:.0f} MB compressed). read: sequential read of read.bin; write: "
-        f"overwriting the first quarter of write.bin (fsync at end, copy-up included); create/stat/unlink:"
+        f"overwriting the first quarter of write.bin (fsync at end, copy-up included); create, stat, unlink:"
         f" {config['small_files']} empty files. Native: the same fio jobs on the host, on the image's files "
         "extracted to the same disk (btrfs is on a loop file on that disk). Ratios are to native with the "
         "same number of containers (above 1: faster than native)."
@@ -612,7 +612,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     lines += ["", f"## {first} container{'s' if first > 1 else ''}: each metric, and its ratio to native", ""]
     head = [
         "driver",
-        *(f"{m} ({METRICS[m][2]})" for m in METRICS),
+        *(f"{m} ({METRICS[m][1]})" for m in METRICS),
         *(f"{m.split('_')[0]} vs native" for m in METRICS),
     ]
     lines += [_row(head), _row(["---"] * len(head))]
@@ -629,7 +629,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
             "## Scaling: aggregate over N containers started together (per container in brackets)",
             "",
         ]
-        for metric, (_, _, unit) in METRICS.items():
+        for metric, (_, unit) in METRICS.items():
             lines += [f"### {metric} ({unit})", ""]
             lines += [_row(["driver", *(f"N={n}" for n in counts), f"N={counts[-1]} vs N={counts[0]}"])]
             lines += [_row(["---"] * (len(counts) + 2))]
@@ -649,8 +649,9 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
                 lines.append(_row(cells))
             lines.append("")
         lines.append(
-            "Each cell: aggregate (per container; aggregate's ratio to native at that N). The last column: "
-            "how the aggregate grew from the fewest containers to the most (1.00x: it did not scale)."
+            "Each cell: aggregate (all containers' work over the span from the first start to the last end;"
+            " per container, the mean of each one's rate; its ratio to native at that N). The last"
+            " column: how the aggregate grew from the fewest containers to the most (1.00x: no growth)."
         )
     failures = [s for s in results["samples"] if not s.get("ok")]
     if failures:
@@ -709,7 +710,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
                     ax.plot([p[0] for p in shown], [p[1] for p in shown], marker="o", label=subject)
             ax.set_xscale("log", base=2)
             ax.set_xticks(counts, [str(n) for n in counts])
-            ax.set(xlabel="containers at once", ylabel=f"aggregate {METRICS[metric][2]}", title=metric)
+            ax.set(xlabel="containers at once", ylabel=f"aggregate {METRICS[metric][1]}", title=metric)
         axes[0].legend(fontsize="small")
         paths.append(_save(fig, out / "scaling.png"))
     return paths
