@@ -17,7 +17,8 @@ The workloads, each timed by fio itself (psync engine):
   - write: overwriting the first quarter of the image file /data/write.bin (1 MiB blocks, fsync at
     the end): overlay and lazy copy the whole file up first, btrfs copies only the blocks written;
   - create, stat, unlink: of --small-files files in a new directory, one workload after the other
-    (fio's filecreate, filestat and filedelete engines).
+    (fio's filecreate, filestat and filedelete engines; filestat lays the empty files out to 4 KiB
+    before it times the stats, so unlink removes files of 4 KiB).
 Each batch is N containers of one driver at once (--containers, e.g. 1,2,4,8,16: Multilanes' question,
 does I/O scale with containers): they start, wait at a barrier (a file in a shared directory), and
 run each workload together, the page cache dropped before read and write (so that they read the
@@ -691,7 +692,8 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
             value = table.get((driver, counts[0]), {}).get(metric, {}).get("aggregate")
             base = table.get((NATIVE, counts[0]), {}).get(metric, {}).get("aggregate")
             ys.append(value / base if value is not None and base else 0.0)
-        ax.bar([i + k * width for i in range(len(metrics))], ys, width, label=driver)
+        color = f"C{subjects.index(driver)}"  # each driver the colour of its line in the scaling plot
+        ax.bar([i + k * width for i in range(len(metrics))], ys, width, label=driver, color=color)
     ax.axhline(1.0, color="k", linewidth=0.8, linestyle="--")
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(metrics))], metrics, rotation=15)
     ax.set_yscale("log")
@@ -707,7 +709,8 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 points = [(n, table.get((subject, n), {}).get(metric, {}).get("aggregate")) for n in counts]
                 shown = [(n, v) for n, v in points if v is not None]
                 if shown:
-                    ax.plot([p[0] for p in shown], [p[1] for p in shown], marker="o", label=subject)
+                    xs, ys = [p[0] for p in shown], [p[1] for p in shown]
+                    ax.plot(xs, ys, marker="o", label=subject, color=f"C{subjects.index(subject)}")
             ax.set_xscale("log", base=2)
             ax.set_xticks(counts, [str(n) for n in counts])
             ax.set(xlabel="containers at once", ylabel=f"aggregate {METRICS[metric][1]}", title=metric)
