@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from benchmarks.common import (
+    SOURCE_ROOT,
     BenchError,
     cold_root,
     compile_sources,
@@ -313,7 +314,8 @@ def wait_for(sync: Path, pattern: str, count: int, procs: Sequence[subprocess.Po
 def run_workloads(
     sync: Path, count: int, config: Config, start: list[subprocess.Popen[bytes]]
 ) -> list[dict[str, Any]]:
-    """Release each workload at its barrier (the page cache dropped first) and collect fio's reports."""
+    """Release each workload at its barrier (read and write with the page cache dropped first) and
+    collect fio's reports."""
     wait_for(sync, "ready.*", count, start)
     for workload in WORKLOADS:
         if workload in COLD_WORKLOADS:
@@ -358,7 +360,7 @@ def container_batch(stores: Stores, driver: str, count: int, config: Config) -> 
                         argv,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
-                        cwd=Path(__file__).parent.parent,
+                        cwd=SOURCE_ROOT,  # so that `-m lazyctr.cli` imports this code
                     )
                 )
             return run_workloads(sync, count, config, procs)
