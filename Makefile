@@ -23,6 +23,9 @@ APT_PACKAGES += containernetworking-plugins iptables
 # `lazyctr bench vm` runs its image as a VM too: qemu-system-x86 (QEMU), linux-image-amd64 (the guest's
 # kernel and its virtio/ext4 modules, from /boot and /lib/modules) and fio (copied into the image).
 APT_PACKAGES += qemu-system-x86 linux-image-amd64 fio
+# `lazyctr bench storage`: fio runs inside the containers (the host's, copied into the image) and on the
+# host; btrfs-progs makes the btrfs file system of the btrfs driver's runs.
+APT_PACKAGES += btrfs-progs
 DEMO_ROOT ?= $(CURDIR)/.cache/demo-root
 PYTEST_ARGS ?=
 
@@ -69,6 +72,8 @@ bench: deps
 	$(PY) -m benchmarks.lazy --runs 1
 	$(VENV)/bin/lazyctr bench hello --images quick --drivers overlay,lazy,lazy+profile --runs 1 --peers podman \
 		--out .cache/bench/hello-quick
+	$(VENV)/bin/lazyctr bench storage --containers 1,4 --runs 1 --file-mb 64 --small-files 2000 \
+		--out .cache/bench/storage-quick
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info

@@ -227,3 +227,46 @@ def vm(
     except BenchError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"report: {report}")
+
+
+@bench.command()
+@click.option(
+    "--drivers",
+    default="copy,overlay,lazy-cold,lazy-warm,btrfs",
+    show_default=True,
+    help="Comma-separated: copy, overlay, lazy-cold, lazy-warm, btrfs (native, the baseline, always runs).",
+)
+@click.option(
+    "--containers",
+    default="1,2,4,8,16",
+    show_default=True,
+    help="Comma-separated numbers of containers run at once, each a batch.",
+)
+@click.option("--runs", type=int, default=3, show_default=True, help="Batches per driver and number.")
+@click.option(
+    "--file-mb", type=int, default=256, show_default=True, help="Size of each large image file (MiB)."
+)
+@click.option(
+    "--small-files", type=int, default=5000, show_default=True, help="Files the metadata job makes."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("bench-results/storage"),
+    show_default=True,
+    help="Where results.json, report.md and the plots go.",
+)
+def storage(drivers: str, containers: str, runs: int, file_mb: int, small_files: int, out: Path) -> None:
+    """Storage drivers under fio in containers (read, copy-up write, metadata; 1..N at once) vs native."""
+    from benchmarks.common import BenchError
+    from benchmarks.storage_drivers import make_config, run_suite
+
+    try:
+        config = make_config(drivers, containers, runs, file_mb, small_files, out)
+    except BenchError as e:
+        raise BadOption(str(e)) from None
+    try:
+        report = run_suite(config)
+    except BenchError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"report: {report}")
