@@ -297,8 +297,8 @@ class Stores:
 def container_argv(root: Path, driver: str, sync: Path, ref: str, index: int) -> list[str]:
     run_driver = "lazy" if driver.startswith("lazy") else driver
     script = f"K={index}\n" + CONTAINER_SCRIPT.format(workloads=" ".join(WORKLOADS))
-    return [sys.executable, "-m", "lazyctr.cli", "--root", str(root), "run", "--rm", "--driver", run_driver,
-            "-v", f"{sync}:/sync", ref, "sh", "-c", script]  # fmt: skip
+    return [sys.executable, "-m", "lazyctr.cli", "--root", str(root), "run", "--rm", "--network", "none",
+            "--driver", run_driver, "-v", f"{sync}:/sync", ref, "sh", "-c", script]  # fmt: skip
 
 
 def wait_for(sync: Path, pattern: str, count: int, procs: Sequence[subprocess.Popen[bytes]]) -> None:
