@@ -322,11 +322,17 @@ def _serve(
     local = LocalFiles(source, fetcher, assembled)
     assembling = threading.Lock()  # held while the plain root is made: the daemon ends only after
 
+    written = {"stats": ""}
+
     def write_stats_now() -> None:
+        """stats.json, unless it would say what it says: an idle daemon (a fleet holds many) writes
+        and syncs nothing twice a second."""
         stats = json.dumps(
             {**fetcher.stats.to_json(), "first_read": reads.first, **plain_root}, sort_keys=True
         )
-        atomic_write(state.directory / "stats.json", stats.encode())
+        if stats != written["stats"]:
+            atomic_write(state.directory / "stats.json", stats.encode())
+            written["stats"] = stats
 
     def write_accesses(*_: Any) -> None:
         write_stats_now()
