@@ -212,21 +212,14 @@ def vm(
     net_mb: int,
 ) -> None:
     """The seed's comparison: one image as a container and as a QEMU VM, native as the baseline."""
-    from benchmarks.common import CACHE, BenchError
-    from benchmarks.vm import find_qemu, make_config, run_suite
+    from benchmarks import vm as suite
+    from benchmarks.common import CACHE
 
-    try:
-        config = make_config(
-            guests, runs, out, (cache or CACHE).resolve(), qemu, accel, cpu_mb, fio_mb, fio_seconds, net_mb
-        )
-    except BenchError as e:
-        raise BadOption(str(e)) from None
-    try:
-        find_qemu(config.qemu)
-        report = run_suite(config)
-    except BenchError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"report: {report}")
+    base = (cache or CACHE).resolve()
+    _configure_and_run(
+        lambda: suite.make_config(guests, runs, out, base, qemu, accel, cpu_mb, fio_mb, fio_seconds, net_mb),
+        suite.run_suite,
+    )
 
 
 @bench.command()
@@ -258,15 +251,8 @@ def vm(
 )
 def storage(drivers: str, containers: str, runs: int, file_mb: int, small_files: int, out: Path) -> None:
     """Storage drivers under fio in containers (read, copy-up write, metadata; 1..N at once) vs native."""
-    from benchmarks.common import BenchError
-    from benchmarks.storage_drivers import make_config, run_suite
+    from benchmarks import storage_drivers as suite
 
-    try:
-        config = make_config(drivers, containers, runs, file_mb, small_files, out)
-    except BenchError as e:
-        raise BadOption(str(e)) from None
-    try:
-        report = run_suite(config)
-    except BenchError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"report: {report}")
+    _configure_and_run(
+        lambda: suite.make_config(drivers, containers, runs, file_mb, small_files, out), suite.run_suite
+    )
