@@ -14,6 +14,8 @@ Printed: the median of each over --runs samples, and its ratio to native (>= 0.9
 <= 1.3x are issue 14's targets). Any byte fetched from a layer blob during a timed sample is
 reported: a warm read fetches nothing.
 
+Subjects: native (the copy on local disk), lazyfs (requests over io_uring where the kernel allows
+it) and lazyfs-dev (LAZYCTR_FUSE_URING=0: the same daemon reading requests from /dev/fuse).
 Subjects are `Subject`s in SUBJECTS: a name and a context manager that yields the root to measure,
 made fresh for each sample (a lazy-driver container after the background fill is one more: its
 root is /proc/PID/root of the container's init).
@@ -78,7 +80,22 @@ def lazyfs_tree(setup: Setup) -> Iterator[Path]:
         lazyctr(setup.root, "umount", str(point))
 
 
-SUBJECTS = [Subject("native", native_tree), Subject("lazyfs", lazyfs_tree)]
+@contextlib.contextmanager
+def lazyfs_devfuse_tree(setup: Setup) -> Iterator[Path]:
+    """lazyfs with requests read from /dev/fuse instead of io_uring (LAZYCTR_FUSE_URING=0)."""
+    os.environ["LAZYCTR_FUSE_URING"] = "0"
+    try:
+        with lazyfs_tree(setup) as point:
+            yield point
+    finally:
+        del os.environ["LAZYCTR_FUSE_URING"]
+
+
+SUBJECTS = [
+    Subject("native", native_tree),
+    Subject("lazyfs", lazyfs_tree),
+    Subject("lazyfs-dev", lazyfs_devfuse_tree),
+]
 
 
 # -- the measurements ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@ which the kernel reads a file that is on local disk by itself, at the disk's spe
 trip through this process; Debian 12's libfuse 3.14 cannot ask for it (its `want` flags are 32 bits,
 passthrough is bit 37, and it has no backing-file ioctl). Measured on a 256 MiB file whose chunks are
 all cached: 245 MB/s through libfuse and Python against 1.5 GB/s passed through, the same as the
-disk. Speaking the protocol also drops libfuse's path layer and the ctypes callbacks.
+disk. Speaking the protocol also drops libfuse's path layer and the ctypes callbacks, and lets
+requests come over io_uring (lazyfs.uring: answered on the CPU that asked; 7.42's FUSE_OVER_IO_URING).
 
 What the kernel asks, and what it is told:
 - the image never changes, so entries, attributes and misses are kept for a day (CACHE_SECONDS) and
@@ -20,23 +21,27 @@ What the kernel asks, and what it is told:
 Nodes: the kernel's node id of a path is its inode number in the source (stable, shared by hard
 links), the root's id 1; FORGET needs no bookkeeping, since every path's node id is known for the
 life of the mount. Requests are served by WORKERS threads, each reading /dev/fuse itself: a read
-waiting for the network blocks one thread, not the file system.
+waiting for the network blocks one thread, not the file system. Where the kernel allows FUSE over
+io_uring, RING_THREADS threads per CPU, pinned to it, each with a ring entry of that CPU's queue, take
+over once every queue has one; /dev/fuse then carries only FORGET and INTERRUPT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
 import os
 import posixpath
-import queue
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from lazyfs import uring
 from lazyfs.source import BLOCK_SIZE, ImageSource, Stat
 from storage.errors import StorageError
 
@@ -44,7 +49,8 @@ log = logging.getLogger("lazyfs")
 
 CACHE_SECONDS = 86400
 WORKERS = 8
-LISTINGS_KEPT = 256  # directory listings kept between a reader's pieces of them
+RING_THREADS = 4  # per CPU: the requests of one CPU that can wait (for the network) at once
+LISTINGS_KEPT = 256  # directory listings kept between a reader's pieces of them (and its read past the end)
 
 # linux/fuse.h
 LOOKUP, FORGET, GETATTR, READLINK, OPEN, READ, STATFS, RELEASE = 1, 2, 3, 5, 14, 15, 17, 18
@@ -55,9 +61,10 @@ NO_REPLY = {FORGET, BATCH_FORGET, INTERRUPT}
 ASYNC_READ, DO_READDIRPLUS, PARALLEL_DIROPS = 1 << 0, 1 << 13, 1 << 18
 MAX_PAGES, CACHE_SYMLINKS, NO_OPENDIR_SUPPORT, INIT_EXT = 1 << 22, 1 << 23, 1 << 24, 1 << 30
 PASSTHROUGH_FLAG2 = 1 << (37 - 32)  # FUSE_PASSTHROUGH, in init's second word of flags
+OVER_IO_URING_FLAG2 = 1 << (41 - 32)  # FUSE_OVER_IO_URING (7.42)
 FOPEN_KEEP_CACHE, FOPEN_PASSTHROUGH = 1 << 1, 1 << 7
 BACKING_OPEN = (1 << 30) | (16 << 16) | (229 << 8) | 1  # _IOW(229, 1, struct fuse_backing_map)
-MINOR = 40  # the protocol this module speaks: 7.40, the first with passthrough
+MINOR = 42  # the protocol this module speaks: 7.42 (passthrough came in 7.40, io_uring in 7.42)
 MAX_PAGES_PER_READ = BLOCK_SIZE // 4096
 BUFFER = 64 << 10  # a request's bytes: the mount is read-only, so none carries data (max_write 4096)
 
@@ -71,6 +78,12 @@ DIRENT = struct.Struct("<QQII")  # ino, offset of the next, name length, type
 INIT_OUT = struct.Struct("<IIIIHHIIHHIIH22x")
 STATFS_OUT = struct.Struct("<QQQQQIII28x")
 SIZE_OUT = struct.Struct("<II")  # getxattr/listxattr: the size the value would need
+# The size of each request's fixed argument, which io_uring delivers apart from the rest (a name):
+# fuse_getattr_in, fuse_open_in, fuse_read_in, fuse_release_in, fuse_getxattr_in, fuse_flush_in.
+FIXED_ARGUMENT = {
+    GETATTR: 16, OPEN: 8, READ: 40, RELEASE: 24, GETXATTR: 8, LISTXATTR: 8, FLUSH: 24, OPENDIR: 8,
+    READDIR: 40, READDIRPLUS: 40, ACCESS: 8,
+}  # fmt: skip
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
@@ -85,19 +98,21 @@ class Kernel:
         source: ImageSource,
         open_backing: Callable[[str], int | None] | None = None,
         on_ready: Callable[[], None] | None = None,
-        on_passed: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
         self.open_backing = open_backing  # a verified local file's descriptor for a path, or None
         self.on_ready = on_ready
-        self.on_passed = on_passed  # told (on a thread of its own) of each open passed through
         self.fd = -1
         self.passthrough = False  # the kernel agreed to it at INIT, and backing files can be registered
+        self.over_uring = False  # the kernel agreed at INIT to send requests over io_uring
+        self.transport = "/dev/fuse"  # how requests come: "io_uring" once one came that way
+        self._threads: list[threading.Thread] = []
         self.paths: dict[int, str] = {1: "/"}  # node id -> a path of it
         self._attrs: dict[int, bytes] = {}  # node id -> its packed attributes (the image never changes)
         self._listings: dict[int, list[bytes]] = {}  # node id -> its packed entries, while being read
         self._backings: dict[int, int] = {}  # node id -> its backing id, once registered
-        self._passed: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # paths opened, for on_passed
+        self._passed: list[int] = []  # node ids opened with passthrough since take_passed
+        self._passed_since = 0  # when the first of them was opened (CLOCK_BOOTTIME ns)
         self._cached_opens: dict[int, int] = {}  # node id -> opens being read through us
         self._lock = threading.Lock()
         self._root_ino = source.stat("/")["st_ino"]
@@ -121,6 +136,7 @@ class Kernel:
 
     def mount(self, point: Path, fsname: str) -> None:
         """Open /dev/fuse and mount it at `point` (read-only, for every user, permissions by mode)."""
+        self.over_uring = uring.enable()  # before the mount: the kernel offers it at INIT if enabled
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         options = f"fd={self.fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions"
         flags = MS_RDONLY | MS_NOSUID | MS_NODEV
@@ -130,17 +146,17 @@ class Kernel:
             raise OSError(number, f"cannot mount FUSE at {point}: {os.strerror(number)}")
 
     def serve(self) -> None:
-        """Answer requests on WORKERS threads until the file system is unmounted."""
+        """Answer requests on WORKERS threads (and the ring's, once INIT started them) until the file
+        system is unmounted."""
         workers = [threading.Thread(target=self._work, name=f"lazyfs-{n}") for n in range(WORKERS)]
-        if self.on_passed is not None:
-            workers.append(threading.Thread(target=self._tell_passed, name="lazyfs-passed"))
         for worker in workers:
             worker.start()
-        for worker in workers[:WORKERS]:
+        for worker in workers:
             worker.join()
-        self._passed.put(None)  # the end: what was opened is told first
-        for worker in workers[WORKERS:]:
-            worker.join()
+        with self._lock:
+            ring_threads = list(self._threads)
+        for thread in ring_threads:
+            thread.join()
         os.close(self.fd)
 
     def _work(self) -> None:
@@ -158,9 +174,20 @@ class Kernel:
             size, opcode, unique, node, *_ = IN_HEADER.unpack_from(buffer)
             if opcode in NO_REPLY:
                 continue
-            self._answer(unique, opcode, node, view[IN_HEADER.size : min(size, length)])
+            header, parts = self._answer(unique, opcode, node, view[IN_HEADER.size : min(size, length)])
+            try:
+                os.writev(self.fd, [header, *parts])
+            except OSError as e:  # ENOENT: interrupted meanwhile; ENODEV: unmounted
+                if e.errno not in (errno.ENOENT, errno.ENODEV):
+                    log.warning("FUSE reply to request %d failed: %s", opcode, e)
+            if opcode == INIT and header[4:8] == b"\0\0\0\0":
+                if self.over_uring:
+                    self._start_ring()
+                if self.on_ready is not None:
+                    self.on_ready()
 
-    def _answer(self, unique: int, opcode: int, node: int, body: memoryview) -> None:
+    def _answer(self, unique: int, opcode: int, node: int, body: memoryview) -> tuple[bytes, list[bytes]]:
+        """A request's answer: its fuse_out_header and what follows it."""
         handler = self._handlers.get(opcode)
         error = 0
         parts: list[bytes] = []
@@ -179,14 +206,46 @@ class Kernel:
                 error = errno.EIO
         if error:
             parts = []
-        header = OUT_HEADER.pack(OUT_HEADER.size + sum(len(p) for p in parts), -error, unique)
+        return OUT_HEADER.pack(OUT_HEADER.size + sum(len(p) for p in parts), -error, unique), parts
+
+    # -- FUSE over io_uring -----------------------------------------------------------------------
+
+    def _start_ring(self) -> None:
+        with self._lock:
+            for cpu in _possible_cpus():
+                for n in range(RING_THREADS):
+                    thread = threading.Thread(
+                        target=self._ring_work, args=(cpu,), name=f"lazyfs-ring{cpu}-{n}"
+                    )
+                    self._threads.append(thread)
+                    thread.start()
+
+    def _ring_work(self, cpu: int) -> None:
+        """Serve the requests made on `cpu`, pinned to it: the kernel wakes this thread where the
+        reader waits for the answer."""
+        with contextlib.suppress(OSError):  # a CPU outside our set: serve it from anywhere
+            os.sched_setaffinity(0, {cpu})
         try:
-            os.writev(self.fd, [header, *parts])
-        except OSError as e:  # ENOENT: interrupted meanwhile; ENODEV: unmounted
-            if e.errno not in (errno.ENOENT, errno.ENODEV):
-                log.warning("FUSE reply to request %d failed: %s", opcode, e)
-        if opcode == INIT and not error and self.on_ready is not None:
-            self.on_ready()
+            entry = uring.Entry(self.fd, cpu, MAX_PAGES_PER_READ * 4096)
+        except OSError as e:
+            log.warning("FUSE over io_uring unavailable (%s): requests come through /dev/fuse", e)
+            return
+        try:
+            result = entry.register()
+            if result < 0 and result != -errno.ENOTCONN:
+                log.warning(
+                    "FUSE over io_uring refused (%s): requests come through /dev/fuse", os.strerror(-result)
+                )
+            if result == 0:
+                self.transport = "io_uring"
+            while result == 0:
+                header, fixed, size = entry.request()
+                _, opcode, unique, node, *_ = IN_HEADER.unpack_from(header)
+                fixed = fixed[: FIXED_ARGUMENT.get(opcode, 0)]
+                body = memoryview(bytes(fixed) + bytes(entry.payload[:size])) if size else fixed
+                result = entry.answer(*self._answer(unique, opcode, node, body))
+        finally:
+            entry.close()
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -198,11 +257,12 @@ class Kernel:
             ASYNC_READ | DO_READDIRPLUS | PARALLEL_DIROPS | MAX_PAGES | CACHE_SYMLINKS | NO_OPENDIR_SUPPORT
         )
         extended = bool(flags & INIT_EXT)
-        self.passthrough = extended and minor >= MINOR and bool(flags2 & PASSTHROUGH_FLAG2)
+        self.passthrough = extended and minor >= 40 and bool(flags2 & PASSTHROUGH_FLAG2)
         self.passthrough = self.passthrough and self.open_backing is not None
+        self.over_uring = self.over_uring and extended and minor >= 42 and bool(flags2 & OVER_IO_URING_FLAG2)
         return INIT_OUT.pack(
             7,
-            MINOR,
+            min(minor, MINOR),
             min(readahead, BLOCK_SIZE),
             (flags & wanted) | (INIT_EXT if extended else 0),
             16,  # max_background
@@ -211,7 +271,7 @@ class Kernel:
             1,  # time_gran: nanoseconds
             MAX_PAGES_PER_READ,
             0,
-            PASSTHROUGH_FLAG2 if self.passthrough else 0,
+            (PASSTHROUGH_FLAG2 if self.passthrough else 0) | (OVER_IO_URING_FLAG2 if self.over_uring else 0),
             1 if self.passthrough else 0,  # max_stack_depth: backing files are on a plain file system
             0,
         )
@@ -271,17 +331,20 @@ class Kernel:
         backing = self._backing(node) if self.passthrough else 0
         with self._lock:
             if backing and not self._cached_opens.get(node):
-                if self.on_passed is not None:
-                    self._passed.put(self.paths[node])
+                if not self._passed:
+                    self._passed_since = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                self._passed.append(node)
                 return OPEN_OUT.pack(0, FOPEN_PASSTHROUGH, backing)
             self._cached_opens[node] = self._cached_opens.get(node, 0) + 1
         return OPEN_OUT.pack(1, FOPEN_KEEP_CACHE, 0)  # fh 1: read through us (see _release)
 
-    def _tell_passed(self) -> None:
-        """Hand the paths opened with passthrough to on_passed, off the FUSE threads."""
-        assert self.on_passed is not None
-        while (path := self._passed.get()) is not None:
-            self.on_passed(path)
+    def take_passed(self) -> tuple[int, list[str]]:
+        """The paths opened with passthrough since the last call, once per open, and when the first
+        of them was (CLOCK_BOOTTIME ns). Collected, not told as they come: telling another thread
+        costs an open a wake-up and a turn of the GIL."""
+        with self._lock:
+            nodes, self._passed = self._passed, []
+        return self._passed_since, [self.paths[node] for node in nodes]
 
     def _backing(self, node: int) -> int:
         """The kernel's id of the node's verified local file, registered on its first open; 0: none
@@ -347,7 +410,8 @@ class Kernel:
     def _listing(self, node: int, body: memoryview, plus: bool) -> bytes:
         """A directory's entries from the request's offset on, as many as fit its size. The kernel
         reads a listing in pieces, then once more past its end: the entries are packed for the
-        first piece, kept for the next and dropped after the last."""
+        first piece, kept for the next and dropped at the read past the end (which, were they
+        dropped earlier, would pack them all again to say there are no more)."""
         _, offset, size = struct.unpack_from("<QQI", body)
         key = node if plus else -node
         entries = self._listings.get(key) if offset else None
@@ -356,6 +420,9 @@ class Kernel:
             if len(self._listings) >= LISTINGS_KEPT:  # readers that stopped early: forget theirs
                 self._listings.clear()
             self._listings[key] = entries
+        if offset >= len(entries):
+            self._listings.pop(key, None)
+            return b""
         out: list[bytes] = []
         used = 0
         for entry in entries[offset:]:
@@ -363,15 +430,11 @@ class Kernel:
                 break
             out.append(entry)
             used += len(entry)
-        if offset + len(out) >= len(entries):
-            self._listings.pop(key, None)
         return b"".join(out)
 
     def _pack_listing(self, node: int, plus: bool) -> list[bytes]:
         path = self._path(node)
-        here = self.source.stat(path)["st_ino"]
-        parent = self.source.stat(posixpath.dirname(path))["st_ino"]
-        dots = [(".", here), ("..", parent)]
+        dots = [(".", self.source.inode(path)), ("..", self.source.inode(posixpath.dirname(path)))]
         entries = []
         for offset, (name, ino) in enumerate(dots, 1):
             head = ENTRY.pack(0, 0, 0, 0, 0, 0) + bytes(ATTR.size) if plus else b""
@@ -384,6 +447,19 @@ class Kernel:
                 + _dirent(name.encode("utf-8", "surrogateescape"), attrs["st_ino"], offset, attrs["st_mode"])
             )
         return entries
+
+
+def _possible_cpus() -> list[int]:
+    """The kernel keeps a FUSE ring queue for every possible CPU, and uses the ring once each has an entry."""
+    try:
+        spec = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return list(range(os.cpu_count() or 1))
+    cpus: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def pack_attr(attrs: Stat) -> bytes:

@@ -291,15 +291,20 @@ class Reads:
         self.fetcher: Fetcher | None = None
 
     def record(self, piece: Piece) -> None:
+        self.start(timeline.now_ns())
+        if piece not in self.pieces:
+            self.pieces[piece] = None
+
+    def start(self, at_ns: int) -> None:
+        """A file's contents were first read at `at_ns` (CLOCK_BOOTTIME), unless a read was recorded
+        already."""
         if self.first is None and self.fetcher is not None:
             stats = self.fetcher.stats
             self.first = {
-                "boottime_ns": timeline.now_ns(),
+                "boottime_ns": at_ns,
                 "requests": stats.requests,
                 "bytes_fetched": stats.bytes_fetched,
             }
-        if piece not in self.pieces:
-            self.pieces[piece] = None
 
 
 def _serve(
@@ -326,9 +331,20 @@ def _serve(
 
     def write_stats_now() -> None:
         """stats.json, unless it would say what it says: an idle daemon (a fleet holds many) writes
-        and syncs nothing twice a second."""
+        and syncs nothing twice a second. The opens the kernel served itself are counted first."""
+        first, paths = kernel.take_passed()
+        if paths:
+            reads.start(first)
+        for path in paths:
+            local.opened(path)
         stats = json.dumps(
-            {**fetcher.stats.to_json(), "first_read": reads.first, **plain_root}, sort_keys=True
+            {
+                **fetcher.stats.to_json(),
+                "first_read": reads.first,
+                "fuse_transport": kernel.transport,
+                **plain_root,
+            },
+            sort_keys=True,
         )
         if stats != written["stats"]:
             atomic_write(state.directory / "stats.json", stats.encode())
@@ -338,8 +354,6 @@ def _serve(
         write_stats_now()
         out = [{"layer": layers[p.layer], "digest": str(p.digest)} for p in list(reads.pieces)]
         atomic_write(state.directory / "accesses.json", json.dumps(out).encode())
-
-    signal.signal(signal.SIGUSR1, write_accesses)
 
     def on_ready() -> None:
         os.write(ready_fd, b"ok")
@@ -365,7 +379,8 @@ def _serve(
         if local.root is not None:  # every file is on local disk: opens need not wait to register it
             kernel.register(source.regular_files())
 
-    kernel = Kernel(source, local.open, on_ready, local.opened)
+    kernel = Kernel(source, local.open, on_ready)
+    signal.signal(signal.SIGUSR1, write_accesses)
     kernel.mount(mountpoint, f"lazyctr:{mountable.image.name}")
 
     # FUSE runs on threads of its own: Python runs signal handlers (SIGUSR1: write a snapshot)

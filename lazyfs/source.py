@@ -111,6 +111,10 @@ class ImageSource:
         """What `stat` says of `path`, made when asked: the kernel keeps it (see lazyfs.kernel)."""
         return self._stat(self._node(path))
 
+    def inode(self, path: str) -> int:
+        """`path`'s inode number (what `stat` says as st_ino, without the rest of it)."""
+        return self._node(path).ino
+
     def listing(self, path: str) -> list[tuple[str, Stat]]:
         """A directory's entries with their stats, in the layers' order (see `entries`)."""
         children = self._node(path).children
@@ -119,10 +123,13 @@ class ImageSource:
         return [(name, self._stat(child)) for name, child in children.items()]
 
     def _stat(self, node: Node) -> Stat:
-        out = node_stat(node, node.ino, self._links.get(id(node.content), 1))
-        if node.children is not None:
-            out["st_nlink"] = 2 + sum(1 for child in node.children.values() if child.is_dir)
-        return out
+        if (
+            node.children is not None
+        ):  # a directory's link count: its entry, its ".", its subdirectories' ".."
+            nlink = 2 + sum(1 for child in node.children.values() if child.children is not None)
+        else:
+            nlink = self._links.get(id(node.data or node.entry), 1)
+        return node_stat(node, node.ino, nlink)
 
     def entries(self, path: str) -> list[str]:
         """A directory's entry names in the layers' order, not sorted: a reader going through the
@@ -290,12 +297,13 @@ class ImageSource:
 
 def node_stat(node: Node, ino: int = 1, nlink: int = 1) -> Stat:
     """What `stat` says of a node of the tree (the inode and link count are the caller's to know)."""
-    meta = node.content  # a hard link shows the metadata of what it links to
+    meta = node.data or node.entry  # a hard link shows the metadata of what it links to
+    kind = meta.type
     mtime = meta.mtime_ns
-    size = meta.size if node.kind == "reg" else len(meta.link_name) if node.kind == "symlink" else 0
+    size = meta.size if kind == "reg" else len(meta.link_name) if kind == "symlink" else 0
     out = {
         # Linux shows every symlink as 0777, whatever the tar said.
-        "st_mode": TYPE_BITS[node.kind] | (0o777 if node.kind == "symlink" else meta.mode & 0o7777),
+        "st_mode": TYPE_BITS[kind] | (0o777 if kind == "symlink" else meta.mode & 0o7777),
         "st_ino": ino,
         "st_nlink": nlink,
         "st_uid": meta.uid,
@@ -307,6 +315,6 @@ def node_stat(node: Node, ino: int = 1, nlink: int = 1) -> Stat:
         "st_mtime": mtime,
         "st_ctime": mtime,
     }
-    if node.kind in ("char", "block"):
+    if kind in ("char", "block"):
         out["st_rdev"] = os.makedev(meta.dev_major, meta.dev_minor)
     return out

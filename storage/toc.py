@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from storage.digest import Digest
@@ -297,6 +298,7 @@ def format_time(ns: int) -> str:
     return stamp + "Z"
 
 
+@lru_cache(maxsize=4096)  # a layer's files share few times (a package's, a build's): a walk stats them all
 def parse_time_ns(stamp: str | None) -> int:
     """Nanoseconds since the epoch of an RFC 3339 time (0 when absent or malformed)."""
     match = _RFC3339.match(stamp or "")

@@ -65,4 +65,6 @@ def test_a_stream_does_not_fetch_again_what_is_cached(tmp_path: Path, mount: Mou
     cached = sorted(FILES)[60:100]  # 8 MB in the middle of the layer, read first
     stats, layer_size = read_in_order_after(tmp_path, mount, cached)
     assert stats["bytes_fetched"] <= layer_size  # the stream skipped the cached megabytes
-    assert stats["requests"] < len(cached) + 10  # and streamed the rest, before and after them
+    # and streamed the rest, before and after them: file by file would take 120 more requests; a
+    # stream that runs into pieces being read takes a few more (timing: 41-51 seen in 24 runs)
+    assert stats["requests"] < len(cached) + 20
