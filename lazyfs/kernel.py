@@ -206,7 +206,10 @@ class Kernel:
                 error = errno.EIO
         if error:
             parts = []
-        return OUT_HEADER.pack(OUT_HEADER.size + sum(len(p) for p in parts), -error, unique), parts
+        size = OUT_HEADER.size
+        for part in parts:
+            size += len(part)
+        return OUT_HEADER.pack(size, -error, unique), parts
 
     # -- FUSE over io_uring -----------------------------------------------------------------------
 
@@ -239,10 +242,7 @@ class Kernel:
             if result == 0:
                 self.transport = "io_uring"
             while result == 0:
-                header, fixed, size = entry.request()
-                _, opcode, unique, node, *_ = IN_HEADER.unpack_from(header)
-                fixed = fixed[: FIXED_ARGUMENT.get(opcode, 0)]
-                body = memoryview(bytes(fixed) + bytes(entry.payload[:size])) if size else fixed
+                opcode, unique, node, body = entry.request(FIXED_ARGUMENT)
                 result = entry.answer(*self._answer(unique, opcode, node, body))
         finally:
             entry.close()

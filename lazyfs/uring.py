@@ -41,6 +41,7 @@ REGISTER, COMMIT_AND_FETCH = 1, 2  # enum fuse_uring_cmd
 HEADER_SIZE = 288  # struct fuse_uring_req_header
 OP_IN, ENT_IN_OUT = 128, 256  # offsets in the header buffer
 ENT = struct.Struct("<QQI")  # flags, commit id, payload size
+REQUEST = struct.Struct("<4xIQQ")  # of fuse_in_header: opcode, unique, node id
 IOVEC = struct.Struct("<QQ")
 CMD = struct.Struct("<QQH")  # fuse_uring_cmd_req: flags, commit id, queue
 
@@ -95,18 +96,15 @@ class Ring:
         except BaseException:
             os.close(self.fd)
             raise
-        # This thread is the rings' only user: it keeps its own copies of what it alone moves.
-        self._sq_tail_at, self._sq_array, self._cq_head_at, self._cq_tail_at, self._cqes = (
-            sq_tail,
-            sq_array,
-            cq_head,
-            cq_tail,
-            cqes,
-        )
-        (self._sq_tail,) = struct.unpack_from("<I", self._sq, sq_tail)
-        (self._sq_mask,) = struct.unpack_from("<I", self._sq, sq_mask)
-        (self._cq_head,) = struct.unpack_from("<I", self._cq, cq_head)
-        (self._cq_mask,) = struct.unpack_from("<I", self._cq, cq_mask)
+        # The rings' 32-bit words, by index. This thread is their only user: it keeps its own copies
+        # of the positions it alone moves, and every SQ slot names the SQE of its own index.
+        self._sq_words, self._cq_words = memoryview(self._sq).cast("I"), memoryview(self._cq).cast("I")
+        self._sq_tail_at, self._cq_head_at, self._cq_tail_at = sq_tail // 4, cq_head // 4, cq_tail // 4
+        self._sq_tail, self._sq_mask = self._sq_words[self._sq_tail_at], self._sq_words[sq_mask // 4]
+        self._cq_head, self._cq_mask = self._cq_words[self._cq_head_at], self._cq_words[cq_mask // 4]
+        self._cqes = cqes
+        for index in range(sq_entries):
+            self._sq_words[sq_array // 4 + index] = index
         del sq_head
 
     def submit_and_wait(self, sqe: bytes | bytearray) -> int:
@@ -115,12 +113,11 @@ class Ring:
         # stores in order; io_uring_enter, below, is what makes the kernel look).
         index = self._sq_tail & self._sq_mask
         self._sqes[index * SQE_SIZE : (index + 1) * SQE_SIZE] = sqe
-        struct.pack_into("<I", self._sq, self._sq_array + 4 * index, index)
         self._sq_tail = (self._sq_tail + 1) & 0xFFFFFFFF
-        struct.pack_into("<I", self._sq, self._sq_tail_at, self._sq_tail)
+        self._sq_words[self._sq_tail_at] = self._sq_tail
         to_submit = 1
         head = self._cq_head
-        while to_submit or head == struct.unpack_from("<I", self._cq, self._cq_tail_at)[0]:
+        while to_submit or head == self._cq_words[self._cq_tail_at]:
             submitted: int = _libc.syscall(ENTER, self.fd, to_submit, 1, ENTER_GETEVENTS, 0, 0)
             if submitted >= 0:
                 to_submit -= submitted
@@ -128,10 +125,12 @@ class Ring:
                 raise OSError(number, os.strerror(number))
         _, result, _ = CQE.unpack_from(self._cq, self._cqes + (head & self._cq_mask) * CQE.size)
         self._cq_head = (head + 1) & 0xFFFFFFFF
-        struct.pack_into("<I", self._cq, self._cq_head_at, self._cq_head)
+        self._cq_words[self._cq_head_at] = self._cq_head
         return int(result)
 
     def close(self) -> None:
+        self._sq_words.release()
+        self._cq_words.release()
         for mapped in {id(m): m for m in (self._sq, self._cq, self._sqes)}.values():
             mapped.close()
         os.close(self.fd)
@@ -152,6 +151,7 @@ class Entry:
         )
         self.ring = Ring()
         self._commit = self._command(COMMIT_AND_FETCH)  # its commit id is filled in per answer
+        self._commit_id = 0  # the request's in the buffers
 
     def _command(self, op: int) -> bytearray:
         sqe = bytearray(SQE_SIZE)
@@ -165,15 +165,19 @@ class Entry:
         """Hand the buffers to the kernel and wait for the first request (0), or fail (-errno)."""
         return self.ring.submit_and_wait(self._command(REGISTER))
 
-    def request(self) -> tuple[memoryview, memoryview, int]:
-        """The request now in the buffers: its fuse_in_header, its fixed argument, and how many bytes
-        of the payload hold the rest (a name, say)."""
-        _, _, size = ENT.unpack_from(self.header, ENT_IN_OUT)
-        return self.header[:OP_IN], self.header[OP_IN:ENT_IN_OUT], size
+    def request(self, fixed_size: dict[int, int]) -> tuple[int, int, int, memoryview]:
+        """The request now in the buffers: its opcode, unique id and node id, and its arguments as
+        /dev/fuse would give them (the fixed one, of `fixed_size[opcode]` bytes, then the rest)."""
+        opcode, unique, node = REQUEST.unpack_from(self.header)
+        _, self._commit_id, size = ENT.unpack_from(self.header, ENT_IN_OUT)
+        fixed = self.header[OP_IN : OP_IN + fixed_size.get(opcode, 0)]
+        if size:
+            return opcode, unique, node, memoryview(bytes(fixed) + bytes(self.payload[:size]))
+        return opcode, unique, node, fixed
 
     def answer(self, out_header: bytes, parts: list[bytes]) -> int:
         """Answer the request in the buffers and wait for the next (0), or fail (-errno: unmounted)."""
-        (commit_id,) = struct.unpack_from("<Q", self.header, ENT_IN_OUT + 8)
+        commit_id = self._commit_id
         self.header[: len(out_header)] = out_header
         used = 0
         for part in parts:
