@@ -14,8 +14,8 @@ Printed: the median of each over --runs samples, and its ratio to native (>= 0.9
 <= 1.3x are issue 14's targets). Any byte fetched from a layer blob during a timed sample is
 reported: a warm read fetches nothing.
 
-Subjects: native (the copy on local disk), lazyfs (requests over io_uring where the kernel allows
-it) and lazyfs-dev (LAZYCTR_FUSE_URING=0: the same daemon reading requests from /dev/fuse).
+Subjects: native (the copy on local disk), lazyfs, and lazyfs-uring (LAZYCTR_FUSE_URING=1: the same
+daemon answering requests over io_uring, lazyfs.uring).
 Subjects are `Subject`s in SUBJECTS: a name and a context manager that yields the root to measure,
 made fresh for each sample (a lazy-driver container after the background fill is one more: its
 root is /proc/PID/root of the container's init).
@@ -81,9 +81,9 @@ def lazyfs_tree(setup: Setup) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def lazyfs_devfuse_tree(setup: Setup) -> Iterator[Path]:
-    """lazyfs with requests read from /dev/fuse instead of io_uring (LAZYCTR_FUSE_URING=0)."""
-    os.environ["LAZYCTR_FUSE_URING"] = "0"
+def lazyfs_uring_tree(setup: Setup) -> Iterator[Path]:
+    """lazyfs answering requests over io_uring (LAZYCTR_FUSE_URING=1) instead of /dev/fuse."""
+    os.environ["LAZYCTR_FUSE_URING"] = "1"
     try:
         with lazyfs_tree(setup) as point:
             yield point
@@ -94,7 +94,7 @@ def lazyfs_devfuse_tree(setup: Setup) -> Iterator[Path]:
 SUBJECTS = [
     Subject("native", native_tree),
     Subject("lazyfs", lazyfs_tree),
-    Subject("lazyfs-dev", lazyfs_devfuse_tree),
+    Subject("lazyfs-uring", lazyfs_uring_tree),
 ]
 
 

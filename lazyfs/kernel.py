@@ -6,7 +6,8 @@ trip through this process; Debian 12's libfuse 3.14 cannot ask for it (its `want
 passthrough is bit 37, and it has no backing-file ioctl). Measured on a 256 MiB file whose chunks are
 all cached: 245 MB/s through libfuse and Python against 1.5 GB/s passed through, the same as the
 disk. Speaking the protocol also drops libfuse's path layer and the ctypes callbacks, and lets
-requests come over io_uring (lazyfs.uring: answered on the CPU that asked; 7.42's FUSE_OVER_IO_URING).
+requests come over io_uring if asked to (lazyfs.uring, LAZYCTR_FUSE_URING=1: answered on the CPU that
+asked; 7.42's FUSE_OVER_IO_URING).
 
 What the kernel asks, and what it is told:
 - the image never changes, so entries, attributes and misses are kept for a day (CACHE_SECONDS) and
@@ -21,9 +22,9 @@ What the kernel asks, and what it is told:
 Nodes: the kernel's node id of a path is its inode number in the source (stable, shared by hard
 links), the root's id 1; FORGET needs no bookkeeping, since every path's node id is known for the
 life of the mount. Requests are served by WORKERS threads, each reading /dev/fuse itself: a read
-waiting for the network blocks one thread, not the file system. Where the kernel allows FUSE over
-io_uring, RING_THREADS threads per CPU, pinned to it, each with a ring entry of that CPU's queue, take
-over once every queue has one; /dev/fuse then carries only FORGET and INTERRUPT.
+waiting for the network blocks one thread, not the file system. Over io_uring (opt-in), RING_THREADS
+threads per CPU, pinned to it, each with a ring entry of that CPU's queue, take over once every queue
+has one; /dev/fuse then carries only FORGET and INTERRUPT.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ log = logging.getLogger("lazyfs")
 CACHE_SECONDS = 86400
 WORKERS = 8
 RING_THREADS = 4  # per CPU: the requests of one CPU that can wait (for the network) at once
+RING_TOTAL = 32  # at most, over all CPUs: threads are a mount's memory (a fleet holds many mounts)
 LISTINGS_KEPT = 256  # directory listings kept between a reader's pieces of them (and its read past the end)
 
 # linux/fuse.h
@@ -136,7 +138,7 @@ class Kernel:
 
     def mount(self, point: Path, fsname: str) -> None:
         """Open /dev/fuse and mount it at `point` (read-only, for every user, permissions by mode)."""
-        self.over_uring = uring.enable()  # before the mount: the kernel offers it at INIT if enabled
+        self.over_uring = uring.enable()  # before the mount: the kernel offers it at INIT if enabled (opt-in)
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         options = f"fd={self.fd},rootmode=40000,user_id=0,group_id=0,allow_other,default_permissions"
         flags = MS_RDONLY | MS_NOSUID | MS_NODEV
@@ -214,9 +216,13 @@ class Kernel:
     # -- FUSE over io_uring -----------------------------------------------------------------------
 
     def _start_ring(self) -> None:
+        """RING_THREADS threads for each online CPU's queue (fewer on a big machine: RING_TOTAL in
+        all), one for each other possible CPU's (the kernel waits for every queue to have one)."""
+        possible, online = _cpus("possible"), set(_cpus("online"))
+        per_cpu = max(1, min(RING_THREADS, RING_TOTAL // max(1, len(online))))
         with self._lock:
-            for cpu in _possible_cpus():
-                for n in range(RING_THREADS):
+            for cpu in possible:
+                for n in range(per_cpu if cpu in online else 1):
                     thread = threading.Thread(
                         target=self._ring_work, args=(cpu,), name=f"lazyfs-ring{cpu}-{n}"
                     )
@@ -449,10 +455,11 @@ class Kernel:
         return entries
 
 
-def _possible_cpus() -> list[int]:
-    """The kernel keeps a FUSE ring queue for every possible CPU, and uses the ring once each has an entry."""
+def _cpus(which: str) -> list[int]:
+    """The CPUs the kernel counts as `which` ("possible": it keeps a FUSE ring queue for each, and
+    uses the ring once each has an entry; "online")."""
     try:
-        spec = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        spec = Path(f"/sys/devices/system/cpu/{which}").read_text().strip()
     except OSError:
         return list(range(os.cpu_count() or 1))
     cpus: list[int] = []

@@ -1,5 +1,6 @@
-"""How FUSE requests reach lazyfs: over io_uring where the kernel allows it (each CPU's requests
-answered by threads on that CPU), else through /dev/fuse; the file system is the same either way."""
+"""How FUSE requests reach lazyfs: through /dev/fuse, or over io_uring when LAZYCTR_FUSE_URING=1
+asks for it and the kernel allows it (each CPU's requests answered by threads on that CPU); the file
+system is the same either way."""
 
 from __future__ import annotations
 
@@ -30,24 +31,27 @@ def read_everything(point: Path) -> dict[str, bytes]:
     return seen
 
 
-def test_requests_come_over_io_uring_where_the_kernel_allows_it(tmp_path: Path, mount: Mounter) -> None:
+def test_requests_come_through_dev_fuse_by_default(
+    tmp_path: Path, mount: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LAZYCTR_FUSE_URING", raising=False)
+    root = tmp_path / "root"
+    make_image(Store(root), tmp_path)
+    point = mount(root, "rich:1")
+    assert read_everything(point)
+    assert transport(root, point) == "/dev/fuse"
+
+
+def test_asked_for_requests_come_over_io_uring_and_the_file_system_is_the_same(
+    tmp_path: Path, mount: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not uring.ENABLE.exists():
         pytest.skip("this kernel has no FUSE over io_uring")
     root = tmp_path / "root"
     make_image(Store(root), tmp_path)
+    through_dev = read_everything(mount(root, "rich:1"))
+    monkeypatch.setenv("LAZYCTR_FUSE_URING", "1")
     point = mount(root, "rich:1")
-    assert read_everything(point)  # lookups, listings, opens and reads, all answered
+    assert read_everything(point) == through_dev  # lookups, listings, opens and reads, all answered
     assert uring.ENABLE.read_text().strip() == "Y"  # the mount turned it on
     assert transport(root, point) == "io_uring"
-
-
-def test_without_io_uring_requests_come_through_dev_fuse(
-    tmp_path: Path, mount: Mounter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    root = tmp_path / "root"
-    make_image(Store(root), tmp_path)
-    over_ring = read_everything(mount(root, "rich:1"))
-    monkeypatch.setenv("LAZYCTR_FUSE_URING", "0")
-    point = mount(root, "rich:1")
-    assert read_everything(point) == over_ring
-    assert transport(root, point) == "/dev/fuse"
