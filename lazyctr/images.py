@@ -169,8 +169,9 @@ def tag(ctx: Context, source: str, target: str) -> None:
 @pass_context
 def gc(ctx: Context) -> None:
     """Delete blobs no image refers to, and extracted layers no image or container uses."""
-    removed, freed, layers = collect_garbage(ctx.store)
-    click.echo(f"removed {removed} blobs, freed {human_size(freed)}; removed {layers} extracted layers")
+    removed, freed, layers, subvolumes = collect_garbage(ctx.store)
+    line = f"removed {removed} blobs, freed {human_size(freed)}; removed {layers} extracted layers"
+    click.echo(line + (f" and {subvolumes} btrfs image subvolumes" if subvolumes else ""))
 
 
 @command()

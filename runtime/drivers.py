@@ -147,6 +147,25 @@ class BtrfsDriver:
         with contextlib.suppress(FileNotFoundError):
             btrfs.delete_subvolume(container_dir / "rootfs")
 
+    def remove_unused(self, images: list[Image]) -> int:
+        """Destroy the subvolumes of images that are gone (a container's snapshot does not need its
+        source: it shares extents, not the subvolume); how many."""
+        base = self.store.root / "btrfs"
+        kept = {image.descriptor.digest.hex for image in images}
+        removed = 0
+        for subvolume in sorted(base.iterdir()) if base.is_dir() else []:
+            if subvolume.name.startswith(".") or subvolume.name in kept:
+                continue  # a lock, or one being made, or an image's
+            lock = base / f".{subvolume.name}.lock"
+            with file_lock(lock):  # not while it is being made for a container
+                images, _ = self.store.images()  # again, under the lock: pulled again meanwhile?
+                if subvolume.name in {image.descriptor.digest.hex for image in images}:
+                    continue
+                btrfs.delete_subvolume(subvolume)
+            lock.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
 
 class LazyDriver:
     """overlayfs over the image's lazyfs mount: the container starts before the image is downloaded.

@@ -62,6 +62,16 @@ def test_a_container_writes_its_own_snapshot_and_the_snapshot_goes_with_it(
     assert len(images) == 1 and images[0].startswith("root/btrfs/"), images  # no container's snapshot left
 
 
+def test_the_image_subvolume_goes_with_the_image(btrfs_root: Path, busybox_tar: Path) -> None:
+    btrfs_cli(btrfs_root, "import", str(busybox_tar), "busybox")
+    btrfs_cli(btrfs_root, "run", "--rm", "--driver", "btrfs", "busybox", "true")
+    assert len(subvolumes(btrfs_root.parent)) == 1  # the image's, kept for its next container
+    assert "removed 0 extracted layers\n" in btrfs_cli(btrfs_root, "gc").stdout  # still an image: kept
+    btrfs_cli(btrfs_root, "rmi", "busybox")
+    assert subvolumes(btrfs_root.parent) == []
+    assert sorted(p.name for p in (btrfs_root / "btrfs").iterdir()) == []  # nor its lock
+
+
 def test_a_root_not_on_btrfs_is_one_clear_line(lazyctr: CliRunner, busybox_tar: Path) -> None:
     lazyctr("import", str(busybox_tar), "busybox")
     result = lazyctr("run", "--rm", "--driver", "btrfs", "busybox", "true", ok=False)
