@@ -5,9 +5,10 @@ entry named `top`, a file or a directory tree), the other side unpacks it next t
 moves it into place. The container's side runs in a forked child chrooted into the container's root,
 so symlinks in the container resolve inside it and never reach the host's files: for a running
 container its root as its PID 1 sees it (`/proc/PID/root`, volumes included), for a stopped one its
-storage driver's root mounted in a private mount namespace of the child (on a lazy image, lazyfs then
-fetches exactly the files that are read). Nothing half-copied is left at the destination: what
-arrives is unpacked into a hidden directory beside it first, then renamed into place.
+storage driver's root mounted in a private mount namespace of the child, with its volumes bound where
+its processes see them (on a lazy image, lazyfs then fetches exactly the files that are read).
+Nothing half-copied is left at the destination: what arrives is unpacked into a hidden directory
+beside it first, then renamed into place.
 
 The rules (docker's): a file lands at DEST, or in DEST if that is a directory; a directory lands at
 DEST if DEST does not exist, else in it (`SRC/.` copies the directory's contents instead); a DEST that
@@ -29,7 +30,9 @@ from typing import BinaryIO
 
 from runtime import syscalls as sc
 from runtime.drivers import choose_driver
+from runtime.lifecycle import saved_volumes
 from runtime.process import ContainerError, run_in_child, wait_status
+from runtime.rootfs import bind_volumes
 from runtime.state import ContainerState, containers_dir
 from storage.errors import LazyctrError, StorageError
 from storage.store import Store
@@ -279,6 +282,7 @@ def _container_side(store: Store, state: ContainerState, body: Callable[[], int]
         driver = choose_driver(store, image, state.driver or None)
     except StorageError as e:
         raise CopyError(f"container {state.name}: its image {state.image}: {e}") from None
+    volumes = saved_volumes(store.root, state)
     if driver.name != "copy" or not (container_dir / "rootfs").is_dir():  # copy's is the container's own
         driver.prepare(image, container_dir)
     try:
@@ -286,7 +290,9 @@ def _container_side(store: Store, state: ContainerState, body: Callable[[], int]
         def mounted() -> int:
             sc.unshare(sc.CLONE_NEWNS)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            return _chrooted(str(driver.mount(container_dir)), body)
+            rootfs = driver.mount(container_dir)
+            bind_volumes(rootfs, volumes)  # as a run binds them: a path in a volume is the volume's
+            return _chrooted(str(rootfs), body)
 
         yield _fork(mounted)
     finally:

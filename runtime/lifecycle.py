@@ -61,6 +61,19 @@ def save_config(container: Container, settings: Settings) -> None:
     atomic_write(container.dir / CONFIG_FILE, json.dumps(config, default=str).encode())
 
 
+def saved_volumes(root: Path, state: ContainerState) -> list[Volume]:
+    """The volumes the container was created with (none known for one run with --rm)."""
+    try:
+        config: dict[str, Any] = json.loads((containers_dir(root) / state.id / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        return []
+    return _volumes(config["spec"])
+
+
+def _volumes(spec: dict[str, Any]) -> list[Volume]:
+    return [Volume(**{**v, "source": Path(v["source"])}) for v in spec.get("volumes", [])]
+
+
 def load_container(store: Store, root: Path, state: ContainerState) -> tuple[Container, Settings]:
     """The container `state` describes, ready to run again, as `run` or `create` made it."""
     directory = containers_dir(root) / state.id
@@ -72,7 +85,7 @@ def load_container(store: Store, root: Path, state: ContainerState) -> tuple[Con
         ) from None
     spec_fields = {f.name for f in fields(Spec)}
     data = {key: value for key, value in config["spec"].items() if key in spec_fields}
-    data["volumes"] = [Volume(**{**v, "source": Path(v["source"])}) for v in data.get("volumes", [])]
+    data["volumes"] = _volumes(data)
     data["ports"] = [PortMapping(**port) for port in data.get("ports", [])]
     spec = Spec(**data)
     try:

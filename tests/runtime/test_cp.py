@@ -132,6 +132,24 @@ def test_a_stopped_container_is_read_and_written(
     assert shared("run", "--rm", "lzc-committed", "cat", "/srv/w/one").out == "1\n"
 
 
+def test_a_stopped_containers_volume_is_read_and_written(shared: CliRunner, tmp_path: Path) -> None:
+    """A path in a volume is the volume's, as the container's processes see it, running or not."""
+    shared("create", "--name", "lzc-with-volume", "-v", "lzc-vol:/data", "busybox", "true")
+    try:
+        (tmp_path / "note").write_text("in the volume\n")
+        shared("cp", str(tmp_path / "note"), "lzc-with-volume:/data/note")
+        assert (
+            shared("run", "--rm", "-v", "lzc-vol:/data", "busybox", "cat", "/data/note").out
+            == "in the volume\n"
+        )
+        shared("run", "--rm", "-v", "lzc-vol:/data", "busybox", "sh", "-c", "echo from a run > /data/back")
+        shared("cp", "lzc-with-volume:/data/back", str(tmp_path / "back"))
+        assert (tmp_path / "back").read_text() == "from a run\n"
+    finally:
+        shared("rm", "-f", "lzc-with-volume", ok=False)
+        shared("volume", "rm", "lzc-vol", ok=False)
+
+
 def test_a_symlink_in_the_container_never_leads_to_the_host(
     shared: CliRunner, stopped: str, tmp_path: Path
 ) -> None:
