@@ -77,6 +77,7 @@ ENTRY = struct.Struct("<QQQQII")  # nodeid, generation, entry valid, attr valid,
 ATTR_OUT = struct.Struct("<QII")  # attr valid, its nanoseconds, dummy
 OPEN_OUT = struct.Struct("<QIi")  # fh, open flags, backing id
 DIRENT = struct.Struct("<QQII")  # ino, offset of the next, name length, type
+DIRENTPLUS = struct.Struct("<" + ENTRY.format[1:] + ATTR.format[1:] + DIRENT.format[1:])  # then the name
 INIT_OUT = struct.Struct("<IIIIHHIIHHIIH22x")
 STATFS_OUT = struct.Struct("<QQQQQIII28x")
 SIZE_OUT = struct.Struct("<II")  # getxattr/listxattr: the size the value would need
@@ -445,13 +446,30 @@ class Kernel:
         for offset, (name, ino) in enumerate(dots, 1):
             head = ENTRY.pack(0, 0, 0, 0, 0, 0) + bytes(ATTR.size) if plus else b""
             entries.append(head + _dirent(name.encode(), ino, offset, stat.S_IFDIR))
-        for offset, (name, attrs) in enumerate(self.source.listing(path), 3):
-            child = f"{path.rstrip('/')}/{name}"
-            head = self._entry(child, attrs) if plus else b""
-            entries.append(
-                head
-                + _dirent(name.encode("utf-8", "surrogateescape"), attrs["st_ino"], offset, attrs["st_mode"])
-            )
+        if not plus:
+            for offset, (name, attrs) in enumerate(self.source.listing(path), 3):
+                entries.append(
+                    _dirent(
+                        name.encode("utf-8", "surrogateescape"), attrs["st_ino"], offset, attrs["st_mode"]
+                    )
+                )
+            return entries
+        # READDIRPLUS, a walk's hot path: one struct per entry, from plain tuples (no stat dicts).
+        prefix, paths = path.rstrip("/") + "/", self.paths
+        for offset, (name, (ino, mode, nlink, uid, gid, size, mtime, rdev)) in enumerate(
+            self.source.attribute_listing(path), 3
+        ):
+            encoded = name.encode("utf-8", "surrogateescape")
+            node = self._node_of(ino)
+            paths.setdefault(node, prefix + name)
+            seconds, nanoseconds = divmod(mtime, 1_000_000_000)
+            head = DIRENTPLUS.pack(
+                node, 0, CACHE_SECONDS, CACHE_SECONDS, 0, 0,
+                ino, size, (size + 511) // 512, seconds, seconds, seconds,
+                nanoseconds, nanoseconds, nanoseconds, mode, nlink, uid, gid, rdev, BLOCK_SIZE, 0,
+                ino, offset, len(encoded), mode >> 12,
+            )  # fmt: skip
+            entries.append(head + encoded + bytes(-(DIRENT.size + len(encoded)) % 8))
         return entries
 
 
