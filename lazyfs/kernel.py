@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lazyfs import uring
-from lazyfs.source import BLOCK_SIZE, ImageSource, Stat
+from lazyfs.source import BLOCK_SIZE, Attributes, ImageSource
 from storage.errors import StorageError
 
 log = logging.getLogger("lazyfs")
@@ -118,7 +118,7 @@ class Kernel:
         self._passed_since = 0  # when the first of them was opened (CLOCK_BOOTTIME ns)
         self._cached_opens: dict[int, int] = {}  # node id -> opens being read through us
         self._lock = threading.Lock()
-        self._root_ino = source.stat("/")["st_ino"]
+        self._root_ino = source.inode("/")
         self._handlers: dict[int, Callable[[int, memoryview], list[bytes] | bytes | None]] = {
             LOOKUP: self._lookup,
             GETATTR: self._getattr,
@@ -295,14 +295,14 @@ class Kernel:
             return 1
         return ino if ino != 1 else self._root_ino
 
-    def _attr(self, node: int, attrs: Stat) -> bytes:
+    def _attr(self, node: int, attrs: Attributes) -> bytes:
         packed = self._attrs.get(node)
         if packed is None:
-            packed = self._attrs[node] = pack_attr(attrs)
+            packed = self._attrs[node] = ATTR.pack(*_fuse_attr(attrs))
         return packed
 
-    def _entry(self, path: str, attrs: Stat) -> bytes:
-        node = self._node_of(attrs["st_ino"])
+    def _entry(self, path: str, attrs: Attributes) -> bytes:
+        node = self._node_of(attrs[0])
         self.paths.setdefault(node, path)
         return ENTRY.pack(node, 0, CACHE_SECONDS, CACHE_SECONDS, 0, 0) + self._attr(node, attrs)
 
@@ -310,7 +310,7 @@ class Kernel:
         name = bytes(body).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         path = posixpath.join(self._path(parent), name)
         try:
-            attrs = self.source.stat(path)
+            attrs = self.source.attributes(path)
         except FileNotFoundError:  # a miss the kernel keeps too (node id 0)
             return ENTRY.pack(0, 0, CACHE_SECONDS, 0, 0, 0) + bytes(ATTR.size)
         return self._entry(path, attrs)
@@ -318,7 +318,7 @@ class Kernel:
     def _getattr(self, node: int, body: memoryview) -> bytes:
         packed = self._attrs.get(node)
         if packed is None:
-            packed = self._attr(node, self.source.stat(self._path(node)))
+            packed = self._attr(node, self.source.attributes(self._path(node)))
         return ATTR_OUT.pack(CACHE_SECONDS, 0, 0) + packed
 
     def _readlink(self, node: int, body: memoryview) -> bytes:
@@ -447,26 +447,19 @@ class Kernel:
             head = ENTRY.pack(0, 0, 0, 0, 0, 0) + bytes(ATTR.size) if plus else b""
             entries.append(head + _dirent(name.encode(), ino, offset, stat.S_IFDIR))
         if not plus:
-            for offset, (name, attrs) in enumerate(self.source.listing(path), 3):
-                entries.append(
-                    _dirent(
-                        name.encode("utf-8", "surrogateescape"), attrs["st_ino"], offset, attrs["st_mode"]
-                    )
-                )
+            for offset, (name, (ino, mode, *_)) in enumerate(self.source.listing(path), 3):
+                entries.append(_dirent(name.encode("utf-8", "surrogateescape"), ino, offset, mode))
             return entries
         # READDIRPLUS, a walk's hot path: one struct per entry, from plain tuples (no stat dicts).
         prefix, paths = path.rstrip("/") + "/", self.paths
-        for offset, (name, (ino, mode, nlink, uid, gid, size, mtime, rdev)) in enumerate(
-            self.source.attribute_listing(path), 3
-        ):
+        for offset, (name, attributes) in enumerate(self.source.listing(path), 3):
             encoded = name.encode("utf-8", "surrogateescape")
+            ino, mode = attributes[0], attributes[1]
             node = self._node_of(ino)
             paths.setdefault(node, prefix + name)
-            seconds, nanoseconds = divmod(mtime, 1_000_000_000)
             head = DIRENTPLUS.pack(
                 node, 0, CACHE_SECONDS, CACHE_SECONDS, 0, 0,
-                ino, size, (size + 511) // 512, seconds, seconds, seconds,
-                nanoseconds, nanoseconds, nanoseconds, mode, nlink, uid, gid, rdev, BLOCK_SIZE, 0,
+                *_fuse_attr(attributes),
                 ino, offset, len(encoded), mode >> 12,
             )  # fmt: skip
             entries.append(head + encoded + bytes(-(DIRENT.size + len(encoded)) % 8))
@@ -487,14 +480,13 @@ def _cpus(which: str) -> list[int]:
     return cpus
 
 
-def pack_attr(attrs: Stat) -> bytes:
-    atime, atime_ns = divmod(attrs["st_atime"], 1_000_000_000)
-    mtime, mtime_ns = divmod(attrs["st_mtime"], 1_000_000_000)
-    ctime, ctime_ns = divmod(attrs["st_ctime"], 1_000_000_000)
-    return ATTR.pack(
-        attrs["st_ino"], attrs["st_size"], attrs["st_blocks"], atime, mtime, ctime,
-        atime_ns, mtime_ns, ctime_ns, attrs["st_mode"], attrs["st_nlink"], attrs["st_uid"],
-        attrs["st_gid"], attrs.get("st_rdev", 0), attrs["st_blksize"], 0,
+def _fuse_attr(attributes: Attributes) -> tuple[int, ...]:
+    """struct fuse_attr's fields, in order, of a file's attributes (mtime stands for all three times)."""
+    ino, mode, nlink, uid, gid, size, mtime, rdev = attributes
+    seconds, nanoseconds = divmod(mtime, 1_000_000_000)
+    return (
+        ino, size, (size + 511) // 512, seconds, seconds, seconds,
+        nanoseconds, nanoseconds, nanoseconds, mode, nlink, uid, gid, rdev, BLOCK_SIZE, 0,
     )  # fmt: skip
 
 

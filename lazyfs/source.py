@@ -116,19 +116,17 @@ class ImageSource:
         """`path`'s inode number (what `stat` says as st_ino, without the rest of it)."""
         return self._node(path).ino
 
-    def listing(self, path: str) -> list[tuple[str, Stat]]:
-        """A directory's entries with their stats, in the layers' order (see `entries`)."""
-        return [(name, self._stat(child)) for name, child in self._children(path)]
+    def attributes(self, path: str) -> Attributes:
+        """`stat` as a plain tuple (see Attributes), as lazyfs.kernel packs it."""
+        return self._attributes(self._node(path))
 
-    def attribute_listing(self, path: str) -> list[tuple[str, Attributes]]:
-        """`listing` as plain tuples (see Attributes): a walk's hot path, without a dict per entry."""
-        return [(name, self._attributes(child)) for name, child in self._children(path)]
-
-    def _children(self, path: str) -> Iterable[tuple[str, Node]]:
+    def listing(self, path: str) -> list[tuple[str, Attributes]]:
+        """A directory's entries with their attributes, in the layers' order (see `entries`): plain
+        tuples, not stat dicts, since a walk lists every directory."""
         children = self._node(path).children
         if children is None:
             raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
-        return children.items()
+        return [(name, self._attributes(child)) for name, child in children.items()]
 
     def _stat(self, node: Node) -> Stat:
         return stat_of(self._attributes(node))

@@ -89,7 +89,7 @@ class Ring:
         self.fd = _syscall(SETUP, 2, ctypes.addressof(buffer))  # 2 SQEs: one outstanding at a time
         try:
             (sq_entries, cq_entries, _, _, _, features, _, *offsets) = PARAMS.unpack(buffer.raw)
-            sq_head, sq_tail, sq_mask, _, _, _, sq_array, _, _ = offsets[:9]
+            _, sq_tail, sq_mask, _, _, _, sq_array, _, _ = offsets[:9]  # the kernel moves the head
             cq_head, cq_tail, cq_mask, _, _, cqes, _, _, _ = offsets[9:]
             sq_size = sq_array + sq_entries * 4
             cq_size = cqes + cq_entries * CQE.size
@@ -112,7 +112,6 @@ class Ring:
         self._cqes = cqes
         for index in range(sq_entries):
             self._sq_words[sq_array // 4 + index] = index
-        del sq_head
 
     def submit_and_wait(self, sqe: bytes | bytearray) -> int:
         """Submit one SQE, wait for one completion, and return its result (a negative errno on failure)."""
