@@ -211,7 +211,7 @@ class Fetcher:
             return out  # type: ignore[return-value]
         with self._lock:
             self.stats.cache_misses += len(missing)
-        along = self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1])
+        along = self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1], self.cache.contains)
         first_read = self.first_read
         tiers = first_read.on_miss(missing[0]) if first_read is not None and not along else []
         ahead = [p for p in [*ahead, *along] if not self.cache.contains(p.digest)]
