@@ -7,10 +7,12 @@ the rest comes in one streaming GET. Any other miss closes the window. Inside a 
 stops at the file's end; it crosses into the next files only once a reader has opened
 FILES_IN_ORDER files each where the last ended (a whole-tree copy, a scan), not because one file
 follows another (a program and its config file). "Where the last ended" means that every file in
-between is fetched already (guessed, or read before): a copy goes through every file, while a
-starting program that opens a few files of a directory in blob order skips the others (ruby's
-start opened rubygems' files so, and drew 1.7 MB of read-ahead it never read when a miss within
-SEQUENTIAL_SLACK of the last one counted). Startup reads, which jump around, get none.
+between is fetched already (read before, or fetched with an earlier miss): a copy goes through
+every file, while a starting program that opens a few files of a directory in blob order skips
+unfetched ones. With a miss within SEQUENTIAL_SLACK of the last counting, and three such in a row,
+ruby's start (rubygems' files, opened in blob order) drew 1.7-2.4 MB of read-ahead it never read;
+it still opens three files in a row with the files between fetched as guesses, hence eight.
+Startup reads, which jump around, get none.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ MAX_WINDOW = 32 << 20  # read-ahead along a layer grows up to this
 STREAM_AT = 8 << 20  # a window this large: the reader goes through it all; stream the rest in one GET
 SEQUENTIAL_SLACK = 256 << 10  # a miss this close to where the last fetch ended counts as sequential
 NO_LIMIT = 1 << 62
-FILES_IN_ORDER = 3
+FILES_IN_ORDER = 8  # files opened in a row, each where the last ended: a copy, not a start
 
 
 @dataclass
