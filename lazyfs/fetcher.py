@@ -153,6 +153,9 @@ class Fetcher:
         self._lock = threading.Lock()
         self.read_ahead = ReadAhead()
         self.first_read: FirstRead | None = None  # once the layout is known
+        # Counts the opens the kernel served itself (passed through) so far: the guesses they read
+        # must be known as read before the next guesses are chosen (the daemon's; else counted late).
+        self.count_opens: Callable[[], None] = lambda: None
         self._profiled = False  # an access profile is prefetched: it knows what a start reads
         self._stopping = False
 
@@ -213,7 +216,11 @@ class Fetcher:
             self.stats.cache_misses += len(missing)
         along = self.read_ahead.on_miss(missing[-1], ahead[-1] if ahead else missing[-1], self.cache.contains)
         first_read = self.first_read
-        tiers = first_read.on_miss(missing[0]) if first_read is not None and not along else []
+        if first_read is not None and not along:
+            self.count_opens()
+            tiers = first_read.on_miss(missing[0])
+        else:
+            tiers = []
         ahead = [p for p in [*ahead, *along] if not self.cache.contains(p.digest)]
         guesses = [[p for p in tier if not self.cache.contains(p.digest)] for tier in tiers]
         future: Future[list[bytes]] = asyncio.run_coroutine_threadsafe(
@@ -301,6 +308,8 @@ class Fetcher:
             self._count_hit(piece)
 
     def _count_hit(self, piece: Piece) -> None:
+        if (first_read := self.first_read) is not None:
+            first_read.on_read(piece)
         with self._lock:
             self.stats.cache_hits += 1
             if piece.digest in self._prefetched:

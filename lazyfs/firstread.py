@@ -10,8 +10,11 @@ MISS_BUDGET compressed bytes in all:
   (ld.so reads libc's first chunk, then its last, then the rest);
 - from the second file opened in a layer smaller than SMALL_LAYER, the whole layer;
 - from the second small file (SMALL_FILE or less) opened in a directory, its other small files, a
-  window that starts at RTT_BYTES and doubles with every further one opened there (python's
-  `__pycache__`, ruby's library directories, a package's modules; not /usr/lib for its libraries);
+  window that starts at RTT_BYTES and doubles with every further one opened there as long as the
+  start reads some of the files guessed there before (python's `__pycache__`, ruby's library
+  directories, a package's modules; not /usr/lib for its libraries, and not /usr/bin for a script
+  that runs a few of its programs: apache2's start script grew a window there to 2 MB, four
+  windows of 3.8 MB of which it read nothing);
 - with it, the run of small files that follows the file in the blob (its neighbours in tar
   order), up to NEIGHBOURS bytes: they come in the same range as the miss.
 The first file opened in a directory or small layer brings only itself: a lone read (`cat` of one
@@ -52,6 +55,7 @@ class Directory:
     small: list[Piece] = field(default_factory=list)
     opened: int = 0
     window: int = 0
+    read: int = 0  # its guessed files read since its last window was asked for
 
 
 @dataclass
@@ -73,6 +77,14 @@ class FirstRead:
         """`layers`: every piece of the image, by layer, in blob order."""
         self._layers = {number: _index(pieces) for number, pieces in layers.items()}
         self._lock = threading.Lock()
+        self._guessed: dict[Digest, Directory] = {}  # a directory's guessed files, until first read
+
+    def on_read(self, piece: Piece) -> None:
+        """A reader had `piece` from the cache: a directory's guess that was right lets its window grow."""
+        directory = self._guessed.pop(piece.digest, None)  # a dict's pop is atomic: no lock per read
+        if directory is not None:
+            with self._lock:
+                directory.read += 1
 
     def on_miss(self, miss: Piece) -> list[list[Piece]]:
         """The pieces worth fetching along with `miss` (nothing unless it opens a file), most
@@ -98,9 +110,13 @@ class FirstRead:
             if directory is not None:
                 directory.opened += 1
                 if directory.opened >= 2:
-                    directory.window = min(max(2 * directory.window, DIRECTORY_WINDOW), MAX_DIRECTORY_WINDOW)
+                    grown = 2 * directory.window if directory.read else directory.window
+                    directory.window = min(max(grown, DIRECTORY_WINDOW), MAX_DIRECTORY_WINDOW)
+                    directory.read = 0
                     guesses.add(_after(layer.pieces, position), NEIGHBOURS, small_only=True)
                     guesses.add(_siblings(directory.small, miss), directory.window)
+                    for tier in guesses.tiers[-2:]:  # the neighbours and the siblings
+                        self._guessed.update((piece.digest, directory) for piece in tier)
             return [tier for tier in guesses.tiers if tier]
 
 

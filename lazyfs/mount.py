@@ -359,14 +359,18 @@ def _serve(
 
     written = {"stats": ""}
 
-    def write_stats_now() -> None:
-        """stats.json, unless it would say what it says: an idle daemon (a fleet holds many) writes
-        and syncs nothing twice a second. The opens the kernel served itself are counted first."""
+    def count_passed() -> None:
+        """Count the opens the kernel served itself since the last call."""
         first, paths = kernel.take_passed()
         if paths:
             reads.start(first)
         for path in paths:
             local.opened(path)
+
+    def write_stats_now() -> None:
+        """stats.json, unless it would say what it says: an idle daemon (a fleet holds many) writes
+        and syncs nothing twice a second. The opens the kernel served itself are counted first."""
+        count_passed()
         stats = json.dumps(
             {
                 **fetcher.stats.to_json(),
@@ -410,6 +414,7 @@ def _serve(
             kernel.register(source.regular_files())
 
     kernel = Kernel(source, local.open, on_ready)
+    fetcher.count_opens = count_passed
     signal.signal(signal.SIGUSR1, write_accesses)
     kernel.mount(mountpoint, f"lazyctr:{mountable.image.name}")
 

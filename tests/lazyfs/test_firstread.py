@@ -126,16 +126,36 @@ def test_the_second_file_opened_in_a_directory_brings_its_small_files(
     assert second and names(second) <= set(MODULES)  # small files only: not libbig.so, not huge.bin
     assert modules[21] in second  # the files after it in the blob first
     assert size(second) <= DIRECTORY_WINDOW + NEIGHBOURS
+    policy.on_read(modules[21])  # the start reads one of them: the guesses there were right
     third = guessed(policy, modules[5])
-    assert size(third) > size(second)  # the window doubles with each file opened there
+    assert size(third) > size(second)  # so the window doubles with the next file opened there
     assert not set(second) & set(third)  # nothing is named twice
     missed, named = {modules[10], modules[20], modules[5]}, set(second) | set(third)
     while rest := [m for m in modules if m not in named | missed]:
+        for piece in named:  # a start going through the directory's files reads them
+            policy.on_read(piece)
         missed.add(rest[0])
         guesses = guessed(policy, rest[0])
         assert size(guesses) <= MAX_DIRECTORY_WINDOW + NEIGHBOURS
         named |= set(guesses)
     assert len(missed) <= 6  # a few misses brought the whole directory's small files
+
+
+def test_a_directory_whose_guesses_go_unread_gets_no_larger_window(
+    image_pieces: dict[str, list[Piece]],
+) -> None:
+    # apache2's start script runs a few programs of /usr/bin: each miss there doubled the window of
+    # its small files, to 2 MB, and the script read none of them
+    policy = first_read(image_pieces)
+    modules = [image_pieces[name][0] for name in MODULES]
+    guessed(policy, modules[0])
+    windows = [guessed(policy, modules[n]) for n in (20, 40, 60, 75)]
+    siblings = [
+        [p for p in window if p.start < miss.start or p.start > miss.start + NEIGHBOURS]
+        for window, miss in zip(windows, (modules[n] for n in (20, 40, 60, 75)), strict=True)
+    ]
+    assert all(size(window) <= DIRECTORY_WINDOW + NEIGHBOURS for window in windows)
+    assert size(siblings[-1]) <= DIRECTORY_WINDOW
 
 
 def test_large_files_of_a_directory_bring_no_small_ones(image_pieces: dict[str, list[Piece]]) -> None:
