@@ -5,13 +5,18 @@
 - `transport`: the HTTP session, retries, redirects and reading answer bodies;
 - `auth`: the answer to a registry's 401 challenge (basic, bearer tokens), stored credentials;
 - `byteranges`: byte ranges out of `206` and `multipart/byteranges` answers;
-- `errors`: the client's errors.
+- `errors`: the client's errors;
+- `tls`: the context of https requests (and aiohttp imported without loading the CA bundle twice).
 
 The workflows that push and pull images (and write into the store) are in registry/transfer.py.
 """
 
-from registry.client.api import RegistryClient
-from registry.client.errors import (
+from registry.client.tls import import_aiohttp
+
+import_aiohttp()  # before any module of the client imports it (see registry/client/tls.py)
+
+from registry.client.api import RegistryClient  # noqa: E402
+from registry.client.errors import (  # noqa: E402
     NonDistributableLayer,
     RegistryAuthFailed,
     RegistryAuthRequired,

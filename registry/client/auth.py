@@ -14,6 +14,7 @@ import re
 import aiohttp
 from yarl import URL
 
+from registry.client import tls
 from registry.client.errors import (
     RegistryAuthFailed,
     RegistryAuthRequired,
@@ -104,7 +105,7 @@ class Authenticator:
             headers["Authorization"] = self.credentials.basic()
         what = f"token from {token_url.with_query(None)}"
         try:
-            async with session.get(token_url, headers=headers) as response:
+            async with session.get(token_url, headers=headers, ssl=tls.for_url(token_url)) as response:
                 if response.status in (401, 403):
                     raise self.refused(what, True, "refused")
                 if response.status != 200:

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
+from registry.client import tls
 from registry.client.errors import RegistryClientError, RegistryNotFound, unreachable
 from storage import timeline
 from storage.reference import validate_repository
@@ -195,7 +196,9 @@ class Transport:
                 if authorization is not None:
                     sent["Authorization"] = authorization
             timeline.count_request()
-            response = await self.session.request(method, url, headers=sent, data=data, allow_redirects=False)
+            response = await self.session.request(
+                method, url, headers=sent, data=data, allow_redirects=False, ssl=tls.for_url(url)
+            )
             location = response.headers.get("Location")
             if response.status not in _REDIRECTS or not location or method not in ("GET", "HEAD"):
                 return response

@@ -32,12 +32,15 @@ class FirstReply:
 
 
 @contextlib.contextmanager
-def serving(root: Path, *options: str, context: ssl.SSLContext | None = None) -> Iterator[FirstReply]:
-    """Run `lazyctr serve` on a free port; yield its first answer to GET /v2/ (any HTTP status).
+def serving(
+    root: Path, *options: str, context: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+) -> Iterator[FirstReply]:
+    """Run `lazyctr serve` on a free port of `host`; yield its first answer to GET /v2/ (any HTTP
+    status).
 
     On leaving, the server gets SIGTERM and must stop cleanly (status 0).
     """
-    address = f"127.0.0.1:{free_port()}"
+    address = f"{host}:{free_port()}"
     proc = subprocess.Popen(cli_command(root, "serve", "--addr", address, *options))
     url = f"{'https' if context else 'http'}://{address}/v2/"
     try:
@@ -86,7 +89,7 @@ def test_serve_refuses_a_non_bcrypt_htpasswd(lazyctr: CliRunner, tmp_path: Path)
     assert_clean_error(lazyctr("serve", "--htpasswd", str(htpasswd), ok=False), "htpasswd -B")
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
+def self_signed(directory: Path, ip: str = "127.0.0.1") -> tuple[Path, Path]:
     import datetime
     import ipaddress
 
@@ -96,7 +99,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ip)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -106,9 +109,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
