@@ -114,6 +114,10 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
         "lazyctr.distribution",
         "Serve a Docker token endpoint (GET /token?service=&scope=) until interrupted.",
     ),
+    "service": (
+        "lazyctr.mounts",
+        "Keep the lazy engine loaded for the root: lazy pulls and mounts start warm (until interrupted).",
+    ),
     "sign": (
         "lazyctr.signing",
         "Sign IMAGE (kept in the store, pushed with it) or REF (in its registry) with a sigstore signature.",

@@ -295,18 +295,17 @@ def pull(ctx: Context, ref: str, insecure: bool, eager: bool, progress_mode: str
     with --progress plain. Off a terminal `auto` shows none, so that a failed pull still ends in
     its one error line.
     """
-    from registry.progress import TransferProgress
-    from registry.transfer import pull_image, pull_lazy
+    if not eager:  # by the root's service (`lazyctr service`), if one runs
+        from lazyfs.service import pull_lazily
 
-    if not eager:
-        from lazyfs.lineage import inherit_profile
-
-        image = _run(pull_lazy(ctx.store, ref, insecure))
-        inherited = inherit_profile(ctx.store, image)  # from the store's versions: no round trip
-        if inherited is not None:
-            click.echo(inherited.line(), err=True)
-        click.echo(image.id)
+        pulled = pull_lazily(ctx.store, ref, insecure)
+        if pulled["inherited"] is not None:
+            click.echo(pulled["inherited"], err=True)
+        click.echo(pulled["id"])
         return
+    from registry.progress import TransferProgress
+    from registry.transfer import pull_image
+
     quiet = progress_mode == "auto" and not sys.stderr.isatty()
     progress = TransferProgress() if quiet else _transfer_progress(progress_mode, sys.stderr)
     try:

@@ -1,4 +1,5 @@
-"""The lazyfs commands: mount an image (fetching file contents as they are read) and unmount it."""
+"""The lazyfs commands: mount an image (fetching file contents as they are read), unmount it, and keep
+the lazy engine resident (`service`) or serve it to containerd (`snapshotter`)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ from lazyctr.context import Context, command, pass_context
 @pass_context
 def mount(ctx: Context, args: tuple[str, ...], stats: bool, timeout: float, fill: bool) -> None:
     """Mount IMAGE read-only at DIR; file contents are fetched when first read."""
-    from lazyfs.lineage import profile_for_mount
     from lazyfs.mount import MountError, MountState
-    from lazyfs.mount import mount as mount_image
+    from lazyfs.service import mount_here
 
     if stats:
         if len(args) != 1:
@@ -38,8 +38,20 @@ def mount(ctx: Context, args: tuple[str, ...], stats: bool, timeout: float, fill
         return
     if len(args) != 2:
         raise click.UsageError("expected IMAGE DIR")
-    image = ctx.store.image(args[0])
-    mount_image(ctx.store, image, Path(args[1]), timeout, profile_for_mount(ctx.store, image), fill)
+    mount_here(ctx.store, ctx.store.image(args[0]), Path(args[1]), timeout, fill=fill)
+
+
+@command()
+@pass_context
+def service(ctx: Context) -> None:
+    """Keep the lazy engine loaded for the root: lazy pulls and mounts start warm (until interrupted).
+
+    `pull` (lazy) and `run` with the lazy driver ask it over <root>/service.sock and do the work
+    themselves when nothing listens there. It acts for root only, with each caller's environment.
+    """
+    from lazyfs.service import serve, socket_path
+
+    serve(ctx.store, lambda: click.echo(f"serving on {socket_path(ctx.root)}"))
 
 
 @command()

@@ -164,9 +164,14 @@ def mount(
     info = {"pid": pid, "mountpoint": str(mountpoint.resolve()), "image": image.name}
     info["manifest"] = str(image.descriptor.digest)
     atomic_write(state.directory / "mount.json", json.dumps(info).encode())
+    on_timeline(state)
+    return state
+
+
+def on_timeline(state: MountState) -> None:
+    """Mark the mount up on this process's timeline; the daemon's part is added at its end."""
     timeline.mark("mount up")
     timeline.at_end(lambda: _add_to_timeline(state))
-    return state
 
 
 def _add_to_timeline(state: MountState) -> None:

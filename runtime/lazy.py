@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from lazyfs.host import is_mounted, process_alive
-from lazyfs.lineage import profile_for_mount
-from lazyfs.mount import MountState, mount, umount
+from lazyfs.mount import MountState, umount
 from lazyfs.profile import save_profile
+from lazyfs.service import mount_lazily
 from runtime.state import ContainerState, containers_dir
 from storage.errors import NotFound, StorageError
 from storage.files import atomic_write
@@ -109,9 +109,8 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
             _unmount(slot)  # its daemon died: the mount only answers ENOTCONN now
         if not is_mounted(slot.mountpoint):
             slot.mountpoint.mkdir(parents=True, exist_ok=True)
-            profile = [] if private else profile_for_mount(store, image)
             try:
-                mount(store, image, slot.mountpoint, DEFAULT_TIMEOUT, prefetch=profile)
+                mount_lazily(store, image, slot.mountpoint, DEFAULT_TIMEOUT, profiled=not private)
             except BaseException:
                 _remove_slot_if_unused(slot)
                 raise

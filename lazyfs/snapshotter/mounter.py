@@ -59,35 +59,23 @@ class Mounter:
 
 
 def _serve(requests: socket.socket, store_root: Path, timeout: float, fill: bool) -> None:
-    import gc
     import signal
 
-    from lazyfs.lineage import profile_for_mount
-    from lazyfs.mount import mount, preload_daemon
+    from lazyfs.service import mount_here, preload
     from storage.store import Store
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the snapshotter, which closes our socket
     # Each daemon we fork finds what it runs already imported: a mount's 140 ms of imports (the
-    # registry client's aiohttp, mostly) leave containerd's Prepare. Frozen, the modules' objects
-    # are neither scanned by the daemons' collections nor copied into them by it.
-    preload_daemon()
-    gc.freeze()
+    # registry client's aiohttp, mostly) leave containerd's Prepare.
+    preload()
     store = Store(store_root)
     with requests, requests.makefile("r") as lines:
         for line in lines:
             request = json.loads(line)
             try:
                 image = store.image(request["image"])
-                prefetch = profile_for_mount(store, image)  # its own, else inherited
-                mount(
-                    store,
-                    image,
-                    Path(request["mountpoint"]),
-                    timeout,
-                    prefetch=prefetch,
-                    fill=fill,
-                    lowers=True,
-                )
+                mountpoint = Path(request["mountpoint"])
+                mount_here(store, image, mountpoint, timeout, fill=fill, lowers=True)
                 reply: dict[str, str] = {}
             except (StorageError, OSError) as e:
                 reply = {"error": str(e)}

@@ -1,0 +1,287 @@
+"""The resident lazy engine of a root (`lazyctr service`): lazy pulls and mounts without a start's imports.
+
+A lazy start pays for Python's imports twice: `pull` imports the registry client (aiohttp, about
+100 ms of CPU), and `run` forks a mount daemon that imports it again with the fetch engine. A
+service, started once for a root, holds all of it imported (and frozen out of the collector's
+scans) and forks a child per request, which starts with everything loaded; the command line asks
+it over `<root>/service.sock` and keeps only its own part. With no service listening there, the
+command line does the same work itself (`pull_lazily`, `mount_lazily`). The snapshotter's mounter
+(lazyfs/snapshotter/mounter.py) runs `mount_here` the same way: one engine, three front doors.
+
+One JSON line each way per connection. A request names its operation (`pull`, `mount`), its
+arguments and the caller's environment, which the child takes over: credentials, trust policy and
+the FUSE transport follow the caller, not the service. The answer is the result, or the error as
+the caller would have shown it (its line and exit status). A mount whose caller is gone by the time
+it is up (Ctrl-C) is unmounted again: nobody would ever use or release it. Only root can connect
+(the socket is mode 0600).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import select
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from storage.errors import EXIT_ERROR, LazyctrError, StorageError
+from storage.store import Image, Store
+
+SOCKET_NAME = "service.sock"
+BACKLOG = 128  # a fleet node's containers may all start at once
+_INTERNAL = 70  # as lazyctr.errors.EXIT_INTERNAL (lazyfs does not import the command line)
+
+
+class ServiceError(LazyctrError):
+    """An error the service met doing a request: its one line, and the status it carries."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def socket_path(root: Path) -> Path:
+    return root / SOCKET_NAME
+
+
+# -- the work, here or in the service -------------------------------------------------------------
+
+
+def pull_lazily(store: Store, ref: str, insecure: bool) -> dict[str, Any]:
+    """`pull` without --eager, by the root's service if one listens, else here: the image's ID, and
+    the line saying what access profile it inherited (None if none)."""
+    answer = ask(store.root, "pull", ref=ref, insecure=insecure)
+    return answer if answer is not None else _pull_here(store, ref, insecure)
+
+
+def mount_lazily(store: Store, image: Image, mountpoint: Path, timeout: float, profiled: bool = True) -> None:
+    """`mount_here`, by the root's service if one listens (and marked on this process's timeline)."""
+    if (
+        ask(
+            store.root,
+            "mount",
+            image=image.name,
+            mountpoint=str(mountpoint),
+            timeout=timeout,
+            profiled=profiled,
+        )
+        is None
+    ):
+        mount_here(store, image, mountpoint, timeout, profiled)
+        return
+    from lazyfs.mount import MountState, on_timeline
+
+    on_timeline(MountState.of(store.root, mountpoint))
+
+
+def mount_here(
+    store: Store,
+    image: Image,
+    mountpoint: Path,
+    timeout: float,
+    profiled: bool = True,
+    fill: bool = False,
+    lowers: bool = False,
+) -> None:
+    """Mount `image` at `mountpoint` (lazyfs.mount.mount); `profiled`: prefetching its access
+    profile, its own or one inherited now (a mount recording a profile prefetches nothing)."""
+    from lazyfs.lineage import profile_for_mount
+    from lazyfs.mount import mount
+
+    prefetch = profile_for_mount(store, image) if profiled else []
+    mount(store, image, mountpoint, timeout, prefetch=prefetch, fill=fill, lowers=lowers)
+
+
+def _pull_here(store: Store, ref: str, insecure: bool) -> dict[str, Any]:
+    import asyncio
+
+    from lazyfs.lineage import inherit_profile
+    from registry.transfer import pull_lazy
+
+    image = asyncio.run(pull_lazy(store, ref, insecure))
+    inherited = inherit_profile(store, image)  # from the store's versions: no round trip
+    return {"id": str(image.id), "inherited": inherited.line() if inherited is not None else None}
+
+
+def _pull(store: Store, arguments: dict[str, Any]) -> dict[str, Any]:
+    return _pull_here(store, str(arguments["ref"]), bool(arguments.get("insecure", False)))
+
+
+def _mount(store: Store, arguments: dict[str, Any]) -> dict[str, Any]:
+    mountpoint, timeout = Path(arguments["mountpoint"]), float(arguments["timeout"])
+    mount_here(
+        store, store.image(arguments["image"]), mountpoint, timeout, bool(arguments.get("profiled", True))
+    )
+    return {}
+
+
+OPERATIONS: dict[str, Callable[[Store, dict[str, Any]], dict[str, Any]]] = {"pull": _pull, "mount": _mount}
+
+# What the work imports: loaded once in the service, before it forks anything.
+PRELOAD = ("asyncio", "lazyfs.lineage", "lazyfs.mount", "registry.transfer")
+
+
+def preload() -> None:
+    """Import everything a request and a mount daemon run, and freeze it out of the collector's scans
+    (each fork then starts with it loaded, and no collection of the child copies its pages)."""
+    import importlib
+
+    from lazyfs.mount import preload_daemon
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    preload_daemon()
+    gc.freeze()
+
+
+def perform(store: Store, operation: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Run one request; its answer: {"result": ...}, or {"error": line, "exit_code": status}."""
+    try:
+        work = OPERATIONS[operation]
+    except KeyError:
+        return {"error": f"the lazyctr service has no operation {operation!r}", "exit_code": _INTERNAL}
+    try:
+        return {"result": work(store, arguments)}
+    except LazyctrError as e:
+        return {"error": str(e), "exit_code": e.exit_code}
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        return {"error": f"{e.strerror or e}{where}", "exit_code": EXIT_ERROR}
+    except Exception as e:  # a bug of ours: the caller shows it as one, and the service lives on
+        return {
+            "error": f"internal error in the lazyctr service: {type(e).__name__}: {e}",
+            "exit_code": _INTERNAL,
+        }
+
+
+# -- the command line's side ----------------------------------------------------------------------
+
+
+def ask(root: Path, operation: str, **arguments: Any) -> dict[str, Any] | None:
+    """The service's result for the request, or None when the root has no service listening (the
+    caller then does the work itself). Its error is raised as ServiceError, with the status the
+    caller would have exited with."""
+    path = socket_path(root)
+    if not path.exists():
+        return None
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    with connection:
+        try:
+            connection.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):  # a service that is gone left its socket
+            return None
+        request = {"operation": operation, "arguments": arguments, "environment": dict(os.environ)}
+        connection.sendall(json.dumps(request).encode() + b"\n")
+        with connection.makefile("rb") as answers:
+            line = answers.readline()
+    if not line:
+        raise ServiceError("the lazyctr service ended without answering (see its output)")
+    answer: dict[str, Any] = json.loads(line)
+    if "error" in answer:
+        raise ServiceError(answer["error"], int(answer.get("exit_code", EXIT_ERROR)))
+    result: dict[str, Any] = answer["result"]
+    return result
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
+    """Answer requests at `<root>/service.sock` until SIGINT or SIGTERM; `ready` is called once the
+    socket listens. A live service already there is an error; a dead one's socket is replaced."""
+    path = socket_path(store.root)
+    if ask_alive(path):
+        raise StorageError(f"{path}: a lazyctr service already answers there")
+    preload()
+    store.root.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_mask = os.umask(0o177)  # 0600 from the start: nobody else may connect, not even for a moment
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_mask)
+    ours = path.stat().st_ino
+    listener.listen(BACKLOG)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # each request's child is reaped by the kernel
+    # A stop is a byte on a pipe the loop watches, not an exception from the handler: that could be
+    # raised anywhere, such as in the fork handlers, which swallow it.
+    stop_read, stop_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(stop_write)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        ready()
+        while True:
+            if stop_read in select.select([listener.fileno(), stop_read], [], [])[0]:
+                break
+            connection, _ = listener.accept()
+            if os.fork() == 0:
+                status = 1
+                try:
+                    signal.set_wakeup_fd(-1)
+                    listener.close()
+                    os.close(stop_read)
+                    os.close(stop_write)
+                    _answer(connection, store)
+                    status = 0
+                finally:
+                    os._exit(status)
+            connection.close()
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(stop_read)
+        os.close(stop_write)
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_ino == ours:  # not a later service's
+                path.unlink()
+
+
+def ask_alive(path: Path) -> bool:
+    """Whether a service listens at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _log_line(operation: str, arguments: dict[str, Any], answer: dict[str, Any]) -> str:
+    """The service's line for a request: what was asked, and what came of it."""
+    what = {"pull": "ref", "mount": "mountpoint"}.get(operation)
+    subject = f" {arguments.get(what)}" if what else ""
+    if "error" in answer:
+        return f"{operation}{subject}: error: {answer['error']}"
+    outcome = answer["result"].get("id", "ok")
+    return f"{operation}{subject}: {outcome}"
+
+
+def _answer(connection: socket.socket, store: Store) -> None:
+    """One request, in its own child: the caller's environment, the work, the answer."""
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)  # mount() waits for its own children; a stop is for us
+    with connection, connection.makefile("rb") as requests:
+        line = requests.readline()
+        if not line:
+            return
+        request = json.loads(line)
+        os.environ.clear()
+        os.environ.update(request["environment"])
+        operation, arguments = request["operation"], request["arguments"]
+        answer = perform(store, operation, arguments)
+        print(_log_line(operation, arguments, answer), flush=True)
+        try:
+            connection.sendall(json.dumps(answer).encode() + b"\n")
+        except OSError:  # the caller is gone (Ctrl-C): a mount it asked for would never be released
+            if operation == "mount" and "result" in answer:
+                from lazyfs.mount import umount
+
+                with contextlib.suppress(StorageError, OSError):
+                    umount(store.root, Path(arguments["mountpoint"]))

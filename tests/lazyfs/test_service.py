@@ -1,0 +1,142 @@
+"""`lazyctr service`: the resident lazy engine of a root, which lazy pulls and mounts go through.
+
+A real registry on 127.0.0.1 holds busybox, pushed from another root; the service runs as the real
+command line does it, on the test's root; `pull` and `run` are the real command line. Each request
+the service answers is a line of its output, which is how a test tells the service did the work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lazyfs.service import socket_path
+from tests.conftest import CliRunner, assert_clean_error, cli_command
+from tests.lazyctr.test_cli_push_pull import busybox_file
+from tests.runtime.polling import wait_for
+from tests.runtime.test_lazy_driver import lazy_mounts, no_mount_left, pushed, registry  # noqa: F401
+
+
+class Service:
+    """`lazyctr service` on a root; `lines` is what it has printed so far."""
+
+    def __init__(self, root: Path) -> None:
+        self.process = subprocess.Popen(
+            cli_command(root, "service"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert self.process.stdout is not None
+        first = self.process.stdout.readline()
+        assert first.startswith("serving on "), first
+        self.lines: list[str] = []
+
+    def read_until(self, fragment: str) -> str:
+        """The next line of its output that holds `fragment` (lines before it are kept too)."""
+        assert self.process.stdout is not None
+        while line := self.process.stdout.readline():
+            self.lines.append(line.rstrip("\n"))
+            if fragment in line:
+                return line
+        raise AssertionError(f"the service ended without saying {fragment!r}: {self.lines}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=15)
+
+
+@pytest.fixture
+def service(root: Path) -> Iterator[Service]:
+    running = Service(root)
+    yield running
+    running.stop()
+
+
+def test_a_lazy_pull_goes_through_the_service(lazyctr: CliRunner, service: Service, pushed: str) -> None:  # noqa: F811
+    image_id = lazyctr("pull", pushed).out.strip()
+    assert service.read_until(f"pull {pushed}") == f"pull {pushed}: {image_id}\n"
+    (row,) = json.loads(lazyctr("images", "--json").out)
+    assert row["Name"] == pushed
+
+
+@pytest.mark.privileged
+def test_a_lazy_run_mounts_through_the_service_and_leaves_no_mount(
+    lazyctr: CliRunner,
+    service: Service,
+    pushed: str,  # noqa: F811
+    busybox_tar: Path,
+    root: Path,
+) -> None:
+    lazyctr("pull", pushed)
+    out = lazyctr("run", "--rm", "--driver", "lazy", pushed, "cat", "/etc/passwd").stdout
+    assert out == busybox_file(busybox_tar, "etc/passwd")
+    assert service.read_until("mount ").endswith(": ok\n")
+    wait_for(lambda: not lazy_mounts(root), what="the mount to go with its last container")
+
+
+def test_the_callers_environment_and_errors_go_with_the_request(
+    lazyctr: CliRunner,
+    service: Service,
+    pushed: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "reject.json"
+    policy.write_text('{"default": [{"type": "reject"}]}')
+    refused = lazyctr("--policy", str(policy), "pull", pushed, ok=False)  # the policy rides in LAZYCTR_POLICY
+    assert_clean_error(refused, "the policy rejects it")
+    assert "error: " in service.read_until(f"pull {pushed}")
+    unknown = lazyctr("pull", pushed.replace(":latest", ":nope"), ok=False)
+    assert_clean_error(unknown, "MANIFEST_UNKNOWN")
+    assert unknown.code == 1
+    assert "MANIFEST_UNKNOWN" in service.read_until(":nope")
+
+
+def test_without_a_listening_service_the_command_line_does_the_work(
+    lazyctr: CliRunner,
+    root: Path,
+    pushed: str,  # noqa: F811
+) -> None:
+    killed = Service(root)
+    killed.process.kill()  # SIGKILL: its socket stays behind, and nobody listens on it
+    killed.process.wait()
+    assert socket_path(root).is_socket()
+    assert lazyctr("pull", pushed).out.strip().startswith("sha256:")
+
+
+def test_a_second_service_on_a_root_is_refused_and_a_stop_removes_the_socket(
+    lazyctr: CliRunner, service: Service, root: Path
+) -> None:
+    assert_clean_error(lazyctr("service", ok=False), "a lazyctr service already answers there")
+    assert service.stop() == 0
+    assert not socket_path(root).exists()
+
+
+@pytest.mark.privileged
+def test_a_mount_whose_caller_left_is_unmounted(
+    lazyctr: CliRunner,
+    service: Service,
+    pushed: str,  # noqa: F811
+    root: Path,
+    tmp_path: Path,
+) -> None:
+    lazyctr("pull", pushed)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    request = {
+        "operation": "mount",
+        "arguments": {"image": pushed, "mountpoint": str(mountpoint), "timeout": 5},
+        "environment": dict(os.environ),
+    }
+    with socket.socket(socket.AF_UNIX) as caller:
+        caller.connect(str(socket_path(root)))
+        caller.sendall(json.dumps(request).encode() + b"\n")
+    # The caller is gone before the mount is up: the service's child finds nobody to answer.
+    service.read_until(f"mount {mountpoint}")
+    wait_for(lambda: not os.path.ismount(mountpoint), what="the orphaned mount to go")
+    assert (root / "mounts").is_dir()
