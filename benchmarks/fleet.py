@@ -61,11 +61,13 @@ from benchmarks.common import (
 from benchmarks.fleetnet import MAX_NODES, PREFIX, Star, address, star
 from benchmarks.link import LinkError, LinkSpec, LinkSpecError, parse_link_spec
 from lazyfs.host import mounts, process_alive
+from lazyfs.service import socket_path
 from runtime.state import containers_dir
 
 IMAGE_DIR = Path(__file__).with_name("fleetimage")
 IMAGE = "fleet/app:1"
-MODES = ("lazy", "eager")
+MODES = ("lazy", "service", "eager")
+LAZY_MODES = ("lazy", "service")
 PORT = 5000
 RUN_TIMEOUT = 600
 SAMPLE_EVERY = 0.2
@@ -272,6 +274,11 @@ class NodeGroups:
         """An argv prefix that puts the command (and what it starts) into the node's groups."""
         return joining(self.groups[node]["memory"], self.groups[node]["cpuacct"])
 
+    def reset_cpu(self) -> None:
+        """Count the nodes' CPU time from now on."""
+        for paths in self.groups.values():
+            (paths["cpuacct"] / "cpuacct.usage").write_text("0\n")
+
     def memory_now(self, node: str) -> tuple[int, int]:
         """The summed RSS and PSS (a shared page divided among its users) of the node's processes."""
         rss = pss = 0
@@ -395,17 +402,14 @@ def start_nodes(
     Lazily, then every node also holds its mount (`hold_lazy_mounts`) for the memory of N at once.
     """
     ref = f"{where}/{IMAGE}"
-    pull = ["pull", "--insecure", *(["--eager"] if mode == "eager" else []), ref]
+    lazy = mode in LAZY_MODES
+    pull = ["pull", "--insecure", *([] if lazy else ["--eager"]), ref]
     # No bridge: the fleet times images, not bridges and NAT (as benchmarks.common.lazyctr).
-    run = ["run", "--rm", "--network", "none", "--driver", "lazy" if mode == "lazy" else "overlay", ref]
+    run = ["run", "--rm", "--network", "none", "--driver", "lazy" if lazy else "overlay", ref]
     for node in nodes:
         (work / node).mkdir(parents=True)
-    drop_caches()
-    before = net.counters()
-    switch_before = net.stats()["cpu_seconds"]
-    servers_before = {name: group.seconds() for name, group in servers.items()}
-    busy_before = machine_busy()
     groups = NodeGroups(tag, nodes, work)
+    services = stack_of_services(net, nodes, work, groups) if mode == "service" else contextlib.nullcontext()
     samples: dict[str, dict[str, Any]] = {node: {"node": node} for node in nodes}
     released: list[float] = []
     barrier = threading.Barrier(len(nodes), action=lambda: released.append(time.monotonic()))
@@ -429,13 +433,19 @@ def start_nodes(
             sample.update(ok=False, error=str(e).strip()[:300] or repr(e))
 
     try:
-        on_every_node(nodes, node_life, commands)
-        wall = time.monotonic() - released[0]
-        busy = machine_busy() - busy_before
-        servers_cpu = {name: group.seconds() - servers_before[name] for name, group in servers.items()}
-        after = net.counters()
-        switch_cpu = net.stats()["cpu_seconds"] - switch_before
-        held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if mode == "lazy" else {}
+        with services:  # up and loaded before the baselines: a node's engine is resident
+            drop_caches()
+            before = net.counters()
+            switch_before = net.stats()["cpu_seconds"]
+            servers_before = {name: group.seconds() for name, group in servers.items()}
+            busy_before = machine_busy()
+            on_every_node(nodes, node_life, commands)
+            wall = time.monotonic() - released[0]
+            busy = machine_busy() - busy_before
+            servers_cpu = {name: group.seconds() - servers_before[name] for name, group in servers.items()}
+            after = net.counters()
+            switch_cpu = net.stats()["cpu_seconds"] - switch_before
+            held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if lazy else {}
     finally:
         memory = groups.close()
     for node in nodes:
@@ -464,6 +474,44 @@ def start_nodes(
         "mem_available_drop": groups.available_before - groups.available_low,
         **held,
     }
+
+
+@contextlib.contextmanager
+def stack_of_services(net: Star, nodes: Sequence[str], work: Path, groups: NodeGroups) -> Iterator[None]:
+    """`lazyctr service` resident on every node (in its namespace and groups), as a node's engine is
+    before a rollout: up and loaded before the barrier (the CPU that took is not counted), stopped
+    after. Its memory is the node's: it stays in the peaks."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for node in nodes:
+            argv = groups.prefix(node) + net.command(node, [*node_cli(work, node), "service"])
+            processes.append(
+                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=work)
+            )
+        deadline = time.monotonic() + 60
+        for node, process in zip(nodes, processes, strict=True):
+            while not socket_path(work / node / "root").exists():  # there once it listens
+                if process.poll() is not None or time.monotonic() > deadline:
+                    why = (
+                        process.stderr.read().decode()
+                        if process.stderr and process.poll() is not None
+                        else ""
+                    )
+                    raise RuntimeError(
+                        f"the service of {node} did not come up: {stderr_tail(why) or 'timed out'}"
+                    )
+                time.sleep(0.05)
+        groups.reset_cpu()
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def node_cli(work: Path, node: str) -> list[str]:
@@ -743,7 +791,7 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         cells += [_mb(s["registry_egress"]), _mb(s["proxy_egress"]) if s["way"] == "proxy" else "-"]
         cells += [_mb(s.get("received_median"))]
         cells += [f"{_mb(s.get('rss_peak_median'))}, {_mb(s.get('rss_peak_max'))}", _mb(s["rss_total_peak"])]
-        cells += [str(s["mounts_peak"]) if s["mode"] == "lazy" else "-", _mb(s["mem_available_drop"])]
+        cells += [str(s["mounts_peak"]) if s["mode"] in LAZY_MODES else "-", _mb(s["mem_available_drop"])]
         cpu = s.get("cpu_ns_median")
         cells += [_s(cpu / 1e9 if cpu is not None else None), _s(s["switch_cpu_s"])]
         lines.append(markdown_row(cells))

@@ -112,7 +112,12 @@ def hello(images: str, drivers: str, link: str, runs: int, out: Path, cache: Pat
 
 @bench.command()
 @click.option("--nodes", type=int, default=32, show_default=True, help="Nodes that start the image at once.")
-@click.option("--modes", default="lazy,eager", show_default=True, help="Comma-separated: lazy, eager.")
+@click.option(
+    "--modes",
+    default="lazy,service,eager",
+    show_default=True,
+    help="Comma-separated: lazy, service (lazy, with `lazyctr service` resident on each node), eager.",
+)
 @click.option(
     "--proxy/--no-proxy",
     default=True,

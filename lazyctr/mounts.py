@@ -46,8 +46,9 @@ def mount(ctx: Context, args: tuple[str, ...], stats: bool, timeout: float, fill
 def service(ctx: Context) -> None:
     """Keep the lazy engine loaded for the root: lazy pulls and mounts start warm (until interrupted).
 
-    `pull` (lazy) and `run` with the lazy driver ask it over <root>/service.sock and do the work
-    themselves when nothing listens there. It acts for root only, with each caller's environment.
+    `pull` (lazy) and `run` with the lazy driver ask it over its socket (/run/lazyctr/, named by
+    the root) and do the work themselves when nothing listens there. It acts for root only, with
+    each caller's environment.
     """
     from lazyfs.service import serve, socket_path
 

@@ -4,9 +4,10 @@ A lazy start pays for Python's imports twice: `pull` imports the registry client
 100 ms of CPU), and `run` forks a mount daemon that imports it again with the fetch engine. A
 service, started once for a root, holds all of it imported (and frozen out of the collector's
 scans) and forks a child per request, which starts with everything loaded; the command line asks
-it over `<root>/service.sock` and keeps only its own part. With no service listening there, the
-command line does the same work itself (`pull_lazily`, `mount_lazily`). The snapshotter's mounter
-(lazyfs/snapshotter/mounter.py) runs `mount_here` the same way: one engine, three front doors.
+it over a socket named by the root (`socket_path`) and keeps only its own part. With no service
+listening there, the command line does the same work itself (`pull_lazily`, `mount_lazily`). The
+snapshotter's mounter (lazyfs/snapshotter/mounter.py) runs `mount_here` the same way: one engine,
+three front doors.
 
 One JSON line each way per connection. A request names its operation (`pull`, `mount`), its
 arguments and the caller's environment, which the child takes over: credentials, trust policy and
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import json
 import os
 import select
@@ -32,7 +34,9 @@ from typing import Any
 from storage.errors import EXIT_ERROR, LazyctrError, StorageError
 from storage.store import Image, Store
 
-SOCKET_NAME = "service.sock"
+# Sockets live in /run, named by their root: a root's own path may be longer than a socket's
+# address can be (108 bytes), and /run is root's, and empty after a reboot, as a socket should be.
+SOCKETS = Path("/run/lazyctr")
 BACKLOG = 128  # a fleet node's containers may all start at once
 _INTERNAL = 70  # as lazyctr.errors.EXIT_INTERNAL (lazyfs does not import the command line)
 
@@ -46,7 +50,9 @@ class ServiceError(LazyctrError):
 
 
 def socket_path(root: Path) -> Path:
-    return root / SOCKET_NAME
+    """Where the service of `root` listens: /run/lazyctr/service-<hash of the root's path>.sock."""
+    key = hashlib.sha256(str(root.absolute()).encode()).hexdigest()[:24]
+    return SOCKETS / f"service-{key}.sock"
 
 
 # -- the work, here or in the service -------------------------------------------------------------
@@ -192,22 +198,27 @@ def ask(root: Path, operation: str, **arguments: Any) -> dict[str, Any] | None:
 
 
 def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
-    """Answer requests at `<root>/service.sock` until SIGINT or SIGTERM; `ready` is called once the
+    """Answer requests at the root's socket until SIGINT or SIGTERM; `ready` is called once the
     socket listens. A live service already there is an error; a dead one's socket is replaced."""
     path = socket_path(store.root)
     if ask_alive(path):
         raise StorageError(f"{path}: a lazyctr service already answers there")
     preload()
     store.root.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    # Bound under another name and renamed into place once it listens: a caller that finds the
+    # socket is answered (one that found nothing listening would do the work itself).
+    binding = path.with_name(f".{path.name}.{os.getpid()}")
+    binding.unlink(missing_ok=True)
     old_mask = os.umask(0o177)  # 0600 from the start: nobody else may connect, not even for a moment
     try:
-        listener.bind(str(path))
+        listener.bind(str(binding))
     finally:
         os.umask(old_mask)
-    ours = path.stat().st_ino
     listener.listen(BACKLOG)
+    ours = binding.stat().st_ino
+    os.rename(binding, path)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # each request's child is reaped by the kernel
     # A stop is a byte on a pipe the loop watches, not an exception from the handler: that could be
     # raised anywhere, such as in the fork handlers, which swallow it.

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.fleet import NOT_AVAILABLE, percentile
+from benchmarks.fleet import LAZY_MODES, NOT_AVAILABLE, percentile
 from benchmarks.fleetnet import PREFIX, address
 from benchmarks.link import NETNS_DIR
 from benchmarks.linkfwd import Bucket
@@ -143,7 +143,7 @@ def check_run(tmp_path: Path, nodes: int, modes: tuple[str, ...], proxy: bool) -
         assert all(s.get(key) is not None for key in SCENARIO_FIELDS), s
         assert s["ready_nodes"] == s["count"]
         assert s["registry_egress"] > 0
-        if s["mode"] == "lazy":  # every node held its lazy mount at the same time
+        if s["mode"] in LAZY_MODES:  # every node held its lazy mount at the same time
             assert s["held_containers"] == s["held_mounts"] == s["count"]
             assert all(node["held_pss"] > 0 for node in s["nodes"])
     text = (out / "report.md").read_text()
@@ -158,8 +158,9 @@ def check_run(tmp_path: Path, nodes: int, modes: tuple[str, ...], proxy: bool) -
 
 @pytest.mark.privileged
 def test_two_lazy_nodes_all_ready_with_every_figure_and_nothing_left(tmp_path: Path) -> None:
-    """The default suite's share: 2 lazy nodes straight from the registry (the proxy: extended)."""
-    check_run(tmp_path, 2, ("lazy",), proxy=False)
+    """The default suite's share: 2 lazy nodes straight from the registry, on their own and with a
+    resident `lazyctr service` each, which is stopped with its scenario (the proxy: extended)."""
+    check_run(tmp_path, 2, ("lazy", "service"), proxy=False)
 
 
 @pytest.mark.privileged

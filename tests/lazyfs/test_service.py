@@ -107,6 +107,7 @@ def test_without_a_listening_service_the_command_line_does_the_work(
     killed.process.wait()
     assert socket_path(root).is_socket()
     assert lazyctr("pull", pushed).out.strip().startswith("sha256:")
+    socket_path(root).unlink()  # what the killed service could not tidy away
 
 
 def test_a_second_service_on_a_root_is_refused_and_a_stop_removes_the_socket(
