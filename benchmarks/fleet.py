@@ -8,7 +8,8 @@ image to start: benchmarks/fleetimage, the busybox base and 8 MB of data of whic
 megabyte. Its CMD is its readiness probe, as in the hello suite: ready = from the barrier to the exit
 of `lazyctr run --rm`, after `lazyctr pull`, the probe having exited 0.
 
-Per mode (lazy: `pull` then `run --driver lazy`; eager: `pull --eager` then `run --driver overlay`)
+Per mode (lazy: `pull` then `run --driver lazy`; service: the same, each node with `lazyctr service`
+resident; eager: `pull --eager` then `run --driver overlay`)
 and per way (direct to the registry; through a fresh proxy, its cache cold), one node alone first (the
 baseline of the same run), then all N released at once by a barrier, from cold roots and a dropped
 page cache. Measured: each node's time to ready, the bytes the registry sent (its link's counter),
@@ -770,8 +771,10 @@ def render_report(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     )
     lines.append(
         "ready = from the barrier that releases every node to the exit of `lazyctr run --rm` (after "
-        "`lazyctr pull`), the probe having exited 0. lazy: `pull`, `run --driver lazy`; eager: "
-        "`pull --eager`, `run --driver overlay`. Registry MB: bytes the registry sent into its link "
+        "`lazyctr pull`), the probe having exited 0. lazy: `pull`, `run --driver lazy`; service: the "
+        "same with `lazyctr service` resident on each node (up before the barrier; its start's CPU is "
+        "not counted, its memory is); eager: `pull --eager`, `run --driver overlay`. Registry MB: "
+        "bytes the registry sent into its link "
         "(IP packets: headers and retransmissions count)."
     )
     if results.get("proxy"):
