@@ -62,7 +62,7 @@ from benchmarks.common import (
 from benchmarks.fleetnet import MAX_NODES, PREFIX, Star, address, star
 from benchmarks.link import LinkError, LinkSpec, LinkSpecError, parse_link_spec
 from lazyfs.host import mounts, process_alive
-from lazyfs.service import socket_path
+from lazyfs.service import ask_alive, socket_path
 from runtime.state import containers_dir
 
 IMAGE_DIR = Path(__file__).with_name("fleetimage")
@@ -491,7 +491,7 @@ def stack_of_services(net: Star, nodes: Sequence[str], work: Path, groups: NodeG
             )
         deadline = time.monotonic() + 60
         for node, process in zip(nodes, processes, strict=True):
-            while not socket_path(work / node / "root").exists():  # there once it listens
+            while not ask_alive(socket_path(work / node / "root")):
                 if process.poll() is not None or time.monotonic() > deadline:
                     why = (
                         process.stderr.read().decode()

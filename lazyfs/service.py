@@ -12,14 +12,14 @@ three front doors.
 One JSON line each way per connection. A request names its operation (`pull`, `mount`), its
 arguments and the caller's environment, which the child takes over: credentials, trust policy and
 the FUSE transport follow the caller, not the service. The answer is the result, or the error as
-the caller would have shown it (its line and exit status). A mount whose caller is gone by the time
-it is up (Ctrl-C) is unmounted again: nobody would ever use or release it. Only root can connect
-(the socket is mode 0600).
+the caller would have shown it (its line and exit status). Only root can connect (the socket is mode
+0600, in a directory only root may enter); a root has one service (a lock beside the socket).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 import hashlib
 import json
@@ -27,9 +27,12 @@ import os
 import select
 import signal
 import socket
+import sys
+import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from storage.errors import EXIT_ERROR, LazyctrError, StorageError
 from storage.store import Image, Store
@@ -47,6 +50,10 @@ class ServiceError(LazyctrError):
     def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ServiceStorageError(ServiceError, StorageError):
+    """The same, where the work met a StorageError: callers that catch those catch it too."""
 
 
 def socket_path(root: Path) -> Path:
@@ -80,8 +87,13 @@ def mount_lazily(store: Store, image: Image, mountpoint: Path, timeout: float, p
     ):
         mount_here(store, image, mountpoint, timeout, profiled)
         return
+    from lazyfs.host import is_mounted
     from lazyfs.mount import MountState, on_timeline
 
+    if not is_mounted(mountpoint):  # a service in a mount namespace of its own: its mounts are not ours
+        raise ServiceStorageError(
+            f"{mountpoint}: the lazyctr service mounted it where this process cannot see it"
+        )
     on_timeline(MountState.of(store.root, mountpoint))
 
 
@@ -146,7 +158,8 @@ def preload() -> None:
 
 
 def perform(store: Store, operation: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Run one request; its answer: {"result": ...}, or {"error": line, "exit_code": status}."""
+    """Run one request; its answer: {"result": ...}, or {"error": line, "exit_code": status,
+    "storage": whether it was a StorageError}."""
     try:
         work = OPERATIONS[operation]
     except KeyError:
@@ -154,10 +167,10 @@ def perform(store: Store, operation: str, arguments: dict[str, Any]) -> dict[str
     try:
         return {"result": work(store, arguments)}
     except LazyctrError as e:
-        return {"error": str(e), "exit_code": e.exit_code}
+        return {"error": str(e), "exit_code": e.exit_code, "storage": isinstance(e, StorageError)}
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
-        return {"error": f"{e.strerror or e}{where}", "exit_code": EXIT_ERROR}
+        return {"error": f"{e.strerror or e}{where}", "exit_code": EXIT_ERROR, "storage": False}
     except Exception as e:  # a bug of ours: the caller shows it as one, and the service lives on
         return {
             "error": f"internal error in the lazyctr service: {type(e).__name__}: {e}",
@@ -170,26 +183,34 @@ def perform(store: Store, operation: str, arguments: dict[str, Any]) -> dict[str
 
 def ask(root: Path, operation: str, **arguments: Any) -> dict[str, Any] | None:
     """The service's result for the request, or None when the root has no service listening (the
-    caller then does the work itself). Its error is raised as ServiceError, with the status the
-    caller would have exited with."""
-    path = socket_path(root)
-    if not path.exists():
-        return None
+    caller then does the work itself: nothing was done). Its error is raised as ServiceError (a
+    ServiceStorageError for a StorageError), with the status the caller would have exited with."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     with connection:
+        request = {
+            "operation": operation,
+            "arguments": arguments,
+            "environment": dict(os.environ),
+            "directory": os.getcwd(),  # relative paths in the environment (--policy) are the caller's
+        }
         try:
-            connection.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):  # a service that is gone left its socket
+            # No socket, a service gone, one stopping with our connection queued, or /run/lazyctr
+            # closed to a caller who is not root: no service, and nothing done.
+            connection.connect(str(socket_path(root)))
+            connection.sendall(json.dumps(request).encode() + b"\n")
+        except OSError:
             return None
-        request = {"operation": operation, "arguments": arguments, "environment": dict(os.environ)}
-        connection.sendall(json.dumps(request).encode() + b"\n")
         with connection.makefile("rb") as answers:
-            line = answers.readline()
+            try:
+                line = answers.readline()
+            except OSError:
+                line = b""
     if not line:
         raise ServiceError("the lazyctr service ended without answering (see its output)")
     answer: dict[str, Any] = json.loads(line)
     if "error" in answer:
-        raise ServiceError(answer["error"], int(answer.get("exit_code", EXIT_ERROR)))
+        kind = ServiceStorageError if answer.get("storage") else ServiceError
+        raise kind(answer["error"], int(answer.get("exit_code", EXIT_ERROR)))
     result: dict[str, Any] = answer["result"]
     return result
 
@@ -199,13 +220,28 @@ def ask(root: Path, operation: str, **arguments: Any) -> dict[str, Any] | None:
 
 def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
     """Answer requests at the root's socket until SIGINT or SIGTERM; `ready` is called once the
-    socket listens. A live service already there is an error; a dead one's socket is replaced."""
+    socket listens. A root has one service: a second is refused (a lock held for the service's
+    life, which a killed one releases, so its socket is replaced)."""
     path = socket_path(store.root)
-    if ask_alive(path):
-        raise StorageError(f"{path}: a lazyctr service already answers there")
-    preload()
-    store.root.mkdir(parents=True, exist_ok=True)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_path = path.with_suffix(".lock")
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageError(f"{path}: a lazyctr service of this root runs already") from None
+        try:
+            preload()
+            store.root.mkdir(parents=True, exist_ok=True)
+            _listen_and_answer(store, path, ready)
+        finally:
+            lock_path.unlink(missing_ok=True)  # while held: /run keeps no litter of stopped services
+    finally:
+        os.close(lock)
+
+
+def _listen_and_answer(store: Store, path: Path, ready: Callable[[], None]) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     # Bound under another name and renamed into place once it listens: a caller that finds the
     # socket is answered (one that found nothing listening would do the work itself).
@@ -228,21 +264,16 @@ def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
         signal.signal(sig, lambda *_: None)
     try:
         ready()
-        while True:
-            if stop_read in select.select([listener.fileno(), stop_read], [], [])[0]:
-                break
-            connection, _ = listener.accept()
-            if os.fork() == 0:
-                status = 1
-                try:
-                    signal.set_wakeup_fd(-1)
-                    listener.close()
-                    os.close(stop_read)
-                    os.close(stop_write)
-                    _answer(connection, store)
-                    status = 0
-                finally:
-                    os._exit(status)
+        while stop_read not in select.select([listener.fileno(), stop_read], [], [])[0]:
+            try:
+                connection, _ = listener.accept()
+                child = os.fork()
+            except OSError as e:  # out of descriptors or processes: this request fails, not the service
+                print(f"lazyctr service: cannot take a request: {e}", file=sys.stderr, flush=True)
+                time.sleep(0.1)
+                continue
+            if child == 0:
+                _child(connection, listener, (stop_read, stop_write), store)
             connection.close()
     finally:
         signal.set_wakeup_fd(-1)
@@ -250,8 +281,25 @@ def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
         os.close(stop_write)
         listener.close()
         with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_ino == ours:  # not a later service's
+            if path.stat().st_ino == ours:  # not a service started as this one stopped
                 path.unlink()
+
+
+def _child(
+    connection: socket.socket, listener: socket.socket, pipe: tuple[int, int], store: Store
+) -> NoReturn:
+    status = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        listener.close()
+        for descriptor in pipe:
+            os.close(descriptor)
+        _answer(connection, store)
+        status = 0
+    except BaseException:
+        traceback.print_exc()  # a request the protocol could not even read: the service's output says why
+    finally:
+        os._exit(status)
 
 
 def ask_alive(path: Path) -> bool:
@@ -275,7 +323,11 @@ def _log_line(operation: str, arguments: dict[str, Any], answer: dict[str, Any])
 
 
 def _answer(connection: socket.socket, store: Store) -> None:
-    """One request, in its own child: the caller's environment, the work, the answer."""
+    """One request, in its own child: the caller's environment and directory, the work, the answer.
+
+    A caller interrupted while it waits leaves what the work made, as it would have done the work
+    itself: a mount with no user is taken up by the next container of its image, or unmounted by
+    `rm`/`prune`, under the slot's lock (runtime/lazy.py)."""
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # mount() waits for its own children; a stop is for us
     with connection, connection.makefile("rb") as requests:
@@ -285,14 +337,11 @@ def _answer(connection: socket.socket, store: Store) -> None:
         request = json.loads(line)
         os.environ.clear()
         os.environ.update(request["environment"])
+        with contextlib.suppress(OSError):
+            os.chdir(request["directory"])
         operation, arguments = request["operation"], request["arguments"]
         answer = perform(store, operation, arguments)
-        print(_log_line(operation, arguments, answer), flush=True)
-        try:
+        with contextlib.suppress(OSError):  # a caller gone (Ctrl-C) is told nothing
             connection.sendall(json.dumps(answer).encode() + b"\n")
-        except OSError:  # the caller is gone (Ctrl-C): a mount it asked for would never be released
-            if operation == "mount" and "result" in answer:
-                from lazyfs.mount import umount
-
-                with contextlib.suppress(StorageError, OSError):
-                    umount(store.root, Path(arguments["mountpoint"]))
+    with contextlib.suppress(OSError):  # the service's output gone: nobody to tell
+        print(_log_line(operation, arguments, answer), flush=True)

@@ -105,7 +105,8 @@ class Authenticator:
             headers["Authorization"] = self.credentials.basic()
         what = f"token from {token_url.with_query(None)}"
         try:
-            async with session.get(token_url, headers=headers, ssl=tls.for_url(token_url)) as response:
+            # aiohttp follows the realm's redirects itself, with this context (one may lead to https).
+            async with session.get(token_url, headers=headers, ssl=tls.verified_context()) as response:
                 if response.status in (401, 403):
                     raise self.refused(what, True, "refused")
                 if response.status != 200:

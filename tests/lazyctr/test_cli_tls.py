@@ -7,6 +7,8 @@ from __future__ import annotations
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,45 +21,53 @@ from tests.lazyctr.test_cli_serve import self_signed, serving
 HOST = "127.0.0.2"
 
 
-def test_push_and_pull_over_tls_with_the_registry_trusted(
-    lazyctr: CliRunner, busybox_tar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class TlsRegistry:
+    address: str  # HOST:PORT
+    cert: Path  # its self-signed certificate, which is its own CA
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[TlsRegistry]:
+    """`lazyctr serve` over TLS on HOST, with a certificate nobody trusts unless told to."""
     cert, key = self_signed(tmp_path, HOST)
     trusted = ssl.create_default_context(cafile=str(cert))
-    with serving(
-        tmp_path / "server", "--tls-cert", str(cert), "--tls-key", str(key), context=trusted, host=HOST
-    ) as reply:
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        push_then_pull(lazyctr, busybox_tar, reply.address)
+    options = ("--tls-cert", str(cert), "--tls-key", str(key))
+    with serving(tmp_path / "server", *options, context=trusted, host=HOST) as reply:
+        yield TlsRegistry(reply.address, cert)
+
+
+def test_push_and_pull_over_tls_with_the_registry_trusted(
+    lazyctr: CliRunner, busybox_tar: Path, tls_registry: TlsRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.cert))
+    push_then_pull(lazyctr, busybox_tar, tls_registry.address)
 
 
 def test_a_registry_whose_certificate_is_not_trusted_is_refused_in_one_line(
-    lazyctr: CliRunner, busybox_tar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lazyctr: CliRunner, busybox_tar: Path, tls_registry: TlsRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cert, key = self_signed(tmp_path, HOST)
-    trusted = ssl.create_default_context(cafile=str(cert))
-    with serving(
-        tmp_path / "server", "--tls-cert", str(cert), "--tls-key", str(key), context=trusted, host=HOST
-    ) as reply:
-        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-        lazyctr("import", str(busybox_tar), f"{reply.address}/test/busybox:latest")
-        assert_clean_error(lazyctr("push", f"{reply.address}/test/busybox:latest", ok=False), "certificate")
-        assert_clean_error(lazyctr("pull", f"{reply.address}/test/busybox:latest", ok=False), "certificate")
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    ref = f"{tls_registry.address}/test/busybox:latest"
+    lazyctr("import", str(busybox_tar), ref)
+    assert_clean_error(lazyctr("push", ref, ok=False), "certificate")
+    assert_clean_error(lazyctr("pull", ref, ok=False), "certificate")
 
 
-def test_the_client_imports_aiohttp_without_trust_and_keeps_the_trust_paths() -> None:
-    probe = """
+def test_the_client_imports_aiohttp_without_trust_and_keeps_the_trust_paths(tmp_path: Path) -> None:
+    cert, _ = self_signed(tmp_path, HOST)
+    probe = f"""
 import os, ssl
 import registry.client
 import aiohttp.connector as connector
 from registry.client import tls
 from yarl import URL
 assert connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"] == 0
-assert os.environ["SSL_CERT_FILE"] == "/etc/ssl/certs/ca-certificates.crt"
+assert os.environ["SSL_CERT_FILE"] == {str(cert)!r}
 assert "SSL_CERT_DIR" not in os.environ
-assert tls.for_url(URL("https://example.invalid/v2/")).cert_store_stats()["x509_ca"] > 0
+assert tls.for_url(URL("https://example.invalid/v2/")).cert_store_stats()["x509_ca"] == 1
 assert tls.for_url(URL("http://example.invalid/v2/")) is True
 """
-    env = {"PATH": "/usr/bin:/bin", "SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt"}
+    env = {"PATH": "/usr/bin:/bin", "SSL_CERT_FILE": str(cert)}
     subprocess.run([sys.executable, "-c", probe], check=True, env=env, cwd=Path(__file__).parents[2])
