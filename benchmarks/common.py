@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,10 +27,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from benchmarks.link import IFNAME, Link
+from benchmarks.unwind import shielded as shielded
+from benchmarks.unwind import unwind_on_sigterm as unwind_on_sigterm
 from lazyfs.host import mount_points
 from runtime import syscalls as sc
 from storage.files import atomic_write
@@ -79,16 +79,6 @@ def run_main(main: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def unwind_on_sigterm() -> None:
-    """SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C, so that every daemon, mount, network
-    namespace and work directory a benchmark set up is taken down on the way out."""
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
 
 
 class BenchError(Exception):
@@ -207,7 +197,8 @@ def serving(storage: Path, address: str, link: Link | None = None, log: Path | N
                 time.sleep(0.1)
         yield
     finally:
-        stop(server)
+        with shielded():
+            stop(server)
 
 
 def rotating_rounds(
@@ -273,8 +264,9 @@ def cold_root(work: Path) -> Iterator[Path]:
     try:
         yield tmp / "root"
     finally:
-        unmount_under(tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
+        with shielded():
+            unmount_under(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -284,8 +276,9 @@ def workspace(prefix: str) -> Iterator[Path]:
     try:
         yield base
     finally:
-        unmount_under(base)
-        shutil.rmtree(base, ignore_errors=True)
+        with shielded():
+            unmount_under(base)
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def isolate_var(base: Path, targets: Sequence[str]) -> str:

@@ -53,6 +53,7 @@ from benchmarks.common import (
     markdown_row,
     save_figure,
     save_partial,
+    shielded,
     stderr_tail,
     stop,
     unmount_under,
@@ -176,7 +177,8 @@ def serving(net: Star, name: str, storage: Path, log: Path, cpu: CpuGroup, *extr
             time.sleep(0.2)
         yield where
     finally:
-        stop(server)
+        with shielded():
+            stop(server)
 
 
 # -- the nodes' processes: cgroups and memory ---------------------------------------------------
@@ -196,6 +198,22 @@ def remove_group(path: Path, patience: float = 5.0) -> None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.1)
+
+
+def end_members(path: Path, patience: float = 5.0) -> None:
+    """SIGKILL every process in the cgroup `path`, and wait (a while) until they are gone."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            pids = [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def remove_stale_groups() -> None:
@@ -316,9 +334,13 @@ class NodeGroups:
             self.available_low = min(self.available_low, _mem_available())
 
     def close(self) -> dict[str, dict[str, int]]:
-        """Per node: rss_peak, cgroup_peak (memory.max_usage_in_bytes) and cpu_ns; the groups go."""
+        """Per node: rss_peak, cgroup_peak (memory.max_usage_in_bytes) and cpu_ns; the groups go, and
+        every process still in them: nothing of a node outlives its scenario (a lazyfs daemon or a
+        detached supervisor of an interrupted start would, in sessions of their own)."""
         self._stop.set()
         self._thread.join()
+        for node in self.nodes:
+            end_members(self.groups[node]["memory"])
         figures: dict[str, dict[str, int]] = {}
         for node, paths in self.groups.items():
             figures[node] = {"rss_peak": self.rss_peak[node]}
@@ -448,7 +470,8 @@ def start_nodes(
             switch_cpu = net.stats()["cpu_seconds"] - switch_before
             held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if lazy else {}
     finally:
-        memory = groups.close()
+        with shielded():
+            memory = groups.close()
     for node in nodes:
         samples[node]["received"] = after[node]["received_bytes"] - before[node]["received_bytes"]
         samples[node]["sent"] = after[node]["sent_bytes"] - before[node]["sent_bytes"]
@@ -505,14 +528,15 @@ def stack_of_services(net: Star, nodes: Sequence[str], work: Path, groups: NodeG
         groups.reset_cpu()
         yield
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with shielded():
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
 def node_cli(work: Path, node: str) -> list[str]:
@@ -563,7 +587,8 @@ def hold_lazy_mounts(
             rss_total, pss_total = rss_total + rss, pss_total + pss
         available_drop = groups.available_before - _mem_available()
     finally:
-        on_every_node(nodes, remove, Commands())
+        with shielded():
+            on_every_node(nodes, remove, Commands())
     return {
         "held_containers": len(started),
         "held_mounts": len(held),
@@ -669,8 +694,9 @@ def run_suite(config: Config) -> Path:
     except (RuntimeError, subprocess.TimeoutExpired) as e:  # the push: a registry that does not work
         raise BenchError(f"the fleet's registry cannot be set up: {stderr_tail(str(e), 1)}") from None
     finally:
-        unmount_under(work)
-        shutil.rmtree(work, ignore_errors=True)
+        with shielded():
+            unmount_under(work)
+            shutil.rmtree(work, ignore_errors=True)
     results["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["targets"] = targets(results)
     return write_outputs(results, config.out, render_report, draw_plots)
@@ -693,8 +719,9 @@ def run_scenario(
                 )
             figures = start_nodes(net, nodes, where, scenario["mode"], place, tag, servers)
     finally:
-        unmount_under(place)
-        shutil.rmtree(place, ignore_errors=True)
+        with shielded():
+            unmount_under(place)
+            shutil.rmtree(place, ignore_errors=True)
     return {**figures, **summarize(figures)}
 
 

@@ -33,6 +33,7 @@ from benchmarks.link import (
     start_forwarder,
     stop_forwarder,
 )
+from benchmarks.unwind import shielded
 from lazyfs.host import process_alive
 from runtime import syscalls as sc
 
@@ -159,7 +160,8 @@ def star(links: Mapping[str, LinkSpec]) -> Iterator[Star]:
             _run(["ip", "-n", f"{token}-{name}", "-batch", "-"], stdin=batch.encode())
         yield Star(token, names, switch)
     finally:
-        if switch is not None:
-            stop_forwarder(switch)
-        for ns in reversed(created):
-            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        with shielded():
+            if switch is not None:
+                stop_forwarder(switch)
+            for ns in reversed(created):
+                subprocess.run(["ip", "netns", "delete", ns], capture_output=True)

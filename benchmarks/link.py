@@ -40,6 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, TextIO, TypeVar
 
+from benchmarks.unwind import shielded
 from lazyfs.host import process_alive
 from runtime import syscalls as sc
 
@@ -247,7 +248,8 @@ def netem_available() -> bool:
         proc = _run_quietly(["tc", "-n", name, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
         return proc.returncode == 0
     finally:
-        _run_quietly(["ip", "netns", "delete", name])
+        with shielded():
+            _run_quietly(["ip", "netns", "delete", name])
 
 
 class Link:
@@ -596,10 +598,11 @@ def shaped_link_of(spec: LinkSpec, *, emulator: Emulator = "auto") -> Iterator[L
         link.forwarder = forwarder
         yield link
     finally:
-        if forwarder is not None:
-            stop_forwarder(forwarder)
-        for ns in reversed(created):
-            _run_quietly(["ip", "netns", "delete", ns])
+        with shielded():
+            if forwarder is not None:
+                stop_forwarder(forwarder)
+            for ns in reversed(created):
+                _run_quietly(["ip", "netns", "delete", ns])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

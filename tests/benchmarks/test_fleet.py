@@ -179,6 +179,7 @@ def test_sigterm_while_nodes_start_leaves_nothing(tmp_path: Path) -> None:
     namespaces, cgroups = our_namespaces(), our_cgroups()
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = ["--nodes", "2", "--modes", "lazy", "--no-proxy", "--out", str(out), "--cache", str(cache)]
+    args += ["--link", "10mbit/40ms"]  # a start of a few seconds: the signal comes while it goes on
     proc = subprocess.Popen(
         [sys.executable, "-m", "lazyctr.cli", "bench", "fleet", *args],
         cwd=REPO,
