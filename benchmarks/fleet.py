@@ -293,6 +293,13 @@ class NodeGroups:
         """An argv prefix that puts the command (and what it starts) into the node's groups."""
         return joining(self.groups[node]["memory"], self.groups[node]["cpuacct"])
 
+    def cpu_ns(self, node: str) -> int | None:
+        """The CPU time the node's processes have used so far (since `reset_cpu`)."""
+        try:
+            return int((self.groups[node]["cpuacct"] / "cpuacct.usage").read_text())
+        except (OSError, ValueError):
+            return None
+
     def reset_cpu(self) -> None:
         """Count the nodes' CPU time from now on."""
         for paths in self.groups.values():
@@ -347,8 +354,8 @@ class NodeGroups:
             with contextlib.suppress(OSError, ValueError):
                 peak = (paths["memory"] / "memory.max_usage_in_bytes").read_text()
                 figures[node]["cgroup_peak"] = int(peak)
-            with contextlib.suppress(OSError, ValueError):
-                figures[node]["cpu_ns"] = int((paths["cpuacct"] / "cpuacct.usage").read_text())
+            if (cpu := self.cpu_ns(node)) is not None:
+                figures[node]["cpu_ns"] = cpu
             for path in paths.values():
                 remove_group(path)
         return figures
@@ -468,6 +475,7 @@ def start_nodes(
             servers_cpu = {name: group.seconds() - servers_before[name] for name, group in servers.items()}
             after = net.counters()
             switch_cpu = net.stats()["cpu_seconds"] - switch_before
+            cpu_at_ready = {node: groups.cpu_ns(node) for node in nodes}  # not the held mounts' starts
             held = hold_lazy_mounts(net, nodes, ref, work, groups, samples) if lazy else {}
     finally:
         with shielded():
@@ -476,6 +484,8 @@ def start_nodes(
         samples[node]["received"] = after[node]["received_bytes"] - before[node]["received_bytes"]
         samples[node]["sent"] = after[node]["sent_bytes"] - before[node]["sent_bytes"]
         samples[node].update(memory[node])
+        if cpu_at_ready[node] is not None:
+            samples[node]["cpu_ns"] = cpu_at_ready[node]
     delta = {
         name: {key: after[name][key] - before[name][key] for key in after[name] if not key.startswith("peak")}
         for name in after
