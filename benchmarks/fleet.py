@@ -341,7 +341,7 @@ class NodeGroups:
             self.available_low = min(self.available_low, _mem_available())
 
     def close(self) -> dict[str, dict[str, int]]:
-        """Per node: rss_peak, cgroup_peak (memory.max_usage_in_bytes) and cpu_ns; the groups go, and
+        """Per node: rss_peak and cgroup_peak (memory.max_usage_in_bytes); the groups go, and
         every process still in them: nothing of a node outlives its scenario (a lazyfs daemon or a
         detached supervisor of an interrupted start would, in sessions of their own)."""
         self._stop.set()
@@ -354,8 +354,6 @@ class NodeGroups:
             with contextlib.suppress(OSError, ValueError):
                 peak = (paths["memory"] / "memory.max_usage_in_bytes").read_text()
                 figures[node]["cgroup_peak"] = int(peak)
-            if (cpu := self.cpu_ns(node)) is not None:
-                figures[node]["cpu_ns"] = cpu
             for path in paths.values():
                 remove_group(path)
         return figures
@@ -439,7 +437,7 @@ def start_nodes(
     for node in nodes:
         (work / node).mkdir(parents=True)
     groups = NodeGroups(tag, nodes, work)
-    services = stack_of_services(net, nodes, work, groups) if mode == "service" else contextlib.nullcontext()
+    services = resident_services(net, nodes, work, groups) if mode == "service" else contextlib.nullcontext()
     samples: dict[str, dict[str, Any]] = {node: {"node": node} for node in nodes}
     released: list[float] = []
     barrier = threading.Barrier(len(nodes), action=lambda: released.append(time.monotonic()))
@@ -511,7 +509,7 @@ def start_nodes(
 
 
 @contextlib.contextmanager
-def stack_of_services(net: Star, nodes: Sequence[str], work: Path, groups: NodeGroups) -> Iterator[None]:
+def resident_services(net: Star, nodes: Sequence[str], work: Path, groups: NodeGroups) -> Iterator[None]:
     """`lazyctr service` resident on every node (in its namespace and groups), as a node's engine is
     before a rollout: up and loaded before the barrier (the CPU that took is not counted), stopped
     after. Its memory is the node's: it stays in the peaks."""
@@ -526,14 +524,9 @@ def stack_of_services(net: Star, nodes: Sequence[str], work: Path, groups: NodeG
         for node, process in zip(nodes, processes, strict=True):
             while not ask_alive(socket_path(work / node / "root")):
                 if process.poll() is not None or time.monotonic() > deadline:
-                    why = (
-                        process.stderr.read().decode()
-                        if process.stderr and process.poll() is not None
-                        else ""
-                    )
-                    raise RuntimeError(
-                        f"the service of {node} did not come up: {stderr_tail(why) or 'timed out'}"
-                    )
+                    ended = process.poll() is not None and process.stderr is not None
+                    why = stderr_tail(process.stderr.read()) if ended and process.stderr else "timed out"
+                    raise RuntimeError(f"the service of {node} did not come up: {why}")
                 time.sleep(0.05)
         groups.reset_cpu()
         yield

@@ -8,9 +8,7 @@ from collections.abc import Callable
 
 import click
 
-from storage.errors import EXIT_ERROR, LazyctrError
-
-EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug of ours, not the user's input
+from storage.errors import EXIT_ERROR, EXIT_INTERNAL, LazyctrError, os_error_line
 
 
 def debug_enabled() -> bool:
@@ -40,6 +38,5 @@ def run_with_error_mapping(command: Callable[[], object]) -> None:
         if isinstance(e, LazyctrError):
             fail(str(e), e.exit_code)
         if isinstance(e, OSError):
-            where = f": {e.filename}" if e.filename else ""
-            fail(f"{e.strerror or e}{where}")
+            fail(os_error_line(e))
         fail(f"internal error: {type(e).__name__}: {e} (run with --debug for a traceback)", EXIT_INTERNAL)

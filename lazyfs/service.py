@@ -34,14 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from storage.errors import EXIT_ERROR, LazyctrError, StorageError
+from storage.errors import EXIT_ERROR, EXIT_INTERNAL, LazyctrError, StorageError, os_error_line
 from storage.store import Image, Store
 
 # Sockets live in /run, named by their root: a root's own path may be longer than a socket's
 # address can be (108 bytes), and /run is root's, and empty after a reboot, as a socket should be.
 SOCKETS = Path("/run/lazyctr")
 BACKLOG = 128  # a fleet node's containers may all start at once
-_INTERNAL = 70  # as lazyctr.errors.EXIT_INTERNAL (lazyfs does not import the command line)
 
 
 class ServiceError(LazyctrError):
@@ -74,17 +73,8 @@ def pull_lazily(store: Store, ref: str, insecure: bool) -> dict[str, Any]:
 
 def mount_lazily(store: Store, image: Image, mountpoint: Path, timeout: float, profiled: bool = True) -> None:
     """`mount_here`, by the root's service if one listens (and marked on this process's timeline)."""
-    if (
-        ask(
-            store.root,
-            "mount",
-            image=image.name,
-            mountpoint=str(mountpoint),
-            timeout=timeout,
-            profiled=profiled,
-        )
-        is None
-    ):
+    arguments = {"image": image.name, "mountpoint": str(mountpoint), "timeout": timeout, "profiled": profiled}
+    if ask(store.root, "mount", **arguments) is None:
         mount_here(store, image, mountpoint, timeout, profiled)
         return
     from lazyfs.host import is_mounted
@@ -163,18 +153,17 @@ def perform(store: Store, operation: str, arguments: dict[str, Any]) -> dict[str
     try:
         work = OPERATIONS[operation]
     except KeyError:
-        return {"error": f"the lazyctr service has no operation {operation!r}", "exit_code": _INTERNAL}
+        return {"error": f"the lazyctr service has no operation {operation!r}", "exit_code": EXIT_INTERNAL}
     try:
         return {"result": work(store, arguments)}
     except LazyctrError as e:
         return {"error": str(e), "exit_code": e.exit_code, "storage": isinstance(e, StorageError)}
     except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        return {"error": f"{e.strerror or e}{where}", "exit_code": EXIT_ERROR, "storage": False}
+        return {"error": os_error_line(e), "exit_code": EXIT_ERROR, "storage": False}
     except Exception as e:  # a bug of ours: the caller shows it as one, and the service lives on
         return {
             "error": f"internal error in the lazyctr service: {type(e).__name__}: {e}",
-            "exit_code": _INTERNAL,
+            "exit_code": EXIT_INTERNAL,
         }
 
 

@@ -8,6 +8,13 @@ its descriptor says) forms the integrity family under `IntegrityError`.
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug of ours, not the user's input
+
+
+def os_error_line(e: OSError) -> str:
+    """An OSError as the one line a user sees: what went wrong, and on which file."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
 
 
 class LazyctrError(Exception):
