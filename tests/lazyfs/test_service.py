@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +110,32 @@ def test_without_a_listening_service_the_command_line_does_the_work(
     assert lazyctr("pull", pushed).out.strip().startswith("sha256:")
     for left in (socket_path(root), socket_path(root).with_suffix(".lock")):
         left.unlink()  # what the killed service could not tidy away
+
+
+def test_a_service_that_ends_without_answering_is_one_line(
+    lazyctr: CliRunner,
+    root: Path,
+    pushed: str,  # noqa: F811
+) -> None:
+    path = socket_path(root)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+
+    def read_the_request_and_hang_up() -> None:
+        connection, _ = fake.accept()
+        with connection, connection.makefile("rb") as request:
+            request.readline()
+
+    with socket.socket(socket.AF_UNIX) as fake:
+        fake.bind(str(path))
+        fake.listen(1)
+        answering = threading.Thread(target=read_the_request_and_hang_up)
+        answering.start()
+        try:
+            result = lazyctr("pull", pushed, ok=False)
+        finally:
+            answering.join()
+            path.unlink()
+    assert_clean_error(result, "the lazyctr service ended without answering")
 
 
 def test_a_second_service_on_a_root_is_refused_and_a_stop_removes_the_socket(
