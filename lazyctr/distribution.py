@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from registry.progress import TransferProgress
     from registry.storage import BlobStore
     from registry.tokens import PrivateKey
+    from storage.digest import Digest
 
 # asyncio, ssl and the registry room are imported inside the commands that use them: every
 # `lazyctr run` imports this module, and they would add ~25 ms to each container's start.
@@ -241,12 +242,16 @@ def push(
     Signatures and access profiles of the image go along (referrers; signatures also on the
     `sha256-<digest>.sig` tag), and do not change its digest.
     """
+    from lazyfs.lineage import inherit_at_push
+    from registry.client import RegistryClient
     from registry.progress import TerminalProgress
-    from registry.transfer import BlobResult, push_image, push_referrers
+    from registry.transfer import BlobResult, push_image
     from storage.reference import registry_ref
 
     found = ctx.store.image(image)
     target = registry_ref(ref or found.name)
+    domain = target.domain
+    assert domain is not None
     if sign_by is not None:  # before a byte goes up: a wrong passphrase fails the push at once
         from lazyctr.signing import signing_key
         from registry.signatures import add_signature
@@ -261,17 +266,20 @@ def push(
         if lines:  # bars on the terminal, and the lines still for whoever reads stdout
             click.echo(progress.transfers[result.digest].line())
 
+    async def push_all() -> Digest:
+        # One session: the profile a new version inherits goes up with it, in the same round trips.
+        async with RegistryClient(domain, insecure) as client:
+            inherited = await inherit_at_push(ctx.store, found, target, client)
+            if inherited is not None:
+                click.echo(inherited.line())
+            return await push_image(ctx.store, found, target, insecure, report, progress, client)
+
     try:
-        digest = _run(push_image(ctx.store, found, target, insecure, report, progress))
+        digest = _run(push_all())
     finally:
         progress.close()
     click.echo(f"manifest {digest}")
-    from lazyfs.lineage import inherit_at_push
-
-    inherited = _run(inherit_at_push(ctx.store, found, target, insecure))
-    if inherited is not None:
-        click.echo(inherited.line())
-    referrers = _run(push_referrers(ctx.store, found, target, insecure))
+    referrers = len(ctx.store.referrers(found.descriptor.digest))
     if referrers:
         click.echo(f"referrers {referrers} (access profiles, signatures and other artifacts of the image)")
 

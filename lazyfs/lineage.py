@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lazyfs.profile import best_profile, load_profile, save_profile
 from storage.digest import Digest
@@ -36,9 +36,12 @@ from storage.oci import PROFILE_TYPE, Descriptor, ImageConfig, Manifest
 from storage.pieces import Piece, file_pieces
 from storage.reference import ImageRef
 from storage.store import Image, Store
-from storage.toc import parse_time_ns
+from storage.toc import LayerToc, parse_time_ns
 from storage.tree import ImageTree
 from storage.zstd_chunked import toc_position
+
+if TYPE_CHECKING:
+    from registry.client import RegistryClient
 
 REGISTRY_CANDIDATES = 3  # tags of the target repository whose referrers a push asks for, best first
 MAX_TAGS = 100  # a repository's tags whose manifests a push reads to find the closest
@@ -108,50 +111,58 @@ def store_ancestor(store: Store, name: str, image: Image | None = None) -> Ances
     return None
 
 
-async def registry_ancestor(store: Store, image: Image, ref: ImageRef, insecure: bool) -> Ancestor | None:
-    """The closest other tag of `ref`'s repository with a profile in the registry, its profile's and
-    TOCs' blobs put in the store; None if there is none (or the registry cannot tell)."""
+async def registry_ancestor(
+    store: Store, image: Image, ref: ImageRef, client: RegistryClient
+) -> Ancestor | None:
+    """The closest other tag of `ref`'s repository with a profile in the registry (`client`'s), its
+    profile's and TOCs' blobs put in the store; None if there is none (or the registry cannot tell)."""
     # Imported here: a lazy mount uses this module's store half, and aiohttp costs a start ~25 ms.
     from asyncio import gather
     from io import BytesIO
 
-    from registry.client import RegistryClient
     from registry.client.errors import RegistryClientError
     from registry.transfer import fetch_manifest, fetch_referrers, fetch_toc
 
     assert ref.domain is not None
     repo, mine = ref.repository, {layer.digest for layer in image.manifest.layers}
-    async with RegistryClient(ref.domain, insecure) as client:
-        try:
-            tags = [tag for tag in await client.tags(repo) if tag != ref.tag][:MAX_TAGS]
-            found = await gather(
-                *(fetch_manifest(client, ImageRef(ref.name, tag)) for tag in tags),
-                return_exceptions=True,
+    try:
+        tags = [tag for tag in await client.tags(repo) if tag != ref.tag][:MAX_TAGS]
+        found = await gather(
+            *(fetch_manifest(client, ImageRef(ref.name, tag)) for tag in tags), return_exceptions=True
+        )
+        versions: dict[Digest, tuple[str, Manifest]] = {}
+        for tag, got in zip(tags, found, strict=True):
+            if isinstance(got, BaseException):
+                continue  # a tag that went meanwhile, or an index without our platform
+            data, _, digest = got
+            if digest != image.descriptor.digest:
+                versions.setdefault(digest, (f"{ref.domain}/{repo}:{tag}", Manifest.parse(data)))
+        ranked = sorted(
+            versions.items(), key=lambda item: sum(layer.digest in mine for layer in item[1][1].layers)
+        )
+        candidates = list(reversed(ranked[-REGISTRY_CANDIDATES:]))
+
+        async def profile_and_config(
+            digest: Digest, manifest: Manifest
+        ) -> tuple[list[dict[str, Any]], bytes]:
+            config = BytesIO()
+            artifacts, _ = await gather(
+                fetch_referrers(client, store, repo, digest, {PROFILE_TYPE}),
+                client.get_blob(repo, manifest.config.digest, config, manifest.config.size),
             )
-            versions: dict[Digest, tuple[str, Manifest]] = {}
-            for tag, got in zip(tags, found, strict=True):
-                if isinstance(got, BaseException):
-                    continue  # a tag that went meanwhile, or an index without our platform
-                data, _, digest = got
-                if digest != image.descriptor.digest:
-                    versions.setdefault(digest, (f"{ref.domain}/{repo}:{tag}", Manifest.parse(data)))
-            ranked = sorted(
-                versions.items(), key=lambda item: sum(layer.digest in mine for layer in item[1][1].layers)
-            )
-            for digest, (name, manifest) in reversed(ranked[-REGISTRY_CANDIDATES:]):
-                artifacts = await fetch_referrers(client, store, repo, digest, {PROFILE_TYPE})
-                pieces = best_profile(store, artifacts)
-                config = BytesIO()
-                if pieces:
-                    await client.get_blob(repo, manifest.config.digest, config, manifest.config.size)
-                if pieces and not later(ImageConfig.parse(config.getvalue()).created, image.config.created):
-                    missing = [layer for layer in manifest.layers if layer.digest not in mine]
-                    await gather(
-                        *(fetch_toc(store, client, repo, layer) for layer in missing if toc_position(layer))
-                    )
-                    return Ancestor(name, digest, manifest.layers, pieces)
-        except (RegistryClientError, StorageError):
-            return None  # a bonus: a push goes on without it
+            return best_profile(store, artifacts), config.getvalue()
+
+        # The candidates' profiles and configs at once: one round trip for all, not one each.
+        looked = await gather(*(profile_and_config(digest, manifest) for digest, (_, manifest) in candidates))
+        for (digest, (name, manifest)), (pieces, config) in zip(candidates, looked, strict=True):
+            if pieces and not later(ImageConfig.parse(config).created, image.config.created):
+                missing = [layer for layer in manifest.layers if layer.digest not in mine]
+                await gather(
+                    *(fetch_toc(store, client, repo, layer) for layer in missing if toc_position(layer))
+                )
+                return Ancestor(name, digest, manifest.layers, pieces)
+    except (RegistryClientError, StorageError):
+        return None  # a bonus: a push goes on without it
     return None
 
 
@@ -167,17 +178,30 @@ class _Place:
     end: int
 
 
-def _places(store: Store, layer: Descriptor | None) -> dict[str, _Place]:
-    """Piece digest -> where it lies, for every regular file of `layer` ({} if its TOC is not here)."""
-    if layer is None:
-        return {}
-    try:
-        toc = store.layer_toc(layer)
-    except StorageError:
-        return {}
+class _Tocs:
+    """The TOCs of a derivation's layers, each read once ({} where a layer's TOC is not here)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.known: dict[Digest, LayerToc | None] = {}
+
+    def __call__(self, layer: Descriptor) -> LayerToc | None:
+        if layer.digest not in self.known:
+            try:
+                self.known[layer.digest] = self.store.layer_toc(layer)
+            except StorageError:
+                self.known[layer.digest] = None
+        return self.known[layer.digest]
+
+
+def _places(toc: LayerToc | None, wanted: set[str]) -> dict[str, _Place]:
+    """Piece digest -> where it lies, for the pieces of `toc`'s regular files whose digests are
+    `wanted` (only the files that hold one are cut into pieces: a distribution layer has thousands)."""
     out: dict[str, _Place] = {}
-    for entry in toc.entries:
+    for entry in toc.entries if toc is not None else ():
         if entry.type != "reg" or not entry.size:
+            continue
+        if entry.digest not in wanted and not any(chunk.digest in wanted for chunk in entry.chunks):
             continue
         with contextlib.suppress(StorageError):
             for piece in file_pieces(entry):
@@ -190,15 +214,19 @@ def _places(store: Store, layer: Descriptor | None) -> dict[str, _Place]:
 
 
 def _placed(
-    store: Store, layers: list[Descriptor], pieces: list[dict[str, Any]]
+    tocs: _Tocs, layers: list[Descriptor], pieces: list[dict[str, Any]]
 ) -> Iterator[tuple[str, str, _Place | None]]:
     """Each piece of a profile of the image of `layers`, in order: (layer, digest, where it lies or None)."""
     by_digest = {str(layer.digest): layer for layer in layers}
-    places: dict[str, dict[str, _Place]] = {}
+    wanted: dict[str, set[str]] = {}
+    for item in pieces:
+        wanted.setdefault(item["layer"], set()).add(item["digest"])
+    places = {
+        layer: _places(tocs(by_digest[layer]) if layer in by_digest else None, digests)
+        for layer, digests in wanted.items()
+    }
     for item in pieces:
         layer, digest = item["layer"], item["digest"]
-        if layer not in places:
-            places[layer] = _places(store, by_digest.get(layer))
         yield layer, digest, places[layer].get(digest)
 
 
@@ -206,14 +234,18 @@ def derive(store: Store, ancestor: Ancestor, image: Image) -> tuple[list[dict[st
     """The ancestor's profile as pieces of `image` (see the module docstring), and how many of
     them were kept as they were."""
     new_layers = [str(layer.digest) for layer in image.manifest.layers]
+    tocs = _Tocs(store)
+    layer_tocs = [toc for layer in image.manifest.layers if (toc := tocs(layer)) is not None]
+    if len(layer_tocs) < len(new_layers):  # a layer without a TOC (pulled eagerly): no lazy mount
+        return [], 0
     try:
-        tree = ImageTree.from_tocs([store.layer_toc(layer) for layer in image.manifest.layers])
-    except StorageError:  # a layer without a TOC (pulled eagerly): no lazy mount to prefetch for
+        tree = ImageTree.from_tocs(layer_tocs)
+    except StorageError:
         return [], 0
     out: list[dict[str, str]] = []
     seen: set[tuple[str, str]] = set()
     kept = 0
-    for layer, digest, place in _placed(store, ancestor.layers, ancestor.pieces):
+    for layer, digest, place in _placed(tocs, ancestor.layers, ancestor.pieces):
         if place is None:  # no TOC to find it by: kept only where its layer is the same
             found = [(layer, digest)] if layer in new_layers else []
         else:
@@ -245,7 +277,7 @@ def _pieces_at(tree: ImageTree, layers: list[str], place: _Place) -> list[tuple[
 def profiled_paths(store: Store, layers: list[Descriptor], pieces: list[dict[str, Any]]) -> list[str]:
     """The files a profile (`pieces`) of the image of `layers` reads, in its order, each once: what
     `build --profile-order` places first in a layer."""
-    paths = (place.path for _, _, place in _placed(store, layers, pieces) if place is not None)
+    paths = (place.path for _, _, place in _placed(_Tocs(store), layers, pieces) if place is not None)
     return list(dict.fromkeys(paths))
 
 
@@ -274,7 +306,9 @@ def profile_for_mount(store: Store, image: Image) -> list[dict[str, Any]]:
     return found
 
 
-async def inherit_at_push(store: Store, image: Image, ref: ImageRef, insecure: bool) -> Inherited | None:
+async def inherit_at_push(
+    store: Store, image: Image, ref: ImageRef, client: RegistryClient
+) -> Inherited | None:
     """The store's ancestor if it is of the image's own repository; else the target repository's
     tags in the registry; else the store's relative (another repository sharing layers). A version's
     own history beats a relative's: gcc:2 inherits from gcc:1 in the registry, not from a flask image
@@ -283,5 +317,5 @@ async def inherit_at_push(store: Store, image: Image, ref: ImageRef, insecure: b
         return None
     ancestor = store_ancestor(store, image.name, image)
     if ancestor is None or repository_of(ancestor.name) != repository_of(image.name):
-        ancestor = await registry_ancestor(store, image, ref, insecure) or ancestor
+        ancestor = await registry_ancestor(store, image, ref, client) or ancestor
     return record_inherited(store, image, ancestor) if ancestor is not None else None

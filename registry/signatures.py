@@ -231,6 +231,8 @@ async def push_signature_tag(
 ) -> int:
     """Put signature layers `ours` (payloads in the store) of manifest `digest` on its `.sig` tag in
     `repo`, keeping those there already (as containers/image does). Returns how many are new."""
+    if not ours:  # nothing to add: not even a look at the tag
+        return 0
     theirs = await _tag_manifest(client, repo, digest)
     present = signature_layers(theirs) if theirs is not None else []
     new = [layer for layer in ours if layer not in present]

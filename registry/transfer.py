@@ -1,7 +1,7 @@
 """Images between a registry and the store: push, eager pull, lazy pull, and their referrers.
 
-A push sends the config and layers (in parallel), then the manifest; the store's referrers of the
-image (access profiles, signatures) follow, their blobs first, then their manifests by digest. A
+A push sends every blob at once (config, layers, and those of the store's referrers of the image:
+access profiles, signatures), then the manifest, then the referrers' manifests by digest. A
 layer of a lazily pulled image is not in the store: it is fine where the target has it already, or
 can mount it from the repository it came from.
 
@@ -103,21 +103,34 @@ async def push_image(
     insecure: bool = False,
     report: Callable[[BlobResult], None] = lambda _: None,
     progress: TransferProgress | None = None,
+    client: RegistryClient | None = None,
 ) -> Digest:
-    """Push config, layers (in parallel) and manifest of `image` to `ref`; the manifest digest.
+    """Push `image` to `ref` with the store's artifacts that refer to it; the manifest digest.
 
-    Only what the target repository lacks goes up, and of that only what no repository of the
-    same registry can lend (`_send_blob`); the blobs' new home is recorded once the push is done.
+    Every blob goes at once: config and layers, and the referrers' (access profiles, signatures).
+    Then the image's manifest, then the referrers' manifests by digest (after their subject: a
+    registry may check it), and signatures also on their `.sig` tag. Only what the target repository
+    lacks goes up, and of that only what no repository of the same registry can lend (`_send_blob`);
+    the blobs' new home is recorded once the push is done. `client`: a session already open to
+    `ref`'s registry, else one is opened here.
     """
     progress = progress or TransferProgress()
     assert ref.domain is not None
     if ref.digest is not None:
         raise InvalidReference(f"cannot push to a digest: {ref}")
+    if client is None:
+        async with RegistryClient(ref.domain, insecure) as client:
+            return await push_image(store, image, ref, insecure, report, progress, client)
     repo, tag = ref.repository, ref.tag or "latest"
     locations = BlobLocations(store.root)
     blobs = [image.manifest.config, *image.manifest.layers]
     with store.ingesting():  # gc must not remove the blobs while they are sent
         manifest_bytes = store.read_blob(image.descriptor.digest)
+        referrers = [(d, store.read_blob(d.digest)) for d in store.referrers(image.descriptor.digest)]
+        mine = {d.digest for d in blobs}
+        their_blobs = dict.fromkeys(
+            d for _, data in referrers for d in _blobs_of(Manifest.parse(data)) if d not in mine
+        )
 
         async def push_one(descriptor: Descriptor) -> None:
             progress.start(descriptor.digest, descriptor.size)
@@ -128,18 +141,29 @@ async def push_image(
             progress.done(descriptor.digest, outcome)
             report(BlobResult(descriptor.digest, descriptor.size, outcome))
 
-        async with RegistryClient(ref.domain, insecure) as client:
-            await client.ping()
-            await asyncio.gather(*(push_one(d) for d in blobs))
-            manifest = image.descriptor
-            if manifest.digest.algorithm == CANONICAL:
-                pushed = await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
-            else:  # by tag, a registry names a manifest by its sha256; by digest, it keeps the one it has
-                pushed = await client.put_manifest(
-                    repo, manifest.digest, manifest_bytes, manifest.media_type, tag
-                )
+        await client.ping()
+        await asyncio.gather(
+            *(push_one(d) for d in blobs),
+            *(client.push_blob(repo, d, store.blob_path(d)) for d in their_blobs),
+        )
+        manifest = image.descriptor
+        if manifest.digest.algorithm == CANONICAL:
+            pushed = await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
+        else:  # by tag, a registry names a manifest by its sha256; by digest, it keeps the one it has
+            pushed = await client.put_manifest(
+                repo, manifest.digest, manifest_bytes, manifest.media_type, tag
+            )
+        await asyncio.gather(
+            *(client.put_manifest(repo, str(d.digest), data, d.media_type) for d, data in referrers),
+            # also where cosign and podman look for signatures
+            push_signature_tag(store, client, repo, manifest.digest, stored_signature_layers(store, image)),
+        )
     locations.record(ref.domain, repo, (d.digest for d in blobs if d.distributable))
     return pushed
+
+
+def _blobs_of(artifact: Manifest) -> list[Digest]:
+    return [artifact.config.digest, *(layer.digest for layer in artifact.layers)]
 
 
 async def _send_blob(
@@ -183,26 +207,6 @@ async def _send_blob(
         )
     await client.upload(repo, session, blob.digest, path, progress=lambda n: progress.advance(blob.digest, n))
     return "pushed"
-
-
-async def push_referrers(store: Store, image: Image, ref: ImageRef, insecure: bool = False) -> int:
-    """Push the store's artifacts referring to `image` (pushed before) to `ref`, and its signatures
-    also to their `.sig` tag; returns how many artifacts."""
-    subject = image.descriptor.digest
-    referrers = store.referrers(subject)
-    if not referrers:
-        return 0
-    assert ref.domain is not None
-    async with RegistryClient(ref.domain, insecure) as client:
-        for descriptor in referrers:
-            data = store.read_blob(descriptor.digest)
-            artifact = Manifest.parse(data)
-            for blob in [artifact.config, *artifact.layers]:
-                await client.push_blob(ref.repository, blob.digest, store.blob_path(blob.digest))
-            await client.put_manifest(ref.repository, str(descriptor.digest), data, descriptor.media_type)
-        layers = stored_signature_layers(store, image)  # also where cosign and podman look:
-        await push_signature_tag(store, client, ref.repository, image.descriptor.digest, layers)
-    return len(referrers)
 
 
 # -- pull --------------------------------------------------------------------------------------------
@@ -483,5 +487,4 @@ __all__ = [
     "pull_image",
     "pull_lazy",
     "push_image",
-    "push_referrers",
 ]

@@ -20,7 +20,8 @@ class Proxy:
     wait, unanswered, until it is set again; `delay`: seconds before each is forwarded. `corrupt`
     flips a byte in the middle of every byte-range answer (206), `corrupt_blobs` of every whole blob.
     `trickle` > 0 sends answers in pieces of that many bytes, `pause` seconds apart, as a slow network
-    has them; `trickled` counts the bytes sent so.
+    has them; `trickled` counts the bytes sent so. `requests`: (method, path and query) of each
+    request, as it came.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -34,6 +35,7 @@ class Proxy:
         self.trickle = 0
         self.pause = 0.0
         self.trickled = 0
+        self.requests: list[tuple[str, str]] = []
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -43,6 +45,7 @@ class Proxy:
         assert self._started.wait(10), "the proxy did not start"
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((request.method, request.path_qs))
         while not self.answering.is_set():
             await asyncio.sleep(0.01)
         await asyncio.sleep(self.delay)

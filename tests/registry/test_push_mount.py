@@ -13,6 +13,7 @@ import pytest
 
 from registry.blob_locations import DATABASE, BlobLocations
 from registry.transfer import pull_image, pull_lazy, push_image
+from storage.oci import MEDIA_EMPTY, MEDIA_MANIFEST, Descriptor, Manifest
 from storage.reference import registry_ref
 from storage.store import Image, Store
 from tests.registry import test_client, test_foreign_layers
@@ -110,3 +111,32 @@ def test_an_unreadable_record_costs_only_the_hint(
     )
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(store.root / DATABASE).execute("SELECT * FROM locations").fetchall()
+
+
+def _artifact_of(store: Store, image: Image, payload: bytes) -> str:
+    """An artifact referring to `image` (as an access profile does), put in the store; its digest."""
+    empty = Descriptor(MEDIA_EMPTY, store.put_blob(b"{}"), 2)
+    layer = Descriptor("application/vnd.example.test", store.put_blob(payload), len(payload))
+    subject = Descriptor(MEDIA_MANIFEST, image.descriptor.digest, image.descriptor.size)
+    artifact = Manifest(empty, [layer], subject=subject, artifact_type="application/vnd.example.test")
+    return str(store.add_referrer(artifact.to_bytes()).digest)
+
+
+def test_a_push_sends_the_referrers_blobs_with_the_images_then_the_manifests(
+    registry: Registry, store: Store, busybox: Image
+) -> None:
+    artifact = _artifact_of(store, busybox, b"an access profile")
+    proxy = Proxy(registry.address)
+    try:
+        push(store, busybox, f"{proxy.address}/team/app:1")
+    finally:
+        proxy.stop()
+    paths = [path for _, path in proxy.requests]
+    image_manifest = paths.index("/v2/team/app/manifests/1")
+    blob_requests = [at for at, path in enumerate(paths) if "/blobs/" in path]
+    # One wave of blobs, the artifact's among them, then the image's manifest, then the artifact's.
+    assert len(blob_requests) > 3 * 2 and max(blob_requests) < image_manifest
+    assert paths.index(f"/v2/team/app/manifests/{artifact}") > image_manifest
+    assert not any(path.endswith(".sig") for path in paths)  # no signature: no look at its tag
+    listed = registry.request("GET", f"/v2/team/app/referrers/{busybox.descriptor.digest}").json()
+    assert [m["digest"] for m in listed["manifests"]] == [artifact]
