@@ -270,6 +270,30 @@ def cold_root(work: Path) -> Iterator[Path]:
 
 
 @contextmanager
+def resident_service(root: Path, netns: str | None = None, timeout: float = 60) -> Iterator[None]:
+    """`lazyctr service` of `root` (in network namespace `netns`), up and loaded before the block, as
+    a node's engine is before it starts anything; stopped after."""
+    from lazyfs.service import ask_alive, socket_path
+
+    argv = [sys.executable, "-m", "lazyctr.cli", "--root", str(root), "service"]
+    if netns is not None:
+        argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+    service = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=SOURCE_ROOT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ask_alive(socket_path(root)):
+            if service.poll() is not None or time.monotonic() > deadline:
+                ended = service.poll() is not None and service.stderr is not None
+                why = stderr_tail(service.stderr.read()) if ended and service.stderr else "timed out"
+                raise RuntimeError(f"lazyctr service did not come up: {why}")
+            time.sleep(0.05)
+        yield
+    finally:
+        with shielded():
+            stop(service, 15)
+
+
+@contextmanager
 def workspace(prefix: str) -> Iterator[Path]:
     """A temporary directory, with whatever was mounted below it, removed on the way out."""
     base = Path(tempfile.mkdtemp(prefix=prefix))

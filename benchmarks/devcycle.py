@@ -10,27 +10,54 @@ For each dev image the suite published (flask, gcc, openjdk, python, in that ord
   and sends it along as a referrer (its line is kept in the results);
 - from a cold client each: pull + run to ready lazily (the inherited profile prefetched), eagerly
   (`pull --eager`, overlay), and then lazily with the new version's own profile (one lazy run of it
-  recorded and pushed first, untimed): the yardstick the inherited profile is held to.
+  recorded and pushed first, untimed): the yardstick the inherited profile is held to. The lazy
+  halves run with `lazyctr service` resident on the client (up before the clock starts, as a node's
+  engine is, and as stargz-snapshotter's daemon is for its peer); page caches are dropped after it
+  came up.
 The cycle's time is build + push + pull + run to ready.
+
+`lazyctr bench hello` runs one cycle per dev image after its suite. Alone:
+python -m benchmarks.devcycle [--images flask,gcc,openjdk,python] [--runs N] [--link 100mbit/20ms]
+[--out bench-results/devcycle]: the images' first versions go up beside the registry (untimed), each
+gets its profile from one recorded lazy run over the link, then N rounds of the cycle, the images
+in turn. Needs root.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import cold_root, drop_caches, lazyctr, received
-from benchmarks.link import Link
+from benchmarks.common import (
+    CACHE,
+    cold_root,
+    compile_sources,
+    drop_caches,
+    lazyctr,
+    received,
+    resident_service,
+    run_main,
+    serving,
+    unwind_on_sigterm,
+    workspace,
+)
+from benchmarks.link import Link, parse_link_spec, shaped_link_of
 
 # The dev images, in the order they are measured, and the file an edit touches.
 DEV_SOURCES = {"flask": "app.py", "gcc": "hello.c", "openjdk": "Hello.java", "python": "Dockerfile"}
-# The halves of a cycle: label, `pull` options, run driver.
+# The halves of a cycle: label, `pull` options, run driver (lazy: with the client's service resident).
 HALVES: tuple[tuple[str, list[str], str], ...] = (
     ("lazy", [], "lazy"),
     ("eager", ["--eager"], "overlay"),
@@ -93,7 +120,7 @@ def _half(
     link: Link, work: Path, ref: str, options: list[str], driver: str, run_timeout: float
 ) -> dict[str, Any]:
     """Pull and run `ref` to ready from a cold client: its times and bytes, or its error."""
-    with cold_root(work) as root:
+    with cold_root(work) as root, _engine(root, link, driver):
         drop_caches()
         before = received(link)
         t0 = time.monotonic()
@@ -105,6 +132,11 @@ def _half(
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             return {"error": _last_line(e)}
         return {"pull_s": t1 - t0, "run_s": t2 - t1, "ready_s": t2 - t0, "bytes": received(link) - before}
+
+
+def _engine(root: Path, link: Link, driver: str) -> contextlib.AbstractContextManager[None]:
+    """The client's resident service for a lazy half; nothing for an eager one."""
+    return resident_service(root, link.client_ns) if driver == "lazy" else contextlib.nullcontext()
 
 
 def record_own_profile(link: Link, work: Path, ref: str, run_timeout: float) -> None:
@@ -150,7 +182,7 @@ def render_section(results: dict[str, Any]) -> list[str]:
         "inherited/own ready",
     ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ratios: list[float] = []
+    by_image: dict[str, list[float]] = defaultdict(list)  # eager/lazy per run: a median per image
     notes: list[str] = []
     for cycle in cycles:
         if "error" in cycle:
@@ -164,7 +196,7 @@ def render_section(results: dict[str, Any]) -> list[str]:
         total = {label: half.get("total_s") for label, half in halves.items()}
         lazy, eager = total["lazy"], total["eager"]
         if lazy and eager:
-            ratios.append(eager / lazy)
+            by_image[cycle["image"]].append(eager / lazy)
         lines.append(
             "| "
             + " | ".join(
@@ -186,8 +218,14 @@ def render_section(results: dict[str, Any]) -> list[str]:
             )
             + " |"
         )
-        notes.append(f"- {cycle['image']}: {cycle.get('inherited') or 'no profile inherited at push'}")
+        inherited = cycle.get("inherited") or "no profile inherited at push"
+        if f"- {cycle['image']}: {inherited}" not in notes:
+            notes.append(f"- {cycle['image']}: {inherited}")
     lines.append("")
+    ratios = [statistics.median(runs) for runs in by_image.values()]
+    if len(cycles) > len(by_image):
+        medians = ", ".join(f"{image} {statistics.median(runs):.2f}x" for image, runs in by_image.items())
+        lines += [f"Per image, the median of its runs: {medians}.", ""]
     if ratios:
         lines.append(
             f"Median over the dev images: the cycle is {statistics.median(ratios):.2f}x faster lazily than "
@@ -210,3 +248,80 @@ def _ratio(value: float | None, base: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+# -- alone ---------------------------------------------------------------------------------------------
+
+
+def publish_first_version(link: Link, address: str, publisher: Path, work: Path, name: str) -> None:
+    """`bench/NAME:1` into the registry from beside it (untimed), and its profile recorded over the link."""
+    ref = f"{address}/bench/{name}:1"
+    lazyctr(
+        publisher, "push", "--insecure", "--progress", "plain", f"bench/{name}:1", ref, netns=link.server_ns
+    )
+    record_own_profile(link, work, ref, RUN_TIMEOUT)
+
+
+RUN_TIMEOUT = 600
+PORT = 5000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", default=",".join(DEV_SOURCES), help="comma-separated dev images")
+    parser.add_argument("--runs", type=int, default=1, help="rounds of the cycle over the images")
+    parser.add_argument("--link", default="100mbit/20ms")
+    parser.add_argument("--out", type=Path, default=Path("bench-results") / "devcycle")
+    args = parser.parse_args()
+    names = args.images.split(",")
+    unknown = [name for name in names if name not in DEV_SOURCES]
+    if unknown or args.runs < 1:
+        sys.exit(f"--images: one of {', '.join(DEV_SOURCES)}" if unknown else "--runs must be at least 1")
+    if os.geteuid() != 0:
+        sys.exit("benchmarks/devcycle.py needs root (namespaces, mounts, drop_caches)")
+    from benchmarks.hello import IMAGES_DIR, prepare_images  # the suite imports this module
+
+    compile_sources()
+    unwind_on_sigterm()
+    publisher, _ = prepare_images(CACHE / "bench", names)
+    spec = parse_link_spec(args.link)
+    cycles: list[dict[str, Any]] = []
+    with workspace("lazyctr-devcycle-") as work, shaped_link_of(spec) as link:
+        link.verify()
+        address = f"{link.server_ip}:{PORT}"
+        with serving(work / "registry", address, link, log=work / "registry.log"):
+            for name in names:
+                publish_first_version(link, address, publisher, work, name)
+            for run in range(args.runs):
+                for name in names:
+                    cycle = development_cycle(link, address, publisher, work, name, IMAGES_DIR, RUN_TIMEOUT)
+                    cycle["run"] = run
+                    cycles.append(cycle)
+                    print(_cycle_line(cycle), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {"link": str(spec), "runs": args.runs, "dev_cycle": cycles}
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "report.md").write_text("\n".join(render_section(results)))
+    print("\n".join(render_section(results)))
+
+
+def _cycle_line(cycle: dict[str, Any]) -> str:
+    """One cycle on a line: build, push, and each half's pull, run and total."""
+    head = f"{cycle['image']:8} build {cycle['build_s']:.2f} push {cycle['push_s']:.2f}"
+    halves = []
+    for label, _, _ in HALVES:
+        half = cycle.get(label) or {}
+        if "error" in half:
+            halves.append(f"{label} FAILED: {half['error']}")
+        else:
+            halves.append(
+                f"{label} pull {half['pull_s']:.2f} run {half['run_s']:.2f} "
+                f"cycle {half['total_s']:.2f} ({half['bytes'] / 1e6:.1f} MB)"
+            )
+    return " | ".join([head, *halves])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -48,11 +48,14 @@ def service(ctx: Context) -> None:
 
     `pull` (lazy) and `run` with the lazy driver ask it over its socket (/run/lazyctr/, named by
     the root) and do the work themselves when nothing listens there. It acts for root only, with
-    each caller's environment.
+    each caller's environment. A lazy pull also mounts the image at once, so that its access
+    profile comes while the `run` that usually follows starts; the mount waits a minute for a
+    container, then goes.
     """
     from lazyfs.service import serve, socket_path
+    from runtime.lazy import hold_for_a_start
 
-    serve(ctx.store, lambda: click.echo(f"serving on {socket_path(ctx.root)}"))
+    serve(ctx.store, lambda: click.echo(f"serving on {socket_path(ctx.root)}"), after_pull=hold_for_a_start)
 
 
 @command()

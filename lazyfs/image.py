@@ -9,9 +9,9 @@ mount daemon serves and `lazyctr cat` prints.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import NotFound
 from storage.reference import Origin
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from lazyfs.source import ImageSource
     from registry.client import RegistryClient
     from storage.pieces import Piece
+    from storage.toc import LayerToc
     from storage.tree import ImageTree
 
 
@@ -56,6 +57,7 @@ class MountableImage:
     repository: str | None = None
     insecure: bool = False
     lowers: list[int] | None = None  # the layers served as overlay lower directories, or None: merged
+    _tocs: dict[int, LayerToc] | None = None
     _tree: ImageTree | None = None
     _files: list[FileLayerSource] = field(default_factory=list)
 
@@ -81,17 +83,39 @@ class MountableImage:
         return cls(image, store, local, registry, repository, insecure, served if lowers else None)
 
     @property
+    def tocs(self) -> dict[int, LayerToc]:
+        """The served layers' TOCs, by layer index (read from the store once)."""
+        if self._tocs is None:
+            layers = self.image.manifest.layers
+            served = self.lowers if self.lowers is not None else range(len(layers))
+            self._tocs = {i: self.store.layer_toc(layers[i]) for i in served}
+        return self._tocs
+
+    @property
     def tree(self) -> ImageTree:
-        if self._tree is None and self.lowers is not None:
+        if self._tree is None:
             from storage.tree import ImageTree
 
-            layers = self.image.manifest.layers
-            self._tree = ImageTree.overlay_lowers({i: self.store.layer_toc(layers[i]) for i in self.lowers})
-        elif self._tree is None:
-            from lazyfs.source import image_tree
-
-            self._tree = image_tree(self.store, self.image)
+            if self.lowers is not None:
+                self._tree = ImageTree.overlay_lowers(self.tocs)
+            else:
+                self._tree = ImageTree.from_tocs(list(self.tocs.values()))
         return self._tree
+
+    def profile_pieces(self, profile: Iterable[dict[str, Any]]) -> list[Piece]:
+        """The pieces an access profile names (by layer digest and piece digest), in its order: found
+        in the TOCs alone, so that a mount fetches them before its tree is made."""
+        from storage.pieces import pieces_with_digests
+
+        profile = list(profile)
+        layers = [str(layer.digest) for layer in self.image.manifest.layers]
+        found: dict[tuple[str, str], Piece] = {}
+        for index, toc in self.tocs.items():
+            wanted = {str(item["digest"]) for item in profile if item.get("layer") == layers[index]}
+            if wanted:
+                for digest, (_, piece) in pieces_with_digests(toc.entries, wanted, index).items():
+                    found[(layers[index], digest)] = piece
+        return [found[key] for item in profile if (key := (item.get("layer"), item.get("digest"))) in found]
 
     def sources(self, store: Store, client: RegistryClient | None) -> list[LayerSource]:
         """Where each layer's bytes come from (`client`: the registry's, opened by the caller)."""

@@ -24,7 +24,6 @@ The ancestor is, among the images that have a profile and were not created after
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from lazyfs.profile import best_profile, load_profile, save_profile
 from storage.digest import Digest
 from storage.errors import StorageError
 from storage.oci import PROFILE_TYPE, Descriptor, ImageConfig, Manifest
-from storage.pieces import Piece, file_pieces
+from storage.pieces import Piece, file_pieces, pieces_with_digests
 from storage.reference import ImageRef
 from storage.store import Image, Store
 from storage.toc import LayerToc, parse_time_ns
@@ -195,22 +194,12 @@ class _Tocs:
 
 
 def _places(toc: LayerToc | None, wanted: set[str]) -> dict[str, _Place]:
-    """Piece digest -> where it lies, for the pieces of `toc`'s regular files whose digests are
-    `wanted` (only the files that hold one are cut into pieces: a distribution layer has thousands)."""
-    out: dict[str, _Place] = {}
-    for entry in toc.entries if toc is not None else ():
-        if entry.type != "reg" or not entry.size:
-            continue
-        if entry.digest not in wanted and not any(chunk.digest in wanted for chunk in entry.chunks):
-            continue
-        with contextlib.suppress(StorageError):
-            for piece in file_pieces(entry):
-                if isinstance(piece, Piece):
-                    out.setdefault(
-                        str(piece.digest),
-                        _Place(entry.path, piece.file_offset, piece.file_offset + piece.size),
-                    )
-    return out
+    """Piece digest -> where it lies, for the pieces of `toc` whose digests are `wanted`."""
+    found = pieces_with_digests(toc.entries, wanted) if toc is not None else {}
+    return {
+        digest: _Place(entry.path, piece.file_offset, piece.file_offset + piece.size)
+        for digest, (entry, piece) in found.items()
+    }
 
 
 def _placed(

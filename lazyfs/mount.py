@@ -299,8 +299,10 @@ def _daemon(
     with mountable.fetching(store, timeout, reads.record) as fetcher:
         reads.fetcher = fetcher
         with _lasting_objects():
+            if prefetch:  # found in the TOCs alone: the profile's bytes come while the tree is made
+                fetcher.prefetch(mountable.profile_pieces(prefetch))
             source = ImageSource(mountable.tree, fetcher, mountable.image.name, warm=fetcher.cache.advise)
-        return _serve(source, fetcher, mountable, mountpoint, state, prefetch, fill, ready_fd, reads)
+        return _serve(source, fetcher, mountable, mountpoint, state, fill, ready_fd, reads)
 
 
 @contextlib.contextmanager
@@ -348,7 +350,6 @@ def _serve(
     mountable: MountableImage,
     mountpoint: Path,
     state: MountState,
-    prefetch: Sequence[dict[str, Any]],
     fill: bool,
     ready_fd: int,
     reads: Reads,
@@ -403,8 +404,6 @@ def _serve(
         _read_ahead_widely(mountpoint)
         pieces = source.all_pieces()
         fetcher.know_layout(pieces)
-        if prefetch:
-            fetcher.prefetch(source.pieces_for(prefetch, layers))
         # Every piece already here (an earlier mount fetched them): the fill is done, so assemble the
         # plain root now, and files are passed through to it from then on.
         if fill or (local.root is None and all(fetcher.cache.contains(p.digest) for p in pieces)):

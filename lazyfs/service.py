@@ -113,7 +113,11 @@ def _pull_here(store: Store, ref: str, insecure: bool) -> dict[str, Any]:
 
     image = asyncio.run(pull_lazy(store, ref, insecure))
     inherited = inherit_profile(store, image)  # from the store's versions: no round trip
-    return {"id": str(image.id), "inherited": inherited.line() if inherited is not None else None}
+    return {
+        "id": str(image.id),
+        "name": image.name,
+        "inherited": inherited.line() if inherited is not None else None,
+    }
 
 
 def _pull(store: Store, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -207,10 +211,17 @@ def ask(root: Path, operation: str, **arguments: Any) -> dict[str, Any] | None:
 # -- the service ----------------------------------------------------------------------------------
 
 
-def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
+AfterPull = Callable[[Store, Image], None]
+
+
+def serve(
+    store: Store, ready: Callable[[], None] = lambda: None, after_pull: AfterPull | None = None
+) -> None:
     """Answer requests at the root's socket until SIGINT or SIGTERM; `ready` is called once the
     socket listens. A root has one service: a second is refused (a lock held for the service's
-    life, which a killed one releases, so its socket is replaced)."""
+    life, which a killed one releases, so its socket is replaced). `after_pull` runs in a pull's
+    child once the caller has its answer (the command line mounts the image there, so that its
+    profile comes while `run` starts: runtime.lazy.hold_for_a_start)."""
     path = socket_path(store.root)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock_path = path.with_suffix(".lock")
@@ -223,14 +234,16 @@ def serve(store: Store, ready: Callable[[], None] = lambda: None) -> None:
         try:
             preload()
             store.root.mkdir(parents=True, exist_ok=True)
-            _listen_and_answer(store, path, ready)
+            _listen_and_answer(store, path, ready, after_pull)
         finally:
             lock_path.unlink(missing_ok=True)  # while held: /run keeps no litter of stopped services
     finally:
         os.close(lock)
 
 
-def _listen_and_answer(store: Store, path: Path, ready: Callable[[], None]) -> None:
+def _listen_and_answer(
+    store: Store, path: Path, ready: Callable[[], None], after_pull: AfterPull | None
+) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     # Bound under another name and renamed into place once it listens: a caller that finds the
     # socket is answered (one that found nothing listening would do the work itself).
@@ -262,7 +275,7 @@ def _listen_and_answer(store: Store, path: Path, ready: Callable[[], None]) -> N
                 time.sleep(0.1)
                 continue
             if child == 0:
-                _child(connection, listener, (stop_read, stop_write), store)
+                _child(connection, listener, (stop_read, stop_write), store, after_pull)
             connection.close()
     finally:
         signal.set_wakeup_fd(-1)
@@ -275,7 +288,11 @@ def _listen_and_answer(store: Store, path: Path, ready: Callable[[], None]) -> N
 
 
 def _child(
-    connection: socket.socket, listener: socket.socket, pipe: tuple[int, int], store: Store
+    connection: socket.socket,
+    listener: socket.socket,
+    pipe: tuple[int, int],
+    store: Store,
+    after_pull: AfterPull | None,
 ) -> NoReturn:
     status = 1
     try:
@@ -283,7 +300,7 @@ def _child(
         listener.close()
         for descriptor in pipe:
             os.close(descriptor)
-        _answer(connection, store)
+        _answer(connection, store, after_pull)
         status = 0
     except BaseException:
         traceback.print_exc()  # a request the protocol could not even read: the service's output says why
@@ -311,7 +328,7 @@ def _log_line(operation: str, arguments: dict[str, Any], answer: dict[str, Any])
     return f"{operation}{subject}: {outcome}"
 
 
-def _answer(connection: socket.socket, store: Store) -> None:
+def _answer(connection: socket.socket, store: Store, after_pull: AfterPull | None) -> None:
     """One request, in its own child: the caller's environment and directory, the work, the answer.
 
     A caller interrupted while it waits leaves what the work made, as it would have done the work
@@ -334,3 +351,9 @@ def _answer(connection: socket.socket, store: Store) -> None:
             connection.sendall(json.dumps(answer).encode() + b"\n")
     with contextlib.suppress(OSError):  # the service's output gone: nobody to tell
         print(_log_line(operation, arguments, answer), flush=True)
+    if operation == "pull" and "result" in answer and after_pull is not None:
+        try:
+            after_pull(store, store.image(answer["result"]["name"]))
+        except (LazyctrError, OSError) as e:  # the pull is done: this was a head start, not the work
+            with contextlib.suppress(OSError):
+                print(f"after pull {arguments.get('ref')}: {e}", flush=True)

@@ -24,8 +24,8 @@ import bisect
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from lazyfs.readahead import READ_AHEAD
 from storage.digest import Digest
@@ -284,11 +284,6 @@ class ImageSource:
                         seen.setdefault((p.layer, p.digest), p)
         self._all_pieces = sorted(seen.values(), key=lambda p: (p.layer, p.start))
         return self._all_pieces
-
-    def pieces_for(self, profile: Iterable[dict[str, Any]], layers: list[str]) -> list[Piece]:
-        """The pieces an access profile names (by layer digest and piece digest), in its order."""
-        by_key = {(layers[p.layer], str(p.digest)): p for p in self.all_pieces()}
-        return [by_key[key] for item in profile if (key := (item.get("layer"), item.get("digest"))) in by_key]
 
     def _node(self, path: str) -> Node:
         node = self.tree.node(path.strip("/")) if path.startswith("/") else None

@@ -11,6 +11,11 @@ A user is stale when its container's state says it is gone (removed, or exited: 
 container whose supervisor was killed), or when it is still being created by a process that no
 longer exists. Stale users are dropped whenever a slot is touched, and `prune` drops them from
 every slot (`lazyctr rm` calls it), so a killed supervisor does not keep a mount forever.
+
+A pull may mount the image before any container asks (`hold_for_a_start`, what `lazyctr service`
+does after a lazy pull): its profile then comes while `run` is still starting. That hold is a user
+of its own (`pull-<pid>`, stale once its process is gone), which the first container to join
+removes, and which lets go by itself after a lease.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +44,8 @@ from storage.store import Image, Store
 
 LAZY_DIR = "lazy"
 DEFAULT_TIMEOUT = 30.0  # seconds a read waits for the registry before EIO
+HOLD_LEASE = 60.0  # seconds a pull's mount waits for its container before it lets go
+HOLDER = "pull-"  # the name of a pull's hold on a slot: pull-<pid>
 
 
 @dataclass(frozen=True)
@@ -115,8 +123,28 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
                 _remove_slot_if_unused(slot)
                 raise
         slot.users.mkdir(exist_ok=True)
+        if not container_id.startswith(HOLDER):  # a container came: a pull's hold has done its job
+            for holder in (user for user in slot.user_ids() if user.startswith(HOLDER)):
+                (slot.users / holder).unlink(missing_ok=True)
         atomic_write(slot.users / container_id, json.dumps({"pid": os.getpid()}).encode())
     return slot
+
+
+def hold_for_a_start(store: Store, image: Image, lease: float = HOLD_LEASE, poll: float = 0.05) -> None:
+    """Mount `image`'s shared slot now (its profile prefetched from this moment on) and hold it
+    until a container joins (which takes the hold over: the mount then lives as long as its
+    containers), or `lease` seconds have passed (then it ends, unless a container joined meanwhile).
+    Blocks for as long as it holds."""
+    holder = f"{HOLDER}{os.getpid()}"
+    slot = acquire(store, image, holder)
+    held = slot.users / holder  # removed by the first container that joins (`acquire`)
+    deadline = time.monotonic() + lease
+    try:
+        while time.monotonic() < deadline and held.exists():
+            time.sleep(poll)
+    finally:
+        if held.exists():  # no container came: let go (the mount ends unless one joined just now)
+            release(slot, holder)
 
 
 def release(slot: Slot, container_id: str) -> None:
@@ -149,6 +177,8 @@ def _drop_stale_users(slot: Slot) -> None:
 
 
 def _stale(container_dir: Path, user_file: Path) -> bool:
+    if user_file.name.startswith(HOLDER):  # a pull's hold: no container, only its process
+        return not process_alive(_user_pid(user_file))
     try:
         state = ContainerState.load(container_dir)  # `exited` too when its supervisor died
     except NotFound:
@@ -156,12 +186,16 @@ def _stale(container_dir: Path, user_file: Path) -> bool:
     if state.status == "exited":
         return True
     if state.status == "created":  # between create and run: its preparing process must still be there
-        try:
-            pid = int(json.loads(user_file.read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return True
-        return not process_alive(pid)
+        return not process_alive(_user_pid(user_file))
     return False
+
+
+def _user_pid(user_file: Path) -> int:
+    """The PID a user file names, or 0 (no process) if it cannot be read."""
+    try:
+        return int(json.loads(user_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _daemon_alive(slot: Slot) -> bool:

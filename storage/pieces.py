@@ -14,7 +14,8 @@ blob), lazyfs's image source (FUSE reads, `lazyctr cat`) and its fetch engine.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,6 +94,25 @@ def file_pieces(entry: TocEntry, layer: int = 0) -> list[Piece | int]:
     if any(f is None for f in frames):
         raise CorruptLayer(f"{entry.name}: holes in a file whose chunks have no digests")
     return [piece(entry.digest, 0, entry.size, *(f for f in frames if f is not None))]
+
+
+def pieces_with_digests(
+    entries: Iterable[TocEntry], wanted: Container[str], layer: int = 0
+) -> dict[str, tuple[TocEntry, Piece]]:
+    """The pieces of `entries`' regular files whose digests are `wanted`, by digest, each with its
+    file (the first that has it). Only the files that hold one are cut into pieces: a distribution
+    layer has thousands of files, and an access profile names a few hundred pieces."""
+    out: dict[str, tuple[TocEntry, Piece]] = {}
+    for entry in entries:
+        if entry.type != "reg" or not entry.size:
+            continue
+        if entry.digest not in wanted and not any(chunk.digest in wanted for chunk in entry.chunks):
+            continue
+        with contextlib.suppress(CorruptLayer):  # a file that cannot be read holds nothing to find
+            for piece in file_pieces(entry, layer):
+                if isinstance(piece, Piece) and piece.digest in wanted:
+                    out.setdefault(str(piece.digest), (entry, piece))
+    return out
 
 
 def unpack(piece: Piece, blob: bytes, blob_offset: int) -> bytes:

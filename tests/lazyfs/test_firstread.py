@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from lazyfs.fetcher import COALESCE_GAP, GUESS_REQUEST, Range, coalesce, requests, ride_along
+from lazyfs.fetcher import (
+    AHEAD_GAP,
+    COALESCE_GAP,
+    GUESS_REQUEST,
+    RANGES_PER_REQUEST,
+    Range,
+    coalesce,
+    requests,
+    ride_along,
+)
 from lazyfs.firstread import (
     DIRECTORY_WINDOW,
     MAX_DIRECTORY_WINDOW,
@@ -228,6 +237,15 @@ def test_guesses_go_in_small_requests(image_pieces: dict[str, list[Piece]]) -> N
         [(one_big[0].start, one_big[0].end)]
     ]
     assert isinstance(requests(one_big)[0][0], Range)
+
+
+def test_what_no_reader_waits_for_fetches_no_gaps(image_pieces: dict[str, list[Piece]]) -> None:
+    modules = [image_pieces[name][0] for name in MODULES]
+    scattered = modules[::2]  # gaps of one file (20 KB): a reader's request takes them
+    assert [len(group) for group in requests(scattered)] == [1]
+    groups = requests(scattered, gap=AHEAD_GAP)  # a profile's: the pieces' bytes alone, 32 to a request
+    assert [(r.start, r.end) for group in groups for r in group] == [(p.start, p.end) for p in scattered]
+    assert len(groups) == -(-len(scattered) // RANGES_PER_REQUEST)
 
 
 # -- through a mount --------------------------------------------------------------------------------

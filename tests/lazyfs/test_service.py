@@ -11,6 +11,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,44 @@ def test_a_lazy_run_mounts_through_the_service_and_leaves_no_mount(
     assert out == busybox_file(busybox_tar, "etc/passwd")
     assert service.read_until("mount ").endswith(": ok\n")
     wait_for(lambda: not lazy_mounts(root), what="the mount to go with its last container")
+
+
+def test_a_pull_mounts_the_image_for_the_run_that_follows_which_takes_the_mount_over(
+    lazyctr: CliRunner,
+    service: Service,
+    pushed: str,  # noqa: F811
+    root: Path,
+) -> None:
+    lazyctr("pull", pushed)
+    assert service.read_until("mount ").endswith(": ok\n")  # after the pull's answer: its profile comes
+    (mountpoint,) = lazy_mounts(root)
+    users = mountpoint.parent / "users"
+    wait_for(lambda: users.is_dir() and [u.name[:5] for u in users.iterdir()] == ["pull-"], what="its hold")
+    assert lazyctr("run", "--rm", "--driver", "lazy", pushed, "true").code == 0
+    wait_for(lambda: not lazy_mounts(root), what="the mount to go with the container that took it over")
+    assert sum("mount " in line for line in service.lines) == 1  # the run mounted nothing itself
+    service.stop()
+    assert sum(line.startswith("mount ") for line in service.lines) == 1
+
+
+def test_a_pulls_hold_lets_go_after_its_lease_when_no_container_comes(
+    lazyctr: CliRunner,
+    pushed: str,  # noqa: F811
+    root: Path,
+) -> None:
+    lazyctr("pull", pushed)  # no service: nothing mounted
+    assert not lazy_mounts(root)
+    hold = (
+        "import sys; from pathlib import Path; from runtime.lazy import hold_for_a_start; "
+        "from storage.store import Store; store = Store(Path(sys.argv[1])); "
+        "hold_for_a_start(store, store.image(sys.argv[2]), lease=float(sys.argv[3]))"
+    )
+    source = Path(__file__).resolve().parents[2]
+    holding = subprocess.Popen([sys.executable, "-c", hold, str(root), pushed, "1.0"], cwd=source)
+    wait_for(lambda: len(lazy_mounts(root)) == 1 or holding.poll() is not None, what="the held mount")
+    assert lazy_mounts(root) and holding.poll() is None  # up, and held
+    assert holding.wait(timeout=15) == 0
+    assert not lazy_mounts(root) and not any((root / "lazy").iterdir())  # gone with its lease
 
 
 def test_the_callers_environment_and_errors_go_with_the_request(
