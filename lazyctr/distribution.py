@@ -242,7 +242,9 @@ def push(
     Signatures and access profiles of the image go along (referrers; signatures also on the
     `sha256-<digest>.sig` tag), and do not change its digest.
     """
-    from lazyfs.lineage import inherit_at_push
+    import asyncio
+
+    from lazyfs.lineage import Inherited, inherit_at_push
     from registry.client import RegistryClient
     from registry.progress import TerminalProgress
     from registry.transfer import BlobResult, push_image
@@ -266,19 +268,26 @@ def push(
         if lines:  # bars on the terminal, and the lines still for whoever reads stdout
             click.echo(progress.transfers[result.digest].line())
 
-    async def push_all() -> Digest:
-        # One session: the profile a new version inherits goes up with it, in the same round trips.
+    async def push_all() -> tuple[Digest, Inherited | None]:
+        # One session: the profile a new version inherits is derived while the image's blobs go up,
+        # and goes up with them.
         async with RegistryClient(domain, insecure) as client:
-            inherited = await inherit_at_push(ctx.store, found, target, client)
-            if inherited is not None:
-                click.echo(inherited.line())
-            return await push_image(ctx.store, found, target, insecure, report, progress, client)
+            lineage = asyncio.ensure_future(inherit_at_push(ctx.store, found, target, client))
+            try:
+                pushed = await push_image(
+                    ctx.store, found, target, insecure, report, progress, client, lineage
+                )
+            finally:
+                lineage.cancel()  # done by now, unless the push failed first
+            return pushed, lineage.result()
 
     try:
-        digest = _run(push_all())
+        digest, inherited = _run(push_all())
     finally:
         progress.close()
     click.echo(f"manifest {digest}")
+    if inherited is not None:
+        click.echo(inherited.line())
     referrers = len(ctx.store.referrers(found.descriptor.digest))
     if referrers:
         click.echo(f"referrers {referrers} (access profiles, signatures and other artifacts of the image)")

@@ -41,6 +41,9 @@ from storage.store import Image, Store
 # address can be (108 bytes), and /run is root's, and empty after a reboot, as a socket should be.
 SOCKETS = Path("/run/lazyctr")
 BACKLOG = 128  # a fleet node's containers may all start at once
+# True in a service's child: the work it does asks no service (a pull's mount is made in the same
+# process, with the TOCs the pull loaded: storage.tocindex).
+_serving = False
 
 
 class ServiceError(LazyctrError):
@@ -72,8 +75,14 @@ def pull_lazily(store: Store, ref: str, insecure: bool) -> dict[str, Any]:
 
 
 def mount_lazily(store: Store, image: Image, mountpoint: Path, timeout: float, profiled: bool = True) -> None:
-    """`mount_here`, by the root's service if one listens (and marked on this process's timeline)."""
+    """`mount_here`, by the root's service if one listens (and marked on this process's timeline);
+    here in a service's own child."""
     arguments = {"image": image.name, "mountpoint": str(mountpoint), "timeout": timeout, "profiled": profiled}
+    if _serving:  # the service's own work (a pull's hold): logged as a request's mount would be
+        mount_here(store, image, mountpoint, timeout, profiled)
+        with contextlib.suppress(OSError):
+            print(_log_line("mount", arguments, {"result": {}}), flush=True)
+        return
     if ask(store.root, "mount", **arguments) is None:
         mount_here(store, image, mountpoint, timeout, profiled)
         return
@@ -294,7 +303,9 @@ def _child(
     store: Store,
     after_pull: AfterPull | None,
 ) -> NoReturn:
+    global _serving
     status = 1
+    _serving = True
     try:
         signal.set_wakeup_fd(-1)
         listener.close()

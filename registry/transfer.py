@@ -104,6 +104,7 @@ async def push_image(
     report: Callable[[BlobResult], None] = lambda _: None,
     progress: TransferProgress | None = None,
     client: RegistryClient | None = None,
+    referrers_made: Awaitable[object] | None = None,
 ) -> Digest:
     """Push `image` to `ref` with the store's artifacts that refer to it; the manifest digest.
 
@@ -112,7 +113,8 @@ async def push_image(
     registry may check it), and signatures also on their `.sig` tag. Only what the target repository
     lacks goes up, and of that only what no repository of the same registry can lend (`_send_blob`);
     the blobs' new home is recorded once the push is done. `client`: a session already open to
-    `ref`'s registry, else one is opened here.
+    `ref`'s registry, else one is opened here. `referrers_made`: work that may still add referrers
+    to the store (a profile being derived); the image's blobs go up meanwhile, theirs after it.
     """
     progress = progress or TransferProgress()
     assert ref.domain is not None
@@ -120,17 +122,12 @@ async def push_image(
         raise InvalidReference(f"cannot push to a digest: {ref}")
     if client is None:
         async with RegistryClient(ref.domain, insecure) as client:
-            return await push_image(store, image, ref, insecure, report, progress, client)
+            return await push_image(store, image, ref, insecure, report, progress, client, referrers_made)
     repo, tag = ref.repository, ref.tag or "latest"
     locations = BlobLocations(store.root)
     blobs = [image.manifest.config, *image.manifest.layers]
     with store.ingesting():  # gc must not remove the blobs while they are sent
         manifest_bytes = store.read_blob(image.descriptor.digest)
-        referrers = [(d, store.read_blob(d.digest)) for d in store.referrers(image.descriptor.digest)]
-        mine = {d.digest for d in blobs}
-        their_blobs = dict.fromkeys(
-            d for _, data in referrers for d in _blobs_of(Manifest.parse(data)) if d not in mine
-        )
 
         async def push_one(descriptor: Descriptor) -> None:
             progress.start(descriptor.digest, descriptor.size)
@@ -141,10 +138,20 @@ async def push_image(
             progress.done(descriptor.digest, outcome)
             report(BlobResult(descriptor.digest, descriptor.size, outcome))
 
+        async def push_referrers_blobs() -> list[tuple[Descriptor, bytes]]:
+            if referrers_made is not None:
+                await referrers_made
+            referrers = [(d, store.read_blob(d.digest)) for d in store.referrers(image.descriptor.digest)]
+            mine = {d.digest for d in blobs}
+            theirs = dict.fromkeys(
+                d for _, data in referrers for d in _blobs_of(Manifest.parse(data)) if d not in mine
+            )
+            await asyncio.gather(*(client.push_blob(repo, d, store.blob_path(d)) for d in theirs))
+            return referrers
+
         await client.ping()
-        await asyncio.gather(
-            *(push_one(d) for d in blobs),
-            *(client.push_blob(repo, d, store.blob_path(d)) for d in their_blobs),
+        _, referrers = await asyncio.gather(
+            asyncio.gather(*(push_one(d) for d in blobs)), push_referrers_blobs()
         )
         manifest = image.descriptor
         if manifest.digest.algorithm == CANONICAL:

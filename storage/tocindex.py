@@ -23,6 +23,7 @@ import hashlib
 import marshal
 import operator
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -58,11 +59,17 @@ def index_path(root: Path, toc_digest: Digest) -> Path:
 
 
 def cached_toc(root: Path, toc_digest: Digest, frames_end: int, parse: Callable[[], LayerToc]) -> LayerToc:
-    """The TOC `toc_digest` from its index; else `parse()` (which verifies and validates it), indexed."""
-    toc = load_index(index_path(root, toc_digest), toc_digest, frames_end)
+    """The TOC `toc_digest` as this process last had it, or from its index; else `parse()` (which
+    verifies and validates it), indexed."""
+    key = (root, str(toc_digest), frames_end)
+    toc = _recent.get(key)
     if toc is None:
-        toc = parse()
-        remember(root, toc_digest, frames_end, toc)
+        toc = load_index(index_path(root, toc_digest), toc_digest, frames_end)
+    if toc is not None:
+        _keep(key, toc)
+        return toc
+    toc = parse()
+    remember(root, toc_digest, frames_end, toc)
     return toc
 
 
@@ -73,8 +80,30 @@ def remember(root: Path, toc_digest: Digest, frames_end: int, toc: LayerToc) -> 
         check_hard_links(toc)  # what else stacking the layer could refuse: an indexed TOC mounts
     except CorruptLayer:
         return  # never indexed: each use parses it again, and fails as it did
+    _keep((root, str(toc_digest), frames_end), toc)
     with contextlib.suppress(OSError):
         save_index(index_path(root, toc_digest), toc_digest, frames_end, toc)
+
+
+# The TOCs this process indexed or loaded last: a lazy pull followed by a mount in one process (the
+# service's child, whose mount daemon is its fork) loads each once: flask's two large TOCs cost a
+# mount 50-60 ms from their indexes. A few only: a long-lived process that mounts many images must
+# not keep them all. What is kept passed the checks an index's load makes; `Store.layer_toc` still
+# checks the TOC's bytes against their digest at every use.
+RECENT_TOCS = 8
+_recent: OrderedDict[tuple[Path, str, int], LayerToc] = OrderedDict()
+
+
+def forget_recent() -> None:
+    """Let go of the TOCs this process keeps: the next use of each loads its index (or parses it)."""
+    _recent.clear()
+
+
+def _keep(key: tuple[Path, str, int], toc: LayerToc) -> None:
+    _recent[key] = toc
+    _recent.move_to_end(key)
+    while len(_recent) > RECENT_TOCS:
+        _recent.popitem(last=False)
 
 
 def save_index(path: Path, toc_digest: Digest, frames_end: int, toc: LayerToc) -> None:

@@ -11,7 +11,7 @@ from storage.errors import CorruptLayer, DigestMismatch
 from storage.oci import Descriptor
 from storage.store import Store
 from storage.toc import LayerToc, TocEntry
-from storage.tocindex import index_path, is_indexed, load_index, remember
+from storage.tocindex import forget_recent, index_path, is_indexed, load_index, remember
 from storage.zstd_chunked import position_from_annotations
 from tests.lazyfs.conftest import make_image
 
@@ -61,6 +61,8 @@ def test_a_damaged_or_foreign_index_is_never_loaded_and_is_rewritten(store: Stor
     other = promised(upper)[0]
     path.write_bytes(index_path(store.root, other).read_bytes())  # another TOC's index by this name
     assert load_index(path, digest, frames_end) is None
+    assert store.layer_toc(lower) is store.layer_toc(lower)  # as this process had it: no disk read
+    forget_recent()  # as a process that has not loaded it yet
     assert store.layer_toc(lower).entries == parsed(store, lower).entries  # parsed again
     assert load_index(path, digest, frames_end) is not None  # and indexed again
 
