@@ -133,14 +133,17 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
 def hold_for_a_start(store: Store, image: Image, lease: float = HOLD_LEASE, poll: float = 0.05) -> None:
     """Mount `image`'s shared slot now (its profile prefetched from this moment on) and hold it
     until a container joins (which takes the hold over: the mount then lives as long as its
-    containers), or `lease` seconds have passed (then it ends, unless a container joined meanwhile).
+    containers), `lease` seconds have passed, or this process's parent (the service that asked for
+    the hold) has ended; then it lets go, and the mount ends unless a container joined meanwhile.
     Blocks for as long as it holds."""
     holder = f"{HOLDER}{os.getpid()}"
+    asker = os.getppid()
     slot = acquire(store, image, holder)
     held = slot.users / holder  # removed by the first container that joins (`acquire`)
     deadline = time.monotonic() + lease
     try:
-        while time.monotonic() < deadline and held.exists():
+        # An orphan's parent is another process: polled, since a signal could come mid-`acquire`.
+        while time.monotonic() < deadline and held.exists() and os.getppid() == asker:
             time.sleep(poll)
     finally:
         if held.exists():  # no container came: let go (the mount ends unless one joined just now)

@@ -100,6 +100,20 @@ def test_a_pull_mounts_the_image_for_the_run_that_follows_which_takes_the_mount_
     assert sum(line.startswith("mount ") for line in service.lines) == 1
 
 
+def test_a_stop_of_the_service_ends_a_pulls_hold_and_its_mount(
+    lazyctr: CliRunner,
+    service: Service,
+    pushed: str,  # noqa: F811
+    root: Path,
+) -> None:
+    lazyctr("pull", pushed)
+    service.read_until("mount ")
+    assert len(lazy_mounts(root)) == 1
+    assert service.stop() == 0
+    # The mount and its slot: nothing left for a lease to end.
+    wait_for(lambda: not lazy_mounts(root) and not any((root / "lazy").iterdir()), timeout=10)
+
+
 def test_a_pulls_hold_lets_go_after_its_lease_when_no_container_comes(
     lazyctr: CliRunner,
     pushed: str,  # noqa: F811
