@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import click
 
 from lazyctr.context import Context, command, pass_context
-from storage.errors import BadArchive, InvalidReference
+from storage.errors import BadArchive, InvalidReference, LazyctrError
 
 if TYPE_CHECKING:
     import ssl
@@ -268,11 +268,18 @@ def push(
         if lines:  # bars on the terminal, and the lines still for whoever reads stdout
             click.echo(progress.transfers[result.digest].line())
 
+    async def inherit(client: RegistryClient) -> Inherited | None:
+        try:
+            return await inherit_at_push(ctx.store, found, target, client)
+        except (LazyctrError, OSError) as e:  # a bonus: the image goes up without it
+            click.echo(f"lazyctr: warning: no access profile inherited: {e}", err=True)
+            return None
+
     async def push_all() -> tuple[Digest, Inherited | None]:
         # One session: the profile a new version inherits is derived while the image's blobs go up,
         # and goes up with them.
         async with RegistryClient(domain, insecure) as client:
-            lineage = asyncio.ensure_future(inherit_at_push(ctx.store, found, target, client))
+            lineage = asyncio.ensure_future(inherit(client))
             try:
                 pushed = await push_image(
                     ctx.store, found, target, insecure, report, progress, client, lineage

@@ -294,6 +294,7 @@ def _daemon(
     os.dup2(log_fd, 2)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal that mounted us is not for us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # whatever the caller had (a pull's hold ignores it)
 
     reads = Reads()
     with mountable.fetching(store, timeout, reads.record) as fetcher:

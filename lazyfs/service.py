@@ -220,7 +220,7 @@ def ask(root: Path, operation: str, **arguments: Any) -> dict[str, Any] | None:
 # -- the service ----------------------------------------------------------------------------------
 
 
-AfterPull = Callable[[Store, Image], None]
+AfterPull = Callable[[Store, Image, int], None]  # the store, the image pulled, the service's pid
 
 
 def serve(
@@ -306,12 +306,13 @@ def _child(
     global _serving
     status = 1
     _serving = True
+    service = os.getppid()
     try:
         signal.set_wakeup_fd(-1)
         listener.close()
         for descriptor in pipe:
             os.close(descriptor)
-        _answer(connection, store, after_pull)
+        _answer(connection, store, after_pull, service)
         status = 0
     except BaseException:
         traceback.print_exc()  # a request the protocol could not even read: the service's output says why
@@ -339,7 +340,7 @@ def _log_line(operation: str, arguments: dict[str, Any], answer: dict[str, Any])
     return f"{operation}{subject}: {outcome}"
 
 
-def _answer(connection: socket.socket, store: Store, after_pull: AfterPull | None) -> None:
+def _answer(connection: socket.socket, store: Store, after_pull: AfterPull | None, service: int) -> None:
     """One request, in its own child: the caller's environment and directory, the work, the answer.
 
     A caller interrupted while it waits leaves what the work made, as it would have done the work
@@ -363,8 +364,12 @@ def _answer(connection: socket.socket, store: Store, after_pull: AfterPull | Non
     with contextlib.suppress(OSError):  # the service's output gone: nobody to tell
         print(_log_line(operation, arguments, answer), flush=True)
     if operation == "pull" and "result" in answer and after_pull is not None:
+        # What follows the answer is the service's: a Ctrl-C at its terminal (or a stop sent to its
+        # whole group) is for the service, whose end ends this work too (hold_for_a_start).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         try:
-            after_pull(store, store.image(answer["result"]["name"]))
+            after_pull(store, store.image(answer["result"]["name"]), service)
         except (LazyctrError, OSError) as e:  # the pull is done: this was a head start, not the work
             with contextlib.suppress(OSError):
                 print(f"after pull {arguments.get('ref')}: {e}", flush=True)

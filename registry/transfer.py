@@ -150,9 +150,14 @@ async def push_image(
             return referrers
 
         await client.ping()
-        _, referrers = await asyncio.gather(
-            asyncio.gather(*(push_one(d) for d in blobs)), push_referrers_blobs()
-        )
+        try:
+            async with asyncio.TaskGroup() as wave:  # the first failure cancels the others
+                for descriptor in blobs:
+                    wave.create_task(push_one(descriptor))
+                theirs = wave.create_task(push_referrers_blobs())
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None
+        referrers = theirs.result()
         manifest = image.descriptor
         if manifest.digest.algorithm == CANONICAL:
             pushed = await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)
@@ -160,12 +165,12 @@ async def push_image(
             pushed = await client.put_manifest(
                 repo, manifest.digest, manifest_bytes, manifest.media_type, tag
             )
+        locations.record(ref.domain, repo, (d.digest for d in blobs if d.distributable))
         await asyncio.gather(
             *(client.put_manifest(repo, str(d.digest), data, d.media_type) for d, data in referrers),
             # also where cosign and podman look for signatures
             push_signature_tag(store, client, repo, manifest.digest, stored_signature_layers(store, image)),
         )
-    locations.record(ref.domain, repo, (d.digest for d in blobs if d.distributable))
     return pushed
 
 

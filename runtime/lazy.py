@@ -123,6 +123,8 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
                 _remove_slot_if_unused(slot)
                 raise
         slot.users.mkdir(exist_ok=True)
+        if container_id.startswith(HOLDER) and any(not u.startswith(HOLDER) for u in slot.user_ids()):
+            return slot  # a container was first: the mount lives as long as it does, no hold needed
         if not container_id.startswith(HOLDER):  # a container came: a pull's hold has done its job
             for holder in (user for user in slot.user_ids() if user.startswith(HOLDER)):
                 (slot.users / holder).unlink(missing_ok=True)
@@ -130,14 +132,17 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
     return slot
 
 
-def hold_for_a_start(store: Store, image: Image, lease: float = HOLD_LEASE, poll: float = 0.05) -> None:
+def hold_for_a_start(
+    store: Store, image: Image, asker: int, lease: float = HOLD_LEASE, poll: float = 0.05
+) -> None:
     """Mount `image`'s shared slot now (its profile prefetched from this moment on) and hold it
     until a container joins (which takes the hold over: the mount then lives as long as its
-    containers), `lease` seconds have passed, or this process's parent (the service that asked for
-    the hold) has ended; then it lets go, and the mount ends unless a container joined meanwhile.
-    Blocks for as long as it holds."""
+    containers), `lease` seconds have passed, or the process `asker` (the service that asked for
+    the hold, this process's parent) has ended; then it lets go, and the mount ends unless a
+    container joined meanwhile. Blocks for as long as it holds."""
+    if os.getppid() != asker:  # it ended already
+        return
     holder = f"{HOLDER}{os.getpid()}"
-    asker = os.getppid()
     slot = acquire(store, image, holder)
     held = slot.users / holder  # removed by the first container that joins (`acquire`)
     deadline = time.monotonic() + lease

@@ -23,6 +23,7 @@ import hashlib
 import marshal
 import operator
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import fields
@@ -92,6 +93,7 @@ def remember(root: Path, toc_digest: Digest, frames_end: int, toc: LayerToc) -> 
 # checks the TOC's bytes against their digest at every use.
 RECENT_TOCS = 8
 _recent: OrderedDict[tuple[Path, str, int], LayerToc] = OrderedDict()
+_recent_lock = threading.Lock()
 
 
 def forget_recent() -> None:
@@ -100,10 +102,11 @@ def forget_recent() -> None:
 
 
 def _keep(key: tuple[Path, str, int], toc: LayerToc) -> None:
-    _recent[key] = toc
-    _recent.move_to_end(key)
-    while len(_recent) > RECENT_TOCS:
-        _recent.popitem(last=False)
+    with _recent_lock:  # TOCs are parsed in threads, side by side
+        _recent[key] = toc
+        _recent.move_to_end(key)
+        while len(_recent) > RECENT_TOCS:
+            _recent.popitem(last=False)
 
 
 def save_index(path: Path, toc_digest: Digest, frames_end: int, toc: LayerToc) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from registry.client.auth import Authenticator
@@ -143,14 +144,11 @@ class RegistryClient:
         expected = Digest(ref) if ":" in ref else None
         what = f"{repo}@{ref}" if expected else f"{repo}:{ref}"
         url = self.transport.url(repo, f"manifests/{ref}")
-        async with self.transport.send("GET", url, {"Accept": MANIFEST_ACCEPT}) as response:
-            if response.status != 200:
-                raise await self.transport.error(response, what)
-            data = await read_body(response.content, MANIFEST_LIMIT + 1)
-            if len(data) > MANIFEST_LIMIT:
-                raise RegistryClientError(f"{self.registry}: {what}: manifest larger than {MANIFEST_LIMIT}")
-            media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-            claimed = response.headers.get("Docker-Content-Digest")
+        _, data, headers = await self._small_answer(url, MANIFEST_ACCEPT, what, MANIFEST_LIMIT + 1)
+        if len(data) > MANIFEST_LIMIT:
+            raise RegistryClientError(f"{self.registry}: {what}: manifest larger than {MANIFEST_LIMIT}")
+        media_type = headers.get("Content-Type", "").split(";")[0].strip()
+        claimed = headers.get("Docker-Content-Digest")
         if expected is None and claimed:
             expected = Digest(claimed)
         found = Digest.of(data, expected.algorithm) if expected else Digest.of(data)
@@ -173,28 +171,40 @@ class RegistryClient:
         if artifact_type is not None:
             url = url.with_query({"artifactType": artifact_type})
         what = f"referrers of {repo}@{subject}"
-        async with self.transport.send("GET", url, {"Accept": MEDIA_INDEX}) as response:
-            if response.status == 404:
-                return []
-            if response.status != 200:
-                raise await self.transport.error(response, what)
-            data = await read_body(response.content, REFERRERS_LIMIT)
+        status, data, _ = await self._small_answer(url, MEDIA_INDEX, what, REFERRERS_LIMIT, missing_ok=True)
+        if status == 404:
+            return []
         # The filter is the client's to apply too: a registry may ignore it (the spec allows that).
         return [d for d in Index.parse(data).manifests if artifact_type in (None, d.artifact_type)]
 
     async def tags(self, repo: str) -> list[str]:
         """The tags of `repo` (the first page the registry gives); none for a repository it lacks."""
-        async with self.transport.send("GET", self.transport.url(repo, "tags/list")) as response:
-            if response.status == 404:
-                return []
-            if response.status != 200:
-                raise await self.transport.error(response, f"tags of {repo}")
-            data = await read_body(response.content, REFERRERS_LIMIT)
+        url, what = self.transport.url(repo, "tags/list"), f"tags of {repo}"
+        status, data, _ = await self._small_answer(url, None, what, REFERRERS_LIMIT, missing_ok=True)
+        if status == 404:
+            return []
         try:
             found = json.loads(data).get("tags") or []
         except (ValueError, AttributeError):
             raise RegistryClientError(f"{self.registry}: tags of {repo}: not a tag list") from None
         return [tag for tag in found if isinstance(tag, str)]
+
+    async def _small_answer(
+        self, url: URL, accept: str | None, what: str, limit: int, missing_ok: bool = False
+    ) -> tuple[int, bytes, CIMultiDictProxy[str]]:
+        """A GET whose answer is small (a manifest, a list): its status, body (up to `limit` bytes)
+        and headers, asked again when the body is cut off or stalls. A 404 is an error unless
+        `missing_ok`; any other status but 200 is one."""
+
+        async def attempt() -> tuple[int, bytes, CIMultiDictProxy[str]]:
+            async with self.transport.send("GET", url, {"Accept": accept} if accept else None) as response:
+                if response.status == 404 and missing_ok:
+                    return 404, b"", response.headers
+                if response.status != 200:
+                    raise await self.transport.error(response, what)
+                return 200, await read_body(response.content, limit), response.headers
+
+        return await self.transport.retrying(attempt)
 
     async def head_blob(self, repo: str, digest: str) -> int | None:
         """The size of blob `digest` in `repo`, or None when the repository does not have it."""

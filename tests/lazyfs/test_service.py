@@ -8,11 +8,13 @@ the service answers is a line of its output, which is how a test tells the servi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,9 +124,9 @@ def test_a_pulls_hold_lets_go_after_its_lease_when_no_container_comes(
     lazyctr("pull", pushed)  # no service: nothing mounted
     assert not lazy_mounts(root)
     hold = (
-        "import sys; from pathlib import Path; from runtime.lazy import hold_for_a_start; "
+        "import os, sys; from pathlib import Path; from runtime.lazy import hold_for_a_start; "
         "from storage.store import Store; store = Store(Path(sys.argv[1])); "
-        "hold_for_a_start(store, store.image(sys.argv[2]), lease=float(sys.argv[3]))"
+        "hold_for_a_start(store, store.image(sys.argv[2]), os.getppid(), lease=float(sys.argv[3]))"
     )
     source = Path(__file__).resolve().parents[2]
     holding = subprocess.Popen([sys.executable, "-c", hold, str(root), pushed, "1.0"], cwd=source)
@@ -132,6 +134,46 @@ def test_a_pulls_hold_lets_go_after_its_lease_when_no_container_comes(
     assert lazy_mounts(root) and holding.poll() is None  # up, and held
     assert holding.wait(timeout=15) == 0
     assert not lazy_mounts(root) and not any((root / "lazy").iterdir())  # gone with its lease
+
+
+def test_a_hold_that_comes_after_a_container_holds_nothing(
+    lazyctr: CliRunner,
+    pushed: str,  # noqa: F811
+    root: Path,
+) -> None:
+    lazyctr("pull", pushed)  # no service: nothing mounted, nothing held
+    container = lazyctr("run", "-d", "--driver", "lazy", pushed, "sleep", "60").out.strip()
+    (mountpoint,) = lazy_mounts(root)
+    late = (
+        "import os, sys; from pathlib import Path; from runtime.lazy import hold_for_a_start; "
+        "from storage.store import Store; store = Store(Path(sys.argv[1])); "
+        "hold_for_a_start(store, store.image(sys.argv[2]), os.getppid(), lease=30.0)"
+    )
+    source = Path(__file__).resolve().parents[2]
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", late, str(root), pushed], cwd=source, check=True, timeout=25)
+    assert time.monotonic() - started < 15  # it returned at once, not after its lease
+    assert [user.name for user in (mountpoint.parent / "users").iterdir()] == [container]
+    lazyctr("rm", "-f", container)
+    assert not lazy_mounts(root)  # the container's end is the mount's end
+
+
+def test_a_ctrl_c_at_the_services_terminal_ends_a_pulls_hold_and_its_mount(
+    lazyctr: CliRunner,
+    pushed: str,  # noqa: F811
+    root: Path,
+) -> None:
+    # Its own process group, as a terminal's foreground job: a Ctrl-C goes to the whole group, the
+    # pull's child that holds the mount included.
+    service = subprocess.Popen(
+        cli_command(root, "service"), stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert service.stdout is not None and service.stdout.readline().startswith("serving on ")
+    lazyctr("pull", pushed)
+    wait_for(lambda: len(lazy_mounts(root)) == 1, what="the pull's mount")
+    os.killpg(service.pid, signal.SIGINT)
+    assert service.wait(timeout=15) == 0
+    wait_for(lambda: not lazy_mounts(root) and not any((root / "lazy").iterdir()), timeout=10)
 
 
 def test_the_callers_environment_and_errors_go_with_the_request(
