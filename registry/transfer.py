@@ -154,10 +154,10 @@ async def push_image(
             async with asyncio.TaskGroup() as wave:  # the first failure cancels the others
                 for descriptor in blobs:
                     wave.create_task(push_one(descriptor))
-                theirs = wave.create_task(push_referrers_blobs())
+                referrers_sent = wave.create_task(push_referrers_blobs())
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
-        referrers = theirs.result()
+        referrers = referrers_sent.result()
         manifest = image.descriptor
         if manifest.digest.algorithm == CANONICAL:
             pushed = await client.put_manifest(repo, tag, manifest_bytes, manifest.media_type)

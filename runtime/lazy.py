@@ -123,11 +123,12 @@ def acquire(store: Store, image: Image, container_id: str, private: bool = False
                 _remove_slot_if_unused(slot)
                 raise
         slot.users.mkdir(exist_ok=True)
-        if container_id.startswith(HOLDER) and any(not u.startswith(HOLDER) for u in slot.user_ids()):
-            return slot  # a container was first: the mount lives as long as it does, no hold needed
+        users = slot.user_ids()
         if not container_id.startswith(HOLDER):  # a container came: a pull's hold has done its job
-            for holder in (user for user in slot.user_ids() if user.startswith(HOLDER)):
+            for holder in (user for user in users if user.startswith(HOLDER)):
                 (slot.users / holder).unlink(missing_ok=True)
+        elif any(not user.startswith(HOLDER) for user in users):
+            return slot  # a container was first: the mount lives as long as it does, no hold needed
         atomic_write(slot.users / container_id, json.dumps({"pid": os.getpid()}).encode())
     return slot
 

@@ -62,7 +62,7 @@ def index_path(root: Path, toc_digest: Digest) -> Path:
 def cached_toc(root: Path, toc_digest: Digest, frames_end: int, parse: Callable[[], LayerToc]) -> LayerToc:
     """The TOC `toc_digest` as this process last had it, or from its index; else `parse()` (which
     verifies and validates it), indexed."""
-    key = (root, str(toc_digest), frames_end)
+    key = _recent_key(root, toc_digest, frames_end)
     toc = _recent.get(key)
     if toc is None:
         toc = load_index(index_path(root, toc_digest), toc_digest, frames_end)
@@ -81,7 +81,7 @@ def remember(root: Path, toc_digest: Digest, frames_end: int, toc: LayerToc) -> 
         check_hard_links(toc)  # what else stacking the layer could refuse: an indexed TOC mounts
     except CorruptLayer:
         return  # never indexed: each use parses it again, and fails as it did
-    _keep((root, str(toc_digest), frames_end), toc)
+    _keep(_recent_key(root, toc_digest, frames_end), toc)
     with contextlib.suppress(OSError):
         save_index(index_path(root, toc_digest), toc_digest, frames_end, toc)
 
@@ -99,6 +99,10 @@ _recent_lock = threading.Lock()
 def forget_recent() -> None:
     """Let go of the TOCs this process keeps: the next use of each loads its index (or parses it)."""
     _recent.clear()
+
+
+def _recent_key(root: Path, toc_digest: Digest, frames_end: int) -> tuple[Path, str, int]:
+    return root, str(toc_digest), frames_end
 
 
 def _keep(key: tuple[Path, str, int], toc: LayerToc) -> None:

@@ -56,6 +56,11 @@ class Service:
         return self.process.wait(timeout=15)
 
 
+def nothing_held(root: Path) -> bool:
+    """No lazy mount of the root, and no slot left (a slot lives as long as its mount's users)."""
+    return not lazy_mounts(root) and not any((root / "lazy").iterdir())
+
+
 @pytest.fixture
 def service(root: Path) -> Iterator[Service]:
     running = Service(root)
@@ -112,8 +117,7 @@ def test_a_stop_of_the_service_ends_a_pulls_hold_and_its_mount(
     service.read_until("mount ")
     assert len(lazy_mounts(root)) == 1
     assert service.stop() == 0
-    # The mount and its slot: nothing left for a lease to end.
-    wait_for(lambda: not lazy_mounts(root) and not any((root / "lazy").iterdir()), timeout=10)
+    wait_for(lambda: nothing_held(root), what="nothing left for a lease to end", timeout=10)
 
 
 def test_a_pulls_hold_lets_go_after_its_lease_when_no_container_comes(
@@ -133,7 +137,7 @@ def test_a_pulls_hold_lets_go_after_its_lease_when_no_container_comes(
     wait_for(lambda: len(lazy_mounts(root)) == 1 or holding.poll() is not None, what="the held mount")
     assert lazy_mounts(root) and holding.poll() is None  # up, and held
     assert holding.wait(timeout=15) == 0
-    assert not lazy_mounts(root) and not any((root / "lazy").iterdir())  # gone with its lease
+    assert nothing_held(root)  # gone with its lease
 
 
 def test_a_hold_that_comes_after_a_container_holds_nothing(
@@ -173,7 +177,7 @@ def test_a_ctrl_c_at_the_services_terminal_ends_a_pulls_hold_and_its_mount(
     wait_for(lambda: len(lazy_mounts(root)) == 1, what="the pull's mount")
     os.killpg(service.pid, signal.SIGINT)
     assert service.wait(timeout=15) == 0
-    wait_for(lambda: not lazy_mounts(root) and not any((root / "lazy").iterdir()), timeout=10)
+    wait_for(lambda: nothing_held(root), what="the hold, its mount and its slot to go", timeout=10)
 
 
 def test_the_callers_environment_and_errors_go_with_the_request(
